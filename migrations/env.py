@@ -1,0 +1,120 @@
+"""Alembic environment for the Hokm schema (async, asyncpg).
+
+Where the database comes from, in order: a connection handed over by the caller
+(``config.attributes["connection"]``), a hokmdb ``Target`` or SQLAlchemy URL set in
+memory by ``pytest_hokmdb.migrate`` (so no password is ever written to alembic.ini), or
+``-x environment=NAME`` / ``HOKMDB_ENVIRONMENT`` for the plain alembic command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import sys
+from logging.config import fileConfig
+from typing import Any, Coroutine
+
+from alembic import context
+from sqlalchemy.engine import Connection
+
+from pytest_hokmdb.errors import HokmdbError
+
+config = context.config
+if config.config_file_name and not config.attributes.get("hokmdb_programmatic"):
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+
+def _target_metadata() -> Any:
+    metadata = config.attributes.get("target_metadata")
+    if metadata is not None:
+        return metadata
+    from pytest_hokmdb.schema.models import metadata as hokm_metadata
+
+    return hokm_metadata
+
+
+def _run(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run a coroutine whether or not this thread already has an event loop running."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def _resolve_target() -> Any:
+    target = config.attributes.get("hokmdb_target")
+    if target is not None:
+        return target
+    url = config.attributes.get("hokmdb_url")
+    if url is not None:
+        return url
+    from pytest_hokmdb.config import load_config
+    from pytest_hokmdb.db import resolve_target
+
+    x_args = context.get_x_argument(as_dictionary=True)
+    environment = x_args.get("environment") or os.environ.get("HOKMDB_ENVIRONMENT")
+    if not environment:
+        sys.exit("error: no database selected: pass -x environment=NAME or set HOKMDB_ENVIRONMENT")
+    try:
+        loaded = load_config(environment, x_args.get("config"))
+        return _run(resolve_target(loaded)).writable()
+    except HokmdbError as exc:
+        sys.exit(f"error: {exc}")
+
+
+def _configure_options() -> dict[str, Any]:
+    return {
+        "target_metadata": _target_metadata(),
+        # One transaction per revision: a failure leaves the database at a revision boundary.
+        "transaction_per_migration": True,
+        "compare_type": True,
+        "compare_server_default": True,
+    }
+
+
+def run_migrations_offline() -> None:
+    url = config.attributes.get("hokmdb_url") or "postgresql://"
+    context.configure(url=url, literal_binds=True, dialect_opts={"paramstyle": "named"}, **_configure_options())
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def _do_run_migrations(connection: Connection) -> None:
+    context.configure(connection=connection, **_configure_options())
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def _run_async_migrations() -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.pool import NullPool
+
+    from pytest_hokmdb.db import Target, create_engine
+
+    target = _resolve_target()
+    if isinstance(target, Target):
+        engine = create_engine(target)
+    else:
+        engine = create_async_engine(target, poolclass=NullPool, hide_parameters=True)
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(_do_run_migrations)
+    finally:
+        await engine.dispose()
+
+
+def run_migrations_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        _do_run_migrations(connection)
+        return
+    _run(_run_async_migrations())
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

@@ -1,0 +1,350 @@
+"""A PostgreSQL cluster that hokmdb creates and runs itself from the machine's binaries.
+
+The same class serves the developer's long-lived cluster (``hokmdb cluster start``) and
+the throwaway clusters the tests start, so both are exercised by every test run.
+
+PostgreSQL refuses to run as root. When hokmdb runs as root, the server (and initdb /
+pg_ctl) run under an unprivileged account (``postgres`` by default) and the data
+directory is owned by it; hokmdb itself keeps running as root and talks to the server
+over TCP on 127.0.0.1 and over a unix socket in a directory only that account (and root)
+can enter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pytest_hokmdb.cluster.binaries import find_bin_dir
+from pytest_hokmdb.cluster.osuser import OsUser, resolve_os_user
+from pytest_hokmdb.errors import ClusterError
+from pytest_hokmdb.redaction import register_secret
+
+log = logging.getLogger(__name__)
+
+SUPERUSER = "postgres"
+_STATE_FILE = "hokmdb-cluster.json"
+_CONF_INCLUDE = "hokmdb.conf"
+# Unix socket paths are limited to 107 bytes; keep room for ".s.PGSQL.NNNNN".
+_MAX_SOCKET_DIR_LEN = 80
+# Settings that make throwaway clusters fast; never used for a cluster that keeps data.
+THROWAWAY_SETTINGS: dict[str, str] = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "max_connections": "200",
+}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    running: bool
+    initialized: bool
+    data_dir: Path
+    port: int | None
+    socket_dir: Path | None
+    pid: int | None
+    os_user: str
+
+    def describe(self) -> str:
+        if not self.initialized:
+            return f"embedded cluster: not created yet (data directory {self.data_dir})"
+        state = f"running (pid {self.pid})" if self.running else "stopped"
+        where = f"127.0.0.1:{self.port}" if self.port else "no port yet"
+        return f"embedded cluster: {state}, {where}, data {self.data_dir}, server user {self.os_user}"
+
+
+class EmbeddedCluster:
+    """One PostgreSQL data directory plus the commands that create, start and stop it."""
+
+    def __init__(
+        self,
+        base_dir: Path,
+        *,
+        port: int | None = None,
+        bin_dir: Path | None = None,
+        os_user: str | None = None,
+        settings: dict[str, str] | None = None,
+        ssl_files: tuple[Path, Path] | None = None,
+    ) -> None:
+        self.user: OsUser = resolve_os_user(os_user)
+        self.base_dir = self._reachable_base_dir(Path(base_dir).resolve())
+        self.data_dir = self.base_dir / "data"
+        self.log_file = self.base_dir / "postgres.log"
+        self.bin_dir = find_bin_dir(bin_dir)
+        self._fixed_port = port
+        self.settings = dict(settings or {})
+        self.ssl_files = ssl_files
+        self.host = "127.0.0.1"
+
+    # -- locations -------------------------------------------------------------
+
+    def _reachable_base_dir(self, wanted: Path) -> Path:
+        """The configured directory, or a stable fallback when the server account can't reach it.
+
+        As root, a checkout under /root (mode 0700) cannot be entered by ``postgres``;
+        rather than fail, the cluster lives under the system temp dir, keyed by the wanted path.
+        """
+        if not self.user.switches:
+            return wanted
+        probe = wanted
+        while not probe.exists():
+            probe = probe.parent
+        if self.user.can_enter(probe):
+            return wanted
+        digest = hashlib.sha1(str(wanted).encode()).hexdigest()[:12]
+        fallback = Path(tempfile.gettempdir()) / f"hokmdb-{self.user.name}" / f"{wanted.name}-{digest}"
+        log.info("server account %s cannot enter %s; using %s", self.user.name, wanted, fallback)
+        return fallback
+
+    @property
+    def socket_dir(self) -> Path:
+        candidate = self.base_dir / "run"
+        if len(str(candidate)) <= _MAX_SOCKET_DIR_LEN:
+            return candidate
+        digest = hashlib.sha1(str(self.base_dir).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"hokmdb-sock-{digest}"
+
+    @property
+    def state_file(self) -> Path:
+        return self.base_dir / _STATE_FILE
+
+    def _state(self) -> dict[str, object]:
+        try:
+            return json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _write_state(self, **values: object) -> None:
+        state = {**self._state(), **values}
+        self.state_file.write_text(json.dumps(state, indent=2))
+        self.state_file.chmod(0o600)
+
+    @property
+    def port(self) -> int:
+        port = self._state().get("port")
+        if not isinstance(port, int):
+            raise ClusterError(f"embedded cluster in {self.base_dir} has no port yet; start it first")
+        return port
+
+    @property
+    def superuser_password(self) -> str:
+        password = self._state().get("superuser_password")
+        if not isinstance(password, str):
+            raise ClusterError(f"embedded cluster in {self.base_dir} is not initialised")
+        register_secret(password)
+        return password
+
+    # -- commands ----------------------------------------------------------------
+
+    def _run(self, args: list[str], *, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, **self.user.env(), "LC_ALL": "C", "LANG": "C"}
+        for var in ("PGPASSWORD", "PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGOPTIONS"):
+            env.pop(var, None)
+        try:
+            result = subprocess.run(
+                args,
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd=self.base_dir,
+                timeout=timeout,
+                **self.user.subprocess_kwargs(),
+            )
+        except subprocess.TimeoutExpired:
+            raise ClusterError(f"{Path(args[0]).name} did not finish within {timeout:.0f}s", hint=self._log_hint()) from None
+        if check and result.returncode != 0:
+            output = (result.stderr or result.stdout).strip().splitlines()[-8:]
+            raise ClusterError(
+                f"{Path(args[0]).name} failed (exit {result.returncode}): " + " | ".join(output),
+                hint=self._log_hint(),
+            )
+        return result
+
+    def _log_hint(self) -> str:
+        return f"server log: {self.log_file}"
+
+    def _own(self, path: Path, mode: int = 0o700) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        path.chmod(mode)
+        if self.user.switches:
+            os.chown(path, self.user.uid, self.user.gid)
+
+    def initialized(self) -> bool:
+        return (self.data_dir / "PG_VERSION").is_file()
+
+    def init(self) -> None:
+        """Create the data directory (idempotent): ``initdb`` with scram for TCP, trust on the socket."""
+        if self.initialized():
+            return
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        self.base_dir.chmod(0o755 if self.user.switches else 0o700)
+        if self.data_dir.exists():
+            # A half-created data directory from an interrupted initdb: start over.
+            shutil.rmtree(self.data_dir)
+        self._own(self.data_dir)
+        password = secrets.token_urlsafe(24)
+        register_secret(password)
+        pwfile = self.base_dir / ".pwfile"
+        pwfile.write_text(password + "\n")
+        pwfile.chmod(0o600)
+        if self.user.switches:
+            os.chown(pwfile, self.user.uid, self.user.gid)
+        try:
+            self._run(
+                [
+                    str(self.bin_dir / "initdb"),
+                    "-D", str(self.data_dir),
+                    "-U", SUPERUSER,
+                    f"--pwfile={pwfile}",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "--encoding=UTF8",
+                    "--no-locale",
+                    *(["--no-sync"] if self.settings.get("fsync") == "off" else []),
+                ]
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        conf = self.data_dir / "postgresql.conf"
+        with conf.open("a") as handle:
+            handle.write(f"\ninclude_if_exists = '{_CONF_INCLUDE}'\n")
+        self._write_state(superuser_password=password, created_by=os.getuid())
+
+    def _write_conf(self, port: int) -> None:
+        settings = {
+            "listen_addresses": self.host,
+            "port": str(port),
+            "unix_socket_directories": str(self.socket_dir),
+            "password_encryption": "scram-sha-256",
+            "logging_collector": "off",
+            "log_line_prefix": "%m [%p] %q%u@%d ",
+            **self.settings,
+        }
+        if self.ssl_files:
+            cert, key = self.ssl_files
+            settings.update(ssl="on", ssl_cert_file=str(cert), ssl_key_file=str(key))
+        lines = [f"{k} = '{v}'" for k, v in settings.items()]
+        target = self.data_dir / _CONF_INCLUDE
+        target.write_text("# written by hokmdb on every start; edit the config instead\n" + "\n".join(lines) + "\n")
+        if self.user.switches:
+            os.chown(target, self.user.uid, self.user.gid)
+
+    def status(self) -> ClusterStatus:
+        state = self._state()
+        pid = None
+        running = False
+        if self.initialized():
+            result = self._run([str(self.bin_dir / "pg_ctl"), "status", "-D", str(self.data_dir)], check=False)
+            running = result.returncode == 0
+            if running:
+                pid_file = self.data_dir / "postmaster.pid"
+                try:
+                    pid = int(pid_file.read_text().splitlines()[0])
+                except (OSError, ValueError, IndexError):
+                    pid = None
+        port = state.get("port")
+        return ClusterStatus(
+            running=running,
+            initialized=self.initialized(),
+            data_dir=self.data_dir,
+            port=port if isinstance(port, int) else None,
+            socket_dir=self.socket_dir if self.initialized() else None,
+            pid=pid,
+            os_user=self.user.name,
+        )
+
+    def is_running(self) -> bool:
+        return self.status().running
+
+    def start(self) -> None:
+        """Start the server if it is not running (initialising it first); idempotent."""
+        self.init()
+        if self.is_running():
+            return
+        self._own(self.socket_dir)
+        remembered = self._state().get("port")
+        port = self._fixed_port or (remembered if isinstance(remembered, int) else None)
+        if port is None or (not self._fixed_port and _port_in_use(port)):
+            port = free_port(self.host)
+        elif self._fixed_port and _port_in_use(port):
+            raise ClusterError(
+                f"port {port} on {self.host} is already in use",
+                hint="set embedded.port to a free port, or remove it to let hokmdb pick one",
+            )
+        self._write_conf(port)
+        self._write_state(port=port)
+        self.log_file.touch(exist_ok=True)
+        if self.user.switches:
+            os.chown(self.log_file, self.user.uid, self.user.gid)
+        self._run(
+            [
+                str(self.bin_dir / "pg_ctl"),
+                "start",
+                "-D", str(self.data_dir),
+                "-l", str(self.log_file),
+                "-w",
+                "-t", "60",
+            ]
+        )
+        log.info("embedded PostgreSQL started on %s:%s (data %s)", self.host, port, self.data_dir)
+
+    def stop(self, mode: str = "fast") -> bool:
+        """Stop the server; returns False when it was not running."""
+        if not self.initialized() or not self.is_running():
+            return False
+        self._run([str(self.bin_dir / "pg_ctl"), "stop", "-D", str(self.data_dir), "-m", mode, "-w", "-t", "60"])
+        return True
+
+    def destroy(self) -> None:
+        """Stop the server and delete its files (throwaway clusters)."""
+        try:
+            self.stop(mode="immediate")
+        finally:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+            if self.socket_dir != self.base_dir / "run":
+                shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+    # -- connection details ------------------------------------------------------
+
+    def admin_connect_kwargs(self, dbname: str = "postgres") -> dict[str, object]:
+        """asyncpg keyword arguments for the superuser over TCP (scram, password from state)."""
+        return {
+            "host": self.host,
+            "port": self.port,
+            "user": SUPERUSER,
+            "password": self.superuser_password,
+            "database": dbname,
+            "ssl": False,
+        }
+
+    def admin_dsn(self, dbname: str = "postgres") -> str:
+        """A libpq/asyncpg URL with the superuser password: for tests and internal use only."""
+        from urllib.parse import quote
+
+        return f"postgresql://{SUPERUSER}:{quote(self.superuser_password, safe='')}@{self.host}:{self.port}/{dbname}"
+
+    def server_version(self) -> str:
+        result = self._run([str(self.bin_dir / "postgres"), "--version"])
+        return result.stdout.strip()

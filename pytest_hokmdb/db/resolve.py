@@ -1,0 +1,102 @@
+"""Turn a loaded config into a ``Target``, starting the embedded cluster on demand.
+
+For development and testing with no ``DB_HOST``, the database lives in hokmdb's own
+cluster: it is started if needed and the application role and database are created if
+missing, so ``--environment development`` works on a fresh machine with no setup.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+import asyncpg
+
+from pytest_hokmdb.cluster import EmbeddedCluster
+from pytest_hokmdb.config import LoadedConfig
+from pytest_hokmdb.config.model import EmbeddedSettings
+from pytest_hokmdb.db.target import Target
+from pytest_hokmdb.redaction import register_secret
+
+
+def embedded_cluster_for(loaded: LoadedConfig) -> EmbeddedCluster:
+    settings = loaded.config.embedded or EmbeddedSettings()
+    return EmbeddedCluster(
+        loaded.resolve(settings.data_dir),
+        port=settings.port,
+        bin_dir=settings.bin_dir,
+        os_user=settings.os_user,
+    )
+
+
+def _app_password(cluster: EmbeddedCluster, user: str, configured: str | None) -> str:
+    """The configured password, else one generated once and kept in the cluster's state file (0600)."""
+    if configured:
+        return configured
+    state = json.loads(cluster.state_file.read_text())
+    passwords: dict[str, str] = state.setdefault("app_passwords", {})
+    if user not in passwords:
+        passwords[user] = secrets.token_urlsafe(24)
+        cluster.state_file.write_text(json.dumps(state, indent=2))
+        cluster.state_file.chmod(0o600)
+    register_secret(passwords[user])
+    return passwords[user]
+
+
+async def provision(cluster: EmbeddedCluster, *, dbname: str, user: str, password: str) -> None:
+    """Create (or align) a non-superuser login role and a database it owns; idempotent."""
+    conn = await asyncpg.connect(**cluster.admin_connect_kwargs())  # type: ignore[arg-type]
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", user)
+        verb = "ALTER" if exists else "CREATE"
+        # format() quotes identifier and literal server-side; nothing is spliced by hand.
+        statement = await conn.fetchval(
+            f"SELECT format('{verb} ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD %L', $1::text, $2::text)",
+            user,
+            password,
+        )
+        await conn.execute(statement)
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", dbname):
+            statement = await conn.fetchval("SELECT format('CREATE DATABASE %I OWNER %I', $1::text, $2::text)", dbname, user)
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+async def resolve_target(loaded: LoadedConfig, *, start: bool = True) -> Target:
+    """The target for ``loaded``; staging and production are read-only sessions."""
+    config = loaded.config
+    db = config.database
+    common = dict(
+        environment=config.environment,
+        dbname=db.name,
+        user=db.user,
+        read_only=config.is_protected,
+        connect_timeout_s=db.connect_timeout_s,
+        statement_timeout_ms=db.statement_timeout_ms,
+        lock_timeout_ms=db.lock_timeout_ms,
+        application_name=db.application_name,
+    )
+    if not config.uses_embedded:
+        return Target(
+            host=db.host or "127.0.0.1",
+            port=db.port,
+            password=db.password.get_secret_value() if db.password else None,
+            sslmode=db.sslmode,
+            sslrootcert=loaded.resolve(db.sslrootcert) if db.sslrootcert else None,
+            **common,  # type: ignore[arg-type]
+        )
+    cluster = embedded_cluster_for(loaded)
+    if start:
+        cluster.start()
+    password = _app_password(cluster, db.user, db.password.get_secret_value() if db.password else None)
+    if start:
+        await provision(cluster, dbname=db.name, user=db.user, password=password)
+    return Target(
+        host=cluster.host,
+        port=cluster.port,
+        password=password,
+        sslmode="disable",
+        embedded=True,
+        **common,  # type: ignore[arg-type]
+    )

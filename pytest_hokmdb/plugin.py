@@ -1,0 +1,190 @@
+"""The hokmdb pytest plugin: environment selection, safety guards, redaction, fixtures.
+
+Registered through the ``pytest11`` entry point, so any suite run with hokmdb installed
+gets ``--environment``, the markers and the fixtures.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Generator
+
+import pytest
+from pytest_asyncio import is_async_test
+
+from pytest_hokmdb.aio import run_sync
+from pytest_hokmdb.config import ENVIRONMENTS, load_config
+from pytest_hokmdb.errors import ConfigError, HokmdbError
+from pytest_hokmdb.fixtures.live import (  # noqa: F401  (fixtures are registered by import)
+    hokmdb_alembic_config,
+    hokmdb_config,
+    hokmdb_conn,
+    hokmdb_dsn,
+    hokmdb_engine,
+    hokmdb_loaded_config,
+    hokmdb_pool,
+    hokmdb_target,
+)
+from pytest_hokmdb.fixtures.state import STATE_KEY, SessionState, session_state
+from pytest_hokmdb.fixtures.throwaway import (  # noqa: F401
+    hokmdb_cluster,
+    hokmdb_database_factory,
+    hokmdb_empty_db,
+    hokmdb_fresh_db,
+    hokmdb_template,
+)
+from pytest_hokmdb.redaction import redact
+
+MARKERS = (
+    "smoke: a post-deploy check of a live database (read-only)",
+    "destructive: writes to or breaks the target; refused on production, needs --allow-destructive on staging",
+    "environments(*names): run only when --environment is one of names",
+    "slow: takes more than a few seconds",
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("hokmdb", "hokmdb: PostgreSQL deploy verification")
+    group.addoption(
+        "--environment",
+        dest="hokmdb_environment",
+        default=None,
+        choices=ENVIRONMENTS,
+        help="environment to verify (default: $HOKMDB_ENVIRONMENT, else ini hokmdb_environment)",
+    )
+    group.addoption(
+        "--db-config",
+        dest="hokmdb_config",
+        default=None,
+        metavar="PATH",
+        help="config directory or file (default: database/config/<environment>.json)",
+    )
+    group.addoption(
+        "--allow-destructive",
+        action="store_true",
+        default=False,
+        help="let tests marked destructive run on staging (never on production)",
+    )
+    parser.addini("hokmdb_environment", "default environment for --environment", default=None)
+    parser.addini("hokmdb_config", "default config directory or file for --db-config", default=None)
+
+
+def _choose_environment(config: pytest.Config) -> str | None:
+    return (
+        config.getoption("hokmdb_environment")
+        or os.environ.get("HOKMDB_ENVIRONMENT")
+        or config.getini("hokmdb_environment")
+        or None
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for marker in MARKERS:
+        config.addinivalue_line("markers", marker)
+    environment = _choose_environment(config)
+    loaded = None
+    if environment:
+        config_path = config.getoption("hokmdb_config") or config.getini("hokmdb_config") or None
+        try:
+            loaded = load_config(environment, config_path)
+        except ConfigError as exc:
+            pytest.exit(f"hokmdb: {exc}", returncode=int(exc.exit_code))
+    config.stash[STATE_KEY] = SessionState(environment, loaded, bool(config.getoption("allow_destructive")))
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    state = session_state(config)
+    if state.loaded is None:
+        return ["hokmdb: no environment selected (--environment NAME or HOKMDB_ENVIRONMENT)"]
+    cfg = state.loaded.config
+    mode = "read-only sessions" if cfg.is_protected else "read-write sessions"
+    lines = [f"hokmdb: environment {cfg.environment} ({mode}), config {state.loaded.path}"]
+    lines.append("hokmdb: " + _describe_target(state))
+    return lines
+
+
+def _describe_target(state: SessionState) -> str:
+    from pytest_hokmdb.db import connect, embedded_cluster_for, resolve_target
+
+    loaded = state.loaded
+    assert loaded is not None
+    try:
+        if loaded.config.uses_embedded:
+            cluster = embedded_cluster_for(loaded)
+            status = cluster.status()
+            if not status.running:
+                return f"target embedded cluster ({status.data_dir}), not running: started on first use"
+
+        async def probe() -> str:
+            target = await resolve_target(loaded, start=False)
+            quick = target.__class__(**{**target.__dict__, "connect_timeout_s": min(target.connect_timeout_s, 3.0)})
+            try:
+                conn = await connect(quick)
+            except HokmdbError as exc:
+                return f"target {target.dsn()}, server unreachable: {exc.message}"
+            try:
+                version = await conn.fetchval("SHOW server_version")
+            finally:
+                await conn.close()
+            return f"target {target.dsn()}, PostgreSQL {version}"
+
+        return redact(run_sync(probe()))
+    except HokmdbError as exc:
+        return redact(f"target unavailable: {exc.message}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Async tests share the session event loop, so session-scoped pools can serve them."""
+    session_loop = pytest.mark.asyncio(loop_scope="session")
+    for item in items:
+        marker = item.get_closest_marker("environments")
+        if marker is not None:
+            unknown = [name for name in marker.args if name not in ENVIRONMENTS]
+            if unknown or not marker.args:
+                raise pytest.UsageError(
+                    f"{item.nodeid}: @pytest.mark.environments needs names from {', '.join(ENVIRONMENTS)}"
+                    + (f", got {', '.join(map(str, unknown))}" if unknown else "")
+                )
+        if is_async_test(item):
+            existing = item.get_closest_marker("asyncio")
+            if existing is None or "loop_scope" not in existing.kwargs:
+                item.add_marker(session_loop, append=False)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    state = session_state(item.config)
+    environment = state.environment
+    marker = item.get_closest_marker("environments")
+    if marker is not None and environment not in marker.args:
+        where = environment or "no environment selected"
+        pytest.skip(f"runs only on {', '.join(marker.args)} (this session: {where})")
+    if item.get_closest_marker("destructive") is None or environment is None:
+        return
+    if environment == "production":
+        pytest.fail(
+            f"refused: {item.nodeid} is marked destructive and destructive tests never run on production",
+            pytrace=False,
+        )
+    if environment == "staging" and not state.allow_destructive:
+        pytest.fail(
+            f"refused: {item.nodeid} is marked destructive; on staging it runs only with --allow-destructive",
+            pytrace=False,
+        )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    """Scrub secrets from every report: tracebacks, captured output and logs.
+
+    This is the last line of defence behind the redaction done where DSNs are built: a
+    driver error or a test's own print can still carry a password.
+    """
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if report.longrepr is not None:
+        text = str(report.longrepr)
+        cleaned = redact(text)
+        if cleaned != text:
+            report.longrepr = cleaned
+    report.sections = [(title, redact(content)) for title, content in report.sections]

@@ -1,0 +1,1 @@
+"""Command-line front doors: shared plumbing (``common``) and the ``hokmdb`` command (``main``)."""

@@ -1,0 +1,75 @@
+"""What every hokmdb command line shares: exit codes, redacted logging, no tracebacks.
+
+Expected failures (``HokmdbError``) become one ``error:`` line plus a hint and the
+documented exit code; anything else is a bug and keeps its traceback (redacted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import sys
+import traceback
+from typing import Any, Awaitable, Callable, NoReturn
+
+from pytest_hokmdb.errors import ExitCode, HokmdbError
+from pytest_hokmdb.redaction import redact
+
+
+class RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = None
+        return True
+
+
+def interactive() -> bool:
+    """A human at a terminal (progress bars) rather than a CI log (plain lines)."""
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    if interactive():
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(show_path=False, rich_tracebacks=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("asyncio", "alembic.runtime.migration", "botocore", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if not verbose else logging.INFO)
+
+
+def fail(message: str, hint: str | None = None, code: int = ExitCode.CHECKS_FAILED) -> NoReturn:
+    print(f"error: {redact(message)}", file=sys.stderr)
+    if hint:
+        print(f"  hint: {redact(hint)}", file=sys.stderr)
+    raise SystemExit(int(code))
+
+
+def run_cli(main: Callable[[], Any] | Awaitable[Any]) -> NoReturn:
+    """Run a command's main (sync, async, or a coroutine) and exit with its code."""
+    try:
+        result = main() if callable(main) else main
+        if inspect.isawaitable(result):
+            result = asyncio.run(result)  # type: ignore[arg-type]
+    except HokmdbError as exc:
+        fail(exc.message, exc.hint, exc.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(int(ExitCode.INTERRUPTED)) from None
+    except SystemExit:
+        raise
+    except BaseException:
+        # A bug, not an operator error: keep the traceback, but never a secret in it.
+        print(redact(traceback.format_exc()), file=sys.stderr, end="")
+        raise SystemExit(int(ExitCode.CHECKS_FAILED)) from None
+    raise SystemExit(int(result or 0))

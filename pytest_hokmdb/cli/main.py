@@ -1,0 +1,183 @@
+"""``hokmdb``: manage the embedded cluster and run the end-to-end demo.
+
+    hokmdb cluster start|stop|status [--environment development]
+    hokmdb demo [--environment development] [--players N --games M]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pytest_hokmdb.cli.common import run_cli, setup_logging
+from pytest_hokmdb.config import LoadedConfig, load_config
+from pytest_hokmdb.errors import ConfigError, ExitCode, Refused
+
+log = logging.getLogger("hokmdb")
+
+EMBEDDED_ENVIRONMENTS = ("development", "testing")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hokmdb", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    cluster = sub.add_parser("cluster", help="start, stop or inspect the embedded PostgreSQL cluster")
+    cluster.add_argument("action", choices=("start", "stop", "status"))
+    cluster.add_argument("--environment", default=os.environ.get("HOKMDB_ENVIRONMENT", "development"), choices=EMBEDDED_ENVIRONMENTS)
+    cluster.add_argument("--config", dest="config_path", default=None, metavar="PATH")
+
+    demo = sub.add_parser("demo", help="embedded cluster -> migrate to head -> seed -> smoke tests -> summary")
+    demo.add_argument("--environment", default="development", choices=EMBEDDED_ENVIRONMENTS)
+    demo.add_argument("--config", dest="config_path", default=None, metavar="PATH")
+    demo.add_argument("--players", type=int, default=None)
+    demo.add_argument("--games", type=int, default=None)
+    return parser
+
+
+def _load_embedded(environment: str, config_path: str | None) -> LoadedConfig:
+    loaded = load_config(environment, config_path)
+    if not loaded.config.uses_embedded:
+        raise ConfigError(
+            f"{loaded.path}: {environment} does not use the embedded cluster (DB_HOST is set)",
+            hint="unset DB_HOST to use hokmdb's own cluster",
+        )
+    return loaded
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from pytest_hokmdb.db import embedded_cluster_for, resolve_target
+    from pytest_hokmdb.aio import run_sync
+
+    loaded = _load_embedded(args.environment, args.config_path)
+    cluster = embedded_cluster_for(loaded)
+    if args.action == "start":
+        target = run_sync(resolve_target(loaded))
+        print(cluster.status().describe())
+        print(f"connect: {target.dsn()}  (password: DB_PASSWORD_* or {cluster.state_file})")
+    elif args.action == "stop":
+        print("stopped" if cluster.stop() else "was not running", "-", cluster.status().describe())
+    else:
+        print(cluster.status().describe())
+    return 0
+
+
+@dataclass
+class DemoReport:
+    steps: list[tuple[str, float, str]] = field(default_factory=list)
+
+    def add(self, name: str, started: float, detail: str) -> None:
+        self.steps.append((name, time.monotonic() - started, detail))
+        log.info("%s: %s (%.2fs)", name, detail, time.monotonic() - started)
+
+
+def _run_smoke(loaded: LoadedConfig) -> tuple[int, dict[str, int]]:
+    """The gate is pytest itself, run as a subprocess and read back through its JSON report."""
+    root = loaded.project_root
+    with tempfile.TemporaryDirectory(prefix="hokmdb-smoke-") as tmp:
+        report_path = Path(tmp) / "report.xml"
+        cmd = [
+            sys.executable, "-m", "pytest", str(root / "smoke"),
+            "--environment", loaded.config.environment,
+            "--db-config", str(loaded.path),
+            "-q", "-p", "no:cacheprovider", f"--junitxml={report_path}",
+        ]
+        result = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+        counts = _junit_counts(report_path)
+    if result.returncode not in (0, 1):
+        sys.stderr.write(result.stdout[-4000:] + result.stderr[-4000:])
+    elif result.returncode == 1:
+        sys.stderr.write(result.stdout[-8000:])
+    return result.returncode, counts
+
+
+def _junit_counts(path: Path) -> dict[str, int]:
+    import xml.etree.ElementTree as ET
+
+    if not path.is_file():
+        return {}
+    suite = ET.parse(path).getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")  # type: ignore[assignment]
+    if suite is None:
+        return {}
+    total = int(suite.get("tests", 0))
+    failed = int(suite.get("failures", 0)) + int(suite.get("errors", 0))
+    skipped = int(suite.get("skipped", 0))
+    return {"passed": total - failed - skipped, "failed": failed, "skipped": skipped}
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from pytest_hokmdb.db import connect, resolve_target
+    from pytest_hokmdb.migrate import aupgrade, current_revision, head_revision
+    from pytest_hokmdb.seeding import seed
+
+    report = DemoReport()
+    started_all = time.monotonic()
+    t = time.monotonic()
+    loaded = _load_embedded(args.environment, args.config_path)
+    cfg = loaded.config
+    if not cfg.seeding_allowed:
+        raise Refused(f"seeding is not allowed on {cfg.environment}")
+    report.add("config", t, f"{loaded.path.relative_to(loaded.project_root)} is valid")
+
+    t = time.monotonic()
+    target = await resolve_target(loaded)
+    report.add("cluster", t, f"embedded PostgreSQL ready at {target.dsn()}")
+
+    t = time.monotonic()
+    conn = await connect(target)
+    try:
+        before = await current_revision(conn)
+    finally:
+        await conn.close()
+    head = head_revision()
+    await aupgrade(target, "head", project_root=loaded.project_root)
+    report.add("migrate", t, f"{before or 'empty'} -> {head}")
+
+    t = time.monotonic()
+    conn = await connect(target)
+    try:
+        seeded = await seed(
+            conn,
+            players=args.players or cfg.seed.players,
+            games=args.games if args.games is not None else cfg.seed.games,
+            random_seed=cfg.seed.random_seed,
+            clear=False,
+        )
+    finally:
+        await conn.close()
+    total_rows = sum(seeded.rows.values())
+    report.add("seed", t, f"{total_rows} rows ({seeded.rows.get('moves', 0)} moves) at {total_rows / max(seeded.seconds, 1e-9):,.0f} rows/s")
+
+    t = time.monotonic()
+    code, counts = _run_smoke(loaded)
+    verdict = "passed" if code == 0 else "FAILED"
+    report.add("smoke", t, f"{verdict}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+
+    print()
+    print(f"hokmdb demo on {cfg.environment}: {'OK' if code == 0 else 'FAILED'} in {time.monotonic() - started_all:.1f}s")
+    for name, seconds, detail in report.steps:
+        print(f"  {name:<8} {seconds:6.2f}s  {detail}")
+    print(f"  next: pytest smoke/ --environment {cfg.environment}   |   hokmdb cluster stop --environment {cfg.environment}")
+    return int(ExitCode.OK) if code == 0 else int(ExitCode.CHECKS_FAILED)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    setup_logging(args.verbose)
+    if args.command == "cluster":
+        run_cli(lambda: cmd_cluster(args))
+    run_cli(_demo(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Helpers shared by the project's tests (plain functions and constants, no fixtures)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from pytest_hokmdb.cluster import EmbeddedCluster
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+APP_USER = "hokm_app"
+APP_PASSWORD = "Xq7-app-secret-9Lm2"  # a known value, so tests can prove it never leaks
+
+
+@dataclass(frozen=True)
+class TlsCluster:
+    cluster: EmbeddedCluster
+    ca_file: Path
+    dbname: str
+
+    @property
+    def port(self) -> int:
+        return self.cluster.port
+
+
+def write_config_dir(directory: Path, environment: str, **overrides: object) -> Path:
+    """Copy the shipped config for ``environment`` into ``directory`` with overrides applied."""
+    directory.mkdir(parents=True, exist_ok=True)
+    data = json.loads((PROJECT_ROOT / "database" / "config" / f"{environment}.json").read_text())
+    for dotted, value in overrides.items():
+        node = data
+        *parents, leaf = dotted.split("__")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    path = directory / f"{environment}.json"
+    path.write_text(json.dumps(data, indent=2))
+    return path
+
+
+async def fetch_one(dsn: str, sql: str) -> object:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval(sql)
+    finally:
+        await conn.close()

@@ -1,0 +1,139 @@
+"""The environment config: interpolation, validation as a whole, and messages that name
+the file, the key and the variable, without ever showing a secret."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import write_config_dir
+
+from pytest_hokmdb.config import load_config
+from pytest_hokmdb.errors import ConfigError, ExitCode
+
+SECRET = "pw-that-must-not-leak-42"
+
+
+def _write(directory: Path, environment: str, data: dict) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{environment}.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _minimal(environment: str = "development", **database: object) -> dict:
+    return {"environment": environment, "database": {"name": "hokm", "user": "app", **database}}
+
+
+@pytest.mark.parametrize("environment", ["development", "testing"])
+def test_shipped_embedded_configs_load_with_an_empty_environment(environment: str) -> None:
+    loaded = load_config(environment, environ={})
+    assert loaded.config.uses_embedded
+    assert not loaded.config.is_protected
+
+
+@pytest.mark.parametrize("environment", ["staging", "production"])
+def test_shipped_protected_configs_name_every_missing_secret(environment: str) -> None:
+    suffix = environment.upper()
+    with pytest.raises(ConfigError) as err:
+        load_config(environment, environ={})
+    text = str(err.value)
+    assert err.value.exit_code == ExitCode.CONFIG_ERROR == 2
+    assert f"{environment}.json" in text
+    assert f"database.host: environment variable DB_HOST_{suffix} is not set" in text
+    assert f"database.password: environment variable DB_PASSWORD_{suffix} is not set" in text
+    assert "(2 problems)" in text
+
+
+def test_shipped_production_config_requires_verified_tls() -> None:
+    loaded = load_config("production", environ={"DB_HOST_PRODUCTION": "db", "DB_PASSWORD_PRODUCTION": SECRET})
+    assert loaded.config.database.sslmode == "verify-full"
+    assert loaded.config.is_protected
+    assert not loaded.config.seeding_allowed
+    assert SECRET not in repr(loaded.config)
+
+
+def test_interpolation_defaults_and_process_environment(tmp_path: Path) -> None:
+    path = _write(tmp_path, "development", _minimal(host="${MY_HOST:-fallback}", port="${MY_PORT}", password="${MY_PW}"))
+    loaded = load_config("development", path, environ={"MY_PORT": "6543", "MY_PW": SECRET})
+    db = loaded.config.database
+    assert (db.host, db.port) == ("fallback", 6543)
+    assert db.password is not None and db.password.get_secret_value() == SECRET
+
+
+def test_dollar_dollar_escapes_a_literal(tmp_path: Path) -> None:
+    path = _write(tmp_path, "development", _minimal(application_name="cost$${X}"))
+    assert load_config("development", path, environ={}).config.database.application_name == "cost${X}"
+
+
+def test_env_file_fills_in_and_process_environment_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _write(tmp_path, "development", _minimal(host="${H}", name="${N}"))
+    env_file = tmp_path / ".env.database"
+    env_file.write_text("H=from-file\nN=file-db\n")
+    monkeypatch.setenv("HOKMDB_ENV_FILE", str(env_file))
+    loaded = load_config("development", path, environ={"N": "env-db"})
+    assert loaded.config.database.host == "from-file"
+    assert loaded.config.database.name == "env-db"
+
+
+def test_unknown_key_wrong_type_and_missing_key_are_reported_together(tmp_path: Path) -> None:
+    data = {"environment": "development", "database": {"user": "app", "prot": 5432, "port": "abc"}, "pool": {"max_size": 2, "min_size": 5}}
+    path = _write(tmp_path, "development", data)
+    with pytest.raises(ConfigError) as err:
+        load_config("development", path, environ={})
+    text = str(err.value)
+    assert str(path) in text
+    assert "database.prot: unknown key" in text
+    assert "database.port: Input should be a valid integer" in text and "'abc'" in text
+    assert "database.name: required key is missing" in text
+    assert "min_size (5) is larger than max_size (2)" in text
+    assert "(4 problems)" in text
+
+
+def test_a_bad_interpolated_value_names_its_variable(tmp_path: Path) -> None:
+    path = _write(tmp_path, "development", _minimal(port="${DB_PORT}"))
+    with pytest.raises(ConfigError, match=r"database.port: .*'5x'.* \[from \$\{DB_PORT\}\]"):
+        load_config("development", path, environ={"DB_PORT": "5x"})
+
+
+def test_a_secret_of_the_wrong_type_is_not_echoed(tmp_path: Path) -> None:
+    path = _write(tmp_path, "development", _minimal(password={"nested": SECRET}))
+    with pytest.raises(ConfigError) as err:
+        load_config("development", path, environ={})
+    assert "database.password" in str(err.value)
+    assert SECRET not in str(err.value)
+
+
+@pytest.mark.parametrize("sslmode", ["disable", "prefer", "allow"])
+def test_staging_refuses_connections_without_tls(tmp_path: Path, sslmode: str) -> None:
+    path = write_config_dir(tmp_path, "staging", database__sslmode=sslmode)
+    with pytest.raises(ConfigError, match=f"database.sslmode is '{sslmode}', but staging requires TLS"):
+        load_config("staging", path, environ={"DB_HOST_STAGING": "db", "DB_PASSWORD_STAGING": SECRET})
+
+
+def test_production_can_never_allow_seeding(tmp_path: Path) -> None:
+    path = write_config_dir(tmp_path, "production", seed={"allowed": True})
+    with pytest.raises(ConfigError, match="production can never be seeded"):
+        load_config("production", path, environ={"DB_HOST_PRODUCTION": "db", "DB_PASSWORD_PRODUCTION": SECRET})
+
+
+def test_file_for_another_environment_is_refused(tmp_path: Path) -> None:
+    path = _write(tmp_path, "staging", _minimal("development"))
+    with pytest.raises(ConfigError, match="environment: says 'development' but the file is loaded for 'staging'"):
+        load_config("staging", path, environ={})
+
+
+def test_invalid_json_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "development.json"
+    path.write_text('{\n  "environment": "development",\n  oops\n}')
+    with pytest.raises(ConfigError, match=r"development.json: not valid JSON: .* line 3"):
+        load_config("development", path, environ={})
+
+
+def test_missing_file_and_unknown_environment(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("development", tmp_path, environ={})
+    with pytest.raises(ConfigError, match="unknown environment 'prod'") as err:
+        load_config("prod", environ={})
+    assert "development, testing, staging, production" in str(err.value)

@@ -26,9 +26,15 @@ def find_bin_dir(configured: Path | None = None) -> Path:
     Debian's ``pg_config`` may report the client-only bin dir, so every candidate must
     hold the server binaries.
     """
-    candidates: list[Path] = []
     if configured:
-        candidates.append(Path(configured))
+        # An explicit choice is never silently replaced by another installation.
+        if _has_server(Path(configured)):
+            return Path(configured)
+        raise ClusterError(
+            f"embedded.bin_dir {configured} does not contain initdb, pg_ctl and postgres",
+            hint="point it at the PostgreSQL server's bin directory (e.g. /usr/lib/postgresql/15/bin)",
+        )
+    candidates: list[Path] = []
     if os.environ.get("HOKMDB_PG_BIN"):
         candidates.append(Path(os.environ["HOKMDB_PG_BIN"]))
     pg_config = shutil.which("pg_config")
@@ -47,11 +53,6 @@ def find_bin_dir(configured: Path | None = None) -> Path:
     for candidate in candidates:
         if _has_server(candidate):
             return candidate
-    if configured:
-        raise ClusterError(
-            f"embedded.bin_dir {configured} does not contain initdb, pg_ctl and postgres",
-            hint="point it at the PostgreSQL server's bin directory (e.g. /usr/lib/postgresql/15/bin)",
-        )
     raise ClusterError(
         "no PostgreSQL server binaries found (initdb, pg_ctl, postgres)",
         hint="install them (Debian: apt-get install postgresql-15) or set HOKMDB_PG_BIN to their directory",

@@ -1,0 +1,165 @@
+"""The embedded cluster: created, started, stopped and restarted for real, as root
+(dropping to an unprivileged account) and as a normal user."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from pytest_hokmdb.cluster import EmbeddedCluster
+from pytest_hokmdb.cluster.binaries import find_bin_dir
+from pytest_hokmdb.cluster.embedded import THROWAWAY_SETTINGS
+from pytest_hokmdb.errors import ClusterError
+
+IS_ROOT = os.geteuid() == 0
+
+
+@pytest.fixture
+def cluster_dir() -> Path:
+    path = Path(tempfile.gettempdir()) / f"hokmdb-ct-{uuid.uuid4().hex[:8]}"
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+async def _query(cluster: EmbeddedCluster, sql: str) -> object:
+    conn = await asyncpg.connect(**cluster.admin_connect_kwargs())  # type: ignore[arg-type]
+    try:
+        return await conn.fetchval(sql)
+    finally:
+        await conn.close()
+
+
+async def _execute(cluster: EmbeddedCluster, sql: str) -> None:
+    conn = await asyncpg.connect(**cluster.admin_connect_kwargs())  # type: ignore[arg-type]
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def test_lifecycle_is_idempotent_and_keeps_data(cluster_dir: Path) -> None:
+    cluster = EmbeddedCluster(cluster_dir, settings=dict(THROWAWAY_SETTINGS))
+    assert not cluster.status().initialized
+    try:
+        cluster.start()
+        cluster.start()  # already running: nothing to do
+        status = cluster.status()
+        assert status.running and status.port == cluster.port and status.pid
+        assert "running" in status.describe() and str(cluster.port) in status.describe()
+        await _execute(cluster, "CREATE TABLE kept (v text); INSERT INTO kept VALUES ('still here')")
+        assert cluster.stop() is True
+        assert cluster.stop() is False
+        assert "stopped" in cluster.status().describe()
+        cluster.start()
+        assert await _query(cluster, "SELECT v FROM kept") == "still here"
+        assert await _query(cluster, "SHOW listen_addresses") == "127.0.0.1"
+        assert (cluster.socket_dir / f".s.PGSQL.{cluster.port}").exists()
+    finally:
+        cluster.destroy()
+    assert not cluster_dir.exists()
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="checks how hokmdb handles being run as root; this run is not root")
+async def test_as_root_the_server_runs_as_an_unprivileged_account(cluster_dir: Path) -> None:
+    cluster = EmbeddedCluster(cluster_dir, settings=dict(THROWAWAY_SETTINGS))
+    try:
+        cluster.start()
+        owner = subprocess.run(["ps", "-o", "user=", "-p", str(cluster.status().pid)], capture_output=True, text=True).stdout.strip()
+        assert owner == cluster.user.name != "root"
+        assert cluster.data_dir.stat().st_uid == cluster.user.uid
+        # Only the server account (and root) can reach the trust-authenticated socket.
+        assert oct(cluster.socket_dir.stat().st_mode & 0o777) == "0o700"
+    finally:
+        cluster.destroy()
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="a directory the server account cannot enter only arises when running as root")
+def test_as_root_an_unreachable_directory_falls_back_to_a_reachable_one(tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    cluster = EmbeddedCluster(private / "cluster", settings=dict(THROWAWAY_SETTINGS))
+    try:
+        assert cluster.base_dir != private / "cluster"
+        assert cluster.base_dir.name.startswith("cluster-")
+        cluster.start()
+        assert cluster.is_running()
+    finally:
+        cluster.destroy()
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="switching to a normal user needs root")
+def test_as_a_normal_user_the_cluster_runs_as_that_user(cluster_dir: Path) -> None:
+    import pwd
+
+    user = pwd.getpwnam("nobody")
+    # The venv's interpreter may live under /root (pyenv); the system Python of the same
+    # version can load the same site-packages.
+    site_packages = next(p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir())
+    env = {"PATH": os.environ["PATH"], "HOME": tempfile.gettempdir(), "PYTHONPATH": os.pathsep.join([site_packages, str(Path(__file__).parents[1])])}
+    python = None
+    for candidate in (sys.executable, f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"):
+        try:
+            probe = subprocess.run([candidate, "-c", "import pytest_hokmdb.cluster"], user=user.pw_uid, group=user.pw_gid, env=env, capture_output=True, timeout=60)
+        except OSError:
+            continue
+        if probe.returncode == 0:
+            python = candidate
+            break
+    if python is None:
+        pytest.skip("no Python interpreter with the project's packages is readable by the 'nobody' account here")
+    script = (
+        "from pathlib import Path; from pytest_hokmdb.cluster import EmbeddedCluster;"
+        f"c = EmbeddedCluster(Path({str(cluster_dir)!r})); c.start(); s = c.status();"
+        "print(s.os_user, s.running); c.destroy()"
+    )
+    result = subprocess.run(
+        [python, "-c", script],
+        user=user.pw_uid,
+        group=user.pw_gid,
+        extra_groups=[],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["nobody", "True"]
+
+
+def test_a_fixed_port_in_use_is_reported(cluster_dir: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cluster = EmbeddedCluster(cluster_dir, port=port, settings=dict(THROWAWAY_SETTINGS))
+        try:
+            with pytest.raises(ClusterError, match=f"port {port} on 127.0.0.1 is already in use"):
+                cluster.start()
+        finally:
+            cluster.destroy()
+
+
+def test_a_bad_bin_dir_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(ClusterError, match="does not contain initdb, pg_ctl and postgres"):
+        find_bin_dir(tmp_path)
+
+
+def test_a_server_that_cannot_start_points_at_its_log(cluster_dir: Path) -> None:
+    cluster = EmbeddedCluster(cluster_dir, settings={**THROWAWAY_SETTINGS, "shared_buffers": "not-a-size"})
+    try:
+        with pytest.raises(ClusterError) as err:
+            cluster.start()
+        assert "pg_ctl failed" in str(err.value)
+        assert f"server log: {cluster.log_file}" in str(err.value)
+        assert "shared_buffers" in cluster.log_file.read_text()
+    finally:
+        cluster.destroy()

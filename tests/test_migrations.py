@@ -1,0 +1,415 @@
+"""The alembic history against a real PostgreSQL: it deploys, undoes itself without a
+trace, carries move data across revision 0005 both ways, survives a failed concurrent
+index build in 0006, and ends exactly where the models say the schema is."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+from pytest_hokmdb.fixtures.throwaway import ThrowawayDatabase
+from pytest_hokmdb.migrate import adowngrade, aupgrade, current_revision, head_revision, script_directory
+from pytest_hokmdb.schema import metadata
+
+REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006")
+
+HEAD_TABLES = {
+    "players",
+    "user_preferences",
+    "game_sessions",
+    "game_participants",
+    "moves",
+    "player_game_stats",
+    "websocket_connections",
+    "performance_metrics",
+}
+HEAD_ENUMS = {
+    "game_status": ["waiting", "active", "completed", "abandoned"],
+    "card_suit": ["hearts", "diamonds", "clubs", "spades"],
+    "move_type": ["trump_selection", "card_play"],
+}
+PARTICIPANTS_INDEX = "ix_game_participants_player_id"
+
+# Everything a revision can leave behind in the public schema, one query per kind of
+# object. alembic_version is excluded: it is alembic's bookkeeping, not the schema
+# (to_regclass rather than ::regclass keeps the queries valid before it exists).
+SNAPSHOT_QUERIES: dict[str, str] = {
+    "relations": """
+        SELECT c.relname, c.relkind::text
+        FROM pg_class AS c
+        WHERE c.relnamespace = 'public'::regnamespace
+          AND c.relname NOT IN ('alembic_version', 'alembic_version_pkc')
+    """,
+    # Column order is not compared: 0005's downgrade re-adds ``card`` as the last column.
+    "columns": """
+        SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+               pg_get_expr(d.adbin, d.adrelid), a.attidentity::text
+        FROM pg_attribute AS a
+        JOIN pg_class AS c ON c.oid = a.attrelid
+        LEFT JOIN pg_attrdef AS d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+        WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r'
+          AND c.relname <> 'alembic_version' AND a.attnum > 0 AND NOT a.attisdropped
+    """,
+    "constraints": """
+        SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid)
+        FROM pg_constraint
+        WHERE connamespace = 'public'::regnamespace
+          AND conrelid IS DISTINCT FROM to_regclass('public.alembic_version')
+    """,
+    "indexes": """
+        SELECT c.relname, pg_get_indexdef(i.indexrelid), i.indisvalid
+        FROM pg_index AS i
+        JOIN pg_class AS c ON c.oid = i.indexrelid
+        WHERE c.relnamespace = 'public'::regnamespace
+          AND i.indrelid IS DISTINCT FROM to_regclass('public.alembic_version')
+    """,
+    # Row types of tables and array types come and go with their table or element type.
+    "types": """
+        SELECT t.typname, t.typtype::text,
+               array_agg(e.enumlabel::text ORDER BY e.enumsortorder) FILTER (WHERE e.enumlabel IS NOT NULL)
+        FROM pg_type AS t
+        LEFT JOIN pg_enum AS e ON e.enumtypid = t.oid
+        WHERE t.typnamespace = 'public'::regnamespace AND t.typrelid = 0 AND t.typcategory <> 'A'
+        GROUP BY t.typname, t.typtype
+    """,
+    "routines": """
+        SELECT p.proname, pg_get_function_identity_arguments(p.oid)
+        FROM pg_proc AS p
+        WHERE p.pronamespace = 'public'::regnamespace
+    """,
+}
+
+
+@asynccontextmanager
+async def connected(db: ThrowawayDatabase) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(db.dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def schema_snapshot(db: ThrowawayDatabase) -> dict[str, list[tuple[Any, ...]]]:
+    """Everything the migrations own, as sorted rows per kind, so that a failed comparison
+    shows exactly which object differs."""
+    snapshot: dict[str, list[tuple[Any, ...]]] = {}
+    async with connected(db) as conn:
+        for kind, query in SNAPSHOT_QUERIES.items():
+            rows = await conn.fetch(query)
+            snapshot[kind] = sorted(tuple(row) for row in rows)
+    return snapshot
+
+
+async def revision_of(db: ThrowawayDatabase) -> str | None:
+    async with connected(db) as conn:
+        return await current_revision(conn)
+
+
+async def column_names(db: ThrowawayDatabase, table: str) -> set[str]:
+    async with connected(db) as conn:
+        rows = await conn.fetch(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = 'public' AND table_name = $1",
+            table,
+        )
+    return {row["column_name"] for row in rows}
+
+
+async def autogenerate_diffs(url: URL) -> list[Any]:
+    """What ``alembic revision --autogenerate`` would put in a new revision for this database."""
+
+    def compare(sync_conn: sa.Connection) -> list[Any]:
+        context = MigrationContext.configure(
+            sync_conn,
+            opts={"compare_type": True, "compare_server_default": True, "target_metadata": metadata},
+        )
+        return compare_metadata(context, metadata)
+
+    engine = create_async_engine(url, poolclass=NullPool, hide_parameters=True)
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(compare)
+    finally:
+        await engine.dispose()
+
+
+async def insert_moves_at_0004(db: ThrowawayDatabase, cards: list[tuple[str, str]]) -> dict[int, str]:
+    """Insert one game whose moves carry ``cards`` (move_type, card) in the pre-0005 format;
+    returns {move id: card}."""
+    async with connected(db) as conn:
+        player_id = await conn.fetchval(
+            "INSERT INTO players (username, display_name) VALUES ('hakem', 'Hakem') RETURNING id"
+        )
+        game_id = await conn.fetchval(
+            "INSERT INTO game_sessions (room_code, hakem_player_id) VALUES ('ROOM1', $1) RETURNING id",
+            player_id,
+        )
+        inserted: dict[int, str] = {}
+        for sequence, (move_type, card) in enumerate(cards, start=1):
+            move_id = await conn.fetchval(
+                """
+                INSERT INTO moves
+                    (game_id, player_id, sequence_number, hand_number, trick_number, move_type, card)
+                VALUES ($1, $2, $3, 1, $4, $5, $6) RETURNING id
+                """,
+                game_id,
+                player_id,
+                sequence,
+                0 if move_type == "trump_selection" else 1,
+                move_type,
+                card,
+            )
+            inserted[move_id] = card
+    return inserted
+
+
+async def test_upgrade_to_head_then_downgrade_to_base_leaves_an_empty_schema(
+    hokmdb_empty_db: ThrowawayDatabase,
+) -> None:
+    db = hokmdb_empty_db
+    await aupgrade(db.url, "head")
+    at_head = await schema_snapshot(db)
+    assert {name for name, kind in at_head["relations"] if kind == "r"} == HEAD_TABLES
+    assert {name: labels for name, _, labels in at_head["types"]} == HEAD_ENUMS
+    assert await revision_of(db) == REVISIONS[-1]
+
+    await adowngrade(db.url, "base")
+    assert await schema_snapshot(db) == {kind: [] for kind in SNAPSHOT_QUERIES}
+    assert await revision_of(db) is None
+
+
+@pytest.mark.parametrize("index", range(len(REVISIONS)), ids=REVISIONS)
+async def test_each_revision_round_trips(hokmdb_empty_db: ThrowawayDatabase, index: int) -> None:
+    """upgrade r, downgrade r-1, upgrade r: the downgrade restores r-1's schema exactly and
+    the second upgrade rebuilds r's schema exactly."""
+    db = hokmdb_empty_db
+    revision = REVISIONS[index]
+    previous = REVISIONS[index - 1] if index else "base"
+    if index:
+        await aupgrade(db.url, previous)
+    before = await schema_snapshot(db)
+
+    await aupgrade(db.url, revision)
+    after_upgrade = await schema_snapshot(db)
+    assert after_upgrade != before, f"revision {revision} changed nothing"
+    assert await revision_of(db) == revision
+
+    await adowngrade(db.url, previous)
+    assert await schema_snapshot(db) == before
+    assert await revision_of(db) == (previous if index else None)
+
+    await aupgrade(db.url, revision)
+    assert await schema_snapshot(db) == after_upgrade
+    assert await revision_of(db) == revision
+
+
+async def test_0005_splits_cards_and_its_downgrade_restores_them_exactly(
+    hokmdb_empty_db: ThrowawayDatabase,
+) -> None:
+    db = hokmdb_empty_db
+    await aupgrade(db.url, "0004")
+    original = await insert_moves_at_0004(
+        db,
+        [
+            ("trump_selection", "S"),
+            ("card_play", "10H"),
+            ("card_play", "AS"),
+            ("card_play", "2C"),
+            ("card_play", "QD"),
+        ],
+    )
+    expected_split = {
+        "S": ("spades", None),
+        "10H": ("hearts", 10),
+        "AS": ("spades", 14),
+        "2C": ("clubs", 2),
+        "QD": ("diamonds", 12),
+    }
+
+    await aupgrade(db.url, "0005")
+    assert "card" not in await column_names(db, "moves")
+    async with connected(db) as conn:
+        rows = await conn.fetch("SELECT id, card_suit::text AS suit, card_rank AS rank FROM moves")
+    assert {row["id"]: (row["suit"], row["rank"]) for row in rows} == {
+        move_id: expected_split[card] for move_id, card in original.items()
+    }
+
+    await adowngrade(db.url, "0004")
+    assert {"card_suit", "card_rank"}.isdisjoint(await column_names(db, "moves"))
+    async with connected(db) as conn:
+        rows = await conn.fetch("SELECT id, card FROM moves")
+    assert {row["id"]: row["card"] for row in rows} == original
+
+
+async def test_0005_refuses_cards_it_cannot_parse_and_changes_nothing(
+    hokmdb_empty_db: ThrowawayDatabase,
+) -> None:
+    db = hokmdb_empty_db
+    await aupgrade(db.url, "0004")
+    moves = await insert_moves_at_0004(
+        db,
+        [
+            ("trump_selection", "H"),
+            ("card_play", "ZZ"),  # no such card
+            ("card_play", "1H"),  # no such rank
+            ("card_play", "D"),  # a card play without a rank
+            ("trump_selection", "KC"),  # a trump selection with a rank
+        ],
+    )
+    bad_ids = [move_id for move_id, card in moves.items() if card != "H"]
+
+    refusal = r"revision 0005 cannot split moves\.card, 4 move\(s\)"
+    with pytest.raises(sa.exc.DBAPIError, match=refusal) as failure:
+        await aupgrade(db.url, "0005")
+    for move_id in bad_ids:
+        assert f"{move_id} (" in str(failure.value)
+
+    assert await revision_of(db) == "0004"
+    async with connected(db) as conn:
+        rows = await conn.fetch("SELECT id, card FROM moves")
+    assert {row["id"]: row["card"] for row in rows} == moves
+
+
+async def test_0006_retries_after_a_failed_concurrent_build(hokmdb_empty_db: ThrowawayDatabase) -> None:
+    """A CREATE INDEX CONCURRENTLY that fails leaves an INVALID index behind under the
+    same name; IF NOT EXISTS alone would then keep the broken index forever."""
+    db = hokmdb_empty_db
+    await aupgrade(db.url, "0005")
+    async with connected(db) as conn:
+        player_id = await conn.fetchval(
+            "INSERT INTO players (username, display_name) VALUES ('p', 'P') RETURNING id"
+        )
+        for room in ("R1", "R2"):
+            game_id = await conn.fetchval(
+                "INSERT INTO game_sessions (room_code) VALUES ($1) RETURNING id", room
+            )
+            await conn.execute(
+                "INSERT INTO game_participants (game_id, player_id, seat, team) VALUES ($1, $2, 0, 1)",
+                game_id,
+                player_id,
+            )
+        # Unique on purpose, so the build fails on the player who sits in two games.
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute(
+                f"CREATE UNIQUE INDEX CONCURRENTLY {PARTICIPANTS_INDEX} ON game_participants (player_id)"
+            )
+    indexes = {name: (ddl, valid) for name, ddl, valid in (await schema_snapshot(db))["indexes"]}
+    assert indexes[PARTICIPANTS_INDEX][1] is False
+
+    await aupgrade(db.url, "0006")
+    indexes = {name: (ddl, valid) for name, ddl, valid in (await schema_snapshot(db))["indexes"]}
+    assert indexes[PARTICIPANTS_INDEX] == (
+        f"CREATE INDEX {PARTICIPANTS_INDEX} ON public.game_participants USING btree (player_id)",
+        True,
+    )
+
+
+async def test_0006_gives_up_quickly_when_the_table_is_locked(hokmdb_empty_db: ThrowawayDatabase) -> None:
+    """Without lock_timeout the build would queue behind the lock indefinitely."""
+    db = hokmdb_empty_db
+    await aupgrade(db.url, "0005")
+    async with connected(db) as blocker:
+        transaction = blocker.transaction()
+        await transaction.start()
+        try:
+            await blocker.execute("LOCK TABLE game_participants IN SHARE MODE")
+            with pytest.raises(sa.exc.DBAPIError, match="lock timeout"):
+                try:
+                    await asyncio.wait_for(aupgrade(db.url, "0006"), timeout=15)
+                except TimeoutError:
+                    pytest.fail("revision 0006 was still waiting for the table lock after 15s")
+        finally:
+            await transaction.rollback()
+    assert await revision_of(db) == "0005"
+
+    await aupgrade(db.url, "0006")
+    assert await revision_of(db) == "0006"
+
+
+def describe(diffs: list[Any]) -> list[tuple[str, ...]]:
+    """compare_metadata's output, reduced to (operation, object) pairs: table and index
+    diffs are tuples, column modifications come grouped in lists."""
+    described: list[tuple[str, ...]] = []
+    for diff in diffs:
+        for change in diff if isinstance(diff, list) else [diff]:
+            op, target = change[0], change[1]
+            if target is None:  # (op, schema, table, column or column name, ...)
+                target = f"{change[2]}.{getattr(change[3], 'name', change[3])}"
+            name = getattr(target, "name", target)
+            described.append((op, str(name)))
+    return described
+
+
+async def test_models_match_the_migrated_schema(hokmdb_empty_db: ThrowawayDatabase) -> None:
+    db = hokmdb_empty_db
+    await aupgrade(db.url, "0005")
+    before_0006 = await autogenerate_diffs(db.url)
+    await aupgrade(db.url, "head")
+
+    assert await autogenerate_diffs(db.url) == []
+    # The comparison must be able to see a difference: 0005 lacks 0006's index.
+    assert describe(before_0006) == [("add_index", PARTICIPANTS_INDEX)]
+
+
+async def test_models_match_what_autogenerate_cannot_compare(hokmdb_empty_db: ThrowawayDatabase) -> None:
+    """Alembic's autogenerate ignores CHECK constraints and enum labels, so they are
+    compared here: each model CHECK is added to the migrated table (NOT VALID, in a
+    transaction that is rolled back) so PostgreSQL normalises both texts the same way."""
+    db = hokmdb_empty_db
+    await aupgrade(db.url, "head")
+    model_enums = {
+        column.type.name: list(column.type.enums)
+        for table in metadata.tables.values()
+        for column in table.columns
+        if isinstance(column.type, sa.Enum)
+    }
+    model_checks = [
+        (table.name, str(constraint.name), str(constraint.sqltext))
+        for table in metadata.tables.values()
+        for constraint in table.constraints
+        if isinstance(constraint, sa.CheckConstraint)
+    ]
+    definitions = """
+        SELECT conname, pg_get_constraintdef(oid) AS definition
+        FROM pg_constraint
+        WHERE connamespace = 'public'::regnamespace AND contype = 'c'
+    """
+    async with connected(db) as conn:
+        migrated = {row["conname"]: row["definition"] for row in await conn.fetch(definitions)}
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            for index, (table, _, sqltext) in enumerate(model_checks):
+                await conn.execute(
+                    f"ALTER TABLE {table} ADD CONSTRAINT probe_{index} CHECK ({sqltext}) NOT VALID"
+                )
+            probed = {row["conname"]: row["definition"] for row in await conn.fetch(definitions)}
+        finally:
+            await transaction.rollback()
+    from_models = {
+        name: probed[f"probe_{index}"].removesuffix(" NOT VALID")
+        for index, (_, name, _) in enumerate(model_checks)
+    }
+
+    assert from_models == migrated
+    assert model_enums == {name: labels for name, _, labels in (await schema_snapshot(db))["types"]}
+
+
+def test_history_is_one_linear_chain_with_a_single_head() -> None:
+    scripts = script_directory()
+    assert scripts.get_heads() == [REVISIONS[-1]]
+    assert head_revision() == REVISIONS[-1]
+    newest_first = [script.revision for script in scripts.walk_revisions("base", "heads")]
+    assert newest_first == list(reversed(REVISIONS))
+    assert scripts.get_revision(REVISIONS[0]).down_revision is None

@@ -15,6 +15,7 @@ from pytest_asyncio import is_async_test
 from pytest_hokmdb.aio import run_sync
 from pytest_hokmdb.config import ENVIRONMENTS, load_config
 from pytest_hokmdb.errors import ConfigError, HokmdbError
+from pytest_hokmdb.fixtures.checks import hokmdb_check, hokmdb_check_context  # noqa: F401
 from pytest_hokmdb.fixtures.live import (  # noqa: F401  (fixtures are registered by import)
     hokmdb_alembic_config,
     hokmdb_config,
@@ -34,6 +35,9 @@ from pytest_hokmdb.fixtures.throwaway import (  # noqa: F401
     hokmdb_template,
 )
 from pytest_hokmdb.redaction import redact
+from pytest_hokmdb.report.json_result import JsonResult
+
+JSON_RESULT_KEY = pytest.StashKey[JsonResult]()
 
 MARKERS = (
     "smoke: a post-deploy check of a live database (read-only)",
@@ -65,6 +69,27 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="let tests marked destructive run on staging (never on production)",
     )
+    group.addoption(
+        "--target-revision",
+        dest="hokmdb_target_revision",
+        default=None,
+        metavar="REV",
+        help="revision the database must be at (default: the code's alembic head)",
+    )
+    group.addoption(
+        "--full-scan",
+        dest="hokmdb_full_scan",
+        action="store_true",
+        default=False,
+        help="run data-integrity checks over all data instead of the recent window",
+    )
+    group.addoption(
+        "--hokmdb-json",
+        dest="hokmdb_json",
+        default=None,
+        metavar="PATH",
+        help="write a machine-readable result (per check: status, duration, measured, threshold, message)",
+    )
     parser.addini("hokmdb_environment", "default environment for --environment", default=None)
     parser.addini("hokmdb_config", "default config directory or file for --db-config", default=None)
 
@@ -90,6 +115,33 @@ def pytest_configure(config: pytest.Config) -> None:
         except ConfigError as exc:
             pytest.exit(f"hokmdb: {exc}", returncode=int(exc.exit_code))
     config.stash[STATE_KEY] = SessionState(environment, loaded, bool(config.getoption("allow_destructive")))
+    json_path = config.getoption("hokmdb_json")
+    if json_path and not hasattr(config, "workerinput"):  # only the xdist controller (or a plain run) writes it
+        from pathlib import Path
+
+        target = None
+        if loaded is not None:
+            db = loaded.config.database
+            target = f"{db.user}@{db.host or 'embedded'}:{db.port}/{db.name}"
+        config.stash[JSON_RESULT_KEY] = JsonResult(Path(json_path).resolve(), environment, target)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    result = session.config.stash.get(JSON_RESULT_KEY, None)
+    if result is not None:
+        session.config.pluginmanager.register(_JsonCollector(result), "hokmdb-json-result")
+
+
+class _JsonCollector:
+    def __init__(self, result: JsonResult) -> None:
+        self.result = result
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.result.add(report)
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        self.result.write(exitstatus)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

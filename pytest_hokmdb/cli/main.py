@@ -7,15 +7,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pytest_hokmdb.cli.common import run_cli, setup_logging
 from pytest_hokmdb.config import LoadedConfig, load_config
@@ -81,38 +77,17 @@ class DemoReport:
 
 
 def _run_smoke(loaded: LoadedConfig) -> tuple[int, dict[str, int]]:
-    """The gate is pytest itself, run as a subprocess and read back through its JSON report."""
-    root = loaded.project_root
-    with tempfile.TemporaryDirectory(prefix="hokmdb-smoke-") as tmp:
-        report_path = Path(tmp) / "report.xml"
-        cmd = [
-            sys.executable, "-m", "pytest", str(root / "smoke"),
-            "--environment", loaded.config.environment,
-            "--db-config", str(loaded.path),
-            "-q", "-p", "no:cacheprovider", f"--junitxml={report_path}",
-        ]
-        result = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
-        counts = _junit_counts(report_path)
-    if result.returncode not in (0, 1):
-        sys.stderr.write(result.stdout[-4000:] + result.stderr[-4000:])
-    elif result.returncode == 1:
-        sys.stderr.write(result.stdout[-8000:])
-    return result.returncode, counts
+    """The gate is pytest itself, run as a subprocess and read back through its JSON result."""
+    from pytest_hokmdb.gate import run_gate
 
-
-def _junit_counts(path: Path) -> dict[str, int]:
-    import xml.etree.ElementTree as ET
-
-    if not path.is_file():
-        return {}
-    suite = ET.parse(path).getroot()
-    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")  # type: ignore[assignment]
-    if suite is None:
-        return {}
-    total = int(suite.get("tests", 0))
-    failed = int(suite.get("failures", 0)) + int(suite.get("errors", 0))
-    skipped = int(suite.get("skipped", 0))
-    return {"passed": total - failed - skipped, "failed": failed, "skipped": skipped}
+    result = run_gate(loaded, "smoke")
+    if not result.passed:
+        failures = [t for t in result.tests if t["outcome"] in ("failed", "error")]
+        for test in failures:
+            sys.stderr.write(f"  FAILED {test.get('check') or test['nodeid']}: {test['message']}\n")
+        if not result.document:
+            sys.stderr.write(result.output[-4000:])
+    return result.exit_code, result.summary
 
 
 async def _demo(args: argparse.Namespace) -> int:

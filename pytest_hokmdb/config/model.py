@@ -96,6 +96,88 @@ class SeedSettings(_Strict):
     random_seed: int = 20261124
 
 
+class HotQuery(_Strict):
+    """A query on the game server's hot path, timed and explained by the smoke suite.
+
+    ``params`` may use ``$sample_game_id`` / ``$sample_player_id``: the suite fills them
+    from the newest game and its first participant, so the plan is realistic.
+    """
+
+    name: str
+    sql: str
+    params: list[str] = Field(default_factory=list)
+    max_ms: float = Field(50.0, gt=0)
+    expected_index: str | None = None
+
+
+DEFAULT_HOT_QUERIES: tuple[HotQuery, ...] = (
+    HotQuery(
+        name="game_with_participants",
+        sql=(
+            "SELECT g.id, g.status, g.trump_suit, g.team1_score, g.team2_score, p.seat, p.team, p.player_id "
+            "FROM game_sessions g JOIN game_participants p ON p.game_id = g.id WHERE g.id = $1"
+        ),
+        params=["$sample_game_id"],
+        max_ms=50,
+        expected_index="uq_game_participants_game_id_seat",
+    ),
+    HotQuery(
+        name="player_recent_games",
+        sql=(
+            "SELECT g.id, g.status, g.created_at FROM game_participants p JOIN game_sessions g ON g.id = p.game_id "
+            "WHERE p.player_id = $1 ORDER BY g.created_at DESC LIMIT 20"
+        ),
+        params=["$sample_player_id"],
+        max_ms=50,
+        expected_index="ix_game_participants_player_id",
+    ),
+    HotQuery(
+        name="leaderboard_top_n",
+        sql="SELECT id, username, rating FROM players WHERE is_active ORDER BY rating DESC LIMIT 100",
+        max_ms=50,
+        expected_index="ix_players_rating_desc",
+    ),
+    HotQuery(
+        name="game_moves_in_order",
+        sql=(
+            "SELECT sequence_number, player_id, move_type, card_suit, card_rank FROM moves "
+            "WHERE game_id = $1 ORDER BY sequence_number"
+        ),
+        params=["$sample_game_id"],
+        max_ms=50,
+        expected_index="uq_moves_game_id_sequence_number",
+    ),
+)
+
+
+class SmokeSettings(_Strict):
+    """Thresholds of the post-deploy checks; defaults suit a healthy game server."""
+
+    check_statement_timeout_ms: int = Field(5_000, ge=100, description="per check, so a sick database cannot hang the gate")
+    min_server_version_num: int = Field(150000, ge=90000)
+    max_connect_s: float = Field(5.0, gt=0)
+    max_latency_ms: float = Field(50.0, gt=0)
+    require_ssl: bool | None = Field(None, description="default: on for staging and production")
+    app_role_may_own_schema: bool = False
+    log_connections: bool | None = Field(None, description="expected value of log_connections; unset: not checked")
+    min_cache_hit_ratio: float = Field(0.90, ge=0, le=1)
+    cache_hit_min_reads: int = Field(10_000, ge=0, description="below this many block reads the ratio means nothing")
+    large_table_rows: int = Field(10_000, ge=0, description="a sequential scan above this size fails the plan check")
+    hot_queries: list[HotQuery] = Field(default_factory=lambda: list(DEFAULT_HOT_QUERIES))
+    pool_headroom: float = Field(0.2, ge=0, lt=1, description="share of max_connections that must stay free")
+    long_transaction_s: float = Field(300.0, gt=0)
+    idle_in_transaction_s: float = Field(60.0, gt=0)
+    blocked_lock_s: float = Field(30.0, gt=0)
+    max_xid_age: int = Field(1_000_000_000, gt=0)
+    max_replication_lag_s: float = Field(30.0, gt=0)
+    max_dead_tuple_ratio: float = Field(0.2, gt=0, le=1)
+    dead_tuple_min_rows: int = Field(10_000, ge=0)
+    max_vacuum_age_h: float = Field(168.0, gt=0, description="hot tables with changes must be vacuumed/analyzed this often")
+    max_sequence_usage: float = Field(0.8, gt=0, le=1)
+    integrity_window_days: float = Field(7.0, gt=0)
+    integrity_sample: int = Field(10, ge=1, le=1000)
+
+
 class HokmdbConfig(_Strict):
     environment: EnvironmentName
     description: str | None = None
@@ -105,6 +187,7 @@ class HokmdbConfig(_Strict):
     backup: BackupSettings = BackupSettings()
     notifications: NotificationSettings = NotificationSettings()
     seed: SeedSettings = SeedSettings()
+    smoke: SmokeSettings = SmokeSettings()
 
     @model_validator(mode="after")
     def _environment_rules(self) -> "HokmdbConfig":
@@ -126,6 +209,10 @@ class HokmdbConfig(_Strict):
     def is_protected(self) -> bool:
         """Staging and production: sessions are read-only and destructive tests are refused."""
         return self.environment in PROTECTED_ENVIRONMENTS
+
+    @property
+    def ssl_required(self) -> bool:
+        return self.smoke.require_ssl if self.smoke.require_ssl is not None else self.is_protected
 
     @property
     def seeding_allowed(self) -> bool:

@@ -1,0 +1,15 @@
+#!/usr/bin/env python3
+"""Post-deploy smoke checks of a live database, run through pytest.
+
+    python database/smoke_tests.py --environment production [--output result.json]
+"""
+
+import sys
+
+try:
+    from pytest_hokmdb.cli.smoke import main
+except ImportError:  # pragma: no cover - the message is the point
+    sys.exit("error: hokmdb is not installed for this Python\n  hint: run `make install` and use .venv/bin/python")
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,352 @@
+"""Security checks: the application role is least-privileged and the server is configured safely.
+
+The game server connects as one role (the session's ``current_user`` here). If that role
+is a superuser, may create roles or databases, or owns the schema it writes to, then one
+SQL injection in the game server can take the whole cluster, or drop every table. The
+server-wide settings (password hashing, ``trust`` logins, TLS, who may create objects in
+``public``) are checked here too because a deploy is when they silently regress.
+
+Everything is read from the catalog and ``pg_settings``: cheap, read-only, and readable
+by an unprivileged role, except ``pg_hba_file_rules``, which is skipped (with the grant
+that would enable it) when the role may not read it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import asyncpg
+
+from pytest_hokmdb.checks.base import CheckContext, CheckFunction, CheckResult, check, sample
+from pytest_hokmdb.checks.schema import app_schema, quote_ident
+
+FEATURE = "Security"
+CATEGORY = "security"
+OWNER_PLACEHOLDER = "<owner role>"
+
+_MEMBER_OF_ROLES_WITH = """
+SELECT r.rolname, r.rolname = current_user AS is_self
+FROM pg_roles r
+WHERE r.{attribute} AND pg_has_role(current_user, r.oid, 'MEMBER')
+ORDER BY r.rolname = current_user DESC, r.rolname
+"""
+
+
+async def _role_attribute(ctx: CheckContext, attribute: str, keyword: str, consequence: str) -> CheckResult:
+    """Fail when the session role has ``attribute``, or can ``SET ROLE`` to a role that has it.
+
+    Role attributes are not inherited, but membership lets a role switch to the other one,
+    so a member of a superuser role is one ``SET ROLE`` away from being superuser.
+    """
+    role = await ctx.conn.fetchval("SELECT current_user")
+    is_super = await ctx.conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+    rows = await ctx.conn.fetch(_MEMBER_OF_ROLES_WITH.format(attribute=attribute))
+    direct = any(r["is_self"] for r in rows)
+    # A superuser is "a member" of every role; only its own attribute is worth reporting.
+    via = [] if is_super else [r["rolname"] for r in rows if not r["is_self"]]
+    if not direct and not via:
+        return CheckResult.passed(f"application role {role} does not have {keyword}", measured=False, threshold=False)
+    problems, fixes = [], []
+    if direct:
+        problems.append(f"application role {role} has {keyword}")
+        fixes.append(f"ALTER ROLE {quote_ident(role)} NO{keyword}")
+    if via:
+        problems.append(f"application role {role} is a member of {sample(via)}, which {'have' if len(via) > 1 else 'has'} "
+                        f"{keyword} (one SET ROLE away)")
+        fixes.extend(f"REVOKE {quote_ident(name)} FROM {quote_ident(role)}" for name in via)
+    return CheckResult.failed(
+        f"{'; '.join(problems)}: {consequence}. Run {'; '.join(fixes)} (as a superuser), and give the game server "
+        "only the privileges it needs",
+        measured=True,
+        threshold=False,
+        evidence={"roles with " + keyword: "\n".join(r["rolname"] for r in rows) + "\n"},
+    )
+
+
+@check("security.app_role_not_superuser", title="Application role is not a superuser", feature=FEATURE, category=CATEGORY, severity="blocker")
+async def app_role_not_superuser(ctx: CheckContext) -> CheckResult:
+    """A superuser bypasses every permission: one injection in the game server owns the cluster
+    (and, through COPY ... PROGRAM, the server's operating system account)."""
+    return await _role_attribute(
+        ctx, "rolsuper", "SUPERUSER", "it bypasses every permission check and can run programs on the database server"
+    )
+
+
+@check("security.app_role_cannot_create_roles", title="Application role cannot create roles", feature=FEATURE, category=CATEGORY, severity="critical")
+async def app_role_cannot_create_roles(ctx: CheckContext) -> CheckResult:
+    """CREATEROLE can create and grant roles, including membership in the built-in
+    ``pg_read_server_files`` / ``pg_execute_server_program``: close to superuser."""
+    return await _role_attribute(
+        ctx, "rolcreaterole", "CREATEROLE", "it can create logins and grant powerful built-in roles"
+    )
+
+
+@check("security.app_role_cannot_create_databases", title="Application role cannot create databases", feature=FEATURE, category=CATEGORY, severity="normal")
+async def app_role_cannot_create_databases(ctx: CheckContext) -> CheckResult:
+    """CREATEDB lets a compromised game server fill the disk with databases of its own."""
+    return await _role_attribute(
+        ctx, "rolcreatedb", "CREATEDB", "it can create databases, which is never part of the game server's job"
+    )
+
+
+_SCHEMA_OWNERSHIP = """
+SELECT n.nspname AS schema, n.nspowner::regrole::text AS owner,
+       current_database() AS db, d.datdba::regrole::text AS db_owner,
+       coalesce(n.nspowner = to_regrole('pg_database_owner'), false) AS owned_by_db_owner,
+       pg_has_role(current_user, n.nspowner, 'MEMBER') AS member_of_owner,
+       pg_has_role(current_user, d.datdba, 'MEMBER') AS member_of_db_owner,
+       (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS is_super,
+       current_user AS role
+FROM pg_namespace n, pg_database d
+WHERE n.nspname = $1 AND d.datname = current_database()
+"""
+
+
+@check("security.app_role_not_schema_owner", title="Application role does not own its schema", feature=FEATURE, category=CATEGORY, severity="critical")
+async def app_role_not_schema_owner(ctx: CheckContext) -> CheckResult:
+    """The owner of a schema can drop any table in it and alter its privileges; the game
+    server only needs to read and write rows, so a separate role should own the schema.
+
+    Since PostgreSQL 15, ``public`` is owned by ``pg_database_owner``, a stand-in for
+    whoever owns the database: owning the database therefore means owning ``public``.
+    """
+    schema = await app_schema(ctx.conn)
+    row = await ctx.conn.fetchrow(_SCHEMA_OWNERSHIP, schema)
+    if row is None:
+        return CheckResult.failed(f"schema {schema} does not exist in database {await ctx.conn.fetchval('SELECT current_database()')}; check the deploy")
+    role, owner, db, db_owner = row["role"], row["owner"], row["db"], row["db_owner"]
+    evidence = {"ownership": f"schema {schema} owner: {owner}\ndatabase {db} owner: {db_owner}\napplication role: {role}\n"}
+    how: str | None
+    fix: str
+    if owner == role:
+        how = f"application role {role} owns schema {schema}"
+        fix = f"ALTER SCHEMA {quote_ident(schema)} OWNER TO {OWNER_PLACEHOLDER}"
+    elif row["owned_by_db_owner"] and db_owner == role:
+        how = (f"schema {schema} is owned by pg_database_owner, i.e. by the owner of database {db}, "
+               f"and application role {role} owns database {db}")
+        fix = f"ALTER DATABASE {quote_ident(db)} OWNER TO {OWNER_PLACEHOLDER}, or ALTER SCHEMA {quote_ident(schema)} OWNER TO {OWNER_PLACEHOLDER}"
+    elif row["is_super"]:
+        how = f"application role {role} is a superuser and so acts as the owner of every schema, {schema} included"
+        fix = f"ALTER ROLE {quote_ident(role)} NOSUPERUSER (see security.app_role_not_superuser)"
+    elif row["owned_by_db_owner"] and row["member_of_db_owner"]:
+        how = (f"schema {schema} is owned by pg_database_owner, i.e. by the owner of database {db}, {db_owner}, "
+               f"and application role {role} is a member of {db_owner}")
+        fix = f"REVOKE {quote_ident(db_owner)} FROM {quote_ident(role)}"
+    elif row["member_of_owner"]:
+        how = f"application role {role} is a member of {owner}, which owns schema {schema}"
+        fix = f"REVOKE {quote_ident(owner)} FROM {quote_ident(role)}"
+    else:
+        how = None
+        fix = ""
+    effective_owner = f"{owner} (owner of database {db}: {db_owner})" if row["owned_by_db_owner"] else owner
+    if how is None:
+        return CheckResult.passed(
+            f"schema {schema} is owned by {effective_owner}, not by application role {role}", measured=False, threshold=False, evidence=evidence
+        )
+    if ctx.settings.app_role_may_own_schema:
+        return CheckResult.passed(f"{how}; allowed by smoke.app_role_may_own_schema", measured=True, evidence=evidence)
+    return CheckResult.failed(
+        f"{how}: the game server could drop or alter every table in {schema}. Fix: {fix}, where {OWNER_PLACEHOLDER} is a "
+        f"separate role that owns the schema and runs the migrations; grant {role} only USAGE on {schema} and the table "
+        "privileges it needs. If this is intended, set smoke.app_role_may_own_schema",
+        measured=True,
+        threshold=False,
+        evidence=evidence,
+    )
+
+
+@check("security.password_encryption_scram", title="Passwords are hashed with SCRAM", feature=FEATURE, category=CATEGORY, severity="normal")
+async def password_encryption_scram(ctx: CheckContext) -> CheckResult:
+    """MD5 password hashes are replayable and deprecated; every password set while the server
+    says ``md5`` is stored that way. Read the configured value (``reset_val``), not this
+    session's, because a session can ``SET`` its own."""
+    row = await ctx.conn.fetchrow("SELECT reset_val, source FROM pg_settings WHERE name = 'password_encryption'")
+    value = row["reset_val"] if row else None
+    where = f"server {ctx.target.host}:{ctx.target.port}"
+    if value == "scram-sha-256":
+        return CheckResult.passed(f"password_encryption is scram-sha-256 on {where}", measured=value, threshold="scram-sha-256")
+    return CheckResult.failed(
+        f"password_encryption is {value or 'unknown'} on {where} (source: {row['source'] if row else 'n/a'}), so new "
+        "passwords are stored as weak MD5 hashes: set password_encryption = 'scram-sha-256' in postgresql.conf "
+        "(or ALTER SYSTEM) and SELECT pg_reload_conf(), remove any per-role or per-database override, "
+        "then set the passwords again so they are re-hashed",
+        measured=value,
+        threshold="scram-sha-256",
+    )
+
+
+_LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+_HOST_TYPES = ("host", "hostssl", "hostnossl", "hostgssenc", "hostnogssenc")
+
+
+def _network(address: str, netmask: str | None) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """The network a pg_hba address matches; None for keywords and host names.
+
+    The view gives a CIDR rule as address plus netmask (``::1`` / ``ffff:...:ffff``), and
+    ``ipaddress`` accepts a netmask only for IPv4, so the prefix length is counted here.
+    """
+    try:
+        ip = ipaddress.ip_address(address)
+        prefix = int(ipaddress.ip_address(netmask)).bit_count() if netmask else ip.max_prefixlen
+        return ipaddress.ip_network(f"{ip}/{prefix}", strict=False)
+    except ValueError:
+        return None
+
+
+def is_local_address(address: str | None, netmask: str | None) -> bool:
+    """True when a pg_hba address can only match connections from this machine."""
+    if address is None or address in ("samehost", "localhost"):
+        return True
+    network = _network(address, netmask)
+    if network is None:
+        return False  # all, samenet, or a host name: may be anywhere
+    return any(network.version == lo.version and network.subnet_of(lo) for lo in _LOOPBACK)  # type: ignore[arg-type]
+
+
+def _describe_rule(row: asyncpg.Record) -> str:
+    address = row["address"] or ""
+    if row["netmask"]:
+        network = _network(address, row["netmask"])
+        address = str(network) if network is not None else f"{address} {row['netmask']}"
+    return (f"line {row['line_number']}: {row['type']} {','.join(row['database'] or [])} "
+            f"{','.join(row['user_name'] or [])} {address} {row['auth_method']}")
+
+
+@check("security.no_remote_trust_auth", title="No trust authentication for remote hosts", feature=FEATURE, category=CATEGORY, severity="blocker")
+async def no_remote_trust_auth(ctx: CheckContext) -> CheckResult:
+    """A ``trust`` rule for a network address lets anyone who can reach the port log in as
+    any role, the superuser included, without a password.
+
+    ``pg_hba_file_rules`` shows the file as it is now, which is what the server uses after
+    its next reload, so a bad edit is caught before it takes effect too.
+    """
+    role = await ctx.conn.fetchval("SELECT current_user")
+    readable = await ctx.conn.fetchval(
+        "SELECT has_table_privilege('pg_catalog.pg_hba_file_rules', 'SELECT') "
+        "AND has_function_privilege('pg_catalog.pg_hba_file_rules()', 'EXECUTE')"
+    )
+    if not readable:
+        return CheckResult.skipped(
+            f"cannot inspect pg_hba.conf: role {role} may not read pg_hba_file_rules (superuser only by default). "
+            f"To check it, run as a superuser: GRANT SELECT ON pg_catalog.pg_hba_file_rules TO {quote_ident(role)}; "
+            f"GRANT EXECUTE ON FUNCTION pg_catalog.pg_hba_file_rules() TO {quote_ident(role)}; or review pg_hba.conf by hand"
+        )
+    rows = await ctx.conn.fetch(
+        "SELECT line_number, type, database, user_name, address, netmask, auth_method, error "
+        "FROM pg_catalog.pg_hba_file_rules ORDER BY line_number"
+    )
+    errors = [f"line {r['line_number']}: {r['error']}" for r in rows if r["error"]]
+    offending = [
+        r for r in rows
+        if not r["error"] and r["auth_method"] == "trust" and r["type"] in _HOST_TYPES
+        and not is_local_address(r["address"], r["netmask"])
+    ]
+    evidence = {"pg_hba_file_rules": "\n".join(_describe_rule(r) if not r["error"] else f"line {r['line_number']}: ERROR {r['error']}" for r in rows) + "\n"}
+    where = f"server {ctx.target.host}:{ctx.target.port}"
+    error_note = (f" pg_hba.conf also has {len(errors)} invalid line(s) ({sample(errors, 3)}); the server keeps its "
+                  "previously loaded rules until they are fixed.") if errors else ""
+    if offending:
+        described = [_describe_rule(r) for r in offending]
+        return CheckResult.failed(
+            f"pg_hba.conf on {where} lets remote clients log in without a password: {sample(described, 5)}. "
+            "Change the method of these lines to scram-sha-256 (or delete them), then SELECT pg_reload_conf()." + error_note,
+            measured=len(offending),
+            threshold=0,
+            evidence=evidence,
+        )
+    if errors:
+        return CheckResult.failed(
+            f"no remote trust rules in pg_hba.conf on {where}, but the file does not load:{error_note} "
+            "Fix the lines and SELECT pg_reload_conf()",
+            measured=0,
+            threshold=0,
+            evidence=evidence,
+        )
+    return CheckResult.passed(f"no trust rules for remote addresses in pg_hba.conf on {where} ({len(rows)} rules)", measured=0, threshold=0, evidence=evidence)
+
+
+_PUBLIC_CREATE = """
+SELECT n.nspname AS schema
+FROM pg_namespace n
+WHERE n.nspname = ANY($1::text[])
+  AND EXISTS (SELECT 1 FROM aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a
+              WHERE a.grantee = 0 AND a.privilege_type = 'CREATE')
+ORDER BY n.nspname
+"""
+
+
+@check("security.public_cannot_create_in_schema", title="PUBLIC cannot create objects in the application schema", feature=FEATURE, category=CATEGORY, severity="critical")
+async def public_cannot_create_in_schema(ctx: CheckContext) -> CheckResult:
+    """If every role may CREATE in ``public`` (the default before PostgreSQL 15), any login can
+    plant a function or table that shadows the application's (CVE-2018-1058)."""
+    schemas = sorted({"public", await app_schema(ctx.conn)})
+    rows = await ctx.conn.fetch(_PUBLIC_CREATE, schemas)
+    if not rows:
+        return CheckResult.passed(f"PUBLIC has no CREATE privilege on {', '.join(schemas)}", measured=False, threshold=False)
+    names = [r["schema"] for r in rows]
+    fix = "; ".join(f"REVOKE CREATE ON SCHEMA {quote_ident(name)} FROM PUBLIC" for name in names)
+    return CheckResult.failed(
+        f"every role (PUBLIC) may create objects in schema {', '.join(names)} of database {ctx.target.dbname}: any login can "
+        f"plant functions or tables that shadow the application's. Run {fix} (as the schema owner)",
+        measured=True,
+        threshold=False,
+    )
+
+
+@check("security.server_ssl_enabled", title="Server has TLS enabled where required", feature=FEATURE, category=CATEGORY, severity="critical")
+async def server_ssl_enabled(ctx: CheckContext) -> CheckResult:
+    """Without ``ssl = on`` no client can encrypt, whatever its sslmode says; game traffic and
+    passwords' SCRAM exchanges would cross the network in clear."""
+    value = await ctx.conn.fetchval("SELECT setting FROM pg_settings WHERE name = 'ssl'")
+    where = f"server {ctx.target.host}:{ctx.target.port}"
+    if not ctx.config.ssl_required:
+        return CheckResult.passed(f"TLS not required on {ctx.config.environment} (ssl = {value} on {where})", measured=value)
+    if value == "on":
+        return CheckResult.passed(f"ssl = on on {where}", measured=value, threshold="on")
+    return CheckResult.failed(
+        f"ssl is {value} on {where}, but TLS is required on {ctx.config.environment}: set ssl = on with ssl_cert_file "
+        "and ssl_key_file in postgresql.conf, SELECT pg_reload_conf(), and use hostssl lines in pg_hba.conf",
+        measured=value,
+        threshold="on",
+    )
+
+
+def _as_bool(value: str | None) -> bool:
+    """``log_connections`` is a boolean up to PostgreSQL 17 and a list of aspects from 18 on."""
+    text = (value or "").strip().lower()
+    return text not in ("", "off", "false", "no", "0")
+
+
+@check("security.log_connections", title="Connection logging is as configured", feature=FEATURE, category=CATEGORY, severity="minor")
+async def log_connections(ctx: CheckContext) -> CheckResult:
+    """Connection logs are how an incident is traced back to a client; a deploy or a new
+    parameter group can turn them off without anyone noticing."""
+    expected = ctx.settings.log_connections
+    if expected is None:
+        return CheckResult.skipped("log_connections is not checked: not configured (set smoke.log_connections to true or false)")
+    value = await ctx.conn.fetchval("SELECT setting FROM pg_settings WHERE name = 'log_connections'")
+    actual = _as_bool(value)
+    wanted = "on" if expected else "off"
+    where = f"server {ctx.target.host}:{ctx.target.port}"
+    if actual == expected:
+        return CheckResult.passed(f"log_connections is {value} on {where}, as configured", measured=actual, threshold=expected)
+    return CheckResult.failed(
+        f"log_connections is {value or 'off'} on {where}, expected {wanted} (smoke.log_connections): set log_connections = "
+        f"{wanted} in postgresql.conf (or ALTER SYSTEM) and SELECT pg_reload_conf() (applies to new connections), "
+        "or change smoke.log_connections",
+        measured=actual,
+        threshold=expected,
+    )
+
+
+CHECKS: list[CheckFunction] = [
+    app_role_not_superuser,
+    app_role_cannot_create_roles,
+    app_role_cannot_create_databases,
+    app_role_not_schema_owner,
+    password_encryption_scram,
+    no_remote_trust_auth,
+    public_cannot_create_in_schema,
+    server_ssl_enabled,
+    log_connections,
+]

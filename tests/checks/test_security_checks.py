@@ -1,0 +1,328 @@
+"""The security checks pass for a least-privileged application role on a sanely configured
+server, and fail, naming the role, setting or line and the fix, when one thing is broken.
+
+Each test gets its own database and its own pair of roles (unique names, as roles are
+cluster-wide): a NOLOGIN owner that owns the database, as in production, and a LOGIN
+application role with only USAGE and table privileges. Tests that change server-wide
+settings of the worker's shared cluster restore them in ``finally``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+from helpers import APP_PASSWORD, APP_USER, TlsCluster
+
+from pytest_hokmdb.checks import security
+from pytest_hokmdb.db.target import Target
+from pytest_hokmdb.fixtures.throwaway import ThrowawayDatabase
+
+
+@dataclass(frozen=True)
+class AppRole:
+    db: ThrowawayDatabase
+    name: str
+    owner: str
+    password: str
+
+
+async def _sql(db: ThrowawayDatabase, *statements: str) -> None:
+    """Run statements as the cluster superuser on ``db``, one at a time."""
+    conn = await asyncpg.connect(db.dsn)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def app_role(hokmdb_fresh_db: ThrowawayDatabase) -> AsyncIterator[AppRole]:
+    """A production-shaped pair of roles on a fresh database (see the module docstring)."""
+    db = hokmdb_fresh_db
+    suffix = uuid.uuid4().hex[:10]
+    owner, app, password = f"hokm_owner_{suffix}", f"hokm_app_{suffix}", secrets.token_urlsafe(18)
+    await _sql(
+        db,
+        f"CREATE ROLE {owner} NOLOGIN",
+        f"CREATE ROLE {app} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '{password}'",
+        f'ALTER DATABASE "{db.name}" OWNER TO {owner}',
+        f'GRANT CONNECT ON DATABASE "{db.name}" TO {app}',
+        f"GRANT USAGE ON SCHEMA public TO {app}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {app}",
+        f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {app}",
+    )
+    try:
+        yield AppRole(db, app, owner, password)
+    finally:
+        # Roles outlive databases: hand back what they own, drop their grants, then the roles.
+        await _sql(
+            db,
+            f"REASSIGN OWNED BY {owner}, {app} TO postgres",
+            f"DROP OWNED BY {owner}, {app}",
+            f"DROP ROLE {app}",
+            f"DROP ROLE {owner}",
+        )
+
+
+async def _as_app(check_context_factory, role: AppRole, **kwargs):  # type: ignore[no-untyped-def]
+    return await check_context_factory(role.db, user=role.name, password=role.password, **kwargs)
+
+
+async def _wait_for_setting(db: ThrowawayDatabase, name: str, value: str) -> None:
+    """pg_reload_conf() only signals the postmaster; wait until new sessions see the value."""
+    for _ in range(200):
+        conn = await asyncpg.connect(db.dsn)
+        try:
+            if await conn.fetchval("SELECT reset_val FROM pg_settings WHERE name = $1", name) == value:
+                return
+        finally:
+            await conn.close()
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{name} did not become {value!r} after pg_reload_conf()")
+
+
+# -- role attributes ---------------------------------------------------------------------------
+
+
+async def test_app_role_attributes_pass_for_a_least_privileged_role(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    ctx = await _as_app(check_context_factory, app_role)
+    for check in (security.app_role_not_superuser, security.app_role_cannot_create_roles, security.app_role_cannot_create_databases):
+        result = await check(ctx)
+        assert result.status == "passed", result.message
+        assert app_role.name in result.message
+
+
+async def test_superuser_app_role_fails(hokmdb_fresh_db: ThrowawayDatabase, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    result = await security.app_role_not_superuser(await check_context_factory(hokmdb_fresh_db))
+    assert result.status == "failed"
+    assert "application role postgres has SUPERUSER" in result.message
+    assert "ALTER ROLE postgres NOSUPERUSER" in result.message
+
+
+async def test_member_of_a_superuser_role_fails(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    admin = f"{app_role.owner}_su"
+    await _sql(app_role.db, f"CREATE ROLE {admin} NOLOGIN SUPERUSER", f"GRANT {admin} TO {app_role.name}")
+    try:
+        result = await security.app_role_not_superuser(await _as_app(check_context_factory, app_role))
+    finally:
+        await _sql(app_role.db, f"DROP ROLE {admin}")
+    assert result.status == "failed"
+    assert f"application role {app_role.name} is a member of {admin}, which has SUPERUSER" in result.message
+    assert f"REVOKE {admin} FROM {app_role.name}" in result.message
+
+
+@pytest.mark.parametrize(
+    ("attribute", "check"),
+    [("CREATEROLE", security.app_role_cannot_create_roles), ("CREATEDB", security.app_role_cannot_create_databases)],
+)
+async def test_app_role_with_attribute_fails(app_role: AppRole, check_context_factory, attribute: str, check) -> None:  # type: ignore[no-untyped-def]
+    await _sql(app_role.db, f"ALTER ROLE {app_role.name} {attribute}")
+    result = await check(await _as_app(check_context_factory, app_role))
+    assert result.status == "failed"
+    assert f"application role {app_role.name} has {attribute}" in result.message
+    assert f"ALTER ROLE {app_role.name} NO{attribute}" in result.message
+
+
+# -- schema ownership --------------------------------------------------------------------------
+
+
+async def test_schema_owned_by_a_separate_owner_passes(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    result = await security.app_role_not_schema_owner(await _as_app(check_context_factory, app_role))
+    assert result.status == "passed", result.message
+    assert f"owned by pg_database_owner (owner of database {app_role.db.name}: {app_role.owner})" in result.message
+
+
+async def test_app_role_owning_the_database_owns_public(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    await _sql(app_role.db, f'ALTER DATABASE "{app_role.db.name}" OWNER TO {app_role.name}')
+    result = await security.app_role_not_schema_owner(await _as_app(check_context_factory, app_role))
+    assert result.status == "failed"
+    assert "schema public is owned by pg_database_owner, i.e. by the owner of database" in result.message
+    assert f"application role {app_role.name} owns database {app_role.db.name}" in result.message
+    assert f"ALTER DATABASE {app_role.db.name} OWNER TO <owner role>" in result.message
+
+
+async def test_app_role_owning_the_schema_directly_fails(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    await _sql(app_role.db, f"ALTER SCHEMA public OWNER TO {app_role.name}")
+    result = await security.app_role_not_schema_owner(await _as_app(check_context_factory, app_role))
+    assert result.status == "failed"
+    assert f"application role {app_role.name} owns schema public" in result.message
+    assert "ALTER SCHEMA public OWNER TO <owner role>" in result.message
+
+
+async def test_app_role_member_of_the_database_owner_fails(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    await _sql(app_role.db, f"GRANT {app_role.owner} TO {app_role.name}")
+    result = await security.app_role_not_schema_owner(await _as_app(check_context_factory, app_role))
+    assert result.status == "failed"
+    assert f"application role {app_role.name} is a member of {app_role.owner}" in result.message
+    assert f"REVOKE {app_role.owner} FROM {app_role.name}" in result.message
+
+
+async def test_schema_ownership_allowed_by_setting_passes_and_says_so(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    await _sql(app_role.db, f"ALTER SCHEMA public OWNER TO {app_role.name}")
+    ctx = await _as_app(check_context_factory, app_role, smoke={"app_role_may_own_schema": True})
+    result = await security.app_role_not_schema_owner(ctx)
+    assert result.status == "passed"
+    assert f"{app_role.name} owns schema public; allowed by smoke.app_role_may_own_schema" in result.message
+
+
+# -- password_encryption -----------------------------------------------------------------------
+
+
+async def test_password_encryption_scram_passes(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    ctx = await _as_app(check_context_factory, app_role)
+    # A session may weaken its own value; the check reads what the server is configured with.
+    await ctx.conn.execute("SET password_encryption = 'md5'")
+    result = await security.password_encryption_scram(ctx)
+    assert result.status == "passed", result.message
+
+
+async def test_password_encryption_md5_on_the_server_fails(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    db = app_role.db
+    await _sql(db, "ALTER SYSTEM SET password_encryption = 'md5'", "SELECT pg_reload_conf()")
+    try:
+        await _wait_for_setting(db, "password_encryption", "md5")
+        ctx = await _as_app(check_context_factory, app_role)
+        await ctx.conn.execute("SET password_encryption = 'scram-sha-256'")
+        result = await security.password_encryption_scram(ctx)
+    finally:
+        await _sql(db, "ALTER SYSTEM RESET password_encryption", "SELECT pg_reload_conf()")
+        await _wait_for_setting(db, "password_encryption", "scram-sha-256")
+    assert result.status == "failed"
+    assert "password_encryption is md5" in result.message
+    assert "set password_encryption = 'scram-sha-256'" in result.message
+
+
+# -- pg_hba.conf -------------------------------------------------------------------------------
+
+
+async def _hba_file(db: ThrowawayDatabase) -> Path:
+    conn = await asyncpg.connect(db.dsn)
+    try:
+        return Path(await conn.fetchval("SHOW hba_file"))
+    finally:
+        await conn.close()
+
+
+async def test_no_remote_trust_passes_on_the_default_hba(hokmdb_fresh_db: ThrowawayDatabase, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    result = await security.no_remote_trust_auth(await check_context_factory(hokmdb_fresh_db))
+    assert result.status == "passed", result.message
+
+
+async def test_remote_trust_rule_fails_and_local_ones_do_not(hokmdb_fresh_db: ThrowawayDatabase, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    hba = await _hba_file(hokmdb_fresh_db)
+    original, stat = hba.read_text(), hba.stat()
+    extra = [
+        "host all all 127.0.0.1/32 trust",
+        "host all all samehost trust",
+        "host all all ::1/128 trust",
+        "host all all 0.0.0.0/0 trust",
+    ]
+    try:
+        # The view reads the file as it is now: no reload, so the running server is never affected.
+        hba.write_text(original.rstrip("\n") + "\n" + "\n".join(extra) + "\n")
+        os.chown(hba, stat.st_uid, stat.st_gid)
+        result = await security.no_remote_trust_auth(await check_context_factory(hokmdb_fresh_db))
+    finally:
+        hba.write_text(original)
+        os.chown(hba, stat.st_uid, stat.st_gid)
+    line = len(original.rstrip("\n").splitlines()) + len(extra)
+    assert result.status == "failed"
+    assert result.measured == 1
+    assert f"line {line}: host all all 0.0.0.0/0 trust" in result.message
+    assert "127.0.0.1/32" not in result.message and "samehost" not in result.message and "::1" not in result.message
+    assert "scram-sha-256" in result.message
+
+
+async def test_hba_check_skips_when_the_role_may_not_read_the_rules(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    result = await security.no_remote_trust_auth(await _as_app(check_context_factory, app_role))
+    assert result.status == "skipped"
+    assert f"role {app_role.name} may not read pg_hba_file_rules" in result.message
+    assert f"GRANT SELECT ON pg_catalog.pg_hba_file_rules TO {app_role.name}" in result.message
+
+
+async def test_hba_check_runs_for_a_role_granted_the_rules(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    await _sql(
+        app_role.db,
+        f"GRANT SELECT ON pg_catalog.pg_hba_file_rules TO {app_role.name}",
+        f"GRANT EXECUTE ON FUNCTION pg_catalog.pg_hba_file_rules() TO {app_role.name}",
+    )
+    result = await security.no_remote_trust_auth(await _as_app(check_context_factory, app_role))
+    assert result.status == "passed", result.message
+
+
+# -- CREATE on public --------------------------------------------------------------------------
+
+
+async def test_public_cannot_create_passes_by_default(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    result = await security.public_cannot_create_in_schema(await _as_app(check_context_factory, app_role))
+    assert result.status == "passed", result.message
+
+
+async def test_public_create_granted_fails(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    await _sql(app_role.db, "GRANT CREATE ON SCHEMA public TO PUBLIC")
+    result = await security.public_cannot_create_in_schema(await _as_app(check_context_factory, app_role))
+    assert result.status == "failed"
+    assert "every role (PUBLIC) may create objects in schema public" in result.message
+    assert "REVOKE CREATE ON SCHEMA public FROM PUBLIC" in result.message
+
+
+# -- server ssl --------------------------------------------------------------------------------
+
+
+async def test_ssl_not_required_passes(hokmdb_fresh_db: ThrowawayDatabase, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    result = await security.server_ssl_enabled(await check_context_factory(hokmdb_fresh_db))
+    assert result.status == "passed", result.message
+    assert "TLS not required on testing" in result.message
+
+
+async def test_ssl_off_where_required_fails(hokmdb_fresh_db: ThrowawayDatabase, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    result = await security.server_ssl_enabled(await check_context_factory(hokmdb_fresh_db, environment="staging"))
+    assert result.status == "failed"
+    assert "ssl is off" in result.message and "TLS is required on staging" in result.message
+    assert "ssl = on" in result.message
+
+
+@dataclass(frozen=True)
+class _TlsDb:
+    """Just enough of a ThrowawayDatabase for check_context_factory: where to connect."""
+
+    target: Target
+
+
+async def test_ssl_on_where_required_passes(tls_cluster: TlsCluster, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    target = Target(
+        environment="staging", host="127.0.0.1", port=tls_cluster.port, dbname=tls_cluster.dbname,
+        user=APP_USER, password=APP_PASSWORD, sslmode="verify-full", sslrootcert=tls_cluster.ca_file,
+    )
+    result = await security.server_ssl_enabled(await check_context_factory(_TlsDb(target), environment="staging"))
+    assert result.status == "passed", result.message
+    assert "ssl = on" in result.message
+
+
+# -- log_connections ---------------------------------------------------------------------------
+
+
+async def test_log_connections_not_configured_is_skipped(hokmdb_fresh_db: ThrowawayDatabase, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    result = await security.log_connections(await check_context_factory(hokmdb_fresh_db))
+    assert result.status == "skipped"
+    assert "not configured" in result.message
+
+
+async def test_log_connections_as_configured_passes(hokmdb_fresh_db: ThrowawayDatabase, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    result = await security.log_connections(await check_context_factory(hokmdb_fresh_db, smoke={"log_connections": False}))
+    assert result.status == "passed", result.message
+
+
+async def test_log_connections_mismatch_fails(hokmdb_fresh_db: ThrowawayDatabase, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    result = await security.log_connections(await check_context_factory(hokmdb_fresh_db, smoke={"log_connections": True}))
+    assert result.status == "failed"
+    assert "log_connections is off" in result.message and "expected on (smoke.log_connections)" in result.message

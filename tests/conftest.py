@@ -3,16 +3,18 @@ that point the plugin's environments at throwaway databases."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 import uuid
 from pathlib import Path
 from typing import Iterator
 
+import asyncpg
 import pytest
 import trustme
 from sqlalchemy.engine import URL
-from helpers import APP_PASSWORD, APP_USER, TlsCluster, write_config_dir
+from helpers import APP_PASSWORD, APP_USER, PROJECT_ROOT, LiveTarget, TlsCluster, write_config_dir
 
 from pytest_hokmdb.aio import run_sync
 from pytest_hokmdb.cluster import EmbeddedCluster
@@ -73,3 +75,136 @@ def staging_env(tls_cluster: TlsCluster, tmp_path: Path, monkeypatch: pytest.Mon
 def _isolated_env_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A developer's own .env.database must not change what the tests see."""
     monkeypatch.setenv("HOKMDB_ENV_FILE", str(tmp_path / "no-such.env"))
+
+
+# -- shared by the check tests ---------------------------------------------------------
+
+SEEDED_TEMPLATE = "hokmdb_template_seeded"
+
+
+@pytest.fixture(scope="session")
+def seeded_template(hokmdb_cluster: EmbeddedCluster, hokmdb_template: str) -> str:
+    """A template at head holding a small, rule-abiding seed (built once per worker)."""
+    import asyncpg
+
+    from pytest_hokmdb.fixtures.throwaway import create_database
+    from pytest_hokmdb.seeding import seed
+
+    db = create_database(hokmdb_cluster, SEEDED_TEMPLATE, hokmdb_template)
+
+    async def fill() -> None:
+        conn = await asyncpg.connect(db.dsn)
+        try:
+            await seed(conn, players=60, games=120, random_seed=7, clear=False)
+            await conn.execute("ANALYZE")
+        finally:
+            await conn.close()
+
+    run_sync(fill())
+    run_sync(_admin_sql(hokmdb_cluster, f"ALTER DATABASE {SEEDED_TEMPLATE} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false"))
+    return SEEDED_TEMPLATE
+
+
+async def _admin_sql(cluster: EmbeddedCluster, sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(**cluster.admin_connect_kwargs())  # type: ignore[arg-type]
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def seeded_db(hokmdb_database_factory, seeded_template: str):  # type: ignore[no-untyped-def]
+    """A fresh copy of the seeded template for one test (a ThrowawayDatabase)."""
+    return hokmdb_database_factory(seeded_template)
+
+
+@pytest.fixture
+async def check_context_factory():  # type: ignore[no-untyped-def]
+    """Build a CheckContext on a throwaway database, with smoke thresholds overridable:
+
+        ctx = await check_context_factory(db, environment="staging", smoke={"max_latency_ms": 1})
+        ctx = await check_context_factory(db, user="hokm_app", password="...")   # connect as another role
+
+    Connections it opens are closed at teardown, on the session loop that opened them.
+    """
+    from dataclasses import replace
+    from datetime import timedelta
+
+    import asyncpg
+
+    from pytest_hokmdb.checks.base import CheckContext
+    from pytest_hokmdb.config import load_config
+    from pytest_hokmdb.config.model import SmokeSettings
+
+    opened: list[asyncpg.Connection] = []
+
+    async def make(db, *, environment: str = "testing", smoke: dict | None = None, user: str | None = None,  # type: ignore[no-untyped-def]
+                   password: str | None = None, read_only: bool = False, window=None, target_revision: str | None = None):
+        loaded = load_config("testing", environ={})
+        # Checks are tested against the product's defaults, not one environment's choices.
+        settings = SmokeSettings.model_validate(smoke or {})
+        config = loaded.config.model_copy(update={"smoke": settings, "environment": environment})
+        target = replace(db.target, environment=environment, read_only=read_only)
+        if user is not None:
+            target = replace(target, user=user, password=password)
+        conn = await asyncpg.connect(**target.asyncpg_kwargs())
+        opened.append(conn)
+        return CheckContext(
+            conn=conn,
+            target=target,
+            config=config,
+            project_root=PROJECT_ROOT,
+            target_revision=target_revision,
+            window=window if window is not None else timedelta(days=settings.integrity_window_days),
+        )
+
+    yield make
+    for conn in opened:
+        if not conn.is_closed():
+            await conn.close()
+
+
+_role_counter = itertools.count(1)
+
+
+async def grant_app_role(db, role: str, password: str) -> None:  # type: ignore[no-untyped-def]
+    conn = await asyncpg.connect(db.dsn)
+    try:
+        await conn.execute(
+            await conn.fetchval(
+                "SELECT format('CREATE ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD %L', $1::text, $2::text)",
+                role,
+                password,
+            )
+        )
+        await conn.execute(f'GRANT CONNECT ON DATABASE "{db.name}" TO "{role}"')
+        await conn.execute(f'GRANT USAGE ON SCHEMA public TO "{role}"')
+        await conn.execute(f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO "{role}"')
+        await conn.execute(f'GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO "{role}"')
+        await conn.execute(f'GRANT pg_monitor TO "{role}"')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def live_target(seeded_db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LiveTarget:  # type: ignore[no-untyped-def]
+    """``--environment testing`` pointed at a healthy seeded database as an app role."""
+    role = f"app_{os.getpid()}_{next(_role_counter)}"
+    password = f"pw-{uuid.uuid4().hex}"
+    await grant_app_role(seeded_db, role, password)
+    config_dir = tmp_path / "config"
+    write_config_dir(config_dir, "testing")
+    env = {
+        "DB_HOST": seeded_db.cluster.host,
+        "DB_PORT": str(seeded_db.cluster.port),
+        "DB_NAME": seeded_db.name,
+        "DB_USER": role,
+        "DB_PASSWORD_TEST": password,
+        "HOKMDB_ENV_FILE": str(tmp_path / "no-such.env"),
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return LiveTarget(seeded_db, role, password, config_dir, env)

@@ -44,7 +44,7 @@ def setup_logging(verbose: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("asyncio", "alembic.runtime.migration", "botocore", "urllib3"):
+    for noisy in ("asyncio", "alembic", "botocore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING if not verbose else logging.INFO)
 
 

@@ -116,7 +116,7 @@ async def _demo(args: argparse.Namespace) -> int:
         await conn.close()
     head = head_revision()
     await aupgrade(target, "head", project_root=loaded.project_root)
-    report.add("migrate", t, f"{before or 'empty'} -> {head}")
+    report.add("migrate", t, f"already at head {head}" if before == head else f"{before or 'empty'} -> {head}")
 
     t = time.monotonic()
     conn = await connect(target)

@@ -1,0 +1,506 @@
+"""Health checks: the conditions that quietly turn into an outage if nobody looks.
+
+All of them read ``pg_stat_*`` views and catalogs only, so they are cheap on a live
+production server (no table is scanned, nothing is locked beyond the lock manager's
+own brief latches that ``pg_locks`` needs). Session checks are scoped to the current
+database, because a long transaction elsewhere in the cluster neither blocks this
+database's vacuum nor holds its locks, and they never count the gate's own session.
+
+A role without ``pg_read_all_stats`` sees other roles' sessions with most columns
+NULL; the checks say so in their message instead of passing as if they saw everything.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from pytest_hokmdb.checks.base import Category, CheckContext, CheckFunction, CheckResult, check, sample
+from pytest_hokmdb.redaction import redact
+from pytest_hokmdb.schema.models import HOT_TABLES
+
+FEATURE = "Health"
+CATEGORY: Category = "infrastructure"
+
+_LITERAL = re.compile(r"'(?:[^']|'')*'")
+_OPEN_LITERAL = re.compile(r"'[^']*$")
+_SHOWN = 10
+
+
+def snippet(query: str | None, limit: int = 120) -> str:
+    """A query for a message: one line, string literals masked (they may hold e-mails or
+    passwords), known secrets redacted, truncated."""
+    if not query:
+        return "(no query text)"
+    if query.startswith("<"):  # "<insufficient privilege>", "<command string not enabled>"
+        return query
+    text = " ".join(query.split())
+    text = _LITERAL.sub("'…'", text)
+    if text.count("'") % 2:  # pg_stat_activity cut the query (track_activity_query_size) inside a literal
+        text = _OPEN_LITERAL.sub("'…", text)
+    text = redact(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+async def sees_all_sessions(conn: asyncpg.Connection) -> bool:
+    """Superusers and members of pg_read_all_stats see every session's details."""
+    return bool(
+        await conn.fetchval(
+            "SELECT rolsuper OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') "
+            "FROM pg_roles WHERE rolname = current_user"
+        )
+    )
+
+
+async def _visibility(ctx: CheckContext) -> str:
+    if await sees_all_sessions(ctx.conn):
+        return ""
+    return (
+        f" (role {ctx.target.user} sees the details of its own sessions only; grant it pg_read_all_stats "
+        "so other roles' sessions are checked too)"
+    )
+
+
+def _who(row: Mapping[str, Any]) -> str:
+    user = row["usename"] or "?"
+    app = row["application_name"] or "no application_name"
+    client = f", from {row['client_addr']}" if row.get("client_addr") else ""
+    return f"pid {row['pid']} ({user}, {app}{client})"
+
+
+_SESSION_COLUMNS = """
+    pid, usename, application_name, host(client_addr) AS client_addr, state, query,
+    extract(epoch FROM now() - xact_start)::float8 AS xact_age_s,
+    extract(epoch FROM now() - state_change)::float8 AS state_age_s,
+    count(*) OVER () AS total
+"""
+_OWN_DATABASE_CLIENTS = """
+    datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()
+"""
+
+
+@check("health.long_transactions", title="No long-running transactions", feature=FEATURE, category=CATEGORY, severity="critical")
+async def long_transactions(ctx: CheckContext) -> CheckResult:
+    """A long transaction holds back vacuum (dead rows pile up) and usually holds locks;
+    autovacuum workers are excluded because their long runs are expected."""
+    limit = ctx.settings.long_transaction_s
+    rows = await ctx.conn.fetch(
+        f"""
+        SELECT {_SESSION_COLUMNS} FROM pg_stat_activity
+        WHERE {_OWN_DATABASE_CLIENTS} AND xact_start IS NOT NULL AND now() - xact_start > make_interval(secs => $1)
+        ORDER BY xact_start LIMIT {_SHOWN}
+        """,
+        limit,
+    )
+    visibility = await _visibility(ctx)
+    if rows:
+        total = int(rows[0]["total"])
+        described = [
+            f"{_who(r)} in a transaction for {duration(r['xact_age_s'])}, {r['state']}: {snippet(r['query'])}"
+            for r in rows
+        ]
+        more = f" (and {total - len(rows)} more)" if total > len(rows) else ""
+        return CheckResult.failed(
+            f"{total} transaction(s) in database {ctx.target.dbname} have been open longer than {limit:g} s "
+            f"(smoke.long_transaction_s): {'; '.join(described)}{more}. They block vacuum and may hold locks: "
+            "find the client by pid/application and end the transaction there, or "
+            "SELECT pg_terminate_backend(pid) if it is stuck",
+            measured=round(max(r["xact_age_s"] for r in rows), 1),
+            threshold=limit,
+            evidence={"sessions": "\n".join(described)},
+        )
+    return CheckResult.passed(f"no transaction open longer than {limit:g} s{visibility}", measured=0, threshold=limit)
+
+
+@check("health.idle_in_transaction", title="No sessions idle in a transaction", feature=FEATURE, category=CATEGORY)
+async def idle_in_transaction(ctx: CheckContext) -> CheckResult:
+    """An application that opened a transaction and went away holds its locks and snapshot
+    until it returns: the classic cause of mysteriously blocked migrations."""
+    limit = ctx.settings.idle_in_transaction_s
+    rows = await ctx.conn.fetch(
+        f"""
+        SELECT {_SESSION_COLUMNS} FROM pg_stat_activity
+        WHERE {_OWN_DATABASE_CLIENTS}
+          AND state IN ('idle in transaction', 'idle in transaction (aborted)')
+          AND now() - state_change > make_interval(secs => $1)
+        ORDER BY state_change LIMIT {_SHOWN}
+        """,
+        limit,
+    )
+    visibility = await _visibility(ctx)
+    if rows:
+        total = int(rows[0]["total"])
+        described = [
+            f"{_who(r)} {r['state']} for {duration(r['state_age_s'])} (transaction open {duration(r['xact_age_s'])}), "
+            f"last query: {snippet(r['query'])}"
+            for r in rows
+        ]
+        more = f" (and {total - len(rows)} more)" if total > len(rows) else ""
+        return CheckResult.failed(
+            f"{total} session(s) in database {ctx.target.dbname} have been idle in a transaction for longer than "
+            f"{limit:g} s (smoke.idle_in_transaction_s): {'; '.join(described)}{more}. Fix the client that "
+            "forgets to COMMIT/ROLLBACK; set idle_in_transaction_session_timeout for its role; end it now with "
+            "SELECT pg_terminate_backend(pid)",
+            measured=round(max(r["state_age_s"] for r in rows), 1),
+            threshold=limit,
+            evidence={"sessions": "\n".join(described)},
+        )
+    return CheckResult.passed(f"no session idle in a transaction longer than {limit:g} s{visibility}", measured=0, threshold=limit)
+
+
+@check("health.blocked_locks", title="No session waits long on a lock", feature=FEATURE, category=CATEGORY, severity="critical")
+async def blocked_locks(ctx: CheckContext) -> CheckResult:
+    """Lock waits are how a stuck session or a careless migration turns into a game outage.
+
+    ``pg_blocking_pids`` is only evaluated for sessions already waiting longer than the limit."""
+    limit = ctx.settings.blocked_lock_s
+    rows = await ctx.conn.fetch(
+        f"""
+        WITH waiting AS (
+            SELECT l.pid, min(l.waitstart) AS waitstart,
+                   string_agg(DISTINCT CASE
+                       WHEN l.locktype = 'relation' THEN l.mode || ' on ' || l.relation::regclass::text
+                       WHEN l.locktype = 'transactionid' THEN 'a row lock (' || l.mode || ' on the blocker''s transaction)'
+                       ELSE l.mode || ' on ' || l.locktype
+                   END, ', ') AS wants
+            FROM pg_locks l
+            WHERE NOT l.granted
+            GROUP BY l.pid
+        )
+        SELECT a.pid, a.usename, a.application_name, host(a.client_addr) AS client_addr, a.query, w.wants,
+               extract(epoch FROM now() - coalesce(w.waitstart, a.query_start))::float8 AS waited_s,
+               pg_blocking_pids(a.pid) AS blockers,
+               count(*) OVER () AS total
+        FROM waiting w
+        JOIN pg_stat_activity a ON a.pid = w.pid
+        WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
+          AND now() - coalesce(w.waitstart, a.query_start) > make_interval(secs => $1)
+        ORDER BY waited_s DESC
+        LIMIT {_SHOWN}
+        """,
+        limit,
+    )
+    visibility = await _visibility(ctx)
+    if not rows:
+        return CheckResult.passed(f"no session has waited on a lock longer than {limit:g} s{visibility}", measured=0, threshold=limit)
+    blocker_pids = sorted({pid for r in rows for pid in (r["blockers"] or [])})
+    blockers = {
+        b["pid"]: b
+        for b in await ctx.conn.fetch(
+            """
+            SELECT pid, usename, application_name, host(client_addr) AS client_addr, state, query,
+                   extract(epoch FROM now() - xact_start)::float8 AS xact_age_s
+            FROM pg_stat_activity WHERE pid = ANY($1::int[])
+            """,
+            blocker_pids,
+        )
+    }
+
+    def blocker(pid: int) -> str:
+        b = blockers.get(pid)
+        if b is None:
+            return f"pid {pid} (gone, or a prepared transaction)"
+        age = f", transaction open {duration(b['xact_age_s'])}" if b["xact_age_s"] is not None else ""
+        return f"{_who(b)} {b['state']}{age}: {snippet(b['query'])}"
+
+    chains = [
+        f"{' + '.join(blocker(pid) for pid in (r['blockers'] or [])) or 'an unknown session'} → blocks "
+        f"{_who(r)} waiting {duration(r['waited_s'])} for {r['wants']}: {snippet(r['query'])}"
+        for r in rows
+    ]
+    total = int(rows[0]["total"])
+    return CheckResult.failed(
+        f"{total} session(s) in database {ctx.target.dbname} have waited on a lock for longer than {limit:g} s "
+        f"(smoke.blocked_lock_s): {'; '.join(chains)}. Find out why the blocker holds its lock (idle in a "
+        "transaction? a long migration?) and end it if safe: SELECT pg_terminate_backend(<blocker pid>)",
+        measured=round(max(r["waited_s"] for r in rows), 2),
+        threshold=limit,
+        evidence={"blocker → blocked": "\n".join(chains)},
+    )
+
+
+@check("health.xid_age", title="Transaction-ID wraparound is far away", feature=FEATURE, category=CATEGORY, severity="blocker")
+async def xid_age(ctx: CheckContext) -> CheckResult:
+    """At ~2^31 the server stops accepting writes to prevent wraparound: the age of the
+    database's oldest unfrozen xid must stay far below it, which only (auto)vacuum can ensure."""
+    limit = ctx.settings.max_xid_age
+    row = await ctx.conn.fetchrow(
+        "SELECT datname, age(datfrozenxid) AS xid_age, mxid_age(datminmxid) AS mxid_age "
+        "FROM pg_database WHERE datname = current_database()"
+    )
+    if row is None:
+        return CheckResult.skipped("xid age: pg_database has no row for the current database (dropped while checking?)")
+    age = int(row["xid_age"])
+    oldest = await ctx.conn.fetch(
+        """
+        SELECT n.nspname || '.' || c.relname AS name, age(c.relfrozenxid) AS age
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind IN ('r', 'm', 't') AND c.relfrozenxid <> '0'
+        ORDER BY age(c.relfrozenxid) DESC LIMIT 5
+        """
+    )
+    tables = ", ".join(f"{r['name']} {r['age']}" for r in oldest)
+    evidence = {"oldest tables (age of relfrozenxid)": tables, "multixact age": str(row["mxid_age"])}
+    share = age / 2**31
+    if age > limit:
+        return CheckResult.failed(
+            f"database {row['datname']}: the oldest unfrozen transaction ID is {age} transactions old "
+            f"({share:.1%} of the way to wraparound), over the limit {limit} (smoke.max_xid_age). Oldest tables: "
+            f"{tables}. Run VACUUM (FREEZE) on them, and find what keeps autovacuum from freezing "
+            "(long transactions, stale replication slots, autovacuum disabled or too slow)",
+            measured=age,
+            threshold=limit,
+            evidence=evidence,
+        )
+    return CheckResult.passed(
+        f"database {row['datname']}: oldest unfrozen xid is {age} transactions old ({share:.2%} of the way to wraparound)",
+        measured=age,
+        threshold=limit,
+        evidence=evidence,
+    )
+
+
+@dataclass(frozen=True)
+class Replica:
+    name: str
+    client: str | None
+    state: str | None
+    sync_state: str | None
+    replay_lag_s: float | None
+    behind_bytes: int | None
+
+    def describe(self) -> str:
+        where = f" at {self.client}" if self.client else ""
+        return f"{self.name or '(no application_name)'}{where}"
+
+
+def judge_replicas(replicas: Sequence[Replica], max_lag_s: float) -> CheckResult:
+    """The verdict on ``pg_stat_replication`` rows (kept apart from the query so it can be
+    tested without building a standby)."""
+    if not replicas:
+        return CheckResult.skipped(
+            "replication: no replicas (pg_stat_replication is empty on this server, so there is no lag to check)"
+        )
+    if all(r.state is None for r in replicas):
+        return CheckResult.skipped(
+            f"replication: {len(replicas)} replica(s) are attached but this role cannot see their state; "
+            "grant it pg_read_all_stats (or pg_monitor) to check replication"
+        )
+    problems: list[str] = []
+    described: list[str] = []
+    for r in replicas:
+        lag = r.replay_lag_s
+        behind = f", {r.behind_bytes} bytes of WAL not replayed" if r.behind_bytes else ""
+        lag_text = f"replay lag {lag:.1f} s" if lag is not None else "no replay lag measured (caught up and idle)"
+        described.append(f"{r.describe()}: {r.state}, {r.sync_state}, {lag_text}{behind}")
+        if r.state != "streaming":
+            problems.append(
+                f"replica {r.describe()} is in state {r.state!r}, not 'streaming'{behind}: it is catching up or "
+                "stuck; check the standby's log and its connection to the primary"
+            )
+        if lag is not None and lag > max_lag_s:
+            problems.append(
+                f"replica {r.describe()} replays {lag:.1f} s behind, over {max_lag_s:g} s "
+                f"(smoke.max_replication_lag_s){behind}: reads from it are stale; check its I/O, network, "
+                "and long queries on the standby (hot_standby_feedback/max_standby_streaming_delay)"
+            )
+    worst = max((r.replay_lag_s or 0.0 for r in replicas), default=0.0)
+    evidence = {"pg_stat_replication": "\n".join(described)}
+    if problems:
+        return CheckResult.failed("; ".join(problems), measured=round(worst, 2), threshold=max_lag_s, evidence=evidence)
+    return CheckResult.passed(
+        f"{len(replicas)} replica(s) streaming, worst replay lag {worst:.1f} s", measured=round(worst, 2),
+        threshold=max_lag_s, evidence=evidence,
+    )
+
+
+@check("health.replication", title="Replicas stream and keep up", feature=FEATURE, category=CATEGORY, severity="critical")
+async def replication(ctx: CheckContext) -> CheckResult:
+    rows = await ctx.conn.fetch(
+        """
+        SELECT application_name, client_addr::text AS client, state, sync_state,
+               extract(epoch FROM replay_lag)::float8 AS replay_lag_s,
+               pg_wal_lsn_diff(sent_lsn, replay_lsn)::bigint AS behind_bytes
+        FROM pg_stat_replication
+        """
+    )
+    replicas = [
+        Replica(r["application_name"], r["client"], r["state"], r["sync_state"], r["replay_lag_s"], r["behind_bytes"])
+        for r in rows
+    ]
+    if not replicas and await ctx.conn.fetchval("SELECT pg_is_in_recovery()"):
+        return CheckResult.skipped(
+            "replication: no replicas attached here, and this server is itself a standby; "
+            "point the gate at the primary to check replication"
+        )
+    return judge_replicas(replicas, ctx.settings.max_replication_lag_s)
+
+
+@check("health.dead_tuples", title="Tables are not bloated with dead rows", feature=FEATURE, category=CATEGORY)
+async def dead_tuples(ctx: CheckContext) -> CheckResult:
+    """Dead rows slow every scan and index lookup until vacuum reclaims them; a high share
+    means autovacuum cannot keep up or is held back. Small tables are ignored: a few dead
+    rows there are noise."""
+    minimum = ctx.settings.dead_tuple_min_rows
+    limit = ctx.settings.max_dead_tuple_ratio
+    rows = await ctx.conn.fetch(
+        """
+        SELECT schemaname || '.' || relname AS name, n_live_tup, n_dead_tup,
+               greatest(last_vacuum, last_autovacuum) AS last_vacuumed
+        FROM pg_stat_user_tables
+        WHERE n_live_tup + n_dead_tup >= $1 AND n_live_tup + n_dead_tup > 0
+        ORDER BY n_dead_tup::float8 / (n_live_tup + n_dead_tup) DESC
+        """,
+        minimum,
+    )
+    ratios = [(r, r["n_dead_tup"] / (r["n_live_tup"] + r["n_dead_tup"])) for r in rows]
+
+    def describe(r: Mapping[str, Any], ratio: float) -> str:
+        vacuumed = f"last vacuumed {r['last_vacuumed']:%Y-%m-%d %H:%M %Z}" if r["last_vacuumed"] else "never vacuumed"
+        return f"{r['name']} {ratio:.0%} dead ({r['n_dead_tup']} dead, {r['n_live_tup']} live; {vacuumed})"
+
+    offenders = [describe(r, ratio) for r, ratio in ratios if ratio > limit]
+    worst = round(ratios[0][1], 4) if ratios else 0.0
+    if offenders:
+        return CheckResult.failed(
+            f"{len(offenders)} table(s) hold more than {limit:.0%} dead rows (smoke.max_dead_tuple_ratio; tables "
+            f"with at least {minimum} rows): {sample(offenders)}. Run VACUUM (ANALYZE) on them and find why "
+            "autovacuum falls behind: long transactions, autovacuum disabled for the table, or too low "
+            "autovacuum_vacuum_cost_limit",
+            measured=worst,
+            threshold=limit,
+            evidence={"dead tuples": "\n".join(f"{r['name']} {ratio:.2%}" for r, ratio in ratios)},
+        )
+    if not ratios:
+        return CheckResult.passed(
+            f"no table has {minimum} rows or more yet (smoke.dead_tuple_min_rows), so no table can be bloated",
+            measured=0.0,
+            threshold=limit,
+        )
+    name, ratio = ratios[0][0]["name"], ratios[0][1]
+    return CheckResult.passed(
+        f"{len(ratios)} table(s) checked, worst is {name} with {ratio:.1%} dead rows (limit {limit:.0%})",
+        measured=worst,
+        threshold=limit,
+    )
+
+
+@check("health.vacuum_age", title="Hot tables with changes are analyzed regularly", feature=FEATURE, category=CATEGORY)
+async def vacuum_age(ctx: CheckContext) -> CheckResult:
+    """Stale statistics make the planner pick bad plans for the hot tables. Only a table that
+    changed since its last analyze has anything to catch up on, so unchanged tables pass
+    however old their last analyze is; a changed table that was never analyzed fails."""
+    limit_h = ctx.settings.max_vacuum_age_h
+    rows = await ctx.conn.fetch(
+        """
+        SELECT relname, n_mod_since_analyze, n_live_tup,
+               greatest(last_analyze, last_autoanalyze) AS last_analyzed,
+               greatest(last_vacuum, last_autovacuum) AS last_vacuumed,
+               extract(epoch FROM now() - greatest(last_analyze, last_autoanalyze))::float8 AS analyze_age_s
+        FROM pg_stat_user_tables
+        WHERE relname = ANY($1::text[]) AND schemaname = ANY(current_schemas(false))
+        ORDER BY relname
+        """,
+        list(HOT_TABLES),
+    )
+    offenders: list[str] = []
+    changed: list[str] = []
+    for r in rows:
+        mods = int(r["n_mod_since_analyze"])
+        if mods <= 0:
+            continue
+        vacuumed = f"{r['last_vacuumed']:%Y-%m-%d %H:%M %Z}" if r["last_vacuumed"] else "never"
+        if r["analyze_age_s"] is None:
+            offenders.append(f"{r['relname']}: {mods} rows changed and never analyzed (last vacuum: {vacuumed})")
+            continue
+        age_h = r["analyze_age_s"] / 3600
+        changed.append(f"{r['relname']} analyzed {duration(r['analyze_age_s'])} ago")
+        if age_h > limit_h:
+            offenders.append(
+                f"{r['relname']}: {mods} rows changed since it was last analyzed {duration(r['analyze_age_s'])} ago "
+                f"(last vacuum: {vacuumed})"
+            )
+    missing = sorted(set(HOT_TABLES) - {r["relname"] for r in rows})
+    worst = max((r["analyze_age_s"] or 0.0 for r in rows if int(r["n_mod_since_analyze"]) > 0), default=0.0)
+    if offenders:
+        return CheckResult.failed(
+            f"hot tables with changes have not been analyzed within {limit_h:g} h (smoke.max_vacuum_age_h): "
+            f"{'; '.join(offenders)}. Run VACUUM (ANALYZE) on them, then find why autovacuum skips them "
+            "(autovacuum off, autovacuum_enabled=false on the table, or workers busy elsewhere)",
+            measured=round(worst / 3600, 4),
+            threshold=limit_h,
+        )
+    detail = f": {', '.join(changed)}" if changed else ": none changed since its last analyze, nothing to do"
+    gone = f"; not found in the search path: {', '.join(missing)}" if missing else ""
+    return CheckResult.passed(
+        f"hot tables with changes were analyzed within {limit_h:g} h{detail}{gone}",
+        measured=round(worst / 3600, 4),
+        threshold=limit_h,
+    )
+
+
+@check("health.sequences", title="No sequence is near exhaustion", feature=FEATURE, category=CATEGORY, severity="critical")
+async def sequences(ctx: CheckContext) -> CheckResult:
+    """When a sequence reaches its limit every INSERT into its table fails: the game stops
+    creating games or recording moves. Found early, it is a routine migration."""
+    limit = ctx.settings.max_sequence_usage
+    rows = await ctx.conn.fetch(
+        """
+        SELECT schemaname || '.' || sequencename AS name, data_type::text AS data_type,
+               last_value, min_value, max_value, increment_by
+        FROM pg_sequences
+        """
+    )
+    used: list[tuple[str, float, Mapping[str, Any]]] = []
+    unread: list[str] = []
+    for r in rows:
+        if r["last_value"] is None:
+            unread.append(r["name"])  # never used yet, or no USAGE/SELECT privilege on it
+            continue
+        end = r["max_value"] if r["increment_by"] > 0 else r["min_value"]
+        usage = float(r["last_value"]) / float(end) if end else 0.0
+        used.append((r["name"], usage, r))
+    used.sort(key=lambda item: item[1], reverse=True)
+    offenders = [
+        f"{name} is {usage:.1%} used ({r['last_value']} of {r['max_value'] if r['increment_by'] > 0 else r['min_value']}, {r['data_type']})"
+        for name, usage, r in used
+        if usage > limit
+    ]
+    worst = round(used[0][1], 6) if used else 0.0
+    if offenders:
+        return CheckResult.failed(
+            f"{len(offenders)} sequence(s) past {limit:.0%} of their range (smoke.max_sequence_usage): "
+            f"{sample(offenders)}. When one runs out, every INSERT into its table fails: widen it now "
+            "(ALTER SEQUENCE <name> AS bigint MAXVALUE 9223372036854775807, and the column to bigint) in a migration",
+            measured=worst,
+            threshold=limit,
+        )
+    top = f", fullest {used[0][0]} at {used[0][1]:.4%}" if used else ""
+    skipped = f"; {len(unread)} not used yet or not readable by this role ({sample(unread, 5)})" if unread else ""
+    return CheckResult.passed(f"{len(used)} sequence(s) checked{top}{skipped}", measured=worst, threshold=limit)
+
+
+CHECKS: list[CheckFunction] = [
+    long_transactions,
+    idle_in_transaction,
+    blocked_locks,
+    xid_age,
+    replication,
+    dead_tuples,
+    vacuum_age,
+    sequences,
+]

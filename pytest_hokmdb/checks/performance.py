@@ -1,0 +1,582 @@
+"""Performance checks: the game server's hot queries stay fast and indexed, reads hit the cache.
+
+Every hot query (``smoke.hot_queries``) is run with realistic parameters (the newest game
+and its first participant), timed best of three, and planned with plain ``EXPLAIN``
+(never ``ANALYZE``). Each query runs inside a ``READ ONLY`` transaction with its own
+short statement timeout, so a misconfigured hot query can neither write nor keep a
+production server busy for long: the gate's cost is bounded even when an index is gone.
+
+Whether a plan *uses* its expected index is only judged on tables larger than
+``smoke.large_table_rows``: on a small table the planner rightly prefers a sequential
+scan, and failing a deploy for that would teach operators to ignore the gate. A missing
+or invalid expected index fails on any size of database, so "an index was dropped" is
+caught on a near-empty staging database too.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from pytest_hokmdb.checks.base import Category, CheckContext, CheckFunction, CheckResult, check, sample
+from pytest_hokmdb.config.model import HotQuery
+
+FEATURE = "Performance"
+CATEGORY: Category = "performance regression"
+
+GAME_PLACEHOLDER = "$sample_game_id"
+PLAYER_PLACEHOLDER = "$sample_player_id"
+# How many of the newest games to look at for one that has a participant (waiting games may have none).
+_SAMPLE_GAMES = 50
+_SAMPLE_TIMEOUT_MS = 2_000
+_RUNS = 3
+# A hot query is cancelled after this many times its limit (at least 1 s): a regression is
+# obvious long before that, and a missing index must not turn the gate into a load test.
+_RUN_TIMEOUT_FACTOR = 10
+_MIN_RUN_TIMEOUT_MS = 1_000
+
+_INT_TYPES = frozenset({"int2", "int4", "int8", "oid"})
+_FLOAT_TYPES = frozenset({"float4", "float8"})
+_TEXT_TYPES = frozenset({"text", "varchar", "bpchar", "name", "char", "citext"})
+_TRUE = frozenset({"true", "t", "1", "yes", "on"})
+_FALSE = frozenset({"false", "f", "0", "no", "off"})
+
+
+class HotQueryConfigError(ValueError):
+    """A hot query's configuration cannot be applied (unknown placeholder, unparsable literal)."""
+
+
+@dataclass(frozen=True)
+class Samples:
+    """The ids that fill ``$sample_game_id`` / ``$sample_player_id``, and where they came from."""
+
+    game_id: int
+    player_id: int | None
+    source: str
+
+    def value(self, placeholder: str) -> int:
+        if placeholder == GAME_PLACEHOLDER:
+            return self.game_id
+        if placeholder == PLAYER_PLACEHOLDER:
+            if self.player_id is None:
+                raise HotQueryConfigError("the database has no player to fill $sample_player_id with")
+            return self.player_id
+        raise HotQueryConfigError(
+            f"unknown placeholder {placeholder!r}: use {GAME_PLACEHOLDER} or {PLAYER_PLACEHOLDER}"
+        )
+
+
+@dataclass(frozen=True)
+class PlanNode:
+    node_type: str
+    relation: str | None
+    schema: str | None
+    index: str | None
+    rows: float
+    cost: float
+
+    def describe(self) -> str:
+        text = self.node_type
+        if self.index:
+            text += f" using {self.index}"
+        if self.relation:
+            text += f" on {self.relation}"
+        return text
+
+
+@dataclass(frozen=True)
+class ExpectedIndex:
+    """The catalog's view of a hot query's expected index (absent when it does not exist)."""
+
+    name: str
+    exists: bool
+    valid: bool = False
+    schema: str | None = None
+    table: str | None = None
+    table_rows: float = -1.0
+
+
+@dataclass
+class HotQueryRun:
+    """One hot query's timings, plan and verdict; ``problems`` is empty when it is healthy."""
+
+    query: HotQuery
+    args: list[Any] = field(default_factory=list)
+    timings_ms: list[float] = field(default_factory=list)
+    timed_out_ms: float | None = None
+    plan: dict[str, Any] | None = None
+    expected: ExpectedIndex | None = None
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def best_ms(self) -> float | None:
+        return round(min(self.timings_ms), 3) if self.timings_ms else None
+
+    @property
+    def nodes(self) -> list[PlanNode]:
+        return list(_walk(self.plan)) if self.plan else []
+
+    @property
+    def uses_expected_index(self) -> bool:
+        name = self.query.expected_index
+        return bool(name) and any(node.index == name for node in self.nodes)
+
+    @property
+    def plan_text(self) -> str:
+        return render_plan(self.plan) if self.plan else f"(no plan: {self.error or 'not explained'})"
+
+
+# -- sampling -------------------------------------------------------------------------
+
+
+async def pick_samples(conn: asyncpg.Connection) -> Samples | None:
+    """The newest game that has a participant, and its first participant (by seat).
+
+    Bounded: walks at most the newest ``_SAMPLE_GAMES`` games by primary key, each probed
+    through the (game_id, ...) index of game_participants; ``None`` when there are no games.
+    Falls back to the newest game and newest player when none of those games has players.
+    """
+    async with conn.transaction(readonly=True):
+        await conn.execute(f"SET LOCAL statement_timeout = {_SAMPLE_TIMEOUT_MS}")
+        newest = await conn.fetchval("SELECT id FROM game_sessions ORDER BY id DESC LIMIT 1")
+        if newest is None:
+            return None
+        row = await conn.fetchrow(
+            f"""
+            SELECT g.id AS game_id, p.player_id
+            FROM (SELECT id FROM game_sessions ORDER BY id DESC LIMIT {_SAMPLE_GAMES}) g
+            CROSS JOIN LATERAL (
+                SELECT player_id FROM game_participants WHERE game_id = g.id ORDER BY seat LIMIT 1
+            ) p
+            ORDER BY g.id DESC
+            LIMIT 1
+            """
+        )
+        if row is not None:
+            return Samples(int(row["game_id"]), int(row["player_id"]), "newest game with participants, first seat")
+        player = await conn.fetchval("SELECT id FROM players ORDER BY id DESC LIMIT 1")
+        return Samples(
+            int(newest),
+            int(player) if player is not None else None,
+            f"newest game (none of the newest {_SAMPLE_GAMES} has participants) and newest player",
+        )
+
+
+def _coerce(value: str, type_name: str, position: int, query: HotQuery) -> Any:
+    """Turn a literal parameter from the config into what asyncpg expects for ``type_name``."""
+    try:
+        if type_name in _INT_TYPES:
+            return int(value)
+        if type_name in _FLOAT_TYPES:
+            return float(value)
+        if type_name == "numeric":
+            return Decimal(value)
+        if type_name == "bool":
+            lowered = value.strip().lower()
+            if lowered in _TRUE | _FALSE:
+                return lowered in _TRUE
+            raise ValueError(value)
+    except (ValueError, ArithmeticError):
+        raise HotQueryConfigError(
+            f"hot query {query.name}: parameter ${position} {value!r} is not a valid {type_name}"
+        ) from None
+    if type_name in _TEXT_TYPES:
+        return value
+    raise HotQueryConfigError(
+        f"hot query {query.name}: parameter ${position} has type {type_name}, which cannot be given "
+        f"as a literal in smoke.hot_queries; cast it in the SQL (e.g. ${position}::text::{type_name})"
+    )
+
+
+def resolve_args(query: HotQuery, samples: Samples, param_types: list[str]) -> list[Any]:
+    if len(query.params) != len(param_types):
+        raise HotQueryConfigError(
+            f"hot query {query.name}: the SQL takes {len(param_types)} parameter(s) but "
+            f"{len(query.params)} are configured"
+        )
+    args: list[Any] = []
+    for position, (raw, type_name) in enumerate(zip(query.params, param_types), start=1):
+        if raw.startswith("$sample_"):
+            args.append(samples.value(raw))
+        else:
+            args.append(_coerce(raw, type_name, position, query))
+    return args
+
+
+# -- plans ------------------------------------------------------------------------------
+
+
+def _walk(plan: dict[str, Any]) -> Iterator[PlanNode]:
+    yield PlanNode(
+        node_type=str(plan.get("Node Type", "?")),
+        relation=plan.get("Relation Name"),
+        schema=plan.get("Schema"),
+        index=plan.get("Index Name"),
+        rows=float(plan.get("Plan Rows", 0)),
+        cost=float(plan.get("Total Cost", 0)),
+    )
+    for child in plan.get("Plans", []) or []:
+        yield from _walk(child)
+
+
+def render_plan(plan: dict[str, Any], depth: int = 0) -> str:
+    """An EXPLAIN-like text tree from the JSON plan, for evidence an operator can read."""
+    node = next(_walk({k: v for k, v in plan.items() if k != "Plans"}))
+    indent = "      " * depth
+    line = f"{indent}{'->  ' if depth else ''}{node.describe()}  (cost={node.cost:.2f} rows={node.rows:.0f})"
+    details = []
+    for key in ("Index Cond", "Filter", "Sort Key", "Hash Cond", "Join Filter", "One-Time Filter"):
+        if key in plan:
+            value = plan[key]
+            text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+            details.append(f"{indent}{'      ' if depth else '  '}{key}: {text}")
+    children = [render_plan(child, depth + 1) for child in plan.get("Plans", []) or []]
+    return "\n".join([line, *details, *children])
+
+
+async def explain(conn: asyncpg.Connection, sql: str, args: list[Any]) -> dict[str, Any]:
+    """Plain ``EXPLAIN (FORMAT JSON, VERBOSE)``: plans the query with the bound values, runs nothing."""
+    raw = await conn.fetchval(f"EXPLAIN (FORMAT JSON, VERBOSE) {sql}", *args)
+    document = json.loads(raw) if isinstance(raw, str) else raw
+    plan: dict[str, Any] = document[0]["Plan"]
+    return plan
+
+
+async def lookup_index(conn: asyncpg.Connection, name: str) -> ExpectedIndex:
+    row = await conn.fetchrow(
+        """
+        SELECT i.indisvalid AS valid, n.nspname AS schema, t.relname AS table_name, t.reltuples AS table_rows
+        FROM pg_index i
+        JOIN pg_class t ON t.oid = i.indrelid
+        JOIN pg_namespace n ON n.oid = t.relnamespace
+        WHERE i.indexrelid = to_regclass($1)
+        """,
+        name,
+    )
+    if row is None:
+        return ExpectedIndex(name=name, exists=False)
+    return ExpectedIndex(
+        name=name,
+        exists=True,
+        valid=bool(row["valid"]),
+        schema=row["schema"],
+        table=row["table_name"],
+        table_rows=float(row["table_rows"]),
+    )
+
+
+async def table_rows(conn: asyncpg.Connection, schema: str | None, relation: str) -> float:
+    """pg_class.reltuples (the planner's estimate; -1 when never vacuumed or analyzed)."""
+    if schema:
+        value = await conn.fetchval(
+            "SELECT c.reltuples FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = $1 AND c.relname = $2",
+            schema,
+            relation,
+        )
+    else:
+        value = await conn.fetchval("SELECT reltuples FROM pg_class WHERE oid = to_regclass($1)", relation)
+    return float(value) if value is not None else -1.0
+
+
+# -- running one hot query -----------------------------------------------------------
+
+
+def _run_timeout_ms(query: HotQuery, check_timeout_ms: int) -> int:
+    return int(min(check_timeout_ms, max(_MIN_RUN_TIMEOUT_MS, query.max_ms * _RUN_TIMEOUT_FACTOR)))
+
+
+async def run_hot_query(
+    conn: asyncpg.Connection,
+    query: HotQuery,
+    samples: Samples,
+    *,
+    runs: int = _RUNS,
+    timed: bool = True,
+    check_timeout_ms: int = 5_000,
+) -> HotQueryRun:
+    """Plan (plain EXPLAIN) and, if ``timed``, run ``query`` up to ``runs`` times in a READ ONLY
+    transaction. Never raises for the query's own faults: they land in ``run.error``.
+
+    ``problems`` is left for the caller to judge (thresholds live in the settings)."""
+    run = HotQueryRun(query=query)
+    run_timeout = _run_timeout_ms(query, check_timeout_ms)
+    try:
+        async with conn.transaction(readonly=True):
+            await conn.execute(f"SET LOCAL statement_timeout = {run_timeout}")
+            statement = await conn.prepare(query.sql)
+            run.args = resolve_args(query, samples, [t.name for t in statement.get_parameters()])
+            run.plan = await explain(conn, query.sql, run.args)
+        if query.expected_index:
+            run.expected = await lookup_index(conn, query.expected_index)
+    except HotQueryConfigError as exc:
+        run.error = str(exc)
+        return run
+    except asyncpg.ReadOnlySQLTransactionError:
+        run.error = f"hot query {query.name} writes; smoke.hot_queries may only hold read-only SELECTs"
+        return run
+    except asyncpg.QueryCanceledError:
+        run.error = f"hot query {query.name} could not even be planned within {run_timeout} ms"
+        return run
+    except asyncpg.PostgresError as exc:
+        run.error = f"hot query {query.name} fails: {type(exc).__name__}: {exc}"
+        return run
+    if not timed:
+        return run
+    for _ in range(runs):
+        try:
+            async with conn.transaction(readonly=True):
+                await conn.execute(f"SET LOCAL statement_timeout = {run_timeout}")
+                statement = await conn.prepare(query.sql)
+                started = time.perf_counter()
+                await statement.fetch(*run.args)
+                run.timings_ms.append((time.perf_counter() - started) * 1000)
+        except asyncpg.QueryCanceledError:
+            # Slow beyond doubt: repeating it would only load the server.
+            run.timed_out_ms = run_timeout
+            break
+        except asyncpg.ReadOnlySQLTransactionError:
+            run.error = f"hot query {query.name} writes; smoke.hot_queries may only hold read-only SELECTs"
+            break
+        except asyncpg.PostgresError as exc:
+            run.error = f"hot query {query.name} fails: {type(exc).__name__}: {exc}"
+            break
+    return run
+
+
+def judge(run: HotQueryRun, large_table_rows: int) -> list[str]:
+    """The offences of one run against its limit and its expected index (empty: healthy)."""
+    query = run.query
+    problems: list[str] = []
+    if run.error:
+        return [run.error]
+    if run.timed_out_ms is not None:
+        problems.append(f"{query.name} took over {run.timed_out_ms:.0f} ms and was cancelled (limit {query.max_ms:g} ms)")
+    elif run.best_ms is not None and run.best_ms > query.max_ms:
+        problems.append(f"{query.name} took {run.best_ms:.1f} ms (limit {query.max_ms:g} ms)")
+    expected = run.expected
+    if expected is None:
+        return problems
+    if not expected.exists:
+        problems.append(
+            f"{query.name} does not use {expected.name}, which does not exist: {_scans_text(run, None)}; "
+            "recreate the index in a new migration (see docs/schema.md)"
+        )
+    elif not expected.valid:
+        problems.append(
+            f"{query.name}: index {expected.name} on {expected.table} is INVALID (a failed CREATE INDEX "
+            "CONCURRENTLY?); DROP INDEX CONCURRENTLY it and build it again"
+        )
+    elif not run.uses_expected_index:
+        if expected.table_rows > large_table_rows:
+            problems.append(
+                f"{query.name} does not use {expected.name}: {_scans_text(run, expected.table)} "
+                f"({expected.table} has ~{expected.table_rows:.0f} rows); run ANALYZE {expected.table} "
+                "and compare the plan with the migration that created the index"
+            )
+        else:
+            run.notes.append(
+                f"{query.name} does not use {expected.name}, but {expected.table} has only "
+                f"~{max(expected.table_rows, 0):.0f} rows (<= smoke.large_table_rows {large_table_rows}): "
+                "a sequential scan is the right plan there"
+            )
+    return problems
+
+
+def _scans_text(run: HotQueryRun, table: str | None) -> str:
+    scans = [n for n in run.nodes if n.relation is not None and (table is None or n.relation == table)]
+    if not scans and table is not None:
+        return f"the plan does not read {table} at all"
+    return ", ".join(n.describe() for n in scans) or "no table scans"
+
+
+def _plans_evidence(runs: list[HotQueryRun]) -> dict[str, str]:
+    evidence: dict[str, str] = {}
+    for run in runs:
+        timings = ", ".join(f"{t:.2f}" for t in run.timings_ms) or "not run"
+        header = f"-- {run.query.name}  params={run.args}  timings_ms=[{timings}]  limit={run.query.max_ms:g} ms\n"
+        evidence[f"plan: {run.query.name}"] = header + run.plan_text
+    return evidence
+
+
+# -- checks -----------------------------------------------------------------------------
+
+
+async def _samples_or_skip(ctx: CheckContext, title: str) -> Samples | CheckResult:
+    if not ctx.settings.hot_queries:
+        return CheckResult.skipped(f"{title}: smoke.hot_queries is empty, so there is nothing to verify")
+    try:
+        samples = await pick_samples(ctx.conn)
+    except asyncpg.QueryCanceledError:
+        return CheckResult.failed(
+            f"{title}: picking a sample game and player took over {_SAMPLE_TIMEOUT_MS} ms; "
+            "game_sessions' primary key or game_participants' (game_id, seat) index is missing or bloated"
+        )
+    if samples is None:
+        return CheckResult.skipped(f"{title}: no data to sample (game_sessions is empty), so the plans would not be realistic")
+    return samples
+
+
+@check(
+    "performance.hot_queries",
+    title="Hot queries are fast and use their indexes",
+    feature=FEATURE,
+    category=CATEGORY,
+    severity="critical",
+)
+async def hot_queries(ctx: CheckContext) -> CheckResult:
+    samples = await _samples_or_skip(ctx, "hot queries")
+    if isinstance(samples, CheckResult):
+        return samples
+    runs: list[HotQueryRun] = []
+    for query in ctx.settings.hot_queries:
+        run = await run_hot_query(ctx.conn, query, samples, check_timeout_ms=ctx.settings.check_statement_timeout_ms)
+        run.problems = judge(run, ctx.settings.large_table_rows)
+        runs.append(run)
+    evidence = _plans_evidence(runs)
+    evidence["samples"] = f"game_id={samples.game_id} player_id={samples.player_id} ({samples.source})"
+    measured = {run.query.name: run.best_ms for run in runs}
+    threshold = {run.query.name: run.query.max_ms for run in runs}
+    offenders = [problem for run in runs for problem in run.problems]
+    notes = [note for run in runs for note in run.notes]
+    if offenders:
+        return CheckResult.failed(
+            "; ".join(offenders)
+            + ". A slow hot query slows every game: check the plans attached, recent migrations "
+            "(a dropped or renamed index) and table statistics (ANALYZE)",
+            measured=measured,
+            threshold=threshold,
+            evidence=evidence,
+        )
+    timings = ", ".join(f"{run.query.name} {run.best_ms:.1f} ms" for run in runs)
+    return CheckResult.passed(
+        f"{len(runs)} hot queries within their limits ({timings})" + (f"; {'; '.join(notes)}" if notes else ""),
+        measured=measured,
+        threshold=threshold,
+        evidence=evidence,
+    )
+
+
+@check(
+    "performance.cache_hit_ratio",
+    title="Reads are served from the buffer cache",
+    feature=FEATURE,
+    category=CATEGORY,
+)
+async def cache_hit_ratio(ctx: CheckContext) -> CheckResult:
+    row = await ctx.conn.fetchrow(
+        """
+        SELECT current_database() AS db, blks_hit, blks_read, stats_reset,
+               current_setting('shared_buffers') AS shared_buffers
+        FROM pg_stat_database WHERE datname = current_database()
+        """
+    )
+    if row is None:
+        return CheckResult.skipped("cache hit ratio: pg_stat_database has no row for this database yet")
+    hits, reads = int(row["blks_hit"]), int(row["blks_read"])
+    total = hits + reads
+    minimum_reads = ctx.settings.cache_hit_min_reads
+    limit = ctx.settings.min_cache_hit_ratio
+    since = f"since {row['stats_reset']:%Y-%m-%d %H:%M %Z}" if row["stats_reset"] else "since statistics began"
+    if total < minimum_reads or total == 0:
+        return CheckResult.skipped(
+            f"cache hit ratio: database {row['db']} has only {total} block reads {since}, fewer than "
+            f"smoke.cache_hit_min_reads ({minimum_reads}); too few reads for the ratio to mean anything",
+            measured=total,
+            threshold=minimum_reads,
+        )
+    ratio = hits / total
+    evidence = {"pg_stat_database": f"blks_hit={hits} blks_read={reads} {since} shared_buffers={row['shared_buffers']}"}
+    if ratio < limit:
+        return CheckResult.failed(
+            f"cache hit ratio of database {row['db']} is {ratio:.1%} ({hits} hits, {reads} reads {since}), "
+            f"under the {limit:.0%} minimum (smoke.min_cache_hit_ratio): the working set does not fit in "
+            f"shared_buffers ({row['shared_buffers']}) or something reads large tables from disk; look for "
+            "sequential scans (performance.no_seq_scan_on_indexed_lookup) and consider raising shared_buffers",
+            measured=round(ratio, 4),
+            threshold=limit,
+            evidence=evidence,
+        )
+    return CheckResult.passed(
+        f"cache hit ratio of {row['db']} is {ratio:.1%} over {total} block reads {since}",
+        measured=round(ratio, 4),
+        threshold=limit,
+        evidence=evidence,
+    )
+
+
+@check(
+    "performance.no_seq_scan_on_indexed_lookup",
+    title="Hot queries do not scan large tables sequentially",
+    feature=FEATURE,
+    category=CATEGORY,
+    severity="critical",
+)
+async def no_seq_scan_on_indexed_lookup(ctx: CheckContext) -> CheckResult:
+    samples = await _samples_or_skip(ctx, "sequential scan check")
+    if isinstance(samples, CheckResult):
+        return samples
+    large = ctx.settings.large_table_rows
+    offenders: list[str] = []
+    errors: list[str] = []
+    unknown: list[str] = []
+    runs: list[HotQueryRun] = []
+    sizes: dict[str, float] = {}
+    for query in ctx.settings.hot_queries:
+        run = await run_hot_query(
+            ctx.conn, query, samples, timed=False, check_timeout_ms=ctx.settings.check_statement_timeout_ms
+        )
+        runs.append(run)
+        if run.error:
+            errors.append(run.error)
+            continue
+        for node in run.nodes:
+            if node.node_type != "Seq Scan" or node.relation is None:
+                continue
+            key = f"{node.schema + '.' if node.schema else ''}{node.relation}"
+            if key not in sizes:
+                sizes[key] = await table_rows(ctx.conn, node.schema, node.relation)
+            rows = sizes[key]
+            if rows > large:
+                offenders.append(f"{query.name}: Seq Scan on {node.relation} (~{rows:.0f} rows)")
+            elif rows < 0:
+                unknown.append(f"{query.name}: Seq Scan on {node.relation} (never analyzed, size unknown)")
+    evidence = _plans_evidence(runs)
+    if offenders or errors:
+        parts = []
+        if offenders:
+            parts.append(
+                f"hot queries scan tables larger than {large} rows (smoke.large_table_rows) sequentially: "
+                f"{sample(offenders)}. An index the query relies on is probably missing (dropped by a "
+                "migration?) or the statistics are stale: compare the plans attached with docs/schema.md "
+                "and run ANALYZE"
+            )
+        if errors:
+            parts.append(f"hot queries that could not be planned: {sample(errors)}; fix smoke.hot_queries or the schema")
+        return CheckResult.failed(
+            ". ".join(parts),
+            measured=len(offenders) + len(errors),
+            threshold=0,
+            evidence=evidence,
+        )
+    scanned = sorted(k for k, v in sizes.items() if 0 <= v <= large)
+    detail = f"; small tables scanned sequentially, as they should be: {', '.join(scanned)}" if scanned else ""
+    if unknown:
+        detail += f"; not judged: {sample(unknown)} (run ANALYZE so pg_class.reltuples is known)"
+    return CheckResult.passed(
+        f"no hot query scans a table over {large} rows sequentially{detail}",
+        measured=0,
+        threshold=0,
+        evidence=evidence,
+    )
+
+
+CHECKS: list[CheckFunction] = [hot_queries, cache_hit_ratio, no_seq_scan_on_indexed_lookup]

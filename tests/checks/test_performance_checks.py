@@ -1,0 +1,242 @@
+"""The performance checks pass on a healthy seeded database and fail, for the right reason,
+when an index is dropped, a plan avoids its index, a query is slow or the cache is cold."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+
+from pytest_hokmdb.checks import performance
+from pytest_hokmdb.checks.base import CheckContext, CheckResult
+from pytest_hokmdb.cluster import EmbeddedCluster
+from pytest_hokmdb.config.model import DEFAULT_HOT_QUERIES
+from pytest_hokmdb.fixtures.throwaway import ThrowawayDatabase, drop_database
+
+HOT = {q.name: q for q in DEFAULT_HOT_QUERIES}
+MOVES_INDEX = "uq_moves_game_id_sequence_number"
+
+ContextFactory = Callable[..., Awaitable[CheckContext]]  # tests/conftest.py: check_context_factory
+
+
+def only(name: str, **changes: Any) -> list[dict[str, Any]]:
+    """A ``smoke.hot_queries`` override holding one default hot query, changed as given."""
+    return [HOT[name].model_copy(update=changes).model_dump()]
+
+
+async def execute(db: ThrowawayDatabase, *statements: str) -> None:
+    conn = await asyncpg.connect(db.dsn)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+async def count_moves(db: ThrowawayDatabase) -> int:
+    conn = await asyncpg.connect(db.dsn)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM moves"))
+    finally:
+        await conn.close()
+
+
+def assert_status(result: CheckResult, status: str) -> None:
+    assert result.status == status, f"expected {status}, got {result.status}: {result.message}"
+
+
+# -- performance.hot_queries --------------------------------------------------------------
+
+
+async def test_hot_queries_pass_on_healthy_database(seeded_db: ThrowawayDatabase, check_context_factory: ContextFactory) -> None:
+    ctx = await check_context_factory(seeded_db)
+    result = await performance.hot_queries(ctx)
+    assert_status(result, "passed")
+    assert set(result.measured) == set(HOT)
+    assert all(ms is not None and ms < HOT[name].max_ms for name, ms in result.measured.items())
+    assert "plan: game_moves_in_order" in result.evidence
+    assert f"Index Scan using {MOVES_INDEX} on moves" in result.evidence["plan: game_moves_in_order"]
+
+
+async def test_hot_queries_fail_when_expected_index_is_dropped(seeded_db: ThrowawayDatabase, check_context_factory: ContextFactory) -> None:
+    await execute(seeded_db, f"ALTER TABLE moves DROP CONSTRAINT {MOVES_INDEX}")
+    ctx = await check_context_factory(seeded_db)
+    result = await performance.hot_queries(ctx)
+    assert_status(result, "failed")
+    assert f"game_moves_in_order does not use {MOVES_INDEX}, which does not exist: Seq Scan on moves" in result.message
+    # Only the query that lost its index is named.
+    for healthy in ("game_with_participants", "player_recent_games", "leaderboard_top_n"):
+        assert healthy not in result.message
+
+
+async def test_hot_queries_fail_when_plan_avoids_index_on_large_table(seeded_db: ThrowawayDatabase, check_context_factory: ContextFactory) -> None:
+    # 60 players: the planner rightly sorts them instead of walking ix_players_rating_desc. That is
+    # fine for a small table (default large_table_rows) and a regression once the table counts as large.
+    small = await check_context_factory(seeded_db, smoke={"hot_queries": only("leaderboard_top_n")})
+    passed = await performance.hot_queries(small)
+    assert_status(passed, "passed")
+    assert "does not use ix_players_rating_desc, but players has only ~60 rows" in passed.message
+
+    large = await check_context_factory(seeded_db, smoke={"hot_queries": only("leaderboard_top_n"), "large_table_rows": 0})
+    failed = await performance.hot_queries(large)
+    assert_status(failed, "failed")
+    assert "leaderboard_top_n does not use ix_players_rating_desc: Seq Scan on players" in failed.message
+
+
+async def test_hot_queries_fail_when_slower_than_limit(seeded_db: ThrowawayDatabase, check_context_factory: ContextFactory) -> None:
+    ctx = await check_context_factory(seeded_db, smoke={"hot_queries": only("game_moves_in_order", max_ms=0.001)})
+    result = await performance.hot_queries(ctx)
+    assert_status(result, "failed")
+    assert "game_moves_in_order took " in result.message
+    assert "(limit 0.001 ms)" in result.message
+    assert "does not use" not in result.message  # the plan is fine; only the timing fails
+    assert result.measured["game_moves_in_order"] > 0.001
+
+
+async def test_hot_queries_fail_on_invalid_index_from_failed_concurrent_build(
+    seeded_db: ThrowawayDatabase, check_context_factory: ContextFactory
+) -> None:
+    # Revision 0006 builds an index CONCURRENTLY; when such a build fails it leaves an INVALID
+    # index behind that the planner never uses. Provoke one for real: a unique build on duplicates.
+    conn = await asyncpg.connect(seeded_db.dsn)
+    try:
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute("CREATE UNIQUE INDEX CONCURRENTLY ix_moves_game_id_broken ON moves (game_id)")
+    finally:
+        await conn.close()
+    ctx = await check_context_factory(
+        seeded_db, smoke={"hot_queries": only("game_moves_in_order", expected_index="ix_moves_game_id_broken")}
+    )
+    result = await performance.hot_queries(ctx)
+    assert_status(result, "failed")
+    assert "game_moves_in_order: index ix_moves_game_id_broken on moves is INVALID" in result.message
+    assert "DROP INDEX CONCURRENTLY" in result.message
+
+
+async def test_hot_queries_skip_without_games(hokmdb_fresh_db: ThrowawayDatabase, check_context_factory: ContextFactory) -> None:
+    ctx = await check_context_factory(hokmdb_fresh_db)
+    result = await performance.hot_queries(ctx)
+    assert_status(result, "skipped")
+    assert "no data to sample" in result.message
+
+
+async def test_hot_query_that_writes_is_refused_and_writes_nothing(seeded_db: ThrowawayDatabase, check_context_factory: ContextFactory) -> None:
+    before = await count_moves(seeded_db)
+    writer = {"name": "sneaky_delete", "sql": "WITH d AS (DELETE FROM moves RETURNING 1) SELECT count(*) FROM d"}
+    ctx = await check_context_factory(seeded_db, smoke={"hot_queries": [writer]})
+    result = await performance.hot_queries(ctx)
+    assert_status(result, "failed")
+    assert "hot query sneaky_delete writes" in result.message
+    assert await count_moves(seeded_db) == before
+
+
+async def test_run_hot_query_helper_times_and_explains_one_query(seeded_db: ThrowawayDatabase, check_context_factory: ContextFactory) -> None:
+    ctx = await check_context_factory(seeded_db)
+    samples = await performance.pick_samples(ctx.conn)
+    assert samples is not None and samples.player_id is not None
+    run = await performance.run_hot_query(ctx.conn, HOT["game_moves_in_order"], samples)
+    assert run.error is None
+    assert run.args == [samples.game_id]
+    assert len(run.timings_ms) == 3 and run.best_ms == round(min(run.timings_ms), 3)
+    assert run.uses_expected_index
+    assert performance.judge(run, large_table_rows=10_000) == []
+
+    await execute(seeded_db, f"ALTER TABLE moves DROP CONSTRAINT {MOVES_INDEX}")
+    broken = await performance.run_hot_query(ctx.conn, HOT["game_moves_in_order"], samples, timed=False)
+    assert not broken.uses_expected_index
+    assert [n.node_type for n in broken.nodes if n.relation == "moves"] == ["Seq Scan"]
+    assert broken.timings_ms == []
+
+
+async def test_hot_query_with_bad_literal_param_names_the_problem(seeded_db: ThrowawayDatabase, check_context_factory: ContextFactory) -> None:
+    query = {"name": "by_rating", "sql": "SELECT id FROM players WHERE rating > $1 LIMIT 5", "params": ["high"]}
+    ctx = await check_context_factory(seeded_db, smoke={"hot_queries": [query]})
+    result = await performance.hot_queries(ctx)
+    assert_status(result, "failed")
+    assert "hot query by_rating: parameter $1 'high' is not a valid int4" in result.message
+
+
+# -- performance.no_seq_scan_on_indexed_lookup ------------------------------------------------
+
+
+async def test_no_seq_scan_passes_on_healthy_database(seeded_db: ThrowawayDatabase, check_context_factory: ContextFactory) -> None:
+    ctx = await check_context_factory(seeded_db)
+    result = await performance.no_seq_scan_on_indexed_lookup(ctx)
+    assert_status(result, "passed")
+    assert "no hot query scans a table over 10000 rows sequentially" in result.message
+
+
+async def test_no_seq_scan_fails_when_index_is_dropped(seeded_db: ThrowawayDatabase, check_context_factory: ContextFactory) -> None:
+    await execute(seeded_db, f"ALTER TABLE moves DROP CONSTRAINT {MOVES_INDEX}")
+    ctx = await check_context_factory(seeded_db)
+    result = await performance.no_seq_scan_on_indexed_lookup(ctx)
+    assert_status(result, "failed")
+    assert "game_moves_in_order: Seq Scan on moves (~" in result.message
+    assert "smoke.large_table_rows" in result.message
+
+
+async def test_no_seq_scan_counts_small_tables_only_above_threshold(seeded_db: ThrowawayDatabase, check_context_factory: ContextFactory) -> None:
+    ctx = await check_context_factory(seeded_db, smoke={"hot_queries": only("leaderboard_top_n")})
+    assert_status(await performance.no_seq_scan_on_indexed_lookup(ctx), "passed")
+    strict = await check_context_factory(seeded_db, smoke={"hot_queries": only("leaderboard_top_n"), "large_table_rows": 0})
+    result = await performance.no_seq_scan_on_indexed_lookup(strict)
+    assert_status(result, "failed")
+    assert "leaderboard_top_n: Seq Scan on players (~60 rows)" in result.message
+
+
+# -- performance.cache_hit_ratio ----------------------------------------------------------------
+
+
+async def _read_tables(conn: asyncpg.Connection, times: int) -> None:
+    for _ in range(times):
+        for table in ("moves", "game_participants", "game_sessions", "players", "player_game_stats"):
+            await conn.fetchval(f"SELECT count(*) FROM {table}")
+    # Stats reach pg_stat_database when the backend goes idle; make it happen now.
+    await conn.execute("SELECT pg_stat_force_next_flush()")
+
+
+@pytest.fixture
+async def cold_db(hokmdb_cluster: EmbeddedCluster, seeded_template: str) -> AsyncIterator[ThrowawayDatabase]:
+    """A copy of the seeded database made with STRATEGY FILE_COPY: its files are copied on disk,
+    so none of its pages are in shared_buffers and the first read of each comes from the OS."""
+    name = f"t_cold_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(**hokmdb_cluster.admin_connect_kwargs())  # type: ignore[arg-type]
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{seeded_template}" STRATEGY FILE_COPY')
+    finally:
+        await admin.close()
+    try:
+        yield ThrowawayDatabase(name, hokmdb_cluster)
+    finally:
+        drop_database(hokmdb_cluster, name)
+
+
+async def test_cache_hit_ratio_passes_when_reads_hit_the_cache(seeded_db: ThrowawayDatabase, check_context_factory: ContextFactory) -> None:
+    ctx = await check_context_factory(seeded_db, smoke={"cache_hit_min_reads": 1000})
+    await _read_tables(ctx.conn, times=5)
+    result = await performance.cache_hit_ratio(ctx)
+    assert_status(result, "passed")
+    assert result.measured >= 0.9
+
+
+async def test_cache_hit_ratio_fails_on_a_cold_cache(cold_db: ThrowawayDatabase, check_context_factory: ContextFactory) -> None:
+    ctx = await check_context_factory(cold_db, smoke={"cache_hit_min_reads": 100})
+    await ctx.conn.execute("SELECT pg_stat_reset()")  # count from here: only the workload below
+    await _read_tables(ctx.conn, times=1)
+    result = await performance.cache_hit_ratio(ctx)
+    assert_status(result, "failed")
+    assert f"cache hit ratio of database {cold_db.name} is " in result.message
+    assert "under the 90% minimum (smoke.min_cache_hit_ratio)" in result.message
+    assert result.measured < 0.9
+
+
+async def test_cache_hit_ratio_skips_with_too_few_reads(hokmdb_fresh_db: ThrowawayDatabase, check_context_factory: ContextFactory) -> None:
+    ctx = await check_context_factory(hokmdb_fresh_db)
+    await ctx.conn.execute("SELECT pg_stat_reset()")
+    result = await performance.cache_hit_ratio(ctx)
+    assert_status(result, "skipped")
+    assert "too few reads for the ratio to mean anything" in result.message

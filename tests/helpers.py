@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -39,6 +40,18 @@ def write_config_dir(directory: Path, environment: str, **overrides: object) -> 
     path = directory / f"{environment}.json"
     path.write_text(json.dumps(data, indent=2))
     return path
+
+
+@dataclass(frozen=True)
+class LiveTarget:
+    """A seeded throwaway database reached the way production is: as a non-superuser
+    application role with DML grants that owns nothing, through a config directory."""
+
+    db: Any
+    role: str
+    password: str
+    config_dir: Path
+    env: dict[str, str]
 
 
 async def fetch_one(dsn: str, sql: str) -> object:

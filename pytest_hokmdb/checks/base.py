@@ -21,6 +21,7 @@ import asyncpg
 from pytest_hokmdb.config import HokmdbConfig
 from pytest_hokmdb.config.model import SmokeSettings
 from pytest_hokmdb.db.target import Target
+from pytest_hokmdb.errors import HokmdbError
 from pytest_hokmdb.redaction import redact
 
 Status = Literal["passed", "failed", "skipped"]
@@ -123,6 +124,14 @@ def check(
                 )
             except asyncpg.InsufficientPrivilegeError as exc:
                 result = CheckResult.skipped(f"{title}: not applicable, the role may not read what it needs ({exc})")
+            except (asyncpg.UndefinedTableError, asyncpg.UndefinedFunctionError) as exc:
+                # Managed servers hide some catalog views and functions.
+                result = CheckResult.skipped(f"{title}: not applicable on this server ({exc})")
+            except HokmdbError as exc:
+                result = CheckResult.failed(f"{title}: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                # A check that cannot finish has not passed: report it as a failure, not a traceback.
+                result = CheckResult.failed(f"{title}: could not run: {type(exc).__name__}: {redact(str(exc))}")
             finally:
                 try:
                     await ctx.conn.execute("RESET statement_timeout")

@@ -107,7 +107,13 @@ class HotQuery(_Strict):
     sql: str
     params: list[str] = Field(default_factory=list)
     max_ms: float = Field(50.0, gt=0)
-    expected_index: str | None = None
+    expected_index: str | list[str] | None = Field(None, description="an index the plan must use, or a list of acceptable ones")
+
+    @property
+    def expected_indexes(self) -> list[str]:
+        if self.expected_index is None:
+            return []
+        return [self.expected_index] if isinstance(self.expected_index, str) else list(self.expected_index)
 
 
 DEFAULT_HOT_QUERIES: tuple[HotQuery, ...] = (
@@ -119,7 +125,8 @@ DEFAULT_HOT_QUERIES: tuple[HotQuery, ...] = (
         ),
         params=["$sample_game_id"],
         max_ms=50,
-        expected_index="uq_game_participants_game_id_seat",
+        # Both unique indexes lead with game_id; the planner may rightly pick either.
+        expected_index=["uq_game_participants_game_id_seat", "uq_game_participants_game_id_player_id"],
     ),
     HotQuery(
         name="player_recent_games",

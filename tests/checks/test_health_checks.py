@@ -221,7 +221,8 @@ async def _analyze_then_touch(db: ThrowawayDatabase, *, analyze: bool) -> None:
     try:
         if analyze:
             await conn.execute("ANALYZE players")
-        await conn.execute("UPDATE players SET last_seen_at = now() WHERE id = (SELECT min(id) FROM players)")
+        # Every player: more changes than autovacuum's analyze threshold (50 + 10% of 60 rows).
+        await conn.execute("UPDATE players SET last_seen_at = now()")
         await flush_stats(conn)
     finally:
         await conn.close()
@@ -243,10 +244,26 @@ async def test_vacuum_age_fails_when_analyze_is_older_than_limit(seeded_db: Thro
     await fresh_stats(ctx)
     result = await health.vacuum_age(ctx)
     assert_status(result, "failed")
-    assert "players: 1 rows changed since it was last analyzed 0." in result.message
+    assert "players: 60 rows changed since it was last analyzed 0." in result.message
     assert "(smoke.max_vacuum_age_h)" in result.message
     for untouched in ("moves", "game_sessions", "game_participants"):
         assert f"{untouched}:" not in result.message
+
+
+async def test_vacuum_age_ignores_changes_below_the_autovacuum_threshold(seeded_db: ThrowawayDatabase, check_context_factory: ContextFactory) -> None:
+    conn = await asyncpg.connect(seeded_db.dsn)
+    try:
+        await conn.execute("ANALYZE players")
+        await conn.execute("UPDATE players SET last_seen_at = now() WHERE id = (SELECT min(id) FROM players)")
+        await flush_stats(conn)
+    finally:
+        await conn.close()
+    await asyncio.sleep(0.3)
+    ctx = await check_context_factory(seeded_db, read_only=True, smoke={"max_vacuum_age_h": 0.1 / 3600})
+    await fresh_stats(ctx)
+    result = await health.vacuum_age(ctx)
+    assert_status(result, "passed")
+    assert "players has 1 changes, below autovacuum's analyze threshold 56" in result.message
 
 
 async def test_vacuum_age_fails_when_changed_table_was_never_analyzed(seeded_db: ThrowawayDatabase, check_context_factory: ContextFactory) -> None:
@@ -255,7 +272,7 @@ async def test_vacuum_age_fails_when_changed_table_was_never_analyzed(seeded_db:
     await fresh_stats(ctx)
     result = await health.vacuum_age(ctx)
     assert_status(result, "failed")
-    assert "players: 1 rows changed and never analyzed" in result.message
+    assert "players: 60 rows changed and never analyzed" in result.message
 
 
 # -- sequences ---------------------------------------------------------------------------------

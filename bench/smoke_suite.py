@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Wall time of the whole smoke suite, as operators run it (a new pytest process each time).
+
+    .venv/bin/python bench/smoke_suite.py [--games 100000] [--players 20000] [--runs 3]
+
+Measures, on one throwaway cluster in one run:
+  * the suite on an empty database at head,
+  * the suite on a seeded database of realistic size (default 100k games),
+  * pytest start-up alone (``--collect-only``: imports, plugins, config, collection),
+and prints medians plus the share of each suite run that is start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import asyncpg
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from helpers import write_config_dir  # noqa: E402
+
+from pytest_hokmdb.fixtures.throwaway import create_database, start_throwaway_cluster  # noqa: E402
+from pytest_hokmdb.migrate import upgrade  # noqa: E402
+from pytest_hokmdb.seeding import seed  # noqa: E402
+
+
+async def _app_role(dsn: str, role: str, password: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
+        if not exists:
+            await conn.execute(await conn.fetchval("SELECT format('CREATE ROLE %I LOGIN PASSWORD %L', $1::text, $2::text)", role, password))
+        for sql in (
+            f"GRANT USAGE ON SCHEMA public TO {role}",
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}",
+            f"GRANT pg_monitor TO {role}",
+        ):
+            await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def _seed(dsn: str, players: int, games: int) -> tuple[int, float]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        report = await seed(conn, players=players, games=games, random_seed=11, clear=False)
+        await conn.execute("VACUUM ANALYZE")
+        return sum(report.rows.values()), report.seconds
+    finally:
+        await conn.close()
+
+
+def _time(cmd: list[str], env: dict[str, str], runs: int) -> tuple[float, list[float], str]:
+    times, last = [], ""
+    for _ in range(runs):
+        started = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        times.append(time.perf_counter() - started)
+        last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:]
+    return statistics.median(times), times, last
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--games", type=int, default=100_000)
+    parser.add_argument("--players", type=int, default=20_000)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+
+    cluster = start_throwaway_cluster("bench-smoke")
+    try:
+        password = "bench-app-password"
+        with tempfile.TemporaryDirectory() as tmp:
+            config_dir = Path(tmp) / "config"
+            write_config_dir(config_dir, "testing")
+            results: dict[str, tuple[float, list[float], str]] = {}
+            for label, games in (("empty", 0), ("seeded", args.games)):
+                db = create_database(cluster, f"bench_{label}")
+                upgrade(db.url, "head")
+                detail = "no rows"
+                if games:
+                    started = time.perf_counter()
+                    rows, _ = asyncio.run(_seed(db.dsn, args.players, games))
+                    detail = f"{rows:,} rows ({args.players:,} players, {games:,} games) seeded in {time.perf_counter() - started:.0f}s"
+                asyncio.run(_app_role(db.dsn, "bench_app", password))
+                env = {
+                    **os.environ,
+                    "DB_HOST": cluster.host,
+                    "DB_PORT": str(cluster.port),
+                    "DB_NAME": db.name,
+                    "DB_USER": "bench_app",
+                    "DB_PASSWORD_TEST": password,
+                    "HOKMDB_ENV_FILE": str(Path(tmp) / "none.env"),
+                }
+                base = [sys.executable, "-m", "pytest", "smoke", "--environment=testing", f"--db-config={config_dir}", "-p", "no:cacheprovider", "-q"]
+                results[label] = _time(base, env, args.runs)
+                results[f"{label}-startup"] = _time([*base, "--collect-only"], env, args.runs)
+                print(f"{label}: {detail}; suite: {results[label][2]}", flush=True)
+        print()
+        print(f"smoke suite wall time, median of {args.runs} runs (whole process, pytest start-up included)")
+        for label in ("empty", "seeded"):
+            total = results[label][0]
+            startup = results[f"{label}-startup"][0]
+            runs = ", ".join(f"{t:.2f}" for t in results[label][1])
+            print(f"  {label:<7} {total:6.2f}s  (runs: {runs})  start-up {startup:.2f}s = {100 * startup / total:.0f}% of it")
+    finally:
+        cluster.destroy()
+
+
+if __name__ == "__main__":
+    main()

@@ -120,3 +120,23 @@ async def test_api_returns_result_dicts_backed_by_the_same_checks(live_target: L
     assert any(f"{live_target.role} has CREATEROLE" in message for message in security["failures"])
     performance = await smoke.test_performance_baseline()
     assert performance["passed"], performance["failures"]
+
+
+async def test_allure_results_carry_labels_and_redacted_evidence(live_target: LiveTarget, tmp_path: Path) -> None:
+    await adowngrade(live_target.db.url, "0005")  # type: ignore[attr-defined]
+    alluredir = tmp_path / "allure"
+    loaded = load_config("testing", live_target.config_dir)
+    result = run_gate(loaded, "smoke", extra_args=["-k", "schema or connection", f"--alluredir={alluredir}"])
+    assert result.exit_code == 1
+    documents = [json.loads(p.read_text()) for p in alluredir.glob("*-result.json")]
+    by_title = {d["name"]: d for d in documents}
+    revision = by_title["Database is at the expected schema revision"]
+    assert by_title["Connects within the timeout"]["status"] == "passed"
+    labels = {(label["name"], label["value"]) for label in revision["labels"]}
+    assert ("feature", "Schema") in labels and ("tag", "schema drift") in labels
+    assert any(name == "severity" for name, _ in labels)
+    assert revision["status"] == "failed" and "0005" in revision["statusDetails"]["message"]
+    attachments = [alluredir / a["source"] for a in revision.get("attachments", [])]
+    assert attachments, "the failing check attaches its evidence"
+    everything = "".join(p.read_text(errors="replace") for p in alluredir.iterdir())
+    assert live_target.password not in everything

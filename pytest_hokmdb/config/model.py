@@ -65,14 +65,43 @@ class PoolSettings(_Strict):
 
 
 class BackupSettings(_Strict):
+    """Logical backups (pg_dump), their storage, encryption and verification."""
+
     required_before_deploy: bool = False
     local_dir: Path = Path("database/backups")
     s3_bucket: str | None = None
     s3_prefix: str = "hokmdb"
-    s3_endpoint_url: str | None = None
-    encryption_key: SecretStr | None = None
+    s3_endpoint_url: str | None = Field(None, description="for S3-compatible stores (MinIO, Ceph, moto)")
+    s3_region: str | None = None
+    s3_sse: Literal["AES256", "aws:kms"] | None = Field(None, description="server-side encryption requested on upload")
+    s3_kms_key_id: str | None = None
+    s3_checksum: Literal["when_supported", "when_required"] = Field(
+        "when_required", description="botocore request/response checksum mode; when_required suits S3-compatible stores"
+    )
+    s3_multipart_threshold_mb: int = Field(64, ge=5)
+    s3_multipart_chunk_mb: int = Field(16, ge=5)
+    encryption_key: SecretStr | None = Field(None, description="age identity (AGE-SECRET-KEY-...) or passphrase")
+    encryption_key_file: Path | None = None
+    compression_level: int = Field(3, ge=0, le=22)
+    restore_jobs: int = Field(2, ge=1, le=64)
+    verify_after_backup: Literal["none", "quick", "full"] = "quick"
     retention_days: int = Field(7, ge=1)
     retention_count: int = Field(10, ge=1)
+
+
+class DeploySettings(_Strict):
+    """How deploy.py and rollback.py move a database between revisions."""
+
+    require_approval: bool | None = Field(None, description="default: production only")
+    lock_wait_s: float = Field(30.0, ge=0, description="how long a second deploy waits for the deploy lock")
+    migration_statement_timeout_ms: int = Field(0, ge=0, description="0 = none (index builds can be long)")
+    lock_retry_budget_s: float = Field(60.0, ge=0, description="total time spent retrying revisions that hit lock_timeout")
+    lock_retry_base_delay_s: float = Field(0.5, gt=0)
+    max_downtime_s: float | None = Field(None, gt=0, description="bound on the total time game tables may be locked")
+    gate_suites: list[str] = Field(default_factory=lambda: ["smoke"])
+    gate_timeout_s: float = Field(900.0, gt=0)
+    log_dir: Path = Path("database/logs")
+    allow_force: bool | None = Field(None, description="default: all but production")
 
 
 class NotificationSettings(_Strict):
@@ -195,6 +224,7 @@ class HokmdbConfig(_Strict):
     notifications: NotificationSettings = NotificationSettings()
     seed: SeedSettings = SeedSettings()
     smoke: SmokeSettings = SmokeSettings()
+    deploy: DeploySettings = DeploySettings()
 
     @model_validator(mode="after")
     def _environment_rules(self) -> "HokmdbConfig":
@@ -208,6 +238,12 @@ class HokmdbConfig(_Strict):
             raise ValueError(f"embedded: {self.environment} cannot use an embedded cluster; remove the section")
         if protected and self.database.host is None:
             raise ValueError(f"database.host: {self.environment} needs a server host")
+        if self.environment == "production" and self.deploy.require_approval is False:
+            raise ValueError("deploy.require_approval: production deploys always need approval; remove the key")
+        if self.environment == "production" and self.deploy.allow_force:
+            raise ValueError("deploy.allow_force: --force is never allowed on production; remove the key")
+        if self.backup.encryption_key is not None and self.backup.encryption_key_file is not None:
+            raise ValueError("backup: set encryption_key or encryption_key_file, not both")
         if self.environment == "production" and self.seed.allowed:
             raise ValueError("seed.allowed: production can never be seeded; remove the key or set it to false")
         return self
@@ -216,6 +252,18 @@ class HokmdbConfig(_Strict):
     def is_protected(self) -> bool:
         """Staging and production: sessions are read-only and destructive tests are refused."""
         return self.environment in PROTECTED_ENVIRONMENTS
+
+    @property
+    def approval_required(self) -> bool:
+        if self.deploy.require_approval is not None:
+            return self.deploy.require_approval
+        return self.environment == "production"
+
+    @property
+    def force_allowed(self) -> bool:
+        if self.environment == "production":
+            return False
+        return True if self.deploy.allow_force is None else self.deploy.allow_force
 
     @property
     def ssl_required(self) -> bool:

@@ -1,0 +1,85 @@
+"""Which alembic project the migration suite verifies, and its lint policy.
+
+Read from ``[tool.hokmdb.migrations]`` in the rootdir's ``pyproject.toml`` so the same
+suite verifies any alembic project::
+
+    [tool.hokmdb.migrations]
+    alembic_ini = "alembic.ini"
+    metadata = "myapp.models:metadata"          # module:attribute of the SQLAlchemy MetaData
+    model_modules = ["myapp.models"]            # every module that must contribute tables
+    irreversible = []                           # revisions whose downgrade is not supported
+    data_fixtures = "migration_tests/data_fixtures.py"
+
+    [tool.hokmdb.migrations.lint]
+    default = "error"                           # error | warning for rules not listed
+    require_lock_timeout = true
+    [tool.hokmdb.migrations.lint.rules]
+    prefer-robust-stmts = "ignored"
+"""
+
+from __future__ import annotations
+
+import importlib
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pytest_hokmdb.errors import ConfigError
+
+Severity = Literal["error", "warning", "ignored"]
+
+
+class LintPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    default: Literal["error", "warning"] = "error"
+    rules: dict[str, Severity] = Field(default_factory=dict)
+    require_lock_timeout: bool = True
+
+    def severity(self, rule: str) -> Severity:
+        return self.rules.get(rule, self.default)
+
+
+class MigrationSuiteSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    alembic_ini: Path = Path("alembic.ini")
+    script_location: Path | None = Field(None, description="default: the alembic ini's script_location")
+    metadata: str = "pytest_hokmdb.schema.models:metadata"
+    model_modules: list[str] = Field(default_factory=lambda: ["pytest_hokmdb.schema.models"])
+    irreversible: list[str] = Field(default_factory=list)
+    data_fixtures: Path | None = None
+    lint: LintPolicy = LintPolicy()
+    root: Path = Field(Path("."), exclude=True)
+
+    def resolve(self, path: Path) -> Path:
+        return path if path.is_absolute() else self.root / path
+
+    def load_metadata(self) -> Any:
+        module_name, _, attribute = self.metadata.partition(":")
+        if not attribute:
+            raise ConfigError(f"[tool.hokmdb.migrations] metadata = {self.metadata!r}: use 'module:attribute'")
+        try:
+            module = importlib.import_module(module_name)
+            return getattr(module, attribute)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"[tool.hokmdb.migrations] metadata = {self.metadata!r} cannot be loaded: {exc}") from None
+
+
+def load_settings(root: Path) -> MigrationSuiteSettings:
+    """Settings from ``root/pyproject.toml`` (defaults when the section is absent)."""
+    pyproject = root / "pyproject.toml"
+    data: dict[str, Any] = {}
+    if pyproject.is_file():
+        try:
+            data = tomllib.loads(pyproject.read_text()).get("tool", {}).get("hokmdb", {}).get("migrations", {})
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{pyproject}: not valid TOML: {exc}") from None
+    try:
+        settings = MigrationSuiteSettings.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False))
+        raise ConfigError(f"{pyproject} [tool.hokmdb.migrations] is invalid: {problems}") from None
+    return settings.model_copy(update={"root": root})

@@ -19,6 +19,10 @@ class ExitCode(IntEnum):
     CONNECTION_ERROR = 3
     REFUSED = 4
     CLUSTER_ERROR = 5
+    DEPLOY_LOCKED = 6
+    BACKUP_ERROR = 7
+    ROLLED_BACK = 10
+    ROLLBACK_FAILED = 11
     INTERRUPTED = 130
 
 
@@ -45,6 +49,18 @@ class Refused(HokmdbError):
     """A safety rule said no (production writes, destructive tests, seeding production)."""
 
     exit_code = ExitCode.REFUSED
+
+
+class BackupError(HokmdbError):
+    """A backup could not be taken, stored, verified or restored (corrupt, missing, wrong key, ...)."""
+
+    exit_code = ExitCode.BACKUP_ERROR
+
+
+class DeployLocked(HokmdbError):
+    """Another deploy of the same database holds the deploy lock."""
+
+    exit_code = ExitCode.DEPLOY_LOCKED
 
 
 class ClusterError(HokmdbError):

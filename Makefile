@@ -7,7 +7,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.hokmdb-installed
 PYTEST_WORKERS ?= auto
 
-.PHONY: demo test install postgres cluster-stop clean
+ALLURE_DIR := tools/allure
+ALLURE := $(ALLURE_DIR)/node_modules/.bin/allure
+# Allure 3's quality gate uses ES2025 iterator helpers; Node 20 gets them from this shim.
+ALLURE_ENV := NODE_OPTIONS="--require $(CURDIR)/$(ALLURE_DIR)/iterator-helpers.cjs"
+ALLURE_RESULTS ?= allure-results
+ALLURE_REPORT ?= allure-report
+ALLURE_MAX_FAILURES ?= 0
+
+.PHONY: demo test install postgres report-tools browser report cluster-stop clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,12 +29,27 @@ install: $(STAMP)
 postgres:
 	@./scripts/ensure-postgres.sh
 
+$(ALLURE): $(ALLURE_DIR)/package-lock.json
+	@./scripts/ensure-node.sh
+	@cd $(ALLURE_DIR) && npm ci --no-audit --no-fund --loglevel=error >/dev/null
+	@touch $@
+
+report-tools: $(ALLURE)
+
+browser:
+	@./scripts/ensure-browser.sh
+
+## Allure Report 3 (single HTML file) from the last run's results, then Allure's quality gate
+report: report-tools
+	$(ALLURE_ENV) $(ALLURE) generate $(ALLURE_RESULTS) -o $(ALLURE_REPORT) -c allurerc.json
+	$(ALLURE_ENV) $(ALLURE) quality-gate $(ALLURE_RESULTS) --max-failures $(ALLURE_MAX_FAILURES)
+
 ## The main job on the embedded default: cluster -> migrate to head -> seed -> smoke -> summary
 demo: install postgres
 	$(BIN)/hokmdb demo --environment development
 
 ## Every test: the project's own tests and the migration suite, in parallel workers
-test: install postgres
+test: install postgres report-tools browser
 	$(BIN)/pytest -n $(PYTEST_WORKERS) -p no:cacheprovider
 
 cluster-stop: install

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from pytest_hokmdb.cli.common import run_cli, setup_logging
-from pytest_hokmdb.config import LoadedConfig, load_config
+from pytest_hokmdb.config import ENVIRONMENTS, LoadedConfig, load_config
 from pytest_hokmdb.errors import ConfigError, ExitCode, Refused
 
 log = logging.getLogger("hokmdb")
@@ -31,6 +31,16 @@ def _parser() -> argparse.ArgumentParser:
     cluster.add_argument("action", choices=("start", "stop", "status"))
     cluster.add_argument("--environment", default=os.environ.get("HOKMDB_ENVIRONMENT", "development"), choices=EMBEDDED_ENVIRONMENTS)
     cluster.add_argument("--config", dest="config_path", default=None, metavar="PATH")
+
+    config = sub.add_parser("config", help="validate environment configs")
+    config.add_argument("action", choices=("check",))
+    config.add_argument("--environment", default="all", choices=("all", *ENVIRONMENTS))
+    config.add_argument("--config", dest="config_path", default=None, metavar="PATH")
+    config.add_argument(
+        "--placeholders",
+        action="store_true",
+        help="stand in a dummy value for unset required variables: checks structure and types without the secrets (CI)",
+    )
 
     demo = sub.add_parser("demo", help="embedded cluster -> migrate to head -> seed -> smoke tests -> summary")
     demo.add_argument("--environment", default="development", choices=EMBEDDED_ENVIRONMENTS)
@@ -65,6 +75,30 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     else:
         print(cluster.status().describe())
     return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from pytest_hokmdb.config.loader import find_project_root, required_variables
+
+    names = ENVIRONMENTS if args.environment == "all" else (args.environment,)
+    failures = 0
+    for name in names:
+        environ = dict(os.environ)
+        stand_ins: list[str] = []
+        if args.placeholders:
+            for variable in required_variables(name, args.config_path, find_project_root()):
+                if not environ.get(variable):
+                    environ[variable] = "placeholder"
+                    stand_ins.append(variable)
+        try:
+            loaded = load_config(name, args.config_path, environ=environ)
+        except ConfigError as exc:
+            failures += 1
+            print(f"{name}: INVALID\n{exc}", file=sys.stderr)
+            continue
+        note = f" (placeholders for {', '.join(stand_ins)})" if stand_ins else ""
+        print(f"{name}: ok, {loaded.path}{note}")
+    return int(ExitCode.CONFIG_ERROR) if failures else int(ExitCode.OK)
 
 
 @dataclass
@@ -151,6 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(args.verbose)
     if args.command == "cluster":
         run_cli(lambda: cmd_cluster(args))
+    if args.command == "config":
+        run_cli(lambda: cmd_config(args))
     run_cli(_demo(args))
 
 

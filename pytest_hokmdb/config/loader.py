@@ -118,6 +118,18 @@ def _describe_validation_error(exc: ValidationError, interp: _Interpolation) -> 
     return problems
 
 
+def required_variables(environment: str, config: Path | str | None, project_root: Path) -> list[str]:
+    """Variables the file needs that have no default (``${VAR}``), in order of appearance."""
+    path = config_path_for(environment, config, project_root)
+    if not path.is_file():
+        return []
+    seen: list[str] = []
+    for match in _VAR_RE.finditer(path.read_text(encoding="utf-8")):
+        if match["default"] is None and match["name"] not in seen:
+            seen.append(match["name"])
+    return seen
+
+
 def config_path_for(environment: str, config: Path | str | None, project_root: Path) -> Path:
     if config is None:
         return project_root / CONFIG_SUBDIR / f"{environment}.json"

@@ -70,11 +70,25 @@ def _time(cmd: list[str], env: dict[str, str], runs: int) -> tuple[float, list[f
     return statistics.median(times), times, last
 
 
+def _slowest_and_failed(base: list[str], env: dict[str, str], json_path: Path) -> None:
+    """One more run with the JSON result: the five slowest checks and any that did not pass."""
+    import json
+
+    subprocess.run([*base, f"--hokmdb-json={json_path}"], cwd=ROOT, env=env, capture_output=True, text=True)
+    tests = json.loads(json_path.read_text())["tests"]
+    for test in sorted(tests, key=lambda t: -t["duration_s"])[:5]:
+        print(f"    {test['duration_s']:7.2f}s  {test['check'] or test['nodeid']}")
+    for test in tests:
+        if test["outcome"] in ("failed", "error"):
+            print(f"    FAILED {test['check'] or test['nodeid']}: {test['message'][:300]}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--games", type=int, default=100_000)
     parser.add_argument("--players", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--keep", action="store_true", help="leave the cluster running and print how to reach it")
     args = parser.parse_args()
 
     cluster = start_throwaway_cluster("bench-smoke")
@@ -104,6 +118,7 @@ def main() -> None:
                 }
                 base = [sys.executable, "-m", "pytest", "smoke", "--environment=testing", f"--db-config={config_dir}", "-p", "no:cacheprovider", "-q"]
                 results[label] = _time(base, env, args.runs)
+                _slowest_and_failed(base, env, Path(tmp) / f"{label}.json")
                 results[f"{label}-startup"] = _time([*base, "--collect-only"], env, args.runs)
                 print(f"{label}: {detail}; suite: {results[label][2]}", flush=True)
         print()
@@ -114,7 +129,10 @@ def main() -> None:
             runs = ", ".join(f"{t:.2f}" for t in results[label][1])
             print(f"  {label:<7} {total:6.2f}s  (runs: {runs})  start-up {startup:.2f}s = {100 * startup / total:.0f}% of it")
     finally:
-        cluster.destroy()
+        if args.keep:
+            print(f"cluster kept: {cluster.base_dir} on 127.0.0.1:{cluster.port} (superuser postgres; password in {cluster.state_file})")
+        else:
+            cluster.destroy()
 
 
 if __name__ == "__main__":

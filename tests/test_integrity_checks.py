@@ -341,6 +341,24 @@ async def test_windowed_checks_use_the_created_at_index(conn: asyncpg.Connection
     await conn.execute("ANALYZE game_sessions")
     for number in (1, 4, 6):
         sql = INVARIANTS_BY_NUMBER[number].query(windowed=True)
-        plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {sql}", 10, WINDOW))
+        plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {sql}", 10, WINDOW, 2000))
         assert "ix_game_sessions_status_created_at" in plan, plan
         assert "Seq Scan on game_sessions" not in plan, plan
+
+
+async def test_windowed_checks_look_at_no_more_than_the_newest_max_games(conn: asyncpg.Connection) -> None:
+    """On a busy server the window alone can hold millions of games: a smoke run examines
+    only the newest ``max_games`` of them, and says so."""
+    oldest_in_window = await conn.fetchval(
+        "SELECT id FROM game_sessions WHERE status = 'completed' AND created_at >= now() - $1::interval"
+        " ORDER BY created_at, id LIMIT 1",
+        WINDOW,
+    )
+    await conn.execute("ALTER TABLE game_participants DROP CONSTRAINT uq_game_participants_game_id_seat")
+    await conn.execute("UPDATE game_participants SET seat = 0 WHERE game_id = $1", oldest_in_window)
+    invariant = INVARIANTS_BY_NUMBER[1]
+    newest_only = await invariant.run(conn, window=WINDOW, max_games=5)
+    assert newest_only.ok, newest_only.message
+    assert "the newest 5 games created in the last" in newest_only.message
+    everything_in_window = await invariant.run(conn, window=WINDOW, max_games=100_000)
+    assert not everything_in_window.ok and oldest_in_window in everything_in_window.offending_ids

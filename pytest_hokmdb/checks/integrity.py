@@ -28,6 +28,7 @@ from pytest_hokmdb.checks.base import CheckContext, CheckFunction, CheckResult, 
 from pytest_hokmdb.domain import rules
 
 DEFAULT_SAMPLE_LIMIT = 10
+DEFAULT_MAX_GAMES = 2000
 
 # --- rule values rendered as SQL -------------------------------------------------------
 
@@ -61,9 +62,11 @@ def _games_cte(windowed: bool) -> str:
     the planner walk ``ix_game_sessions_status_created_at`` once per status."""
     if not windowed:
         return "g AS (SELECT * FROM game_sessions)"
+    # Bounded twice: by time ($2) and by count ($3, the newest games first), so the cost of a
+    # smoke run does not grow with a busy day's traffic (10^7 games, 10^8 moves).
     return (
         "g AS (SELECT * FROM game_sessions WHERE status = ANY (enum_range(NULL::game_status))"
-        " AND created_at >= now() - $2::interval)"
+        " AND created_at >= now() - $2::interval ORDER BY created_at DESC, id DESC LIMIT $3)"
     )
 
 
@@ -415,7 +418,7 @@ class Invariant:
     sql: Callable[[bool], str]
 
     def query(self, windowed: bool) -> str:
-        """The full statement: $1 is the sample limit, $2 (windowed only) the window."""
+        """The full statement: $1 is the sample limit; windowed only: $2 the window, $3 the most games."""
         return (
             f"WITH {_games_cte(windowed)},\n{self.sql(windowed)}\n"
             "SELECT id, string_agg(DISTINCT reason, '; ') AS reasons, count(*) OVER () AS total\n"
@@ -424,21 +427,22 @@ class Invariant:
 
     async def run(
         self, conn: asyncpg.Connection, *, window: timedelta | None, sample_limit: int = DEFAULT_SAMPLE_LIMIT,
+        max_games: int = DEFAULT_MAX_GAMES,
     ) -> InvariantResult:
-        """Check the games created within ``window`` (``None``: all data)."""
+        """Check the newest ``max_games`` games created within ``window`` (``None``: all data)."""
         args: list[Any] = [sample_limit]
         if window is not None:
-            args.append(window)
+            args += [window, max_games]
         sql = self.query(window is not None)
         if conn.is_in_transaction():
             rows = await conn.fetch(sql, *args)
         else:
             async with conn.transaction(readonly=True):
                 rows = await conn.fetch(sql, *args)
-        return self._result(rows, window)
+        return self._result(rows, window, max_games)
 
-    def _result(self, rows: list[asyncpg.Record], window: timedelta | None) -> InvariantResult:
-        scope = "all data" if window is None else f"games created in the last {_describe(window)}"
+    def _result(self, rows: list[asyncpg.Record], window: timedelta | None, max_games: int) -> InvariantResult:
+        scope = "all data" if window is None else f"the newest {max_games} games created in the last {_describe(window)}"
         if not rows:
             return InvariantResult(True, [], 0, f"invariant {self.number} ({self.name}): ok ({scope})")
         count = int(rows[0]["total"])
@@ -553,9 +557,10 @@ INVARIANTS_BY_NAME: dict[str, Invariant] = {inv.name: inv for inv in INVARIANTS}
 
 async def run_all(
     conn: asyncpg.Connection, *, window: timedelta | None, sample_limit: int = DEFAULT_SAMPLE_LIMIT,
+    max_games: int = DEFAULT_MAX_GAMES,
 ) -> list[tuple[Invariant, InvariantResult]]:
     """Run every check in order (one connection, one query each)."""
-    return [(inv, await inv.run(conn, window=window, sample_limit=sample_limit)) for inv in INVARIANTS]
+    return [(inv, await inv.run(conn, window=window, sample_limit=sample_limit, max_games=max_games)) for inv in INVARIANTS]
 
 
 # --- the smoke suite's view: one registered check per invariant ---------------------------
@@ -565,7 +570,9 @@ def _as_check(invariant: Invariant) -> CheckFunction:
     """Wrap an invariant as a smoke check reading its window and sample size from the context."""
 
     async def run_invariant(ctx: CheckContext) -> CheckResult:
-        result = await invariant.run(ctx.conn, window=ctx.window, sample_limit=ctx.settings.integrity_sample)
+        result = await invariant.run(
+            ctx.conn, window=ctx.window, sample_limit=ctx.settings.integrity_sample, max_games=ctx.settings.integrity_max_games
+        )
         evidence = {"query": invariant.query(ctx.window is not None)}
         if result.ok:
             return CheckResult.passed(result.message, measured=0, threshold=0, evidence=evidence)

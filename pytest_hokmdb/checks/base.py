@@ -114,7 +114,9 @@ def check(
             started = time.monotonic()
             timeout_ms = ctx.settings.check_statement_timeout_ms
             try:
-                await ctx.conn.execute(f"SET statement_timeout = {int(timeout_ms)}")
+                # JIT compiling a check's query can cost a second and more (the planner's
+                # estimates for bounded windows are pessimistic); a check is short: no JIT.
+                await ctx.conn.execute(f"SET statement_timeout = {int(timeout_ms)}; SET jit = off")
                 result = await fn(ctx)
             except asyncpg.QueryCanceledError:
                 result = CheckResult.failed(
@@ -134,7 +136,7 @@ def check(
                 result = CheckResult.failed(f"{title}: could not run: {type(exc).__name__}: {redact(str(exc))}")
             finally:
                 try:
-                    await ctx.conn.execute("RESET statement_timeout")
+                    await ctx.conn.execute("RESET statement_timeout; RESET jit")
                 except (asyncpg.PostgresError, asyncpg.InterfaceError):
                     pass
             return replace(result, check=name, duration_s=round(time.monotonic() - started, 4))

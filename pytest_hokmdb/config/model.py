@@ -212,7 +212,7 @@ class SmokeSettings(_Strict):
     max_sequence_usage: float = Field(0.8, gt=0, le=1)
     integrity_window_days: float = Field(7.0, gt=0)
     integrity_sample: int = Field(10, ge=1, le=1000)
-    integrity_max_games: int = Field(2000, ge=1, description="the window is further bounded to its newest N games")
+    integrity_max_games: int = Field(1000, ge=1, description="the window is further bounded to its newest N games")
 
 
 class HokmdbConfig(_Strict):

@@ -12,15 +12,9 @@ from typing import Any
 import asyncpg
 import pytest
 import sqlalchemy as sa
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
-from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
 
 from pytest_hokmdb.fixtures.throwaway import ThrowawayDatabase
-from pytest_hokmdb.migrate import adowngrade, aupgrade, current_revision, head_revision, script_directory
-from pytest_hokmdb.schema import metadata
+from pytest_hokmdb.migrate import adowngrade, aupgrade, current_revision
 
 REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006")
 
@@ -126,24 +120,6 @@ async def column_names(db: ThrowawayDatabase, table: str) -> set[str]:
     return {row["column_name"] for row in rows}
 
 
-async def autogenerate_diffs(url: URL) -> list[Any]:
-    """What ``alembic revision --autogenerate`` would put in a new revision for this database."""
-
-    def compare(sync_conn: sa.Connection) -> list[Any]:
-        context = MigrationContext.configure(
-            sync_conn,
-            opts={"compare_type": True, "compare_server_default": True, "target_metadata": metadata},
-        )
-        return compare_metadata(context, metadata)
-
-    engine = create_async_engine(url, poolclass=NullPool, hide_parameters=True)
-    try:
-        async with engine.connect() as conn:
-            return await conn.run_sync(compare)
-    finally:
-        await engine.dispose()
-
-
 async def insert_moves_at_0004(db: ThrowawayDatabase, cards: list[tuple[str, str]]) -> dict[int, str]:
     """Insert one game whose moves carry ``cards`` (move_type, card) in the pre-0005 format;
     returns {move id: card}."""
@@ -187,31 +163,6 @@ async def test_upgrade_to_head_then_downgrade_to_base_leaves_an_empty_schema(
     await adowngrade(db.url, "base")
     assert await schema_snapshot(db) == {kind: [] for kind in SNAPSHOT_QUERIES}
     assert await revision_of(db) is None
-
-
-@pytest.mark.parametrize("index", range(len(REVISIONS)), ids=REVISIONS)
-async def test_each_revision_round_trips(hokmdb_empty_db: ThrowawayDatabase, index: int) -> None:
-    """upgrade r, downgrade r-1, upgrade r: the downgrade restores r-1's schema exactly and
-    the second upgrade rebuilds r's schema exactly."""
-    db = hokmdb_empty_db
-    revision = REVISIONS[index]
-    previous = REVISIONS[index - 1] if index else "base"
-    if index:
-        await aupgrade(db.url, previous)
-    before = await schema_snapshot(db)
-
-    await aupgrade(db.url, revision)
-    after_upgrade = await schema_snapshot(db)
-    assert after_upgrade != before, f"revision {revision} changed nothing"
-    assert await revision_of(db) == revision
-
-    await adowngrade(db.url, previous)
-    assert await schema_snapshot(db) == before
-    assert await revision_of(db) == (previous if index else None)
-
-    await aupgrade(db.url, revision)
-    assert await schema_snapshot(db) == after_upgrade
-    assert await revision_of(db) == revision
 
 
 async def test_0005_splits_cards_and_its_downgrade_restores_them_exactly(
@@ -335,81 +286,3 @@ async def test_0006_gives_up_quickly_when_the_table_is_locked(hokmdb_empty_db: T
 
     await aupgrade(db.url, "0006")
     assert await revision_of(db) == "0006"
-
-
-def describe(diffs: list[Any]) -> list[tuple[str, ...]]:
-    """compare_metadata's output, reduced to (operation, object) pairs: table and index
-    diffs are tuples, column modifications come grouped in lists."""
-    described: list[tuple[str, ...]] = []
-    for diff in diffs:
-        for change in diff if isinstance(diff, list) else [diff]:
-            op, target = change[0], change[1]
-            if target is None:  # (op, schema, table, column or column name, ...)
-                target = f"{change[2]}.{getattr(change[3], 'name', change[3])}"
-            name = getattr(target, "name", target)
-            described.append((op, str(name)))
-    return described
-
-
-async def test_models_match_the_migrated_schema(hokmdb_empty_db: ThrowawayDatabase) -> None:
-    db = hokmdb_empty_db
-    await aupgrade(db.url, "0005")
-    before_0006 = await autogenerate_diffs(db.url)
-    await aupgrade(db.url, "head")
-
-    assert await autogenerate_diffs(db.url) == []
-    # The comparison must be able to see a difference: 0005 lacks 0006's index.
-    assert describe(before_0006) == [("add_index", PARTICIPANTS_INDEX)]
-
-
-async def test_models_match_what_autogenerate_cannot_compare(hokmdb_empty_db: ThrowawayDatabase) -> None:
-    """Alembic's autogenerate ignores CHECK constraints and enum labels, so they are
-    compared here: each model CHECK is added to the migrated table (NOT VALID, in a
-    transaction that is rolled back) so PostgreSQL normalises both texts the same way."""
-    db = hokmdb_empty_db
-    await aupgrade(db.url, "head")
-    model_enums = {
-        column.type.name: list(column.type.enums)
-        for table in metadata.tables.values()
-        for column in table.columns
-        if isinstance(column.type, sa.Enum)
-    }
-    model_checks = [
-        (table.name, str(constraint.name), str(constraint.sqltext))
-        for table in metadata.tables.values()
-        for constraint in table.constraints
-        if isinstance(constraint, sa.CheckConstraint)
-    ]
-    definitions = """
-        SELECT conname, pg_get_constraintdef(oid) AS definition
-        FROM pg_constraint
-        WHERE connamespace = 'public'::regnamespace AND contype = 'c'
-    """
-    async with connected(db) as conn:
-        migrated = {row["conname"]: row["definition"] for row in await conn.fetch(definitions)}
-        transaction = conn.transaction()
-        await transaction.start()
-        try:
-            for index, (table, _, sqltext) in enumerate(model_checks):
-                await conn.execute(
-                    f"ALTER TABLE {table} ADD CONSTRAINT probe_{index} CHECK ({sqltext}) NOT VALID"
-                )
-            probed = {row["conname"]: row["definition"] for row in await conn.fetch(definitions)}
-        finally:
-            await transaction.rollback()
-    from_models = {
-        name: probed[f"probe_{index}"].removesuffix(" NOT VALID")
-        for index, (_, name, _) in enumerate(model_checks)
-    }
-
-    assert from_models == migrated
-    assert model_enums == {name: labels for name, _, labels in (await schema_snapshot(db))["types"]}
-
-
-def test_history_is_one_linear_chain_with_a_single_head() -> None:
-    scripts = script_directory()
-    assert scripts.get_heads() == [REVISIONS[-1]]
-    assert head_revision() == REVISIONS[-1]
-    newest_first = [script.revision for script in scripts.walk_revisions("base", "heads")]
-    assert newest_first == list(reversed(REVISIONS))
-    assert scripts.get_revision(REVISIONS[0]).down_revision is None

@@ -31,6 +31,8 @@ card_suit = postgresql.ENUM("hearts", "diamonds", "clubs", "spades", name="card_
 
 
 def upgrade() -> None:
+    # Give up rather than queue behind a long transaction (and stall every query queued behind us).
+    op.execute("SET LOCAL lock_timeout = '1s'")
     bind = op.get_bind()
     game_status.create(bind, checkfirst=False)
     card_suit.create(bind, checkfirst=False)
@@ -87,6 +89,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Give up rather than queue behind a long transaction (and stall every query queued behind us).
+    op.execute("SET LOCAL lock_timeout = '1s'")
     op.drop_table("game_participants")
     op.drop_index(op.f("ix_game_sessions_room_code"), table_name="game_sessions")
     op.drop_index(op.f("ix_game_sessions_status_created_at"), table_name="game_sessions")

@@ -27,6 +27,8 @@ move_type = postgresql.ENUM("trump_selection", "card_play", name="move_type", cr
 
 
 def upgrade() -> None:
+    # Give up rather than queue behind a long transaction (and stall every query queued behind us).
+    op.execute("SET LOCAL lock_timeout = '1s'")
     move_type.create(op.get_bind(), checkfirst=False)
 
     op.create_table(
@@ -81,6 +83,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Give up rather than queue behind a long transaction (and stall every query queued behind us).
+    op.execute("SET LOCAL lock_timeout = '1s'")
     op.drop_index(op.f("ix_player_game_stats_player_id"), table_name="player_game_stats")
     op.drop_table("player_game_stats")
     op.drop_table("moves")

@@ -24,6 +24,8 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    # Give up rather than queue behind a long transaction (and stall every query queued behind us).
+    op.execute("SET LOCAL lock_timeout = '1s'")
     op.create_table(
         "websocket_connections",
         sa.Column("id", sa.BigInteger, sa.Identity(always=False), nullable=False),
@@ -71,6 +73,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Give up rather than queue behind a long transaction (and stall every query queued behind us).
+    op.execute("SET LOCAL lock_timeout = '1s'")
     op.drop_index(op.f("ix_performance_metrics_metric_name_recorded_at"), table_name="performance_metrics")
     op.drop_table("performance_metrics")
     op.drop_index(op.f("ix_websocket_connections_player_id"), table_name="websocket_connections")

@@ -1,0 +1,60 @@
+"""Base to head in one command, and back down in one command.
+
+The template chain builds head one revision at a time; a deployment runs
+``alembic upgrade head`` in one go. Both must end at the same catalog (a revision that
+depends on state left by an earlier command, or an env.py that batches differently,
+shows up here), and one ``downgrade`` from head must reach the bottom without a trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pytest_hokmdb.fixtures.throwaway import ThrowawayDatabase
+from pytest_hokmdb.migration.history import BASE, History, MigrationFailure
+from pytest_hokmdb.migration.runner import Stepper, TemplateChain, with_stepper
+from pytest_hokmdb.migration.snapshot import CatalogSnapshot
+
+DatabaseAt = Callable[[tuple[str, ...]], ThrowawayDatabase]
+
+
+def test_upgrade_from_base_to_head_in_one_go(
+    migration_history: History, migration_database: DatabaseAt, migration_templates: TemplateChain
+) -> None:
+    head = migration_history.head
+
+    def upgrade_all(stepper: Stepper) -> CatalogSnapshot:
+        stepper.upgrade(head)
+        stepper.expect_heads((head,), f"upgrade base -> {head}")
+        return stepper.snapshot()
+
+    in_one_go = with_stepper(migration_history, migration_database(()).url, upgrade_all)
+    stepwise = migration_templates.snapshot((head,))
+    assert stepwise is not None
+    if in_one_go != stepwise:
+        raise MigrationFailure(
+            f"upgrading base -> {head} in one command builds a different schema than upgrading one revision at "
+            f"a time (one command -, stepwise +):\n{in_one_go.diff(stepwise, before='one command', after='stepwise')}"
+        )
+
+
+def test_downgrade_from_head_in_one_go(
+    migration_history: History, migration_database: DatabaseAt, migration_templates: TemplateChain
+) -> None:
+    head, floor = migration_history.head, migration_history.downgrade_floor
+    floor_state: tuple[str, ...] = () if floor == BASE else (floor,)
+
+    def downgrade_all(stepper: Stepper) -> CatalogSnapshot:
+        stepper.downgrade(floor)
+        stepper.expect_heads(floor_state, f"downgrade {head} -> {floor}")
+        return stepper.snapshot()
+
+    after = with_stepper(migration_history, migration_database((head,)).url, downgrade_all)
+    expected = migration_templates.snapshot(floor_state) or with_stepper(
+        migration_history, migration_database(()).url, lambda stepper: stepper.snapshot()
+    )
+    if after != expected:
+        raise MigrationFailure(
+            f"downgrading {head} -> {floor} in one command leaves a trace (the catalog at {floor} -, after the "
+            f"downgrade +):\n{expected.diff(after, before=f'at {floor}', after='after downgrade')}"
+        )

@@ -1,0 +1,270 @@
+"""The alembic history the suite verifies: loaded once, then checked for shape.
+
+Why load once: ``alembic.command.upgrade`` builds a new ``ScriptDirectory`` per command,
+which re-imports every revision file; stepping N revisions that way costs N^2 imports.
+``load_history`` builds the ``Config`` and ``ScriptDirectory`` once per process (cached on
+the project's paths) and every other module of the suite steps through them.
+
+The rules checked here are the ones a reviewer would otherwise check by eye:
+
+* one head, and a linear history or one whose branches are merged explicitly;
+* every revision file has a docstring that says something (not alembic's
+  ``empty message`` and ``Revision ID:`` boilerplate);
+* every ``downgrade()`` does something: read with ``ast`` so that ``pass``, ``...``, an
+  empty body or a bare ``raise`` are caught without running anything; a revision that
+  cannot be undone is listed in ``irreversible`` and is then left out of the downgrade
+  tests instead of failing them.
+
+Every problem names the revision and its file, so a failure points at what to fix.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from alembic.config import Config
+from alembic.script import Script, ScriptDirectory
+
+from pytest_hokmdb.errors import ConfigError
+from pytest_hokmdb.migration.settings import MigrationSuiteSettings
+
+BASE = "base"
+
+# Lines alembic's script.py.mako writes into every docstring; they say nothing about the change.
+_BOILERPLATE_PREFIXES = ("revision id:", "revises:", "create date:")
+_EMPTY_MESSAGES = {"empty message", ""}
+
+
+class MigrationFailure(AssertionError):
+    """A migration rule was broken. Subclasses AssertionError so pytest reports a failed
+    check (with this message, which names the revision) rather than a crash."""
+
+
+class HistoryError(ConfigError):
+    """The script directory cannot be loaded at all (bad ini, unknown down_revision, a
+    revision file that does not import): nothing else in the suite can run."""
+
+
+@dataclass(frozen=True)
+class Revision:
+    """One revision file, as far as the suite needs it."""
+
+    id: str
+    parents: tuple[str, ...]
+    path: Path
+    docstring: str | None
+
+    @property
+    def parent_target(self) -> str:
+        """What to downgrade to in order to undo exactly this revision.
+
+        ``base`` for a root, else a parent's id: downgrading a merge to one of its parents
+        unapplies only the merge (the other parent is not its descendant), which leaves
+        both parents recorded as heads.
+        """
+        return self.parents[0] if self.parents else BASE
+
+    @property
+    def label(self) -> str:
+        return f"revision {self.id} ({self.path.name})"
+
+
+@dataclass(frozen=True)
+class History:
+    """The loaded history: alembic's objects plus the revisions in upgrade order."""
+
+    settings: MigrationSuiteSettings
+    config: Config
+    script: ScriptDirectory
+    revisions: tuple[Revision, ...]  # bases first, heads last (a valid upgrade order)
+    heads: tuple[str, ...]
+
+    @functools.cached_property
+    def by_id(self) -> dict[str, Revision]:
+        return {revision.id: revision for revision in self.revisions}
+
+    @property
+    def ids(self) -> list[str]:
+        return [revision.id for revision in self.revisions]
+
+    def revision(self, revision_id: str) -> Revision:
+        try:
+            return self.by_id[revision_id]
+        except KeyError:
+            raise MigrationFailure(f"revision {revision_id} is not in the history ({', '.join(self.ids)})") from None
+
+    @property
+    def head(self) -> str:
+        """The single head; a history with several fails here with the same message as the head test."""
+        problem = head_problem(self)
+        if problem:
+            raise MigrationFailure(problem)
+        return self.heads[0]
+
+    def is_irreversible(self, revision_id: str) -> bool:
+        return revision_id in self.settings.irreversible
+
+    @property
+    def downgrade_floor(self) -> str:
+        """How far down ``downgrade`` may go from head: the newest irreversible revision
+        (its downgrade is not supported), else ``base``."""
+        floor = BASE
+        for revision in self.revisions:
+            if self.is_irreversible(revision.id):
+                floor = revision.id
+        return floor
+
+
+def _alembic_config(settings: MigrationSuiteSettings) -> Config:
+    ini = settings.resolve(settings.alembic_ini)
+    if not ini.is_file():
+        raise HistoryError(f"[tool.hokmdb.migrations] alembic_ini: {ini} does not exist")
+    pyproject = settings.root / "pyproject.toml"
+    toml_file = None
+    if pyproject.is_file() and "alembic" in tomllib.loads(pyproject.read_text()).get("tool", {}):
+        toml_file = str(pyproject)  # alembic >= 1.16 may keep its settings in [tool.alembic]
+    config = Config(str(ini), toml_file=toml_file)
+    if settings.script_location is not None:
+        config.set_main_option("script_location", str(settings.resolve(settings.script_location)))
+    # Read the files now, then hide the file name: the template env.py calls
+    # fileConfig(config.config_file_name) on every run, which would replace pytest's log
+    # handlers (and disable existing loggers) once per command.
+    _ = config.file_config, config.toml_alembic_config
+    config.config_file_name = None
+    return config
+
+
+def _revision_of(script: Script) -> Revision:
+    down = script.down_revision
+    parents: tuple[str, ...] = () if down is None else (down,) if isinstance(down, str) else tuple(down)
+    return Revision(id=script.revision, parents=parents, path=Path(script.path), docstring=script.module.__doc__)
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    config: Config
+    script: ScriptDirectory
+    revisions: tuple[Revision, ...]
+    heads: tuple[str, ...]
+
+
+# One entry per project (its paths): the script directory is never rebuilt in a process.
+_LOADED: dict[tuple[Path, Path, Path | None], _Loaded] = {}
+
+
+def _load(settings: MigrationSuiteSettings) -> _Loaded:
+    config = _alembic_config(settings)
+    try:
+        script = ScriptDirectory.from_config(config)
+        heads = tuple(script.get_heads())
+        newest_first = list(script.walk_revisions(BASE, "heads"))
+    except Exception as exc:  # a revision file that does not import is as fatal as a bad ini
+        raise HistoryError(f"the alembic script directory of {settings.root} cannot be loaded: {exc}") from exc
+    revisions = tuple(_revision_of(s) for s in reversed(newest_first))
+    return _Loaded(config, script, revisions, heads)
+
+
+def load_history(settings: MigrationSuiteSettings) -> History:
+    """The project's history. Alembic's objects are cached per project paths; the rest of
+    the settings (``irreversible``, metadata, fixtures) always come from the caller."""
+    key = (settings.root.resolve(), settings.alembic_ini, settings.script_location)
+    if key not in _LOADED:
+        _LOADED[key] = _load(settings)
+    loaded = _LOADED[key]
+    return History(settings, loaded.config, loaded.script, loaded.revisions, loaded.heads)
+
+
+# --- the rules ---------------------------------------------------------------------------
+
+
+def head_problem(history: History) -> str | None:
+    """One head, or a message naming every head and where the history forked."""
+    if len(history.heads) == 1:
+        return None
+    if not history.heads:
+        return "the history has no revisions at all"
+    children: dict[str, list[str]] = {}
+    for revision in history.revisions:
+        for parent in revision.parents or (BASE,):
+            children.setdefault(parent, []).append(revision.id)
+    forks = [
+        f"{'the base' if parent == BASE else 'revision ' + parent} has {len(kids)} children ({', '.join(sorted(kids))})"
+        for parent, kids in children.items()
+        if len(kids) > 1
+    ]
+    heads = ", ".join(
+        f"{history.by_id[h].label}" if h in history.by_id else h for h in history.heads
+    )
+    return (
+        f"the history has {len(history.heads)} heads: {heads}; "
+        + ("; ".join(forks) + "; " if forks else "")
+        + f"merge them explicitly (alembic merge -m '...' {' '.join(history.heads)}) or rebase one onto the other"
+    )
+
+
+def docstring_problem(revision: Revision) -> str | None:
+    """A revision must say what it changes and why; alembic's template alone does not."""
+    text = revision.docstring or ""
+    meaningful = [
+        line.strip()
+        for line in text.splitlines()
+        if line.strip() and not line.strip().lower().startswith(_BOILERPLATE_PREFIXES)
+    ]
+    if not meaningful or " ".join(meaningful).lower() in _EMPTY_MESSAGES:
+        what = "no docstring" if not text.strip() else "only alembic's boilerplate as its docstring"
+        return (
+            f"{revision.label} has {what}: say what it changes and why in the module docstring "
+            "(alembic revision -m '...' writes the first line)"
+        )
+    return None
+
+
+def _is_noop(statement: ast.stmt) -> bool:
+    if isinstance(statement, ast.Pass):
+        return True
+    return isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant)
+
+
+def downgrade_problem(revision: Revision) -> str | None:
+    """A downgrade must undo something: an empty, ``pass``-only or raise-only body does not.
+
+    Read from the source with ``ast`` rather than by running it, so the check needs no
+    database and cannot be fooled by a body that happens not to fail.
+    """
+    try:
+        tree = ast.parse(revision.path.read_text(), filename=str(revision.path))
+    except SyntaxError as exc:  # alembic could import it, so this is a pathological encoding case
+        return f"{revision.label} cannot be parsed: {exc}"
+    functions = {
+        node.name: node.body for node in tree.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    }
+    if "downgrade" not in functions:
+        return f"{revision.label} has no downgrade() function; write one or list the revision under irreversible"
+    body = functions["downgrade"]
+    if len(revision.parents) > 1 and all(_is_noop(s) for s in functions.get("upgrade", [])):
+        return None  # a merge point that changes nothing has nothing to undo (alembic writes `pass` in both)
+    if all(_is_noop(statement) for statement in body):
+        return (
+            f"{revision.label}: downgrade() does nothing (its body is only pass/.../a docstring); "
+            "undo what upgrade() does, or list the revision under [tool.hokmdb.migrations] irreversible"
+        )
+    if all(_is_noop(statement) or isinstance(statement, ast.Raise) for statement in body):
+        return (
+            f"{revision.label}: downgrade() only raises; if the revision cannot be undone, list it under "
+            "[tool.hokmdb.migrations] irreversible so the downgrade tests stop there"
+        )
+    return None
+
+
+def irreversible_problems(history: History) -> list[str]:
+    """Names in ``irreversible`` that are not revisions: a typo would silently test nothing."""
+    return [
+        f"[tool.hokmdb.migrations] irreversible lists {name!r}, which is not a revision of the history "
+        f"({', '.join(history.ids)})"
+        for name in history.settings.irreversible
+        if name not in history.by_id
+    ]

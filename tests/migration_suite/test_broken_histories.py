@@ -1,0 +1,522 @@
+"""The migration suite fails broken histories, for the right reason, naming the revision.
+
+Each test writes a small alembic project of its own (alembic.ini, env.py, versions/, a
+models module, data fixtures and a pyproject.toml with ``[tool.hokmdb.migrations]``),
+built from one healthy three-revision history with exactly one mistake put in, and runs
+the real suite (``migration_tests/``, in a subprocess, with ``--migrations-project``)
+against it. Each asserts the exact set of failing tests, so a healthy revision is never
+blamed, and the failure message: the revision, the problem and the diff.
+
+The lock-safety lint is left out of these runs (``--ignore test_lint.py``): it has broken
+histories of its own in ``test_lint*.py``.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SUITE = REPO / "migration_tests"
+
+ALEMBIC_INI = """\
+[alembic]
+script_location = %(here)s/migrations
+prepend_sys_path = .
+path_separator = os
+sqlalchemy.url = postgresql+asyncpg://nobody@127.0.0.1:1/nothing
+"""
+
+# The alembic cookbook's async env.py ("run_async_migrations"), plus the documented hook
+# for a connection handed over by the caller.
+ASYNC_ENV = '''\
+"""Async env.py: the alembic cookbook pattern."""
+import asyncio
+
+from alembic import context
+from sqlalchemy import pool
+from sqlalchemy.ext.asyncio import async_engine_from_config
+
+import shop_models
+
+config = context.config
+target_metadata = shop_models.metadata
+
+
+def run_migrations_offline():
+    context.configure(url=config.get_main_option("sqlalchemy.url"), target_metadata=target_metadata,
+                      literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def do_run_migrations(connection):
+    context.configure(connection=connection, target_metadata=target_metadata, transaction_per_migration=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def run_async_migrations():
+    engine = async_engine_from_config(config.get_section(config.config_ini_section, {}), prefix="sqlalchemy.",
+                                      poolclass=pool.NullPool)
+    async with engine.connect() as connection:
+        await connection.run_sync(do_run_migrations)
+    await engine.dispose()
+
+
+def run_migrations_online():
+    connection = config.attributes.get("connection")
+    if connection is None:
+        asyncio.run(run_async_migrations())
+    else:
+        do_run_migrations(connection)
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()
+'''
+
+# The cookbook's synchronous "sharing a connection" env.py.
+SYNC_ENV = '''\
+"""Sync env.py: the alembic cookbook's connection-sharing pattern."""
+from alembic import context
+from sqlalchemy import engine_from_config, pool
+
+import shop_models
+
+config = context.config
+target_metadata = shop_models.metadata
+
+
+def run_migrations_online():
+    connectable = config.attributes.get("connection", None)
+    if connectable is None:
+        connectable = engine_from_config(config.get_section(config.config_ini_section, {}), prefix="sqlalchemy.",
+                                         poolclass=pool.NullPool)
+        with connectable.connect() as connection:
+            context.configure(connection=connection, target_metadata=target_metadata)
+            with context.begin_transaction():
+                context.run_migrations()
+    else:
+        context.configure(connection=connectable, target_metadata=target_metadata)
+        with context.begin_transaction():
+            context.run_migrations()
+
+
+run_migrations_online()
+'''
+
+MODELS = '''\
+"""Models of the shop test project at head."""
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+items = sa.Table(
+    "items",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("status", sa.Enum("draft", "live", name="item_status"), nullable=False, server_default="draft"),
+    sa.Column("price", sa.Numeric(10, 2), nullable=True),
+    sa.Column("slug", sa.Text, nullable=False),{extra_columns}
+    sa.CheckConstraint("price >= 0", name="ck_items_price_nonneg"),
+    sa.Index("ix_items_name", "name"),
+)
+'''
+
+DATA_FIXTURES = '''\
+"""Data fixtures of the shop project: revision a3 fills slug from name and keeps every row."""
+import asyncio
+
+import asyncpg
+
+from pytest_hokmdb.migration.fixtures import SeededData
+
+
+def seed_items(dsn):
+    async def insert():
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(
+                "INSERT INTO items (name, status, price, slug) VALUES "
+                "('Red Chair', 'draft', 10, 'red-chair'), ('Blue Lamp', 'live', 25.5, 'blue-lamp'), "
+                "('Old Desk', 'draft', NULL, 'old-desk')"
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(insert())
+
+
+def slugs_out_of_date(dsn):
+    async def check():
+        conn = await asyncpg.connect(dsn)
+        try:
+            rows = await conn.fetch("SELECT id FROM items WHERE slug <> lower(replace(name, ' ', '-'))")
+        finally:
+            await conn.close()
+        return [f"item {row['id']} has a stale slug" for row in rows]
+
+    return asyncio.run(check())
+
+
+SEEDED_DATA = [SeededData("seeded items", from_revision="a2", seed=seed_items, check=slugs_out_of_date)]
+
+REVISION_DATA = {
+    "a3": {
+        "before": {"items": [{"id": 1, "name": "Red Chair", "status": "draft"},
+                             {"id": 2, "name": "Blue Lamp", "status": "live"}]},
+        "after": {"items": [{"id": 1, "name": "Red Chair", "slug": "red-chair"},
+                            {"id": 2, "name": "Blue Lamp", "slug": "blue-lamp"}]},
+    },
+}
+'''
+
+HEADER = '''\
+"""{doc}
+
+Revision ID: {rev}
+Revises: {down}
+"""
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import postgresql
+
+revision = "{rev}"
+down_revision = {down_repr}
+branch_labels = None
+depends_on = None
+
+'''
+
+A1 = """\
+item_status = postgresql.ENUM("draft", "live", name="item_status", create_type=False)
+
+
+def upgrade():
+    item_status.create(op.get_bind())
+    op.create_table(
+        "items",
+        sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column("name", sa.Text, nullable=False),
+        sa.Column("status", item_status, nullable=False, server_default="draft"),
+    )
+    op.create_index("ix_items_name", "items", ["name"])
+
+
+def downgrade():
+    op.drop_index("ix_items_name", table_name="items")
+    op.drop_table("items")
+    item_status.drop(op.get_bind())
+"""
+
+A2 = """\
+def upgrade():
+    op.add_column("items", sa.Column("price", sa.Numeric(10, 2), nullable=True))
+    op.create_check_constraint("ck_items_price_nonneg", "items", "price >= 0")
+
+
+def downgrade():
+    op.drop_constraint("ck_items_price_nonneg", "items", type_="check")
+    op.drop_column("items", "price")
+"""
+
+A3 = """\
+def upgrade():
+    op.add_column("items", sa.Column("slug", sa.Text, nullable=True))
+    op.execute("UPDATE items SET slug = lower(replace(name, ' ', '-'))"){extra_upgrade}
+    op.alter_column("items", "slug", nullable=False)
+
+
+def downgrade():
+{downgrade}
+"""
+
+NOTES = """\
+def upgrade():
+    op.add_column("items", sa.Column("note", sa.Text))
+
+
+def downgrade():
+    op.drop_column("items", "note")
+"""
+
+A3_DOWNGRADE = '    op.drop_column("items", "slug")'
+
+DOCS = {
+    "a1": "Items: the catalogue's one table, with its status enum.",
+    "a2": "Prices: nullable, never negative.",
+    "a3": "Slugs for item URLs, filled from the names (a data migration).",
+}
+
+
+def write_project(
+    root: Path,
+    *,
+    env: str = ASYNC_ENV,
+    bodies: dict[str, str] | None = None,
+    docs: dict[str, str] | None = None,
+    extra_revisions: dict[str, tuple[str | tuple[str, ...], str, str]] | None = None,
+    extra_model_columns: str = "",
+) -> Path:
+    """The shop project under ``root``: revisions a1 -> a2 -> a3 (``bodies`` and ``docs``
+    override a revision's code or docstring), plus ``extra_revisions`` as
+    ``{id: (down_revision, docstring, body)}``."""
+    versions = root / "migrations" / "versions"
+    versions.mkdir(parents=True)
+    (root / "alembic.ini").write_text(ALEMBIC_INI)
+    (root / "migrations" / "env.py").write_text(env)
+    (root / "shop_models.py").write_text(MODELS.format(extra_columns=extra_model_columns))
+    (root / "shop_data.py").write_text(DATA_FIXTURES)
+    (root / "pyproject.toml").write_text(
+        textwrap.dedent(
+            """\
+            [tool.hokmdb.migrations]
+            alembic_ini = "alembic.ini"
+            metadata = "shop_models:metadata"
+            model_modules = ["shop_models"]
+            data_fixtures = "shop_data.py"
+            """
+        )
+    )
+    chain: dict[str, tuple[str | tuple[str, ...] | None, str, str]] = {
+        "a1": (None, DOCS["a1"], A1),
+        "a2": ("a1", DOCS["a2"], A2),
+        "a3": ("a2", DOCS["a3"], A3.format(extra_upgrade="", downgrade=A3_DOWNGRADE)),
+    }
+    for rev, body in (bodies or {}).items():
+        chain[rev] = (chain[rev][0], chain[rev][1], body)
+    for rev, doc in (docs or {}).items():
+        chain[rev] = (chain[rev][0], doc, chain[rev][2])
+    chain.update(extra_revisions or {})
+    for rev, (down, doc, body) in chain.items():
+        header = HEADER.format(doc=doc, rev=rev, down=down or "", down_repr=repr(down))
+        if not doc:  # no docstring at all: drop the whole docstring block
+            header = header.split('"""\n', 2)[2]
+        (versions / f"{rev}_shop.py").write_text(header + body)
+    return root
+
+
+def run_suite(pytester: pytest.Pytester, project: Path, report: str = "-rfE") -> pytest.RunResult:
+    """The suite against ``project``, in this process (pytester restores sys.modules and
+    sys.path afterwards, so each project's models module is imported afresh)."""
+    return pytester.runpytest_inprocess(
+        str(SUITE),
+        f"--migrations-project={project}",
+        "--ignore",
+        str(SUITE / "test_lint.py"),
+        "-p",
+        "no:cacheprovider",
+        report,
+        "-q",
+    )
+
+
+def failed_tests(result: pytest.RunResult) -> set[str]:
+    """Test names (``file::name[id]``) from the short summary's FAILED/ERROR lines."""
+    names = set()
+    for line in result.outlines:
+        match = re.match(r"(?:FAILED|ERROR) \S*?(test_\w+\.py::.+?)(?: - .*)?$", line)
+        if match:
+            names.add(match.group(1))
+    return names
+
+
+def failure_text(result: pytest.RunResult, test: str) -> str:
+    """The report section of one failed test (between its ``___ name ___`` header and the next)."""
+    text = result.stdout.str()
+    match = re.search(rf"_{{3,}} {re.escape(test)} _{{3,}}\n(.*?)(?=\n_{{3,}} |\n={{3,}} )", text, re.DOTALL)
+    assert match, f"no failure section for {test} in:\n{text}"
+    return match.group(1)
+
+
+def assert_failed(result: pytest.RunResult, expected: set[str]) -> None:
+    assert result.ret == 1, result.stdout.str()
+    assert failed_tests(result) == expected, result.stdout.str()
+
+
+# --- the healthy project passes ---------------------------------------------------------------
+
+
+def test_healthy_project_with_async_env_passes(pytester: pytest.Pytester) -> None:
+    result = run_suite(pytester, write_project(pytester.path / "shop"))
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["*passed*"])
+    assert "test_revision_round_trips" not in result.stdout.str()  # nothing failed or errored
+
+
+def test_project_real_history_passes(pytester: pytest.Pytester) -> None:
+    """The Hokm history itself, through the same front door another project would use."""
+    result = run_suite(pytester, REPO)
+    assert result.ret == 0, result.stdout.str()
+
+
+def test_explicitly_merged_history_passes(pytester: pytest.Pytester) -> None:
+    """Two branches from a1 merged by an empty merge revision (alembic writes ``pass`` in both
+    functions): one head, and every revision, the merge included, round-trips. Sync env.py."""
+    project = write_project(
+        pytester.path / "shop",
+        env=SYNC_ENV,
+        extra_revisions={
+            "b2": ("a1", "Item notes, on a branch of their own.", NOTES),
+            "m4": (("a3", "b2"), "Merge the notes branch.", "def upgrade():\n    pass\n\n\ndef downgrade():\n    pass\n"),
+        },
+        extra_model_columns='\n    sa.Column("note", sa.Text),',
+    )
+    result = run_suite(pytester, project)
+    assert result.ret == 0, result.stdout.str()
+    # The merge is round-tripped too: down to both parents, and up again.
+    result.stdout.fnmatch_lines(["*passed*"])
+
+
+# --- one mistake each -------------------------------------------------------------------------
+
+
+def test_two_heads_fail(pytester: pytest.Pytester) -> None:
+    project = write_project(
+        pytester.path / "shop",
+        extra_revisions={
+            "b2": ("a1", "Item notes, branched off a1 and never merged.", NOTES),
+        },
+    )
+    result = run_suite(pytester, project)
+    # Every test that needs "the head" fails with the same explanation; per-revision tests still run.
+    assert_failed(
+        result,
+        {
+            "test_history.py::test_history_has_one_head",
+            "test_upgrade.py::test_upgrade_from_base_to_head_in_one_go",
+            "test_upgrade.py::test_downgrade_from_head_in_one_go",
+            "test_drift.py::test_models_match_the_migrations_at_head",
+            "test_drift.py::test_check_constraints_match_the_models",
+            "test_drift.py::test_enum_labels_match_the_models",
+            "test_data.py::test_seeded_data_survives_a_round_trip[seeded items]",
+        },
+    )
+    text = failure_text(result, "test_history_has_one_head")
+    assert "the history has 2 heads: revision a3 (a3_shop.py), revision b2 (b2_shop.py)" in text, text
+    assert "revision a1 has 2 children (a2, b2)" in text, text
+    assert "alembic merge" in text
+
+
+def test_downgrade_that_forgets_an_index_fails(pytester: pytest.Pytester) -> None:
+    body = A3.format(
+        extra_upgrade='\n    op.create_index("ix_items_price", "items", ["price"])',
+        downgrade=A3_DOWNGRADE,  # drops slug, forgets ix_items_price
+    )
+    result = run_suite(pytester, write_project(pytester.path / "shop", bodies={"a3": body}))
+    assert_failed(
+        result,
+        {
+            # Not the one-go downgrade from head: a1's drop_table takes the index with it.
+            "test_roundtrip.py::test_revision_round_trips[a3]",
+            "test_drift.py::test_models_match_the_migrations_at_head",  # the models have no such index
+            # head -> a2 -> head: the leftover index makes a3's upgrade fail the second time
+            "test_data.py::test_seeded_data_survives_a_round_trip[seeded items]",
+        },
+    )
+    seeded = failure_text(result, "test_seeded_data_survives_a_round_trip[seeded items]")
+    assert "revision a3 (a3_shop.py): its upgrade() failed" in seeded and "already exists" in seeded, seeded
+    text = failure_text(result, "test_revision_round_trips[a3]")
+    assert "revision a3 (a3_shop.py): its downgrade (to a2) leaves a trace" in text, text
+    assert "+index public.ix_items_price: CREATE INDEX ix_items_price ON public.items USING btree (price)" in text, text
+    drift = failure_text(result, "test_models_match_the_migrations_at_head")
+    assert "op.drop_index(op.f('ix_items_price'), table_name='items')" in drift, drift
+
+
+def test_downgrade_that_raises_fails(pytester: pytest.Pytester) -> None:
+    body = A3.format(extra_upgrade="", downgrade='    op.drop_column("items", "slug_typo")')
+    result = run_suite(pytester, write_project(pytester.path / "shop", bodies={"a3": body}))
+    assert_failed(
+        result,
+        {
+            "test_roundtrip.py::test_revision_round_trips[a3]",
+            "test_upgrade.py::test_downgrade_from_head_in_one_go",
+            "test_data.py::test_revision_keeps_its_data[a3]",
+            "test_data.py::test_seeded_data_survives_a_round_trip[seeded items]",
+        },
+    )
+    for test in ("test_revision_round_trips[a3]", "test_downgrade_from_head_in_one_go"):
+        text = failure_text(result, test)
+        assert "revision a3 (a3_shop.py): its downgrade() failed" in text, text
+        assert 'column "slug_typo" of relation "items" does not exist' in text, text
+
+
+def test_model_column_missing_from_the_migrations_fails(pytester: pytest.Pytester) -> None:
+    project = write_project(pytester.path / "shop", extra_model_columns='\n    sa.Column("discount", sa.Integer),')
+    result = run_suite(pytester, project)
+    assert_failed(result, {"test_drift.py::test_models_match_the_migrations_at_head"})
+    text = failure_text(result, "test_models_match_the_migrations_at_head")
+    assert "the models and the schema at head (a3) differ; alembic autogenerate would generate:" in text, text
+    assert "op.add_column('items', sa.Column('discount', sa.Integer(), nullable=True))" in text, text
+
+
+def test_data_migration_that_loses_rows_fails(pytester: pytest.Pytester) -> None:
+    body = A3.format(
+        extra_upgrade="\n    op.execute(\"DELETE FROM items WHERE status = 'draft'\")  # 'tidy up', losing data",
+        downgrade=A3_DOWNGRADE,
+    )
+    result = run_suite(pytester, write_project(pytester.path / "shop", bodies={"a3": body}))
+    assert_failed(
+        result,
+        {"test_data.py::test_revision_keeps_its_data[a3]", "test_data.py::test_seeded_data_survives_a_round_trip[seeded items]"},
+    )
+    seeded = failure_text(result, "test_seeded_data_survives_a_round_trip[seeded items]")
+    assert "seeded items: the seeded data does not survive head (a3) -> a2 -> head" in seeded, seeded
+    assert "table public.items: 3 rows before, 1 after; 2 lost or changed (-), 0 new or changed (+)" in seeded, seeded
+    assert "  - (1,\"Red Chair\",draft,10.00,red-chair)" in seeded, seeded
+    text = failure_text(result, "test_revision_keeps_its_data[a3]")
+    assert "revision a3 (a3_shop.py): after the upgrade the data is not what its data fixture expects" in text, text
+    assert "table items: 1 row(s), 2 expected; 1 expected row(s) missing (-), 0 unexpected (+)" in text, text
+    assert "- {id: 1, name: 'Red Chair', slug: 'red-chair'}" in text, text
+
+
+def test_revision_without_docstring_fails(pytester: pytest.Pytester) -> None:
+    result = run_suite(pytester, write_project(pytester.path / "shop", docs={"a2": ""}))
+    assert_failed(result, {"test_history.py::test_revision_has_a_docstring[a2]"})
+    text = failure_text(result, "test_revision_has_a_docstring[a2]")
+    assert "revision a2 (a2_shop.py) has no docstring" in text, text
+
+
+def test_downgrade_that_is_pass_fails(pytester: pytest.Pytester) -> None:
+    body = A2.replace(
+        '    op.drop_constraint("ck_items_price_nonneg", "items", type_="check")\n    op.drop_column("items", "price")',
+        "    pass",
+    )
+    result = run_suite(pytester, write_project(pytester.path / "shop", bodies={"a2": body}))
+    assert_failed(
+        result,
+        {
+            "test_history.py::test_revision_has_a_real_downgrade[a2]",
+            # Not the one-go downgrade from head: a1's drop_table takes the price column with it.
+            "test_roundtrip.py::test_revision_round_trips[a2]",
+        },
+    )
+    text = failure_text(result, "test_revision_has_a_real_downgrade[a2]")
+    assert "revision a2 (a2_shop.py): downgrade() does nothing" in text, text
+    trace = failure_text(result, "test_revision_round_trips[a2]")
+    assert "revision a2 (a2_shop.py): its downgrade (to a1) leaves a trace" in trace, trace
+    assert "+column public.items.price: numeric(10,2) NULL" in trace, trace
+
+
+def test_irreversible_revision_bounds_the_downgrade_tests(pytester: pytest.Pytester) -> None:
+    """The same ``pass`` downgrade, declared irreversible: its downgrade tests are skipped
+    with the reason, the one-go downgrade stops at it, and the suite passes."""
+    body = A2.replace(
+        '    op.drop_constraint("ck_items_price_nonneg", "items", type_="check")\n    op.drop_column("items", "price")',
+        "    pass",
+    )
+    project = write_project(pytester.path / "shop", bodies={"a2": body})
+    with (project / "pyproject.toml").open("a") as pyproject:
+        pyproject.write('irreversible = ["a2"]\n')
+    result = run_suite(pytester, project, "-rs")
+    assert result.ret == 0, result.stdout.str()
+    skipped = [line for line in result.outlines if line.startswith("SKIPPED")]
+    assert len(skipped) == 2, result.stdout.str()  # test_revision_has_a_real_downgrade[a2], test_revision_round_trips[a2]
+    assert all("revision a2 is listed as irreversible in [tool.hokmdb.migrations]" in line for line in skipped), skipped

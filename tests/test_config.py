@@ -137,3 +137,34 @@ def test_missing_file_and_unknown_environment(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown environment 'prod'") as err:
         load_config("prod", environ={})
     assert "development, testing, staging, production" in str(err.value)
+
+
+def test_stand_in_missing_checks_structure_without_secrets_and_names_them() -> None:
+    loaded = load_config("production", environ={}, stand_in_missing=True)
+    assert loaded.stood_in == ("DB_HOST_PRODUCTION", "DB_PASSWORD_PRODUCTION")
+    assert loaded.config.database.sslmode == "verify-full"
+
+
+def test_stand_in_missing_still_reports_real_mistakes(tmp_path: Path) -> None:
+    path = write_config_dir(tmp_path / "tls", "staging", database__sslmode="disable")
+    with pytest.raises(ConfigError, match="staging requires TLS"):
+        load_config("staging", path, environ={}, stand_in_missing=True)
+    path = write_config_dir(tmp_path / "types", "staging", pool={"max_size": "many"})
+    with pytest.raises(ConfigError, match="pool.max_size: Input should be a valid integer"):
+        load_config("staging", path, environ={}, stand_in_missing=True)
+
+
+def test_config_check_command_exit_codes(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path as _Path
+
+    hokmdb = str(_Path(sys.executable).parent / "hokmdb")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DB_")}
+    ok = subprocess.run([hokmdb, "config", "check", "--placeholders"], capture_output=True, text=True, env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert "production: ok" in ok.stdout and "placeholders for DB_HOST_PRODUCTION, DB_PASSWORD_PRODUCTION" in ok.stdout
+    strict = subprocess.run([hokmdb, "config", "check", "--environment", "staging"], capture_output=True, text=True, env=env)
+    assert strict.returncode == 2
+    assert "DB_HOST_STAGING is not set" in strict.stderr and "Traceback" not in strict.stderr

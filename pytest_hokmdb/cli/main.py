@@ -42,6 +42,10 @@ def _parser() -> argparse.ArgumentParser:
         help="stand in a dummy value for unset required variables: checks structure and types without the secrets (CI)",
     )
 
+    from pytest_hokmdb.notify.cli import add_notify_parser
+
+    add_notify_parser(sub)
+
     demo = sub.add_parser("demo", help="embedded cluster -> migrate to head -> seed -> smoke tests -> summary")
     demo.add_argument("--environment", default="development", choices=EMBEDDED_ENVIRONMENTS)
     demo.add_argument("--config", dest="config_path", default=None, metavar="PATH")
@@ -78,25 +82,16 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from pytest_hokmdb.config.loader import find_project_root, required_variables
-
     names = ENVIRONMENTS if args.environment == "all" else (args.environment,)
     failures = 0
     for name in names:
-        environ = dict(os.environ)
-        stand_ins: list[str] = []
-        if args.placeholders:
-            for variable in required_variables(name, args.config_path, find_project_root()):
-                if not environ.get(variable):
-                    environ[variable] = "placeholder"
-                    stand_ins.append(variable)
         try:
-            loaded = load_config(name, args.config_path, environ=environ)
+            loaded = load_config(name, args.config_path, stand_in_missing=args.placeholders)
         except ConfigError as exc:
             failures += 1
             print(f"{name}: INVALID\n{exc}", file=sys.stderr)
             continue
-        note = f" (placeholders for {', '.join(stand_ins)})" if stand_ins else ""
+        note = f" (placeholders for {', '.join(loaded.stood_in)})" if loaded.stood_in else ""
         print(f"{name}: ok, {loaded.path}{note}")
     return int(ExitCode.CONFIG_ERROR) if failures else int(ExitCode.OK)
 
@@ -126,7 +121,6 @@ def _run_smoke(loaded: LoadedConfig) -> tuple[int, dict[str, int]]:
 
 async def _demo(args: argparse.Namespace) -> int:
     from pytest_hokmdb.db import connect, resolve_target
-    from pytest_hokmdb.migrate import aupgrade, current_revision, head_revision
     from pytest_hokmdb.seeding import seed
 
     report = DemoReport()
@@ -143,14 +137,18 @@ async def _demo(args: argparse.Namespace) -> int:
     report.add("cluster", t, f"embedded PostgreSQL ready at {target.dsn()}")
 
     t = time.monotonic()
-    conn = await connect(target)
-    try:
-        before = await current_revision(conn)
-    finally:
-        await conn.close()
-    head = head_revision()
-    await aupgrade(target, "head", project_root=loaded.project_root)
-    report.add("migrate", t, f"already at head {head}" if before == head else f"{before or 'empty'} -> {head}")
+    from pytest_hokmdb.deploy.orchestrator import DeployOptions, run_deploy
+
+    # The main job's migrate step is the real deploy path (database/deploy.py --setup: deploy
+    # lock, pre-flight, revision by revision under lock_timeout, history, log file). The demo
+    # gates with the smoke suite itself below, after seeding.
+    outcome = await run_deploy(DeployOptions(cfg.environment, args.config_path, setup=True, gate=False, notify=False))
+    if outcome.exit_code != 0:
+        sys.stderr.write(f"  migrate: deploy.py failed (exit {outcome.exit_code}): {outcome.message}\n  log: {outcome.log_path}\n")
+        return outcome.exit_code
+    before, head = outcome.from_revision, outcome.final_revision
+    log_name = outcome.log_path.name if outcome.log_path else "-"
+    report.add("migrate", t, (f"already at head {head}" if before == head else f"{before or 'empty'} -> {head}") + f" (deploy.py, {log_name})")
 
     t = time.monotonic()
     conn = await connect(target)
@@ -187,6 +185,10 @@ def main(argv: list[str] | None = None) -> None:
         run_cli(lambda: cmd_cluster(args))
     if args.command == "config":
         run_cli(lambda: cmd_config(args))
+    if args.command == "notify":
+        from pytest_hokmdb.notify.cli import run_notify
+
+        run_cli(lambda: run_notify(args))
     run_cli(_demo(args))
 
 

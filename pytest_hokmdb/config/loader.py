@@ -34,6 +34,7 @@ class LoadedConfig:
     path: Path
     project_root: Path
     variables: Mapping[str, str] = field(default_factory=dict)
+    stood_in: tuple[str, ...] = ()  # required variables replaced by a placeholder (stand_in_missing)
 
     def resolve(self, path: Path) -> Path:
         return path if path.is_absolute() else (self.project_root / path)
@@ -66,9 +67,14 @@ def _read_env_file(project_root: Path) -> tuple[dict[str, str], Path | None]:
     return values, path
 
 
+PLACEHOLDER = "placeholder"
+
+
 @dataclass
 class _Interpolation:
     variables: Mapping[str, str]
+    stand_in_missing: bool = False
+    stood_in: list[str] = field(default_factory=list)
     missing: list[tuple[str, str]] = field(default_factory=list)  # (key path, variable)
     sources: dict[str, list[str]] = field(default_factory=dict)  # key path -> variables used
 
@@ -90,6 +96,10 @@ class _Interpolation:
                 return value  # type: ignore[return-value]
             if default is not None:
                 return default
+            if self.stand_in_missing:
+                if name not in self.stood_in:
+                    self.stood_in.append(name)
+                return PLACEHOLDER
             self.missing.append((path, name))
             return ""
 
@@ -118,18 +128,6 @@ def _describe_validation_error(exc: ValidationError, interp: _Interpolation) -> 
     return problems
 
 
-def required_variables(environment: str, config: Path | str | None, project_root: Path) -> list[str]:
-    """Variables the file needs that have no default (``${VAR}``), in order of appearance."""
-    path = config_path_for(environment, config, project_root)
-    if not path.is_file():
-        return []
-    seen: list[str] = []
-    for match in _VAR_RE.finditer(path.read_text(encoding="utf-8")):
-        if match["default"] is None and match["name"] not in seen:
-            seen.append(match["name"])
-    return seen
-
-
 def config_path_for(environment: str, config: Path | str | None, project_root: Path) -> Path:
     if config is None:
         return project_root / CONFIG_SUBDIR / f"{environment}.json"
@@ -145,8 +143,13 @@ def load_config(
     *,
     environ: Mapping[str, str] | None = None,
     project_root: Path | None = None,
+    stand_in_missing: bool = False,
 ) -> LoadedConfig:
-    """Load ``environment``'s config; raise ``ConfigError`` (exit 2) listing every problem."""
+    """Load ``environment``'s config; raise ``ConfigError`` (exit 2) listing every problem.
+
+    ``stand_in_missing`` replaces unset required variables by a placeholder, for callers
+    that check structure only (CI without secrets) or read one unrelated section (notify).
+    """
     if environment not in ENVIRONMENTS:
         raise ConfigError(
             f"unknown environment {environment!r}",
@@ -168,7 +171,7 @@ def load_config(
 
     file_values, env_file = _read_env_file(root)
     variables = {**file_values, **(os.environ if environ is None else environ)}
-    interp = _Interpolation(variables)
+    interp = _Interpolation(variables, stand_in_missing=stand_in_missing)
     data = interp.walk(raw, "")
 
     problems = [
@@ -192,4 +195,4 @@ def load_config(
             f"configuration {path} is invalid ({count} problem{'s' if count != 1 else ''}):\n{lines}",
         )
     register_secrets(model.secrets())
-    return LoadedConfig(config=model, path=path, project_root=root, variables=variables)
+    return LoadedConfig(config=model, path=path, project_root=root, variables=variables, stood_in=tuple(interp.stood_in))

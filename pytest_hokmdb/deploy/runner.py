@@ -1,0 +1,373 @@
+"""Apply (or revert) revisions one at a time under lock discipline.
+
+Each revision runs on a fresh session with ``lock_timeout`` (short: ``database.lock_timeout_ms``)
+and ``statement_timeout`` (``deploy.migration_statement_timeout_ms``) set, in its own
+transaction (``transaction_per_migration``), so a failure leaves the database at a revision
+boundary. Why the short ``lock_timeout``: an ``ALTER TABLE`` queued behind a long game
+transaction blocks every game query queued behind *it*; giving up after a second and trying
+again later (exponential backoff with jitter, ``tenacity``) keeps the game responsive.
+
+Budgets:
+
+* ``deploy.lock_retry_budget_s``: all time spent in attempts that lost to ``lock_timeout``
+  (or a deadlock) plus the backoff sleeps between them; the next retry is only started when
+  it fits entirely inside what is left, so the game is never blocked longer than the budget.
+* ``--max-downtime`` / ``deploy.max_downtime_s``: the total time revisions may spend inside
+  the database (holding or waiting for locks on the game's tables). Each attempt's
+  ``lock_timeout`` is clipped to what remains, and a watchdog on the lock session cancels
+  the running revision (``pg_cancel_backend``) when the bound is reached.
+
+Revisions that run outside a transaction (``CREATE INDEX CONCURRENTLY`` in an
+``autocommit_block``) are supported; when one fails, any index it left INVALID is dropped
+(``DROP INDEX CONCURRENTLY``) before a retry or the rollback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.script import ScriptDirectory
+from sqlalchemy.exc import DBAPIError
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential, wait_random
+
+from pytest_hokmdb.db.connect import connect
+from pytest_hokmdb.db.engine import create_engine
+from pytest_hokmdb.db.target import Target
+from pytest_hokmdb.deploy.lock import MIGRATION_KEY, NAMESPACE, Actor, DeployLock
+from pytest_hokmdb.migrate import alembic_config
+from pytest_hokmdb.redaction import redact
+
+log = logging.getLogger("hokmdb.deploy.migrate")
+
+LOCK_CONFLICT_STATES = frozenset({"55P03", "40P01"})  # lock_not_available, deadlock_detected
+CANCELED_STATE = "57014"  # query_canceled: statement_timeout or our watchdog
+MONITOR_INTERVAL_S = 0.2
+
+
+def sqlstate_of(exc: BaseException) -> str | None:
+    """The SQLSTATE behind an exception, through SQLAlchemy's and alembic's wrapping."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        for attr in ("sqlstate", "pgcode"):
+            value = getattr(current, attr, None)
+            if isinstance(value, str) and len(value) == 5:
+                return value
+        stack += [getattr(current, "orig", None), current.__cause__, current.__context__]
+    return None
+
+
+def is_lock_conflict(exc: BaseException) -> bool:
+    return sqlstate_of(exc) in LOCK_CONFLICT_STATES
+
+
+def short_error(exc: BaseException) -> str:
+    """One line: the database's message without SQLAlchemy's SQL echo and background links."""
+    text = str(getattr(exc, "orig", None) or exc)
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return redact(first.split("[SQL:")[0].strip())
+
+
+@dataclass
+class Budget:
+    retry_budget_s: float
+    max_downtime_s: float | None = None
+    retry_spent_s: float = 0.0
+    in_database_s: float = 0.0  # time revisions spent inside the database (locks held or awaited)
+    lock_timeouts: int = 0
+
+    def downtime_left(self) -> float | None:
+        return None if self.max_downtime_s is None else self.max_downtime_s - self.in_database_s
+
+
+class RevisionFailed(Exception):
+    """A revision did not apply; ``kind`` says why (error, lock-budget, downtime)."""
+
+    def __init__(self, revision: str, direction: str, kind: str, message: str, *, attempts: int, sqlstate: str | None) -> None:
+        self.revision = revision
+        self.direction = direction
+        self.kind = kind
+        self.attempts = attempts
+        self.sqlstate = sqlstate
+        self.message = message
+        super().__init__(message)
+
+
+@dataclass
+class StepReport:
+    revision: str
+    direction: str
+    seconds: float
+    attempts: int
+    lock_timeouts: int
+
+
+@dataclass
+class _AttemptState:
+    pid: int | None = None
+    blockers: list[str] = field(default_factory=list)
+    cancelled_for_downtime: bool = False
+
+
+_INVALID_INDEXES = """
+SELECT i.indexrelid::bigint AS oid, n.nspname AS schema, c.relname AS name,
+       EXISTS (SELECT 1 FROM pg_stat_progress_create_index p WHERE p.index_relid = i.indexrelid) AS building
+FROM pg_index i
+JOIN pg_class c ON c.oid = i.indexrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE NOT i.indisvalid AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'
+"""
+
+_BLOCKERS = """
+SELECT a.pid, coalesce(a.application_name, '') AS app, a.state, a.xact_start, left(coalesce(a.query, ''), 120) AS query
+FROM pg_stat_activity a
+WHERE a.pid = ANY(pg_blocking_pids($1))
+"""
+
+
+def _run_alembic(sync_conn: Any, cfg: Any, direction: str, destination: str) -> None:
+    cfg.attributes["connection"] = sync_conn
+    if direction == "upgrade":
+        command.upgrade(cfg, destination)
+    else:
+        command.downgrade(cfg, destination)
+
+
+class Migrator:
+    """Moves one database revision by revision; shared by deploy.py and rollback.py migration."""
+
+    def __init__(
+        self,
+        *,
+        target: Target,
+        lock: DeployLock,
+        actor: Actor,
+        project_root: Path,
+        lock_timeout_ms: int,
+        statement_timeout_ms: int,
+        base_delay_s: float,
+        budget: Budget,
+        on_applied: Callable[[Any, str], Any] | None = None,
+    ) -> None:
+        self.target = target
+        self.lock = lock
+        self.actor = actor
+        self.project_root = project_root
+        self.lock_timeout_ms = lock_timeout_ms
+        self.statement_timeout_ms = statement_timeout_ms
+        self.base_delay_s = base_delay_s
+        self.budget = budget
+        self.on_applied = on_applied
+        self.cfg = alembic_config(project_root=project_root)
+        self.script = ScriptDirectory.from_config(self.cfg)
+
+    # -- planning ------------------------------------------------------------------------------
+
+    def upgrade_path(self, current: str | None, target: str) -> list[Any]:
+        """Scripts to apply, oldest first."""
+        return list(reversed(list(self.script.iterate_revisions(target, current or "base"))))
+
+    def downgrade_path(self, current: str | None, target: str | None) -> list[tuple[Any, str]]:
+        """(script, destination) pairs to revert, newest first; destination is the revision below it."""
+        if current is None or current == target:
+            return []
+        scripts = list(self.script.iterate_revisions(current, target or "base"))
+        pairs: list[tuple[Any, str]] = []
+        for i, rev in enumerate(scripts):
+            below = scripts[i + 1].revision if i + 1 < len(scripts) else (target or "base")
+            pairs.append((rev, below))
+        return pairs
+
+    # -- one attempt -----------------------------------------------------------------------------
+
+    async def _invalid_indexes(self) -> dict[int, tuple[str, str, bool]]:
+        rows = await self.lock.fetch(_INVALID_INDEXES)
+        return {r["oid"]: (r["schema"], r["name"], r["building"]) for r in rows}
+
+    async def _drop_new_invalid_indexes(self, before: set[int], revision: str) -> list[str]:
+        """Drop indexes a failed concurrent build of ``revision`` left INVALID."""
+        dropped: list[str] = []
+        leftovers = {oid: v for oid, v in (await self._invalid_indexes()).items() if oid not in before}
+        if not leftovers:
+            return dropped
+        conn = await connect(replace(self.target, application_name=self.actor.application_name("migrate"), statement_timeout_ms=0))
+        try:
+            for schema, name, building in leftovers.values():
+                if building:
+                    log.warning("index %s.%s is invalid but still being built by another session; left alone", schema, name)
+                    continue
+                qualified = await conn.fetchval("SELECT format('%I.%I', $1::text, $2::text)", schema, name)
+                try:
+                    await conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {qualified}")
+                    dropped.append(qualified)
+                    log.warning("revision %s failed and left index %s INVALID: dropped it (DROP INDEX CONCURRENTLY)", revision, qualified)
+                except Exception as exc:  # noqa: BLE001 - reported, the gate will flag the leftover
+                    log.error("could not drop the invalid index %s left by revision %s: %s", qualified, revision, short_error(exc))
+        finally:
+            await conn.close()
+        return dropped
+
+    async def _monitor(self, state: _AttemptState, deadline: float | None, revision: str) -> None:
+        """Watch the revision's session: who blocks it, and cancel it at the downtime bound."""
+        while True:
+            await asyncio.sleep(MONITOR_INTERVAL_S)
+            if state.pid is None:
+                continue
+            try:
+                rows = await self.lock.fetch(_BLOCKERS, state.pid)
+                if rows:
+                    state.blockers = [
+                        f"pid {r['pid']} ({r['app'] or 'no application_name'}, {r['state']}"
+                        + (f", transaction open since {r['xact_start'].isoformat(timespec='seconds')}" if r["xact_start"] else "")
+                        + f", query: {redact(r['query'])!r})"
+                        for r in rows
+                    ]
+                if deadline is not None and time.monotonic() >= deadline and not state.cancelled_for_downtime:
+                    state.cancelled_for_downtime = True
+                    log.error("revision %s reached the --max-downtime bound: cancelling it (server pid %d)", revision, state.pid)
+                    await self.lock.fetch("SELECT pg_cancel_backend($1)", state.pid)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - monitoring must never break the migration
+                log.debug("monitor query failed: %s", exc)
+
+    async def _attempt(self, direction: str, destination: str, revision: str, state: _AttemptState) -> None:
+        lock_timeout_ms = self.lock_timeout_ms
+        left = self.budget.downtime_left()
+        deadline: float | None = None
+        if left is not None:
+            if left <= 0:
+                raise RevisionFailed(
+                    revision, direction, "downtime",
+                    f"the --max-downtime bound ({self.budget.max_downtime_s:g}s) is used up before revision {revision}",
+                    attempts=0, sqlstate=None,
+                )
+            clip = max(1, int(left * 1000))
+            lock_timeout_ms = min(lock_timeout_ms, clip) if lock_timeout_ms > 0 else clip
+            deadline = time.monotonic() + left
+        target = replace(
+            self.target,
+            lock_timeout_ms=lock_timeout_ms,
+            statement_timeout_ms=self.statement_timeout_ms,
+            application_name=self.actor.application_name("migrate"),
+            read_only=False,
+        )
+        engine = create_engine(target)
+        monitor: asyncio.Task[None] | None = None
+        started = time.monotonic()
+        try:
+            async with engine.connect() as conn:
+                try:
+                    # A backend whose client was killed notices within a second instead of at its next write.
+                    await conn.exec_driver_sql("SET client_connection_check_interval = '1s'")
+                except DBAPIError:
+                    await conn.rollback()
+                await conn.exec_driver_sql(f"SELECT pg_advisory_lock_shared({NAMESPACE}, {MIGRATION_KEY})")
+                state.pid = (await conn.exec_driver_sql("SELECT pg_backend_pid()")).scalar()
+                await conn.commit()
+                monitor = asyncio.create_task(self._monitor(state, deadline, revision))
+                cfg = alembic_config(project_root=self.project_root)
+                started = time.monotonic()
+                await conn.run_sync(_run_alembic, cfg, direction, destination)
+        finally:
+            self.budget.in_database_s += time.monotonic() - started
+            if monitor is not None:
+                monitor.cancel()
+                try:
+                    await monitor
+                except asyncio.CancelledError:
+                    pass
+            await engine.dispose()
+
+    # -- one revision, with retries --------------------------------------------------------------
+
+    async def run_step(self, direction: str, revision: str, destination: str) -> StepReport:
+        budget = self.budget
+        attempts = 0
+        lock_timeouts = 0
+        last_blockers: list[str] = []
+        started = time.monotonic()
+        lock_timeout_s = self.lock_timeout_ms / 1000
+
+        def stop(retry_state: RetryCallState) -> bool:
+            upcoming = retry_state.upcoming_sleep or 0.0
+            fits = budget.retry_spent_s + upcoming + lock_timeout_s <= budget.retry_budget_s
+            left = budget.downtime_left()
+            if left is not None and left <= 0:
+                return True
+            return not fits
+
+        def before_sleep(retry_state: RetryCallState) -> None:
+            budget.retry_spent_s += retry_state.upcoming_sleep or 0.0
+            log.warning(
+                "revision %s (%s) could not get its locks within lock_timeout (attempt %d%s); retrying in %.2fs "
+                "(retry budget used %.1f of %gs)",
+                revision, direction, attempts, f", blocked by {last_blockers[0]}" if last_blockers else "",
+                retry_state.upcoming_sleep or 0.0, budget.retry_spent_s, budget.retry_budget_s,
+            )
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(is_lock_conflict),
+            wait=wait_exponential(multiplier=self.base_delay_s, max=self.base_delay_s * 16) + wait_random(0, self.base_delay_s),
+            stop=stop,
+            reraise=True,
+            before_sleep=before_sleep,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    attempts += 1
+                    before = set(await self._invalid_indexes())
+                    state = _AttemptState()
+                    t0 = time.monotonic()
+                    try:
+                        await self._attempt(direction, destination, revision, state)
+                    except BaseException as exc:
+                        last_blockers = state.blockers or last_blockers
+                        await self._drop_new_invalid_indexes(before, revision)
+                        if state.cancelled_for_downtime:
+                            raise RevisionFailed(
+                                revision, direction, "downtime",
+                                f"revision {revision} was cancelled at the --max-downtime bound "
+                                f"({budget.max_downtime_s:g}s of time inside the database used)",
+                                attempts=attempts, sqlstate=sqlstate_of(exc),
+                            ) from exc
+                        if is_lock_conflict(exc):
+                            lock_timeouts += 1
+                            budget.lock_timeouts += 1
+                            budget.retry_spent_s += time.monotonic() - t0
+                        raise
+        except RevisionFailed:
+            raise
+        except Exception as exc:
+            state_code = sqlstate_of(exc)
+            if is_lock_conflict(exc):
+                who = f"; blocked by {'; '.join(last_blockers)}" if last_blockers else ""
+                raise RevisionFailed(
+                    revision, direction, "lock-budget",
+                    f"revision {revision} ({direction}) could not get its locks: {attempts} attempt(s) hit lock_timeout "
+                    f"({self.lock_timeout_ms} ms) and the retry budget ({budget.retry_budget_s:g}s) is spent{who}",
+                    attempts=attempts, sqlstate=state_code,
+                ) from exc
+            raise RevisionFailed(
+                revision, direction, "error",
+                f"revision {revision} ({direction}) failed: {short_error(exc)}",
+                attempts=attempts, sqlstate=state_code,
+            ) from exc
+        seconds = time.monotonic() - started
+        log.info(
+            "revision %s %s in %.2fs (%d attempt%s)", revision, "applied" if direction == "upgrade" else "reverted",
+            seconds, attempts, "s" if attempts != 1 else "",
+        )
+        return StepReport(revision, direction, seconds, attempts, lock_timeouts)

@@ -1,0 +1,201 @@
+"""What the deploy tests share (imported by name, not through ``conftest``, which other test
+directories also have): the deploy role, ``DeployEnv``, project copies with test-only
+revisions (the real ``migrations/versions`` is never touched) and the test revisions."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+from helpers import PROJECT_ROOT, write_config_dir
+
+from pytest_hokmdb.aio import run_sync
+from pytest_hokmdb.cluster import EmbeddedCluster
+from pytest_hokmdb.fixtures.throwaway import ThrowawayDatabase
+
+DEPLOY_ROLE = "hokm_deployer"
+DEPLOY_PASSWORD = "Dq4-deploy-secret-7Zp1"  # a known value, so tests can prove it never leaks
+TEMPLATE = "hokmdb_deploy_template"
+SCRIPT = PROJECT_ROOT / "database" / "deploy.py"
+_names = itertools.count(1)
+
+
+async def admin(cluster: EmbeddedCluster, sql: str, dbname: str = "postgres") -> None:
+    conn = await asyncpg.connect(**cluster.admin_connect_kwargs(dbname))  # type: ignore[arg-type]
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@dataclass
+class DeployEnv:
+    """A database and a ``testing`` config directory pointing at it, as the deploy role."""
+
+    db: ThrowawayDatabase
+    config_dir: Path
+    env: dict[str, str]
+    log_dir: Path
+    monkeypatch: pytest.MonkeyPatch
+    root: Path = PROJECT_ROOT
+
+    @property
+    def name(self) -> str:
+        return self.db.name
+
+    async def connect(self) -> asyncpg.Connection:
+        """A superuser connection to the database, for the test's own probes."""
+        return await asyncpg.connect(self.db.dsn)
+
+    async def fetchval(self, sql: str, *args: object) -> object:
+        conn = await self.connect()
+        try:
+            return await conn.fetchval(sql, *args)
+        finally:
+            await conn.close()
+
+    async def revision(self) -> str | None:
+        return await self.fetchval("SELECT max(version_num) FROM alembic_version")  # type: ignore[return-value]
+
+    def write_config(self, **overrides: object) -> None:
+        defaults: dict[str, object] = {
+            "deploy__lock_wait_s": 2.0,
+            "deploy__log_dir": str(self.log_dir),
+            "deploy__lock_retry_budget_s": 3.0,
+            "deploy__lock_retry_base_delay_s": 0.1,
+            "database__lock_timeout_ms": 300,
+            "notifications__notify_on_failure": False,
+        }
+        write_config_dir(self.config_dir, "testing", **{**defaults, **overrides})
+
+    def use_project(self, root: Path) -> None:
+        self.root = root
+        self.env["HOKMDB_PROJECT_ROOT"] = str(root)
+        self.monkeypatch.setenv("HOKMDB_PROJECT_ROOT", str(root))
+
+    def script(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """``python database/deploy.py --environment testing --config DIR ...`` as a child process."""
+        return subprocess.run(
+            [sys.executable, str(SCRIPT), "--environment", "testing", f"--config={self.config_dir}", *args],
+            capture_output=True, text=True, env={**os.environ, **self.env}, timeout=timeout, check=False,
+        )
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, str(SCRIPT), "--environment", "testing", f"--config={self.config_dir}", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **self.env},
+        )
+
+
+def new_database(cluster: EmbeddedCluster, template: str | None) -> ThrowawayDatabase:
+    name = f"d_{os.getpid()}_{next(_names)}"
+    clause = f" TEMPLATE {template}" if template else ""
+    run_sync(admin(cluster, f"CREATE DATABASE {name}{clause} OWNER {DEPLOY_ROLE}"))
+    if template is None:
+        run_sync(admin(cluster, f"ALTER SCHEMA public OWNER TO {DEPLOY_ROLE}", name))
+    return ThrowawayDatabase(name, cluster)
+
+
+# -- copies of the project with extra revisions ---------------------------------------------------
+
+_COPIED = ("alembic.ini", "pyproject.toml", "pytest.ini", "conftest.py", "migrations", "smoke", "database/config")
+
+REVISION_TEMPLATE = '''"""{doc}
+
+Revision ID: {rev}
+Revises: {down}
+Create Date: 2026-11-24
+"""
+
+import os
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "{rev}"
+down_revision = "{down}"
+branch_labels = None
+depends_on = None
+
+hokmdb_lint_waivers = {{
+    "require-lock-timeout": "the deploy tool sets lock_timeout on every session it migrates with",
+    "lock-timeout-not-reset": "test revision, nothing runs after it in the same session",
+}}
+
+
+def upgrade() -> None:
+{upgrade}
+
+
+def downgrade() -> None:
+{downgrade}
+'''
+
+
+def make_project(base: Path, revisions: list[tuple[str, str, str, str]], *, lint_default: str | None = "warning") -> Path:
+    """A copy of the project whose history continues with ``revisions``: (id, doc, upgrade body, downgrade body).
+
+    The copy's lint policy defaults to ``warning`` so that these tests do not depend on the
+    policy of the real project (``lint_default=None`` keeps it; the lint test sets ``error``).
+    """
+    root = base / f"project-{uuid.uuid4().hex[:6]}"
+    for item in _COPIED:
+        source = PROJECT_ROOT / item
+        dest = root / item
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, dest, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, dest)
+    down = "0006"
+    for rev, doc, up, downgrade in revisions:
+        body = REVISION_TEMPLATE.format(
+            doc=doc, rev=rev, down=down, upgrade=textwrap.indent(textwrap.dedent(up).strip(), "    "),
+            downgrade=textwrap.indent(textwrap.dedent(downgrade).strip(), "    "),
+        )
+        (root / "migrations" / "versions" / f"{rev}_test.py").write_text(body)
+        down = rev
+    if lint_default is not None:
+        pyproject = root / "pyproject.toml"
+        text = pyproject.read_text()
+        pyproject.write_text(text.replace('default = "error"', f'default = "{lint_default}"', 1))
+        assert f'default = "{lint_default}"' in pyproject.read_text()
+    return root
+
+
+def add_revision(root: Path, spec: tuple[str, str, str, str], down: str) -> Path:
+    """Append one more test revision (id, doc, upgrade body, downgrade body) to a project copy."""
+    rev, doc, up, downgrade = spec
+    body = REVISION_TEMPLATE.format(
+        doc=doc, rev=rev, down=down, upgrade=textwrap.indent(textwrap.dedent(up).strip(), "    "),
+        downgrade=textwrap.indent(textwrap.dedent(downgrade).strip(), "    "),
+    )
+    path = root / "migrations" / "versions" / f"{rev}_test.py"
+    path.write_text(body)
+    return path
+
+
+# Test revisions (upgrade body, downgrade body). All but the gate breaker leave the schema as
+# the models describe it, so the gate passes after them.
+COMMENT_0007 = (
+    "0007", "Comment on players (a visible, model-neutral change).",
+    "op.execute(\"COMMENT ON TABLE players IS 'probe 0007'\")",
+    "op.execute('COMMENT ON TABLE players IS NULL')",
+)
+SLOW_0008 = (
+    "0008", "Comment on game_sessions, then sleep HOKMDB_TEST_SLEEP_S seconds inside the revision's transaction.",
+    """
+    op.execute("COMMENT ON TABLE game_sessions IS 'probe 0008'")
+    op.execute(f"SELECT pg_sleep({float(os.environ.get('HOKMDB_TEST_SLEEP_S', '0'))})")
+    """,
+    "op.execute('COMMENT ON TABLE game_sessions IS NULL')",
+)

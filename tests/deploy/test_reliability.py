@@ -1,0 +1,222 @@
+"""The deploy under failure, against real clusters: SIGKILL mid-migration, two deploys at once,
+a revision failing halfway, a gate failure after a good migration, a migration blocked by a
+long transaction, a failed concurrent index build, the --max-downtime bound."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import asyncpg
+from deploy_support import COMMENT_0007, SLOW_0008, DeployEnv
+
+from pytest_hokmdb.deploy.lock import DEPLOY_KEY, MIGRATION_KEY, NAMESPACE
+from pytest_hokmdb.deploy.orchestrator import DeployOptions, run_deploy
+from pytest_hokmdb.errors import ExitCode
+
+ADVISORY_HELD = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = $1::oid AND objid = $2::oid"
+
+
+async def _wait_for(probe, timeout: float = 30.0, interval: float = 0.1):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await probe()
+        if value:
+            return value
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+async def test_sigkill_mid_migration_leaves_a_revision_boundary_a_free_lock_and_a_rerun_completes(deploy_env_factory, project_factory, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    env: DeployEnv = deploy_env_factory(deploy__gate_suites=[])
+    env.use_project(project_factory([COMMENT_0007, SLOW_0008]))
+    env.env["HOKMDB_TEST_SLEEP_S"] = "60"
+    monkeypatch.delenv("HOKMDB_TEST_SLEEP_S", raising=False)
+    proc = env.popen()
+    conn = await env.connect()
+    try:
+        async def sleeping() -> object:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            return await conn.fetchval(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'SELECT pg_sleep%' "
+                "AND application_name LIKE 'hokmdb-migrate %'"
+            )
+
+        backend = await _wait_for(sleeping, timeout=60)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        assert proc.returncode == -signal.SIGKILL
+        # The lock session ends with the process; the orphaned migration backend notices its client
+        # is gone within client_connection_check_interval and rolls back.
+        await _wait_for(lambda: _none(conn, ADVISORY_HELD, NAMESPACE, DEPLOY_KEY), timeout=10)
+        await _wait_for(lambda: _none(conn, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", backend), timeout=10)
+        assert await conn.fetchval(ADVISORY_HELD, NAMESPACE, MIGRATION_KEY) == 0
+        assert await conn.fetchval("SELECT version_num FROM alembic_version") == "0007"  # the boundary before 0008
+        assert await conn.fetchval("SELECT obj_description('players'::regclass)") == "probe 0007"
+        assert await conn.fetchval("SELECT obj_description('game_sessions'::regclass)") is None  # nothing of 0008
+    finally:
+        await conn.close()
+    rerun = await run_deploy(DeployOptions("testing", str(env.config_dir)))  # HOKMDB_TEST_SLEEP_S unset here: no sleep
+    assert rerun.exit_code == 0, rerun.message
+    assert rerun.from_revision == "0007" and rerun.final_revision == "0008"
+    assert await env.revision() == "0008"
+    results = await env.fetchval("SELECT string_agg(result, ',' ORDER BY id) FROM hokmdb_deploy_history")
+    assert results == "abandoned,succeeded"
+
+
+async def _none(conn: asyncpg.Connection, sql: str, *args: object) -> bool:
+    return await conn.fetchval(sql, *args) == 0
+
+
+async def test_two_deploys_at_once_exactly_one_migrates_the_other_names_the_holder(deploy_env_factory, project_factory) -> None:  # type: ignore[no-untyped-def]
+    env: DeployEnv = deploy_env_factory(deploy__gate_suites=[], deploy__lock_wait_s=0.5)
+    env.use_project(project_factory([COMMENT_0007, SLOW_0008]))
+    env.env["HOKMDB_TEST_SLEEP_S"] = "3"
+    first, second = env.popen(), env.popen()
+    out1, _ = first.communicate(timeout=120)
+    out2, _ = second.communicate(timeout=120)
+    codes = sorted([first.returncode, second.returncode])
+    assert codes == [0, ExitCode.DEPLOY_LOCKED], out1 + out2
+    loser = out1 if first.returncode == ExitCode.DEPLOY_LOCKED else out2
+    assert "deploy already in progress" in loser
+    assert "hokmdb-deploy tester@" in loser and "server pid" in loser and "connected since" in loser
+    assert await env.revision() == "0008"
+    assert await env.fetchval("SELECT count(*) FROM hokmdb_deploy_history") == 1
+
+
+async def test_a_revision_failing_halfway_is_rolled_back_to_the_start_and_gated(deploy_env_factory, project_factory) -> None:  # type: ignore[no-untyped-def]
+    env: DeployEnv = deploy_env_factory()
+    halfway = (
+        "0008", "Creates a table and a column, then fails.",
+        """
+        op.create_table("halfway_probe", sa.Column("id", sa.Integer, primary_key=True))
+        op.add_column("players", sa.Column("halfway_flag", sa.Boolean, nullable=True))
+        op.execute("SELECT 1 / 0")
+        """,
+        """
+        op.drop_column("players", "halfway_flag")
+        op.drop_table("halfway_probe")
+        """,
+    )
+    env.use_project(project_factory([COMMENT_0007, halfway]))
+    outcome = await run_deploy(DeployOptions("testing", str(env.config_dir), maintenance_mode=True))
+    assert outcome.exit_code == ExitCode.ROLLED_BACK, outcome.message
+    assert "division by zero" in outcome.message
+    steps = {s.name: s for s in outcome.steps}
+    assert steps["migrate"].status == "failed" and "0006 -> 0007" in steps["migrate"].detail
+    assert steps["rollback"].status == "ok" and "downgraded 0007 to 0006" in steps["rollback"].detail
+    assert steps["gate-after-rollback"].status == "ok" and "smoke: passed" in steps["gate-after-rollback"].detail
+    assert "gate" not in steps  # the post-deploy gate never ran on a half-migrated database
+    assert steps["maintenance-off"].status == "ok"
+    assert outcome.final_revision == "0006" and await env.revision() == "0006"
+    assert await env.fetchval("SELECT to_regclass('halfway_probe')") is None
+    assert await env.fetchval("SELECT count(*) FROM pg_attribute WHERE attrelid = 'players'::regclass AND attname = 'halfway_flag'") == 0
+    assert await env.fetchval("SELECT obj_description('players'::regclass)") is None  # 0007 reverted too
+    assert await env.fetchval("SELECT string_agg(revision, ',' ORDER BY revision) FROM hokmdb_applied_revisions") == "0001,0002,0003,0004,0005,0006"
+    assert await env.fetchval("SELECT enabled FROM hokmdb_maintenance") is False
+    assert await env.fetchval("SELECT datconnlimit FROM pg_database WHERE datname = current_database()") == -1
+    assert await env.fetchval("SELECT result FROM hokmdb_deploy_history ORDER BY id DESC LIMIT 1") == "rolled_back"
+
+
+async def test_a_gate_failure_after_a_good_migration_downgrades_and_gates_again(deploy_env_factory, project_factory) -> None:  # type: ignore[no-untyped-def]
+    env: DeployEnv = deploy_env_factory()
+    breaker = (
+        "0007", "A hotfix column the models do not have: the gate's drift check fails.",
+        'op.add_column("players", sa.Column("hotfix_note", sa.Text, nullable=True))',
+        'op.drop_column("players", "hotfix_note")',
+    )
+    env.use_project(project_factory([breaker]))
+    outcome = await run_deploy(DeployOptions("testing", str(env.config_dir)))
+    assert outcome.exit_code == ExitCode.ROLLED_BACK, outcome.message
+    names = [s.name for s in outcome.steps]
+    assert names.index("migrate") < names.index("gate") < names.index("rollback") < names.index("gate-after-rollback")
+    steps = {s.name: s for s in outcome.steps}
+    assert steps["migrate"].status == "ok"
+    assert steps["gate"].status == "failed" and "smoke: FAILED" in steps["gate"].detail
+    assert steps["gate-after-rollback"].status == "ok"
+    assert "unexpected column players.hotfix_note" in outcome.log_path.read_text()  # type: ignore[union-attr]
+    assert await env.revision() == "0006"
+
+
+async def test_a_migration_blocked_by_a_long_transaction_retries_then_gives_up_within_the_budget(deploy_env_factory, project_factory) -> None:  # type: ignore[no-untyped-def]
+    lock_timeout_ms, budget = 300, 2.5
+    env: DeployEnv = deploy_env_factory(deploy__gate_suites=[], database__lock_timeout_ms=lock_timeout_ms,
+                                        deploy__lock_retry_budget_s=budget, deploy__lock_retry_base_delay_s=0.2)
+    locker = ("0007", "Needs players exclusively for a moment.", "op.execute('LOCK TABLE players IN ACCESS EXCLUSIVE MODE')", "pass")
+    env.use_project(project_factory([locker]))
+    holder = await env.connect()
+    game = await env.connect()
+    stalls: list[float] = []
+    stop = asyncio.Event()
+
+    async def game_traffic() -> None:
+        while not stop.is_set():
+            t0 = time.monotonic()
+            await game.fetchval("SELECT rating FROM players WHERE id = (SELECT min(id) FROM players)")
+            stalls.append(time.monotonic() - t0)
+            await asyncio.sleep(0.02)
+
+    try:
+        tx = holder.transaction()
+        await tx.start()
+        await holder.fetchval("SELECT count(*) FROM players")  # a long report holding ACCESS SHARE
+        traffic = asyncio.create_task(game_traffic())
+        outcome = await run_deploy(DeployOptions("testing", str(env.config_dir)))
+        migrate = next(s for s in outcome.steps if s.name == "migrate")
+        stop.set()
+        await traffic
+        await tx.rollback()
+    finally:
+        await holder.close()
+        await game.close()
+    assert outcome.exit_code == ExitCode.ROLLED_BACK, outcome.message
+    assert "could not get its locks" in outcome.message and "retry budget" in outcome.message
+    assert "blocked by pid" in outcome.message  # the operator learns who held the table
+    timeouts = int(migrate.detail.split(" lock timeout(s)")[0].rsplit(" ", 1)[-1])
+    assert timeouts >= 3, migrate.detail
+    assert migrate.seconds <= budget + lock_timeout_ms / 1000 + 1.0, migrate.detail
+    # Game queries waited behind the migration's lock request at most one lock_timeout at a time,
+    # and in total never longer than the budget.
+    assert max(stalls) < lock_timeout_ms / 1000 + 0.25, max(stalls)
+    assert sum(s for s in stalls if s > 0.05) <= budget
+    assert await env.revision() == "0006"
+
+
+async def test_a_failed_concurrent_index_build_leaves_no_invalid_index(deploy_env_factory, project_factory) -> None:  # type: ignore[no-untyped-def]
+    env: DeployEnv = deploy_env_factory(deploy__gate_suites=[])
+    concurrent = (
+        "0007", "A unique index built CONCURRENTLY on a column with duplicates: the build fails and leaves it INVALID.",
+        """
+        with op.get_context().autocommit_block():
+            op.execute("CREATE UNIQUE INDEX CONCURRENTLY ix_players_is_active_unique ON players (is_active)")
+        """,
+        """
+        with op.get_context().autocommit_block():
+            op.execute("DROP INDEX CONCURRENTLY IF EXISTS ix_players_is_active_unique")
+        """,
+    )
+    env.use_project(project_factory([concurrent]))
+    outcome = await run_deploy(DeployOptions("testing", str(env.config_dir)))
+    assert outcome.exit_code == ExitCode.ROLLED_BACK, outcome.message
+    assert "could not create unique index" in outcome.message
+    assert "left index public.ix_players_is_active_unique INVALID: dropped it" in outcome.log_path.read_text()  # type: ignore[union-attr]
+    assert await env.fetchval("SELECT to_regclass('ix_players_is_active_unique')") is None
+    assert await env.fetchval("SELECT count(*) FROM pg_index WHERE NOT indisvalid") == 0
+    assert await env.revision() == "0006"
+
+
+async def test_max_downtime_cancels_a_revision_that_holds_the_tables_too_long(deploy_env_factory, project_factory) -> None:  # type: ignore[no-untyped-def]
+    env: DeployEnv = deploy_env_factory(deploy__gate_suites=[])
+    hog = ("0007", "Holds players exclusively for 20 seconds.",
+           "op.execute('LOCK TABLE players IN ACCESS EXCLUSIVE MODE')\nop.execute('SELECT pg_sleep(20)')", "pass")
+    env.use_project(project_factory([hog]))
+    t0 = time.monotonic()
+    outcome = await run_deploy(DeployOptions("testing", str(env.config_dir), max_downtime_s=1.0))
+    assert time.monotonic() - t0 < 8
+    assert outcome.exit_code == ExitCode.ROLLED_BACK, outcome.message
+    assert "--max-downtime" in outcome.message
+    migrate = next(s for s in outcome.steps if s.name == "migrate")
+    assert migrate.seconds < 3, migrate.detail
+    assert await env.revision() == "0006"

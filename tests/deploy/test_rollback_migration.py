@@ -1,0 +1,45 @@
+"""``rollback.py migration``: the same lock, steps, history and gate as a deploy, going back."""
+
+from __future__ import annotations
+
+import argparse
+
+from deploy_support import COMMENT_0007, SLOW_0008, DeployEnv
+
+from pytest_hokmdb.deploy.orchestrator import DeployOptions, run_deploy
+from pytest_hokmdb.deploy.rollback_cli import add_migration_parser, run_migration
+from pytest_hokmdb.errors import ExitCode
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="rollback.py")
+    add_migration_parser(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["migration", *argv])
+
+
+async def test_steps_and_revision_roll_back_under_the_lock_with_history(deploy_env_factory, project_factory, capsys) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    env: DeployEnv = deploy_env_factory(deploy__gate_suites=[])
+    env.use_project(project_factory([COMMENT_0007, SLOW_0008]))
+    assert (await run_deploy(DeployOptions("testing", str(env.config_dir)))).exit_code == 0
+    assert await env.revision() == "0008"
+
+    code = await asyncio.to_thread(run_migration, _args("--environment", "testing", f"--config={env.config_dir}", "--steps", "1"))
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "rollback on testing: OK" in out and "reverted 0008" in out
+    assert await env.revision() == "0007"
+    assert await env.fetchval("SELECT obj_description('game_sessions'::regclass)") is None
+
+    code = await asyncio.to_thread(run_migration, _args("--environment", "testing", f"--config={env.config_dir}", "--revision", "0005"))
+    assert code == 0, capsys.readouterr().out
+    assert await env.revision() == "0005"
+    assert await env.fetchval("SELECT to_regclass('ix_game_participants_player_id')") is None
+    assert await env.fetchval("SELECT max(revision) FROM hokmdb_applied_revisions") == "0005"
+    rows = await env.fetchval("SELECT string_agg(kind || ':' || result, ',' ORDER BY id) FROM hokmdb_deploy_history")
+    assert rows == "deploy:succeeded,rollback:succeeded,rollback:succeeded"
+
+    code = await asyncio.to_thread(run_migration, _args("--environment", "testing", f"--config={env.config_dir}", "--revision", "0007"))
+    assert code == ExitCode.REFUSED  # not below the current revision
+    assert "not below" in capsys.readouterr().out

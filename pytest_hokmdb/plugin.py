@@ -14,8 +14,9 @@ from pytest_asyncio import is_async_test
 
 from pytest_hokmdb.aio import run_sync
 from pytest_hokmdb.config import ENVIRONMENTS, load_config
-from pytest_hokmdb.errors import ConfigError, HokmdbError
+from pytest_hokmdb.errors import ConfigError, ExitCode, HokmdbError
 from pytest_hokmdb.fixtures.checks import hokmdb_check, hokmdb_check_context  # noqa: F401
+from pytest_hokmdb.fixtures.live import DATABASE_OVERRIDE_KEY, RESTORED_KEY
 from pytest_hokmdb.fixtures.live import (  # noqa: F401  (fixtures are registered by import)
     hokmdb_alembic_config,
     hokmdb_config,
@@ -26,7 +27,7 @@ from pytest_hokmdb.fixtures.live import (  # noqa: F401  (fixtures are registere
     hokmdb_pool,
     hokmdb_target,
 )
-from pytest_hokmdb.fixtures.state import STATE_KEY, SessionState, session_state
+from pytest_hokmdb.fixtures.state import NO_ENVIRONMENT, STATE_KEY, SessionState, session_state
 from pytest_hokmdb.fixtures.throwaway import (  # noqa: F401
     hokmdb_cluster,
     hokmdb_database_factory,
@@ -90,6 +91,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="PATH",
         help="write a machine-readable result (per check: status, duration, measured, threshold, message)",
     )
+    group.addoption(
+        "--database-name",
+        dest="hokmdb_database_name",
+        default=None,
+        metavar="NAME",
+        help="connect to this database on the environment's server instead of database.name (e.g. a restored copy)",
+    )
+    group.addoption(
+        "--restore-from-backup",
+        dest="hokmdb_restore_from",
+        default=None,
+        metavar="PATH|s3://...|latest",
+        help="restore this backup into a scratch database and point the session's database fixtures at it "
+        "(development/testing only); the scratch database is dropped afterwards",
+    )
+    group.addoption(
+        "--keep-restored",
+        dest="hokmdb_keep_restored",
+        action="store_true",
+        default=False,
+        help="keep the scratch database of --restore-from-backup after the run",
+    )
     parser.addini("hokmdb_environment", "default environment for --environment", default=None)
     parser.addini("hokmdb_config", "default config directory or file for --db-config", default=None)
 
@@ -115,6 +138,10 @@ def pytest_configure(config: pytest.Config) -> None:
         except ConfigError as exc:
             pytest.exit(f"hokmdb: {exc}", returncode=int(exc.exit_code))
     config.stash[STATE_KEY] = SessionState(environment, loaded, bool(config.getoption("allow_destructive")))
+    if config.getoption("hokmdb_database_name"):
+        config.stash[DATABASE_OVERRIDE_KEY] = config.getoption("hokmdb_database_name")
+    if config.getoption("hokmdb_restore_from"):
+        _restore_from_backup(config, loaded)
     json_path = config.getoption("hokmdb_json")
     if json_path and not hasattr(config, "workerinput"):  # only the xdist controller (or a plain run) writes it
         from pathlib import Path
@@ -144,6 +171,54 @@ class _JsonCollector:
         self.result.write(exitstatus)
 
 
+def _restore_from_backup(config: pytest.Config, loaded: Any) -> None:
+    """``--restore-from-backup``: one scratch restore per run (the xdist controller does it
+    and hands the database name to its workers); dropped at the end unless ``--keep-restored``."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        restored = workerinput.get("hokmdb_restored")
+        if restored:
+            config.stash[DATABASE_OVERRIDE_KEY] = restored["dbname"]
+            if restored.get("revision") and not config.getoption("hokmdb_target_revision"):
+                config.option.hokmdb_target_revision = restored["revision"]
+        return
+    if loaded is None:
+        pytest.exit(f"hokmdb: --restore-from-backup needs an environment; {NO_ENVIRONMENT}", returncode=int(ExitCode.CONFIG_ERROR))
+    from pytest_hokmdb.backup import restore_scratch
+
+    try:
+        scratch = run_sync(restore_scratch(loaded, config.getoption("hokmdb_restore_from")))
+    except HokmdbError as exc:
+        pytest.exit(f"hokmdb: {exc}", returncode=int(exc.exit_code))
+    config.stash[DATABASE_OVERRIDE_KEY] = scratch.dbname
+    config.stash[RESTORED_KEY] = scratch
+    if scratch.revision and not config.getoption("hokmdb_target_revision"):
+        # The copy is checked against the revision it was dumped at, not the code's head.
+        config.option.hokmdb_target_revision = scratch.revision
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_RestoredToWorkers(scratch.dbname, scratch.revision), "hokmdb-restored-to-workers")
+
+    def drop() -> None:
+        if config.getoption("hokmdb_keep_restored"):
+            return
+        try:
+            run_sync(scratch.drop())
+        except Exception as exc:  # noqa: BLE001 - teardown must not hide the run's result
+            import warnings
+
+            warnings.warn(f"hokmdb: could not drop scratch database {scratch.dbname}: {redact(str(exc))}", stacklevel=1)
+
+    config.add_cleanup(drop)
+
+
+class _RestoredToWorkers:
+    def __init__(self, dbname: str, revision: str | None) -> None:
+        self.value = {"dbname": dbname, "revision": revision}
+
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput["hokmdb_restored"] = self.value
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     state = session_state(config)
     if state.loaded is None:
@@ -151,11 +226,18 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     cfg = state.loaded.config
     mode = "read-only sessions" if cfg.is_protected else "read-write sessions"
     lines = [f"hokmdb: environment {cfg.environment} ({mode}), config {state.loaded.path}"]
-    lines.append("hokmdb: " + _describe_target(state))
+    scratch = config.stash.get(RESTORED_KEY, None)
+    if scratch is not None:
+        fate = "kept after the run" if config.getoption("hokmdb_keep_restored") else "dropped after the run"
+        lines.append(
+            f"hokmdb: backup {scratch.record.id} (revision {scratch.revision}) restored into scratch database "
+            f"{scratch.dbname}, {fate}"
+        )
+    lines.append("hokmdb: " + _describe_target(state, config.stash.get(DATABASE_OVERRIDE_KEY, None)))
     return lines
 
 
-def _describe_target(state: SessionState) -> str:
+def _describe_target(state: SessionState, database: str | None = None) -> str:
     from pytest_hokmdb.db import connect, embedded_cluster_for, resolve_target
 
     loaded = state.loaded
@@ -169,6 +251,8 @@ def _describe_target(state: SessionState) -> str:
 
         async def probe() -> str:
             target = await resolve_target(loaded, start=False)
+            if database:
+                target = target.with_database(database)
             quick = target.__class__(**{**target.__dict__, "connect_timeout_s": min(target.connect_timeout_s, 3.0)})
             try:
                 conn = await connect(quick)

@@ -31,6 +31,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--full-scan", action="store_true", help="data-integrity checks over all data")
     p.add_argument("-k", dest="keyword", default=None, metavar="EXPR", help="only checks matching this pytest -k expression")
     p.add_argument("--alluredir", default=None, metavar="DIR", help="write Allure results")
+    p.add_argument("--restore-from-backup", default=None, metavar="PATH|s3://...|latest", help="run against a scratch restore of this backup")
+    p.add_argument("--keep-restored", action="store_true", help="keep the scratch database of --restore-from-backup")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -75,6 +77,8 @@ def main(argv: list[str] | None = None) -> None:
             extra.append("--full-scan")
         if args.keyword:
             extra += ["-k", args.keyword]
+        if args.restore_from_backup:
+            extra += [f"--restore-from-backup={args.restore_from_backup}"] + (["--keep-restored"] if args.keep_restored else [])
         if args.alluredir:
             extra.append(f"--alluredir={Path(args.alluredir).resolve()}")
         result = run_gate(loaded, "smoke", extra_args=extra)

@@ -1,0 +1,67 @@
+"""``database/backup.py``: take a backup (pg_dump -> age -> local directory or S3), verify it.
+
+Made for cron: no prompts, plain log lines when not on a terminal, the backup's location
+on stdout (``--json``: its summary), and an exit code to alert on: 0 stored and verified,
+7 anything else (nothing that looks like a backup is left behind), 2 configuration.
+
+    # production hourly, staging daily (crontab):
+    0 * * * *  cd /srv/hokmdb && .venv/bin/python database/backup.py --environment production
+    30 3 * * * cd /srv/hokmdb && .venv/bin/python database/backup.py --environment staging --verify full
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from pytest_hokmdb.cli.common import run_cli, setup_logging
+from pytest_hokmdb.config import ENVIRONMENTS, load_config
+from pytest_hokmdb.errors import ExitCode
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="backup.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--environment", required=True, choices=ENVIRONMENTS)
+    p.add_argument("--db-config", "--config", dest="config_path", default=None, metavar="PATH")
+    p.add_argument("--verify", choices=("none", "quick", "full"), default=None, help="default: backup.verify_after_backup")
+    p.add_argument("--destination", choices=("local", "s3"), default=None, help="default: s3 when a bucket is configured, else local")
+    p.add_argument("--reason", default="manual", help="recorded in the manifest (e.g. cron, pre-deploy)")
+    p.add_argument("--verify-existing", metavar="PATH|s3://...|ID|latest", default=None,
+                   help="do not take a backup: verify this one (with --verify quick|full) and record the result")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    setup_logging(args.verbose)
+
+    async def run() -> int:
+        from pytest_hokmdb.backup import find_backup, take_backup, verify_backup
+
+        loaded = load_config(args.environment, args.config_path)
+        if args.verify_existing:
+            record = find_backup(loaded, args.verify_existing)
+            depth = args.verify if args.verify in ("quick", "full") else "quick"
+            result = await verify_backup(loaded, record, depth=depth)
+            if args.json:
+                print(json.dumps({"backup": record.summary(), "verification": result}, indent=2))
+            else:
+                print(f"{record.location}: {depth} verification {'passed' if result['passed'] else 'FAILED'}")
+                for problem in result["problems"]:
+                    print(f"  - {problem}")
+            return int(ExitCode.OK) if result["passed"] else int(ExitCode.BACKUP_ERROR)
+        record = await take_backup(loaded, reason=args.reason, verify=args.verify, destination=args.destination)
+        if args.json:
+            print(json.dumps(record.summary(), indent=2))
+        else:
+            print(record.location)
+        return int(ExitCode.OK)
+
+    run_cli(run)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])

@@ -21,6 +21,9 @@ from pytest_hokmdb.db import create_pool
 from pytest_hokmdb.db.target import Target
 from pytest_hokmdb.errors import ConnectionFailed
 
+# The pool must serve a query again within this many acquires after its backend was ended.
+_RECOVERY_ATTEMPTS = 3
+_RECOVERY_PAUSE_S = 0.05
 FEATURE = "Connection pool"
 CATEGORY: Category = "infrastructure"
 POOL_SUFFIX = "-smoke-pool"
@@ -217,24 +220,28 @@ async def survives_dropped_connection(ctx: CheckContext) -> CheckResult:
                 "the server is too busy to end a backend; check its load",
                 measured=old_pid,
             )
-        first_error: str | None = None
+        errors: list[str] = []
         new_pid: int | None = None
-        for _attempt in range(2):
+        await asyncio.sleep(0)  # let the client read the server's goodbye before the next acquire
+        for attempt in range(_RECOVERY_ATTEMPTS):
             try:
                 async with pool.acquire(timeout=_open_timeout(target)) as conn:
                     new_pid = await conn.fetchval("SELECT pg_backend_pid()")
                 break
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-                # A dead connection surfaces as AdminShutdownError (57P01), ConnectionDoesNotExistError
-                # or a socket error, depending on when the client noticed the server hung up.
-                if first_error is not None:
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError) as exc:
+                # A dead connection surfaces as AdminShutdownError (57P01), ConnectionDoesNotExistError,
+                # a socket error, or (caught mid-close) an InternalClientError, depending on when the
+                # client noticed the server hung up. A first request failing after a failover is
+                # normal; the pool must recover within a few.
+                errors.append(f"{type(exc).__name__}: {exc}")
+                if attempt + 1 == _RECOVERY_ATTEMPTS:
                     return CheckResult.failed(
                         f"after its backend (pid {old_pid}) was terminated, the pool could not serve a query "
-                        f"twice in a row ({first_error}; then {type(exc).__name__}: {exc}): the game server "
-                        "would fail every request after a failover; check the pool's reconnect settings",
+                        f"in {_RECOVERY_ATTEMPTS} attempts ({'; '.join(errors)}): the game server would fail "
+                        "every request after a failover; check the pool's reconnect settings",
                         measured=old_pid,
                     )
-                first_error = f"{type(exc).__name__}: {exc}"
+                await asyncio.sleep(_RECOVERY_PAUSE_S * (attempt + 1))
             except TimeoutError:
                 return CheckResult.failed(
                     f"after its backend (pid {old_pid}) was terminated, the pool could not connect again "
@@ -251,9 +258,9 @@ async def survives_dropped_connection(ctx: CheckContext) -> CheckResult:
             measured=new_pid,
         )
     note = (
-        f"; the first query after the drop failed ({first_error}) and the next one succeeded, "
-        "so the game server should retry once on a connection error"
-        if first_error
+        f"; {len(errors)} quer{'y' if len(errors) == 1 else 'ies'} after the drop failed ({'; '.join(errors)}) "
+        "before one succeeded, so the game server should retry on a connection error"
+        if errors
         else ""
     )
     return CheckResult.passed(

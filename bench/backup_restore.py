@@ -201,8 +201,8 @@ def parent(args: argparse.Namespace) -> int:
         base_env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("PG")},
             "DB_HOST": cluster.host, "DB_PORT": str(cluster.port), "DB_USER": "postgres",
-            "DB_PASSWORD_TEST": cluster.superuser_password, "HOKMDB_ADMIN_USER": "postgres",
-            "HOKMDB_ADMIN_PASSWORD": cluster.superuser_password, "HOKMDB_ENV_FILE": str(work / "none.env"),
+            "DB_PASSWORD_TEST": cluster.superuser_password, "DB_ADMIN_USER": "postgres",
+            "DB_ADMIN_PASSWORD": cluster.superuser_password, "HOKMDB_ENV_FILE": str(work / "none.env"),
             "BACKUP_ENCRYPTION_KEY": str(x25519.Identity.generate()), "HOKMDB_BACKUP_TMP": str(work),
             "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret", "AWS_DEFAULT_REGION": "us-east-1",
         }

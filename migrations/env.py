@@ -8,16 +8,15 @@ memory by ``pytest_hokmdb.migrate`` (so no password is ever written to alembic.i
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import os
 import sys
 from logging.config import fileConfig
-from typing import Any, Coroutine
+from typing import Any
 
 from alembic import context
 from sqlalchemy.engine import Connection
 
+from pytest_hokmdb.aio import run_sync
 from pytest_hokmdb.errors import HokmdbError
 
 config = context.config
@@ -32,16 +31,6 @@ def _target_metadata() -> Any:
     from pytest_hokmdb.schema.models import metadata as hokm_metadata
 
     return hokm_metadata
-
-
-def _run(coro: Coroutine[Any, Any, Any]) -> Any:
-    """Run a coroutine whether or not this thread already has an event loop running."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coro).result()
 
 
 def _resolve_target() -> Any:
@@ -60,7 +49,7 @@ def _resolve_target() -> Any:
         sys.exit("error: no database selected: pass -x environment=NAME or set HOKMDB_ENVIRONMENT")
     try:
         loaded = load_config(environment, x_args.get("config"))
-        return _run(resolve_target(loaded)).writable()
+        return run_sync(resolve_target(loaded)).writable()
     except HokmdbError as exc:
         sys.exit(f"error: {exc}")
 
@@ -111,7 +100,7 @@ def run_migrations_online() -> None:
     if connection is not None:
         _do_run_migrations(connection)
         return
-    _run(_run_async_migrations())
+    run_sync(_run_async_migrations())
 
 
 if context.is_offline_mode():

@@ -72,9 +72,9 @@ def subprocess_env(target: Target) -> dict[str, str]:
 async def admin_target(loaded: LoadedConfig, target: Target) -> Target:
     """A role that may create, rename and drop databases on the target's server.
 
-    The embedded cluster's superuser; else ``HOKMDB_ADMIN_USER``/``HOKMDB_ADMIN_PASSWORD``
-    (TODO(settings): backup.admin_user / backup.admin_password); else the target's own role,
-    which then needs CREATEDB (and ownership of the database for a swap).
+    The embedded cluster's superuser; else ``backup.admin_user``/``admin_password``
+    (``DB_ADMIN_USER``/``DB_ADMIN_PASSWORD`` in the shipped configs); else the target's own
+    role, which then needs CREATEDB (and ownership of the database for a swap).
     """
     if target.embedded and loaded.config.uses_embedded:
         from pytest_hokmdb.cluster.embedded import SUPERUSER
@@ -82,11 +82,11 @@ async def admin_target(loaded: LoadedConfig, target: Target) -> Target:
 
         cluster = embedded_cluster_for(loaded)
         return replace(target, user=SUPERUSER, password=cluster.superuser_password, read_only=False)
-    user = os.environ.get("HOKMDB_ADMIN_USER")
-    if user:
-        password = os.environ.get("HOKMDB_ADMIN_PASSWORD") or None
+    backup = loaded.config.backup
+    if backup.admin_user:
+        password = backup.admin_password.get_secret_value() if backup.admin_password else None
         register_secret(password)
-        return replace(target, user=user, password=password, read_only=False)
+        return replace(target, user=backup.admin_user, password=password, read_only=False)
     return target.writable()
 
 
@@ -160,7 +160,7 @@ async def create_database(admin: Target, name: str, *, owner: str | None = None)
     except asyncpg.InsufficientPrivilegeError:
         raise BackupError(
             f"role {admin.user!r} may not create databases on {admin.host}:{admin.port}",
-            hint="restores need a role with CREATEDB: set HOKMDB_ADMIN_USER / HOKMDB_ADMIN_PASSWORD",
+            hint="restores need a role with CREATEDB: set backup.admin_user / admin_password (DB_ADMIN_USER / DB_ADMIN_PASSWORD)",
         ) from None
     finally:
         await conn.close()

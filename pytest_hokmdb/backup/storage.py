@@ -16,6 +16,7 @@ not retried and become one ``BackupError``.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import logging
 import os
@@ -46,37 +47,35 @@ class StoredObject:
     modified: datetime
 
 
-class Storage:
+class Storage(abc.ABC):
+    """Where backups live. ``writer`` makes an object appear only on commit."""
+
     kind = "abstract"
 
-    def url(self, name: str) -> str:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def url(self, name: str) -> str: ...
 
-    @contextlib.contextmanager
-    def writer(self, name: str, on_bytes: Any = None) -> Iterator[ObjectWriter]:
-        raise NotImplementedError
-        yield  # pragma: no cover
+    @abc.abstractmethod
+    def writer(self, name: str, on_bytes: Any = None) -> contextlib.AbstractContextManager["ObjectWriter"]: ...
 
-    @contextlib.contextmanager
-    def reader(self, name: str) -> Iterator[Any]:
-        raise NotImplementedError
-        yield  # pragma: no cover
+    @abc.abstractmethod
+    def reader(self, name: str) -> contextlib.AbstractContextManager[Any]: ...
 
-    def size(self, name: str) -> int | None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def size(self, name: str) -> int | None: ...
 
-    def read_text(self, name: str) -> str | None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def read_text(self, name: str) -> str | None: ...
 
+    @abc.abstractmethod
     def write_text(self, name: str, text: str) -> None:
         """Atomically (re)write a small object: readers see the old or the new text, never half."""
-        raise NotImplementedError
 
-    def list(self) -> list[StoredObject]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def list(self) -> list[StoredObject]: ...
 
-    def delete(self, name: str) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def delete(self, name: str) -> None: ...
 
     def stale_uploads(self, older_than: datetime) -> list[tuple[str, str]]:
         return []
@@ -85,11 +84,11 @@ class Storage:
         pass
 
 
-class ObjectWriter:
+class ObjectWriter(abc.ABC):
     """Write, then ``commit`` (the object appears) or ``abort`` (nothing appears)."""
 
-    def write(self, data: bytes) -> int:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def write(self, data: bytes) -> int: ...
 
     def flush(self) -> None:
         pass
@@ -221,21 +220,13 @@ _PERMANENT = {
 }
 
 
-def _max_attempts() -> int:
-    # TODO(settings): becomes backup.s3_max_attempts; the environment variable keeps tests fast.
-    try:
-        return max(1, int(os.environ.get("HOKMDB_S3_MAX_ATTEMPTS", "5")))
-    except ValueError:
-        return 5
-
-
 def s3_client(settings: BackupSettings) -> Any:
     import boto3
     from botocore.config import Config
 
     config = Config(
         region_name=settings.s3_region,
-        retries={"mode": "standard", "max_attempts": _max_attempts()},
+        retries={"mode": "standard", "max_attempts": settings.s3_max_attempts},
         request_checksum_calculation=settings.s3_checksum,
         response_checksum_validation=settings.s3_checksum,
         connect_timeout=10,
@@ -265,7 +256,7 @@ def explain_s3_error(exc: BaseException, *, bucket: str, key: str, endpoint: str
         return BackupError(f"cannot {action}: no AWS credentials", hint="set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile")
     if isinstance(exc, EndpointConnectionError):
         return BackupError(
-            f"cannot {action}: S3 endpoint {where} unreachable after {_max_attempts()} attempts",
+            f"cannot {action}: S3 endpoint {where} unreachable after retries (backup.s3_max_attempts)",
             hint="check backup.s3_endpoint_url and the network",
         )
     if isinstance(exc, BotoCoreError):

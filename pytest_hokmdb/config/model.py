@@ -80,6 +80,9 @@ class BackupSettings(_Strict):
     )
     s3_multipart_threshold_mb: int = Field(64, ge=5)
     s3_multipart_chunk_mb: int = Field(16, ge=5)
+    s3_max_attempts: int = Field(5, ge=1, le=20, description="per request, botocore's standard retry mode")
+    admin_user: str | None = Field(None, description="a role with CREATEDB for restores (the app role has none)")
+    admin_password: SecretStr | None = None
     encryption_key: SecretStr | None = Field(None, description="age identity (AGE-SECRET-KEY-...) or passphrase")
     encryption_key_file: Path | None = None
     compression_level: int = Field(3, ge=0, le=22)
@@ -284,6 +287,7 @@ class HokmdbConfig(_Strict):
         values = [
             self.database.password,
             self.backup.encryption_key,
+            self.backup.admin_password,
             self.notifications.slack_webhook_url,
             self.notifications.smtp_password,
         ]

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 from helpers import PROJECT_ROOT
 
-from conftest import BackupSetup, database_names, fingerprint
+from backup_support import BackupSetup, database_names, fingerprint
 from pytest_hokmdb.backup import take_backup
 from pytest_hokmdb.backup.emergency import emergency
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from helpers import PROJECT_ROOT
 
-from conftest import BackupSetup
+from backup_support import BackupSetup
 from pytest_hokmdb.backup import list_backups, take_backup
 from pytest_hokmdb.backup.records import BackupRecord, iso
 from pytest_hokmdb.backup.retention import plan_backups

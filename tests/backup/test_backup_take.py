@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 from helpers import PROJECT_ROOT
 
-from conftest import BackupSetup, ensure_age, fingerprint
+from backup_support import BackupSetup, ensure_age, fingerprint
 from pytest_hokmdb.backup import list_backups, take_backup, verify_backup
 from pytest_hokmdb.backup.records import load_record
 from pytest_hokmdb.migrate import head_revision

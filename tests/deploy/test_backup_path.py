@@ -33,8 +33,8 @@ async def test_when_the_downgrade_fails_the_pre_deploy_backup_is_restored_and_ga
 
     monkeypatch.setenv("BACKUP_ENCRYPTION_KEY", str(x25519.Identity.generate()))  # an identity: no scrypt, fast
     # The restore creates and swaps databases: it needs a role that may (the deploy role may not).
-    monkeypatch.setenv("HOKMDB_ADMIN_USER", "postgres")
-    monkeypatch.setenv("HOKMDB_ADMIN_PASSWORD", env.db.cluster.superuser_password)
+    monkeypatch.setenv("DB_ADMIN_USER", "postgres")
+    monkeypatch.setenv("DB_ADMIN_PASSWORD", env.db.cluster.superuser_password)
     env.use_project(project_factory([BREAKER_WITH_BROKEN_DOWNGRADE]))
     outcome = await run_deploy(DeployOptions("testing", str(env.config_dir), backup_before_deploy=True, backup_retention_days=2))
     steps = {s.name: s for s in outcome.steps}

@@ -42,6 +42,9 @@ THROWAWAY_SETTINGS: dict[str, str] = {
     "synchronous_commit": "off",
     "full_page_writes": "off",
     "max_connections": "200",
+    # Test queries are short; JIT-compiling big catalog queries (autogenerate's reflection)
+    # cost seconds per test run.
+    "jit": "off",
 }
 
 

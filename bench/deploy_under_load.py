@@ -44,9 +44,9 @@ import asyncpg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from helpers import write_config_dir
+from helpers import write_config_dir  # noqa: E402  (tests/ is put on sys.path above)
 
-from pytest_hokmdb.fixtures.throwaway import start_throwaway_cluster
+from pytest_hokmdb.fixtures.throwaway import start_throwaway_cluster  # noqa: E402
 
 ROLE, PASSWORD = "hokm_bench", "bench-pw-3Kx9-secret"
 

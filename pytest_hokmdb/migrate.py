@@ -7,8 +7,8 @@ nothing secret is written to alembic.ini or shown in alembic's output.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config
@@ -58,7 +58,7 @@ def downgrade(bind: Bindable, revision: str, *, project_root: Path | None = None
     command.downgrade(alembic_config(bind, project_root=project_root), revision)
 
 
-async def current_revision(conn: "asyncpg.Connection") -> str | None:
+async def current_revision(conn: asyncpg.Connection) -> str | None:
     """The revision recorded in ``alembic_version`` (None when the table is missing or empty)."""
     exists = await conn.fetchval("SELECT to_regclass('alembic_version') IS NOT NULL")
     if not exists:

@@ -7,7 +7,8 @@ gets ``--environment``, the markers and the fixtures.
 from __future__ import annotations
 
 import os
-from typing import Any, Generator
+from collections.abc import Generator
+from typing import Any
 
 import pytest
 from pytest_asyncio import is_async_test
@@ -16,8 +17,9 @@ from pytest_hokmdb.aio import run_sync
 from pytest_hokmdb.config import ENVIRONMENTS, load_config
 from pytest_hokmdb.errors import ConfigError, ExitCode, HokmdbError
 from pytest_hokmdb.fixtures.checks import hokmdb_check, hokmdb_check_context  # noqa: F401
-from pytest_hokmdb.fixtures.live import DATABASE_OVERRIDE_KEY, RESTORED_KEY
 from pytest_hokmdb.fixtures.live import (  # noqa: F401  (fixtures are registered by import)
+    DATABASE_OVERRIDE_KEY,
+    RESTORED_KEY,
     hokmdb_alembic_config,
     hokmdb_config,
     hokmdb_conn,

@@ -3,7 +3,7 @@ default; ``--full-scan`` for everything. Each failure lists a few offending ids.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 

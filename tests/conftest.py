@@ -7,14 +7,14 @@ import itertools
 import os
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import asyncpg
 import pytest
 import trustme
-from sqlalchemy.engine import URL
 from helpers import APP_PASSWORD, APP_USER, PROJECT_ROOT, LiveTarget, TlsCluster, write_config_dir
+from sqlalchemy.engine import URL
 
 from pytest_hokmdb.aio import run_sync
 from pytest_hokmdb.cluster import EmbeddedCluster

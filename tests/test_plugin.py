@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from helpers import APP_PASSWORD, write_config_dir
 
-
 INNER_INI = """[pytest]
 asyncio_mode = auto
 asyncio_default_fixture_loop_scope = session

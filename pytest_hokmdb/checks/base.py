@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Literal
+from typing import Any, Literal
 
 import asyncpg
 
@@ -52,15 +53,15 @@ class CheckResult:
     duration_s: float = 0.0
 
     @classmethod
-    def passed(cls, message: str, **kwargs: Any) -> "CheckResult":
+    def passed(cls, message: str, **kwargs: Any) -> CheckResult:
         return cls("passed", message, **kwargs)
 
     @classmethod
-    def failed(cls, message: str, **kwargs: Any) -> "CheckResult":
+    def failed(cls, message: str, **kwargs: Any) -> CheckResult:
         return cls("failed", message, **kwargs)
 
     @classmethod
-    def skipped(cls, message: str, **kwargs: Any) -> "CheckResult":
+    def skipped(cls, message: str, **kwargs: Any) -> CheckResult:
         return cls("skipped", message, **kwargs)
 
     @property

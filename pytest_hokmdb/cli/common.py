@@ -12,7 +12,8 @@ import logging
 import os
 import sys
 import traceback
-from typing import Any, Awaitable, Callable, NoReturn
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn
 
 from pytest_hokmdb.errors import ExitCode, HokmdbError
 from pytest_hokmdb.redaction import redact

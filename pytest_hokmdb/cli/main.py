@@ -65,8 +65,8 @@ def _load_embedded(environment: str, config_path: str | None) -> LoadedConfig:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    from pytest_hokmdb.db import embedded_cluster_for, resolve_target
     from pytest_hokmdb.aio import run_sync
+    from pytest_hokmdb.db import embedded_cluster_for, resolve_target
 
     loaded = _load_embedded(args.environment, args.config_path)
     cluster = embedded_cluster_for(loaded)

@@ -58,7 +58,7 @@ class PoolSettings(_Strict):
     max_size: int = Field(10, ge=1)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "PoolSettings":
+    def _ordered(self) -> PoolSettings:
         if self.min_size > self.max_size:
             raise ValueError(f"min_size ({self.min_size}) is larger than max_size ({self.max_size})")
         return self
@@ -231,7 +231,7 @@ class HokmdbConfig(_Strict):
     deploy: DeploySettings = DeploySettings()
 
     @model_validator(mode="after")
-    def _environment_rules(self) -> "HokmdbConfig":
+    def _environment_rules(self) -> HokmdbConfig:
         protected = self.environment in PROTECTED_ENVIRONMENTS
         if protected and self.database.sslmode not in TLS_MODES:
             raise ValueError(

@@ -38,10 +38,10 @@ class Target:
     def __post_init__(self) -> None:
         register_secret(self.password)
 
-    def with_database(self, dbname: str) -> "Target":
+    def with_database(self, dbname: str) -> Target:
         return replace(self, dbname=dbname)
 
-    def writable(self) -> "Target":
+    def writable(self) -> Target:
         """The same target without the read-only guard, for deploys that must write."""
         return replace(self, read_only=False)
 

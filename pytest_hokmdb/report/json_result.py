@@ -11,7 +11,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +71,8 @@ class JsonResult:
             "format_version": FORMAT_VERSION,
             "environment": self.environment,
             "target": redact(self.target or ""),
-            "started_at": datetime.fromtimestamp(self.started, timezone.utc).isoformat(),
-            "finished_at": datetime.now(timezone.utc).isoformat(),
+            "started_at": datetime.fromtimestamp(self.started, UTC).isoformat(),
+            "finished_at": datetime.now(UTC).isoformat(),
             "duration_s": round(time.time() - self.started, 3),
             "exitstatus": int(exitstatus),
             "summary": counts,

@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import asyncpg
+from backup_support import BackupSetup, database_names
 from helpers import PROJECT_ROOT
 
-from backup_support import BackupSetup, database_names
 from pytest_hokmdb.backup import take_backup
 from pytest_hokmdb.gate import run_gate
 

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from backup_support import BackupSetup, database_names, fingerprint
 from helpers import PROJECT_ROOT
 from pyrage import x25519
 
 import pytest_hokmdb.backup.restore as restore_module
-from backup_support import BackupSetup, database_names, fingerprint
 from pytest_hokmdb.backup import restore_and_swap, take_backup
 from pytest_hokmdb.backup.records import BackupRecord
 from pytest_hokmdb.errors import BackupError

@@ -12,9 +12,9 @@ import time
 
 import asyncpg
 import pytest
+from backup_support import BackupSetup, database_names, fingerprint
 from helpers import PROJECT_ROOT
 
-from backup_support import BackupSetup, database_names, fingerprint
 from pytest_hokmdb.backup import take_backup
 from pytest_hokmdb.backup.emergency import emergency
 

@@ -10,9 +10,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from backup_support import BackupSetup
 from helpers import PROJECT_ROOT
 
-from backup_support import BackupSetup
 from pytest_hokmdb.backup import list_backups, take_backup
 from pytest_hokmdb.backup.records import BackupRecord, iso
 from pytest_hokmdb.backup.retention import plan_backups

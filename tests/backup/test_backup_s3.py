@@ -12,8 +12,8 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-
 from backup_support import BackupSetup, s3
+
 from pytest_hokmdb.backup import find_backup, list_backups, take_backup, verify_backup
 from pytest_hokmdb.backup.retention import plan_cleanup, run_cleanup
 from pytest_hokmdb.errors import BackupError

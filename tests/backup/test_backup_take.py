@@ -11,9 +11,9 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from backup_support import BackupSetup, ensure_age, fingerprint
 from helpers import PROJECT_ROOT
 
-from backup_support import BackupSetup, ensure_age, fingerprint
 from pytest_hokmdb.backup import list_backups, take_backup, verify_backup
 from pytest_hokmdb.backup.records import load_record
 from pytest_hokmdb.migrate import head_revision

@@ -196,6 +196,7 @@ def parent(args: argparse.Namespace) -> int:
             "s3_bucket": "${S3_BACKUP_BUCKET_TEST:-}",
             "s3_endpoint_url": f"http://127.0.0.1:{port}",
             "s3_region": "us-east-1",
+            "s3_multipart_threshold_mb": args.multipart_threshold_mb,
         }
         (config_dir / "testing.json").write_text(json.dumps(data))
         base_env = {
@@ -276,6 +277,8 @@ def main() -> int:
     p.add_argument("--copies", type=int, default=8, help="clones of every game in the big database (8: about 1.1 GB)")
     p.add_argument("--jobs", type=int, default=2, help="pg_restore --jobs on both sides")
     p.add_argument("--no-s3", action="store_true", help="skip the S3 backup")
+    p.add_argument("--multipart-threshold-mb", type=int, default=64,
+                   help="S3 multipart threshold; set it below the small dump to compare memory with both sizes multipart")
     p.add_argument("--workdir", default=None, help="where dumps and backups go (default: the temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("--child", choices=("backup", "restore"), help=argparse.SUPPRESS)

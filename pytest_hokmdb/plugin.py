@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Generator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -255,7 +256,7 @@ def _describe_target(state: SessionState, database: str | None = None) -> str:
             target = await resolve_target(loaded, start=False)
             if database:
                 target = target.with_database(database)
-            quick = target.__class__(**{**target.__dict__, "connect_timeout_s": min(target.connect_timeout_s, 3.0)})
+            quick = replace(target, connect_timeout_s=min(target.connect_timeout_s, 3.0))
             try:
                 conn = await connect(quick)
             except HokmdbError as exc:

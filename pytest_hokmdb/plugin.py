@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Generator
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -236,40 +235,11 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
             f"hokmdb: backup {scratch.record.id} (revision {scratch.revision}) restored into scratch database "
             f"{scratch.dbname}, {fate}"
         )
-    lines.append("hokmdb: " + _describe_target(state, config.stash.get(DATABASE_OVERRIDE_KEY, None)))
+    from pytest_hokmdb.db.probe import probe_server
+
+    facts = run_sync(probe_server(state.loaded, database=config.stash.get(DATABASE_OVERRIDE_KEY, None)))
+    lines.append("hokmdb: " + facts.describe())
     return lines
-
-
-def _describe_target(state: SessionState, database: str | None = None) -> str:
-    from pytest_hokmdb.db import connect, embedded_cluster_for, resolve_target
-
-    loaded = state.loaded
-    assert loaded is not None
-    try:
-        if loaded.config.uses_embedded:
-            cluster = embedded_cluster_for(loaded)
-            status = cluster.status()
-            if not status.running:
-                return f"target embedded cluster ({status.data_dir}), not running: started on first use"
-
-        async def probe() -> str:
-            target = await resolve_target(loaded, start=False)
-            if database:
-                target = target.with_database(database)
-            quick = replace(target, connect_timeout_s=min(target.connect_timeout_s, 3.0))
-            try:
-                conn = await connect(quick)
-            except HokmdbError as exc:
-                return f"target {target.dsn()}, server unreachable: {exc.message}"
-            try:
-                version = await conn.fetchval("SHOW server_version")
-            finally:
-                await conn.close()
-            return f"target {target.dsn()}, PostgreSQL {version}"
-
-        return redact(run_sync(probe()))
-    except HokmdbError as exc:
-        return redact(f"target unavailable: {exc.message}")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -8,30 +8,10 @@ from pathlib import Path
 import pytest
 
 from pytest_hokmdb.aio import run_sync
+from pytest_hokmdb.db.probe import probe_server
+from pytest_hokmdb.fixtures.live import DATABASE_OVERRIDE_KEY
 from pytest_hokmdb.fixtures.state import session_state
 from pytest_hokmdb.report.allure_meta import git_commit, write_allure_metadata
-
-
-async def _server_facts(loaded) -> tuple[str, str, str]:  # type: ignore[no-untyped-def]
-    """Server version, alembic revision and the redacted target; 'unavailable' when unreachable."""
-    from pytest_hokmdb.db import connect, resolve_target
-    from pytest_hokmdb.errors import HokmdbError
-    from pytest_hokmdb.migrate import current_revision
-
-    try:
-        target = await resolve_target(loaded, start=False)
-    except HokmdbError:
-        return "unavailable", "unavailable", "unavailable"
-    try:
-        conn = await connect(target)
-    except HokmdbError:
-        return "unreachable", "unknown", target.dsn()
-    try:
-        version = await conn.fetchval("SHOW server_version")
-        revision = await current_revision(conn) or "none"
-    finally:
-        await conn.close()
-    return str(version), revision, target.dsn()
 
 
 @pytest.hookimpl(trylast=True)
@@ -43,6 +23,12 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     state = session_state(config)
     properties = {"environment": state.environment or "none", "code_commit": git_commit(Path(str(config.rootpath)))}
     if state.loaded is not None:
-        version, revision, target = run_sync(_server_facts(state.loaded))
-        properties.update(server_version=version, alembic_revision=revision, target=target)
+        # The same probe as the report header, so a --restore-from-backup run describes the
+        # restored copy, not the configured database.
+        facts = run_sync(probe_server(state.loaded, database=config.stash.get(DATABASE_OVERRIDE_KEY, None)))
+        properties.update(
+            server_version=facts.version or "unavailable",
+            alembic_revision=facts.revision or "unknown",
+            target=facts.target,
+        )
     write_allure_metadata(Path(alluredir), properties)

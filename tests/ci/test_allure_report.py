@@ -63,6 +63,9 @@ def test_report_shows_the_failing_check_its_category_and_evidence(failing_run: P
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(index.as_uri())
+            # The report is a single-page app: wait until it has rendered what we read.
+            page.get_by_text("alembic_revision").first.wait_for(timeout=20_000)
+            page.get_by_text("Database is at the expected schema revision").first.wait_for(timeout=20_000)
             overview = page.inner_text("body")
             assert "hokmdb database checks" in overview
             assert "testing" in overview and "0005" in overview  # environment.properties: environment, revision

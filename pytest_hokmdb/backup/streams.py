@@ -10,7 +10,7 @@ import hashlib
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Any
 
 CHUNK = 1024 * 1024
 Advance = Callable[[int], None]
@@ -168,15 +168,3 @@ class Pipe:
 
     def seekable(self) -> bool:
         return False
-
-
-def copy_stream(source: BinaryIO | Any, sink: Any, on_bytes: Advance | None = None) -> int:
-    total = 0
-    while True:
-        data = source.read(CHUNK)
-        if not data:
-            return total
-        sink.write(data)
-        total += len(data)
-        if on_bytes is not None:
-            on_bytes(len(data))

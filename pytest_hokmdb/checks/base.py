@@ -89,7 +89,6 @@ class CheckContext:
     project_root: Path
     target_revision: str | None = None
     window: timedelta | None = timedelta(days=7)
-    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def settings(self) -> SmokeSettings:

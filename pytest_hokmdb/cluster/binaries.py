@@ -10,7 +10,6 @@ from pathlib import Path
 
 from pytest_hokmdb.errors import ClusterError
 
-SUPPORTED_MAJOR = 15
 _REQUIRED = ("initdb", "pg_ctl", "postgres")
 
 

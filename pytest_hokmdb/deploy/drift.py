@@ -46,10 +46,6 @@ class DriftResult:
     reason: str = ""
     reference: str = ""
 
-    @property
-    def clean(self) -> bool:
-        return not self.items
-
 
 def cache_dir() -> Path:
     override = os.environ.get("HOKMDB_CACHE_DIR")

@@ -47,7 +47,6 @@ from pytest_hokmdb.redaction import redact
 log = logging.getLogger("hokmdb.deploy.migrate")
 
 LOCK_CONFLICT_STATES = frozenset({"55P03", "40P01"})  # lock_not_available, deadlock_detected
-CANCELED_STATE = "57014"  # query_canceled: statement_timeout or our watchdog
 MONITOR_INTERVAL_S = 0.2
 
 

@@ -76,10 +76,6 @@ def next_seat(seat: int) -> int:
     return (seat + 1) % PLAYERS_PER_GAME
 
 
-def other_team(team: int) -> int:
-    return 3 - team
-
-
 def hand_points(winner_team: int, loser_tricks: int, hakem_team: int) -> int:
     """Points the winning team scores for one hand (kot variants live here)."""
     if loser_tricks > 0:

@@ -54,6 +54,22 @@ class LiveTarget:
     env: dict[str, str]
 
 
+async def run_statements(db: Any, *statements: str) -> None:
+    """Run statements on a throwaway database as the cluster superuser, one at a time
+    (some, like CREATE INDEX CONCURRENTLY, may not run inside a transaction)."""
+    conn = await asyncpg.connect(db.dsn)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+def assert_status(result: Any, status: str) -> None:
+    """A check's status, with its message when it is not the expected one."""
+    assert result.status == status, f"expected {status}, got {result.status}: {result.message}"
+
+
 async def fetch_one(dsn: str, sql: str) -> object:
     conn = await asyncpg.connect(dsn)
     try:

@@ -10,18 +10,15 @@ from typing import Any
 
 import asyncpg
 import pytest
+from helpers import assert_status
 
 from pytest_hokmdb.checks import health
-from pytest_hokmdb.checks.base import CheckContext, CheckResult
+from pytest_hokmdb.checks.base import CheckContext
 from pytest_hokmdb.fixtures.throwaway import ThrowawayDatabase
 
 SECRET_LITERAL = "hunter2-Zq9-literal"
 
 ContextFactory = Callable[..., Awaitable[CheckContext]]  # tests/conftest.py: check_context_factory
-
-
-def assert_status(result: CheckResult, status: str) -> None:
-    assert result.status == status, f"expected {status}, got {result.status}: {result.message}"
 
 
 async def flush_stats(conn: asyncpg.Connection) -> None:

@@ -10,9 +10,10 @@ from typing import Any
 
 import asyncpg
 import pytest
+from helpers import assert_status, run_statements
 
 from pytest_hokmdb.checks import performance
-from pytest_hokmdb.checks.base import CheckContext, CheckResult
+from pytest_hokmdb.checks.base import CheckContext
 from pytest_hokmdb.cluster import EmbeddedCluster
 from pytest_hokmdb.config.model import DEFAULT_HOT_QUERIES
 from pytest_hokmdb.fixtures.throwaway import ThrowawayDatabase, drop_database
@@ -28,25 +29,12 @@ def only(name: str, **changes: Any) -> list[dict[str, Any]]:
     return [HOT[name].model_copy(update=changes).model_dump()]
 
 
-async def execute(db: ThrowawayDatabase, *statements: str) -> None:
-    conn = await asyncpg.connect(db.dsn)
-    try:
-        for statement in statements:
-            await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
 async def count_moves(db: ThrowawayDatabase) -> int:
     conn = await asyncpg.connect(db.dsn)
     try:
         return int(await conn.fetchval("SELECT count(*) FROM moves"))
     finally:
         await conn.close()
-
-
-def assert_status(result: CheckResult, status: str) -> None:
-    assert result.status == status, f"expected {status}, got {result.status}: {result.message}"
 
 
 # -- performance.hot_queries --------------------------------------------------------------
@@ -63,7 +51,7 @@ async def test_hot_queries_pass_on_healthy_database(seeded_db: ThrowawayDatabase
 
 
 async def test_hot_queries_fail_when_expected_index_is_dropped(seeded_db: ThrowawayDatabase, check_context_factory: ContextFactory) -> None:
-    await execute(seeded_db, f"ALTER TABLE moves DROP CONSTRAINT {MOVES_INDEX}")
+    await run_statements(seeded_db, f"ALTER TABLE moves DROP CONSTRAINT {MOVES_INDEX}")
     ctx = await check_context_factory(seeded_db)
     result = await performance.hot_queries(ctx)
     assert_status(result, "failed")
@@ -145,7 +133,7 @@ async def test_run_hot_query_helper_times_and_explains_one_query(seeded_db: Thro
     assert run.uses_expected_index
     assert performance.judge(run, large_table_rows=10_000) == []
 
-    await execute(seeded_db, f"ALTER TABLE moves DROP CONSTRAINT {MOVES_INDEX}")
+    await run_statements(seeded_db, f"ALTER TABLE moves DROP CONSTRAINT {MOVES_INDEX}")
     broken = await performance.run_hot_query(ctx.conn, HOT["game_moves_in_order"], samples, timed=False)
     assert not broken.uses_expected_index
     assert [n.node_type for n in broken.nodes if n.relation == "moves"] == ["Seq Scan"]
@@ -171,7 +159,7 @@ async def test_no_seq_scan_passes_on_healthy_database(seeded_db: ThrowawayDataba
 
 
 async def test_no_seq_scan_fails_when_index_is_dropped(seeded_db: ThrowawayDatabase, check_context_factory: ContextFactory) -> None:
-    await execute(seeded_db, f"ALTER TABLE moves DROP CONSTRAINT {MOVES_INDEX}")
+    await run_statements(seeded_db, f"ALTER TABLE moves DROP CONSTRAINT {MOVES_INDEX}")
     ctx = await check_context_factory(seeded_db)
     result = await performance.no_seq_scan_on_indexed_lookup(ctx)
     assert_status(result, "failed")

@@ -10,9 +10,10 @@ from dataclasses import replace
 
 import asyncpg
 import pytest
+from helpers import assert_status
 
 from pytest_hokmdb.checks import pool
-from pytest_hokmdb.checks.base import CheckContext, CheckResult
+from pytest_hokmdb.checks.base import CheckContext
 from pytest_hokmdb.cluster import EmbeddedCluster
 from pytest_hokmdb.config.model import PoolSettings
 from pytest_hokmdb.fixtures.throwaway import ThrowawayDatabase
@@ -20,10 +21,6 @@ from pytest_hokmdb.fixtures.throwaway import ThrowawayDatabase
 ROLE_PASSWORD = "pool-test-Pw-81x"
 
 ContextFactory = Callable[..., Awaitable[CheckContext]]  # tests/conftest.py: check_context_factory
-
-
-def assert_status(result: CheckResult, status: str) -> None:
-    assert result.status == status, f"expected {status}, got {result.status}: {result.message}"
 
 
 def with_pool(ctx: CheckContext, max_size: int) -> CheckContext:

@@ -3,20 +3,11 @@
 from __future__ import annotations
 
 import asyncpg
+from helpers import run_statements
 
 from pytest_hokmdb.checks import schema
 from pytest_hokmdb.checks.schema import normalise_type
 from pytest_hokmdb.migrate import adowngrade
-
-
-async def _sql(db, *statements: str) -> None:  # type: ignore[no-untyped-def]
-    """Break a throwaway database as its superuser, one statement at a time (some may not run in a transaction)."""
-    conn = await asyncpg.connect(db.dsn)
-    try:
-        for statement in statements:
-            await conn.execute(statement)
-    finally:
-        await conn.close()
 
 
 def test_type_spellings_of_catalog_and_models_compare_equal() -> None:
@@ -82,13 +73,13 @@ async def test_models_match_a_seeded_database(seeded_db, check_context_factory) 
 
 
 async def test_models_ignore_alembic_and_tool_tables(hokmdb_fresh_db, check_context_factory) -> None:  # type: ignore[no-untyped-def]
-    await _sql(hokmdb_fresh_db, "CREATE TABLE hokmdb_deploy_log (id int PRIMARY KEY, note text)")
+    await run_statements(hokmdb_fresh_db, "CREATE TABLE hokmdb_deploy_log (id int PRIMARY KEY, note text)")
     result = await schema.matches_models(await check_context_factory(hokmdb_fresh_db))
     assert result.status == "passed", result.message
 
 
 async def test_models_drift_names_each_difference(hokmdb_fresh_db, check_context_factory) -> None:  # type: ignore[no-untyped-def]
-    await _sql(
+    await run_statements(
         hokmdb_fresh_db,
         "DROP INDEX ix_game_participants_player_id",
         "ALTER TABLE moves ALTER COLUMN card_rank TYPE integer",
@@ -117,7 +108,7 @@ async def test_models_drift_names_each_difference(hokmdb_fresh_db, check_context
 
 
 async def test_models_drift_on_a_missing_table_and_enum_value(hokmdb_fresh_db, check_context_factory) -> None:  # type: ignore[no-untyped-def]
-    await _sql(hokmdb_fresh_db, "DROP TABLE performance_metrics", "ALTER TYPE game_status ADD VALUE 'paused'")
+    await run_statements(hokmdb_fresh_db, "DROP TABLE performance_metrics", "ALTER TYPE game_status ADD VALUE 'paused'")
     result = await schema.matches_models(await check_context_factory(hokmdb_fresh_db))
     assert result.status == "failed"
     assert "missing table performance_metrics" in result.message
@@ -133,12 +124,12 @@ async def test_invalid_indexes_pass_at_head(hokmdb_fresh_db, check_context_facto
 
 
 async def test_invalid_index_left_by_a_failed_concurrent_build(hokmdb_fresh_db, check_context_factory) -> None:  # type: ignore[no-untyped-def]
-    await _sql(
+    await run_statements(
         hokmdb_fresh_db,
         "INSERT INTO performance_metrics (metric_name, value) VALUES ('rtt', 1), ('rtt', 2)",
     )
     try:
-        await _sql(hokmdb_fresh_db, "CREATE UNIQUE INDEX CONCURRENTLY uq_metric_name ON performance_metrics (metric_name)")
+        await run_statements(hokmdb_fresh_db, "CREATE UNIQUE INDEX CONCURRENTLY uq_metric_name ON performance_metrics (metric_name)")
     except asyncpg.UniqueViolationError:
         pass
     else:
@@ -159,7 +150,7 @@ async def test_unvalidated_constraints_pass_at_head(hokmdb_fresh_db, check_conte
 
 
 async def test_not_valid_constraint_is_named_with_its_fix(hokmdb_fresh_db, check_context_factory) -> None:  # type: ignore[no-untyped-def]
-    await _sql(
+    await run_statements(
         hokmdb_fresh_db,
         "ALTER TABLE moves DROP CONSTRAINT ck_moves_rank_range, "
         "ADD CONSTRAINT ck_moves_rank_range CHECK (card_rank BETWEEN 2 AND 14) NOT VALID",

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from helpers import APP_PASSWORD, APP_USER, TlsCluster
+from helpers import APP_PASSWORD, APP_USER, TlsCluster, run_statements
 
 from pytest_hokmdb.checks import security
 from pytest_hokmdb.db.target import Target
@@ -34,23 +34,13 @@ class AppRole:
     password: str
 
 
-async def _sql(db: ThrowawayDatabase, *statements: str) -> None:
-    """Run statements as the cluster superuser on ``db``, one at a time."""
-    conn = await asyncpg.connect(db.dsn)
-    try:
-        for statement in statements:
-            await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture
 async def app_role(hokmdb_fresh_db: ThrowawayDatabase) -> AsyncIterator[AppRole]:
     """A production-shaped pair of roles on a fresh database (see the module docstring)."""
     db = hokmdb_fresh_db
     suffix = uuid.uuid4().hex[:10]
     owner, app, password = f"hokm_owner_{suffix}", f"hokm_app_{suffix}", secrets.token_urlsafe(18)
-    await _sql(
+    await run_statements(
         db,
         f"CREATE ROLE {owner} NOLOGIN",
         f"CREATE ROLE {app} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '{password}'",
@@ -64,7 +54,7 @@ async def app_role(hokmdb_fresh_db: ThrowawayDatabase) -> AsyncIterator[AppRole]
         yield AppRole(db, app, owner, password)
     finally:
         # Roles outlive databases: hand back what they own, drop their grants, then the roles.
-        await _sql(
+        await run_statements(
             db,
             f"REASSIGN OWNED BY {owner}, {app} TO postgres",
             f"DROP OWNED BY {owner}, {app}",
@@ -110,11 +100,11 @@ async def test_superuser_app_role_fails(hokmdb_fresh_db: ThrowawayDatabase, chec
 
 async def test_member_of_a_superuser_role_fails(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
     admin = f"{app_role.owner}_su"
-    await _sql(app_role.db, f"CREATE ROLE {admin} NOLOGIN SUPERUSER", f"GRANT {admin} TO {app_role.name}")
+    await run_statements(app_role.db, f"CREATE ROLE {admin} NOLOGIN SUPERUSER", f"GRANT {admin} TO {app_role.name}")
     try:
         result = await security.app_role_not_superuser(await _as_app(check_context_factory, app_role))
     finally:
-        await _sql(app_role.db, f"DROP ROLE {admin}")
+        await run_statements(app_role.db, f"DROP ROLE {admin}")
     assert result.status == "failed"
     assert f"application role {app_role.name} is a member of {admin}, which has SUPERUSER" in result.message
     assert f"REVOKE {admin} FROM {app_role.name}" in result.message
@@ -125,7 +115,7 @@ async def test_member_of_a_superuser_role_fails(app_role: AppRole, check_context
     [("CREATEROLE", security.app_role_cannot_create_roles), ("CREATEDB", security.app_role_cannot_create_databases)],
 )
 async def test_app_role_with_attribute_fails(app_role: AppRole, check_context_factory, attribute: str, check) -> None:  # type: ignore[no-untyped-def]
-    await _sql(app_role.db, f"ALTER ROLE {app_role.name} {attribute}")
+    await run_statements(app_role.db, f"ALTER ROLE {app_role.name} {attribute}")
     result = await check(await _as_app(check_context_factory, app_role))
     assert result.status == "failed"
     assert f"application role {app_role.name} has {attribute}" in result.message
@@ -142,7 +132,7 @@ async def test_schema_owned_by_a_separate_owner_passes(app_role: AppRole, check_
 
 
 async def test_app_role_owning_the_database_owns_public(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
-    await _sql(app_role.db, f'ALTER DATABASE "{app_role.db.name}" OWNER TO {app_role.name}')
+    await run_statements(app_role.db, f'ALTER DATABASE "{app_role.db.name}" OWNER TO {app_role.name}')
     result = await security.app_role_not_schema_owner(await _as_app(check_context_factory, app_role))
     assert result.status == "failed"
     assert "schema public is owned by pg_database_owner, i.e. by the owner of database" in result.message
@@ -151,7 +141,7 @@ async def test_app_role_owning_the_database_owns_public(app_role: AppRole, check
 
 
 async def test_app_role_owning_the_schema_directly_fails(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
-    await _sql(app_role.db, f"ALTER SCHEMA public OWNER TO {app_role.name}")
+    await run_statements(app_role.db, f"ALTER SCHEMA public OWNER TO {app_role.name}")
     result = await security.app_role_not_schema_owner(await _as_app(check_context_factory, app_role))
     assert result.status == "failed"
     assert f"application role {app_role.name} owns schema public" in result.message
@@ -159,7 +149,7 @@ async def test_app_role_owning_the_schema_directly_fails(app_role: AppRole, chec
 
 
 async def test_app_role_member_of_the_database_owner_fails(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
-    await _sql(app_role.db, f"GRANT {app_role.owner} TO {app_role.name}")
+    await run_statements(app_role.db, f"GRANT {app_role.owner} TO {app_role.name}")
     result = await security.app_role_not_schema_owner(await _as_app(check_context_factory, app_role))
     assert result.status == "failed"
     assert f"application role {app_role.name} is a member of {app_role.owner}" in result.message
@@ -167,7 +157,7 @@ async def test_app_role_member_of_the_database_owner_fails(app_role: AppRole, ch
 
 
 async def test_schema_ownership_allowed_by_setting_passes_and_says_so(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
-    await _sql(app_role.db, f"ALTER SCHEMA public OWNER TO {app_role.name}")
+    await run_statements(app_role.db, f"ALTER SCHEMA public OWNER TO {app_role.name}")
     ctx = await _as_app(check_context_factory, app_role, smoke={"app_role_may_own_schema": True})
     result = await security.app_role_not_schema_owner(ctx)
     assert result.status == "passed"
@@ -187,14 +177,14 @@ async def test_password_encryption_scram_passes(app_role: AppRole, check_context
 
 async def test_password_encryption_md5_on_the_server_fails(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
     db = app_role.db
-    await _sql(db, "ALTER SYSTEM SET password_encryption = 'md5'", "SELECT pg_reload_conf()")
+    await run_statements(db, "ALTER SYSTEM SET password_encryption = 'md5'", "SELECT pg_reload_conf()")
     try:
         await _wait_for_setting(db, "password_encryption", "md5")
         ctx = await _as_app(check_context_factory, app_role)
         await ctx.conn.execute("SET password_encryption = 'scram-sha-256'")
         result = await security.password_encryption_scram(ctx)
     finally:
-        await _sql(db, "ALTER SYSTEM RESET password_encryption", "SELECT pg_reload_conf()")
+        await run_statements(db, "ALTER SYSTEM RESET password_encryption", "SELECT pg_reload_conf()")
         await _wait_for_setting(db, "password_encryption", "scram-sha-256")
     assert result.status == "failed"
     assert "password_encryption is md5" in result.message
@@ -250,7 +240,7 @@ async def test_hba_check_skips_when_the_role_may_not_read_the_rules(app_role: Ap
 
 
 async def test_hba_check_runs_for_a_role_granted_the_rules(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
-    await _sql(
+    await run_statements(
         app_role.db,
         f"GRANT SELECT ON pg_catalog.pg_hba_file_rules TO {app_role.name}",
         f"GRANT EXECUTE ON FUNCTION pg_catalog.pg_hba_file_rules() TO {app_role.name}",
@@ -268,7 +258,7 @@ async def test_public_cannot_create_passes_by_default(app_role: AppRole, check_c
 
 
 async def test_public_create_granted_fails(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
-    await _sql(app_role.db, "GRANT CREATE ON SCHEMA public TO PUBLIC")
+    await run_statements(app_role.db, "GRANT CREATE ON SCHEMA public TO PUBLIC")
     result = await security.public_cannot_create_in_schema(await _as_app(check_context_factory, app_role))
     assert result.status == "failed"
     assert "every role (PUBLIC) may create objects in schema public" in result.message

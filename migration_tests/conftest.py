@@ -8,27 +8,28 @@ metadata and the data fixtures. So the suite verifies another alembic project wi
     pytest /path/to/hokmdb/migration_tests --migrations-project /path/to/project -n auto
 
 Databases: each pytest-xdist worker has its own throwaway cluster (the plugin's
-``hokmdb_cluster``) and its own chain of template databases, one per revision, built
-lazily from the parent's; a test gets a clean database at any revision with one
-``CREATE DATABASE ... TEMPLATE``.
+``hokmdb_cluster``), one walking database for the round trips (``walker.py``), and
+template databases at the states other tests ask for (``templates.py``); such a test
+gets a clean database at any revision with one ``CREATE DATABASE ... TEMPLATE``.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from pytest_hokmdb.cluster import EmbeddedCluster
 from pytest_hokmdb.errors import ConfigError
-from pytest_hokmdb.fixtures.throwaway import ThrowawayDatabase, create_database
+from pytest_hokmdb.fixtures.throwaway import ThrowawayDatabase, create_database, drop_database
 from pytest_hokmdb.migration.fixtures import DataFixtures, load_data_fixtures
 from pytest_hokmdb.migration.history import History, MigrationFailure, load_history
-from pytest_hokmdb.migration.runner import TemplateChain
 from pytest_hokmdb.migration.settings import MigrationSuiteSettings, load_settings
+from pytest_hokmdb.migration.templates import TemplateCache
+from pytest_hokmdb.migration.walker import Walker
 
 SETTINGS_KEY = pytest.StashKey[MigrationSuiteSettings]()
 
@@ -105,18 +106,36 @@ def migration_data_fixtures(migration_settings: MigrationSuiteSettings) -> DataF
 
 
 @pytest.fixture(scope="session")
-def migration_templates(migration_history: History, hokmdb_cluster: EmbeddedCluster) -> TemplateChain:
-    """This worker's template databases, one per revision, built when first needed."""
-    return TemplateChain(
+def migration_templates(migration_history: History, hokmdb_cluster: EmbeddedCluster) -> TemplateCache:
+    """This worker's template databases, built when first needed."""
+    return TemplateCache(
         migration_history,
         lambda name, template: create_database(hokmdb_cluster, name, template),
         prefix=f"mig_tpl_{os.getpid()}",
     )
 
 
+@pytest.fixture(scope="session")
+def migration_walker(migration_history: History, hokmdb_cluster: EmbeddedCluster) -> Iterator[Walker | None]:
+    """This worker's walking database for round trips; None for a branched history."""
+    if not migration_history.is_linear:
+        yield None
+        return
+    walker = Walker(
+        migration_history,
+        lambda name: create_database(hokmdb_cluster, name),
+        lambda name: drop_database(hokmdb_cluster, name),
+        prefix=f"mig_walk_{os.getpid()}",
+    )
+    try:
+        yield walker
+    finally:
+        walker.close()
+
+
 @pytest.fixture
 def migration_database(
-    migration_templates: TemplateChain, hokmdb_database_factory: Callable[..., ThrowawayDatabase]
+    migration_templates: TemplateCache, hokmdb_database_factory: Callable[..., ThrowawayDatabase]
 ) -> Callable[[tuple[str, ...]], ThrowawayDatabase]:
     """``migration_database(state)``: a fresh database whose alembic heads are ``state``
     (``()`` for an empty database), dropped after the test."""

@@ -1,9 +1,9 @@
 """Base to head in one command, and back down in one command.
 
-The template chain builds head one revision at a time; a deployment runs
-``alembic upgrade head`` in one go. Both must end at the same catalog (a revision that
-depends on state left by an earlier command, or an env.py that batches differently,
-shows up here), and one ``downgrade`` from head must reach the bottom without a trace.
+A deployment runs ``alembic upgrade head`` in one go; a developer (and the round trips)
+go one revision per command. Both must end at the same catalog (a revision that depends
+on state left by an earlier command, or an env.py that batches differently, shows up
+here), and one ``downgrade`` from head must reach the bottom without a trace.
 """
 
 from __future__ import annotations
@@ -12,25 +12,34 @@ from collections.abc import Callable
 
 from pytest_hokmdb.fixtures.throwaway import ThrowawayDatabase
 from pytest_hokmdb.migration.history import BASE, History, MigrationFailure
-from pytest_hokmdb.migration.runner import Stepper, TemplateChain, with_stepper
+from pytest_hokmdb.migration.runner import Stepper, with_stepper
 from pytest_hokmdb.migration.snapshot import CatalogSnapshot
+from pytest_hokmdb.migration.templates import TemplateCache
+from pytest_hokmdb.migration.walker import Walker
 
 DatabaseAt = Callable[[tuple[str, ...]], ThrowawayDatabase]
 
 
 def test_upgrade_from_base_to_head_in_one_go(
-    migration_history: History, migration_database: DatabaseAt, migration_templates: TemplateChain
+    migration_history: History,
+    migration_database: DatabaseAt,
+    migration_templates: TemplateCache,
+    migration_walker: Walker | None,
 ) -> None:
     head = migration_history.head
+    # The head template is built from empty by one `upgrade head`, its recorded heads checked.
+    in_one_go = migration_templates.snapshot((head,))
+    assert in_one_go is not None
 
-    def upgrade_all(stepper: Stepper) -> CatalogSnapshot:
-        stepper.upgrade(head)
-        stepper.expect_heads((head,), f"upgrade base -> {head}")
+    def upgrade_each(stepper: Stepper) -> CatalogSnapshot:
+        for revision_id in migration_history.ids:
+            stepper.upgrade(revision_id)
         return stepper.snapshot()
 
-    in_one_go = with_stepper(migration_history, migration_database(()).url, upgrade_all)
-    stepwise = migration_templates.snapshot((head,))
-    assert stepwise is not None
+    if migration_walker is not None:
+        stepwise = migration_walker.walk_to_head()
+    else:
+        stepwise = with_stepper(migration_history, migration_database(()).url, upgrade_each)
     if in_one_go != stepwise:
         raise MigrationFailure(
             f"upgrading base -> {head} in one command builds a different schema than upgrading one revision at "
@@ -39,7 +48,7 @@ def test_upgrade_from_base_to_head_in_one_go(
 
 
 def test_downgrade_from_head_in_one_go(
-    migration_history: History, migration_database: DatabaseAt, migration_templates: TemplateChain
+    migration_history: History, migration_database: DatabaseAt, migration_templates: TemplateCache
 ) -> None:
     head, floor = migration_history.head, migration_history.downgrade_floor
     floor_state: tuple[str, ...] = () if floor == BASE else (floor,)

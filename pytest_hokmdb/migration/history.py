@@ -105,6 +105,23 @@ class History:
             raise MigrationFailure(problem)
         return self.heads[0]
 
+    @functools.cached_property
+    def is_linear(self) -> bool:
+        """No branch and no merge: every revision has at most one parent and one child."""
+        parents = [p for revision in self.revisions for p in revision.parents or (BASE,)]
+        return all(len(r.parents) <= 1 for r in self.revisions) and len(parents) == len(set(parents))
+
+    def ancestors(self, revision_id: str) -> set[str]:
+        """``revision_id`` and every revision it depends on."""
+        seen: set[str] = set()
+        pending = [revision_id]
+        while pending:
+            current = pending.pop()
+            if current not in seen and current in self.by_id:
+                seen.add(current)
+                pending.extend(self.by_id[current].parents)
+        return seen
+
     def is_irreversible(self, revision_id: str) -> bool:
         return revision_id in self.settings.irreversible
 

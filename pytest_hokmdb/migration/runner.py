@@ -22,15 +22,14 @@ Async env.py files (the ``run_async_migrations`` pattern) work: the suite opens 
 An env.py that ignores the attribute is detected (the migration context it configures
 is not on our connection) and reported, rather than silently migrating another database.
 
-``TemplateChain`` keeps, per pytest-xdist worker, one template database per revision,
-each built from its parent's template with one step, so any test starts from a clean
-database at any revision with one ``CREATE DATABASE ... TEMPLATE``: the whole suite
-costs a number of steps linear in the number of revisions.
+``StepperSession`` keeps one such connection open across calls (its own event loop on a
+thread), so a walker database (``walker.py``) pays for connecting once, not once per test.
 """
 
 from __future__ import annotations
 
-import itertools
+import asyncio
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -39,7 +38,7 @@ from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from pytest_hokmdb.aio import run_sync
@@ -185,8 +184,16 @@ class Stepper:
     def snapshot(self) -> CatalogSnapshot:
         return take_snapshot(self.connection, version_table=self.version_table)
 
-    def expect_heads(self, expected: tuple[str, ...], after: str) -> None:
-        actual = self.heads()
+    def snapshot_at(self, expected: tuple[str, ...], after: str) -> CatalogSnapshot:
+        """The catalog after a step, and ``expect_heads`` read in the same statement."""
+        quoted = ".".join('"' + part.replace('"', '""') + '"' for part in self.version_table.split("."))
+        snapshot = take_snapshot(self.connection, version_table=self.version_table, heads_of=quoted)
+        self.expect_heads(expected, after, actual=snapshot.heads)
+        return snapshot
+
+    def expect_heads(self, expected: tuple[str, ...], after: str, *, actual: tuple[str, ...] | None = None) -> None:
+        if actual is None:
+            actual = self.heads()
         if actual != tuple(sorted(expected)):
             raise MigrationFailure(
                 f"after {after}, {self.version_table} records {', '.join(actual) or 'no revision'}; "
@@ -209,6 +216,58 @@ def with_stepper(history: History, url: URL | str, work: Callable[[Stepper], T])
     return run_sync(main())
 
 
+class StepperSession:
+    """A ``Stepper`` whose connection stays open between calls.
+
+    asyncpg connections belong to the event loop that opened them, and each
+    ``with_stepper`` call runs a loop of its own; so the session owns a loop on a
+    thread and submits every call to it. Not thread-safe: one caller at a time.
+    """
+
+    def __init__(self, history: History, url: URL | str) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="hokmdb-stepper", daemon=True)
+        self._thread.start()
+        self._engine: AsyncEngine | None = None
+        self._connection: AsyncConnection | None = None
+        try:
+            engine = self._engine = create_async_engine(url, poolclass=NullPool, hide_parameters=True)
+
+            async def connect() -> AsyncConnection:
+                return await engine.connect()
+
+            self._connection = self._call(connect())
+        except BaseException:
+            self.close()
+            raise
+        self.stepper = Stepper(history, self._connection.sync_connection)  # type: ignore[arg-type]
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def run(self, work: Callable[[Stepper], T]) -> T:
+        assert self._connection is not None
+        return self._call(self._connection.run_sync(lambda _sync: work(self.stepper)))
+
+    def close(self) -> None:
+        async def shut() -> None:
+            if self._connection is not None:
+                await self._connection.close()
+            if self._engine is not None:
+                await self._engine.dispose()
+
+        if self._loop.is_closed():
+            return
+        try:
+            self._call(shut())
+        except Exception:  # noqa: BLE001 - the database may be gone already; closing must not fail the test
+            pass
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+            self._loop.close()
+
+
 # --- what the tests prove -------------------------------------------------------------------
 
 
@@ -221,20 +280,23 @@ def state_before(revision: Revision) -> tuple[str, ...]:
     return tuple(sorted(revision.parents))
 
 
-def round_trip(stepper: Stepper, revision: Revision) -> None:
+def round_trip(stepper: Stepper, revision: Revision, *, before: CatalogSnapshot | None = None) -> CatalogSnapshot:
     """Upgrade to ``revision``, downgrade to its parent, upgrade again, on a database that
     is at the parent: the downgrade must restore the parent's catalog exactly, and the
-    second upgrade must rebuild what the first one built."""
+    second upgrade must rebuild what the first one built.
+
+    ``before`` is the parent's catalog when the caller already has it (the walker took it
+    at the end of the previous round trip). Returns the catalog at ``revision``.
+    """
     parent = revision.parent_target
-    before = stepper.snapshot()
+    if before is None:
+        before = stepper.snapshot()
 
     stepper.upgrade(revision.id)
-    stepper.expect_heads(state_after(revision), f"upgrading {revision.label}")
-    after_upgrade = stepper.snapshot()
+    after_upgrade = stepper.snapshot_at(state_after(revision), f"upgrading {revision.label}")
 
     stepper.downgrade(parent)
-    stepper.expect_heads(state_before(revision), f"downgrading {revision.label} to {parent}")
-    after_downgrade = stepper.snapshot()
+    after_downgrade = stepper.snapshot_at(state_before(revision), f"downgrading {revision.label} to {parent}")
     if after_downgrade != before:
         raise MigrationFailure(
             f"{revision.label}: its downgrade (to {parent}) leaves a trace; the catalog before the upgrade (-) "
@@ -242,77 +304,10 @@ def round_trip(stepper: Stepper, revision: Revision) -> None:
         )
 
     stepper.upgrade(revision.id)
-    stepper.expect_heads(state_after(revision), f"upgrading {revision.label} again")
-    again = stepper.snapshot()
+    again = stepper.snapshot_at(state_after(revision), f"upgrading {revision.label} again")
     if again != after_upgrade:
         raise MigrationFailure(
             f"{revision.label}: upgrading again after its downgrade builds a different schema than the first "
             f"upgrade (first -, second +):\n{after_upgrade.diff(again, before='first upgrade', after='second upgrade')}"
         )
-
-
-# --- template databases ------------------------------------------------------------------------
-
-
-class TemplateChain:
-    """One template database per revision state, built lazily, each from its parent's.
-
-    ``create_database(name, template)`` and the cluster come from the caller (the
-    throwaway fixtures), so this works on any cluster of the suite's own. A failure while
-    building a template is remembered and raised again (naming the revision) to every
-    test that needs that state, without trying the failed step once per test.
-    """
-
-    def __init__(self, history: History, create_database: Callable[[str, str | None], Any], prefix: str) -> None:
-        self.history = history
-        self._create = create_database
-        self._prefix = prefix
-        self._names: dict[tuple[str, ...], str] = {}
-        self._snapshots: dict[tuple[str, ...], CatalogSnapshot] = {}
-        self._failures: dict[tuple[str, ...], MigrationFailure] = {}
-        self._counter = itertools.count(1)
-
-    def _order(self, revision_id: str) -> int:
-        return self.history.ids.index(revision_id)
-
-    def template(self, state: tuple[str, ...]) -> str | None:
-        """Name of a template at ``state`` (the recorded heads); None for base (a new database
-        is already empty)."""
-        state = tuple(sorted(state))
-        if not state:
-            return None
-        if state in self._names:
-            return self._names[state]
-        if state in self._failures:
-            failure = self._failures[state]
-            raise MigrationFailure(f"the database at {', '.join(state)} cannot be built: {failure}")
-        if len(state) == 1:
-            revision = self.history.revision(state[0])
-            start, targets = state_before(revision), [revision.id]
-        else:  # several heads (a merge's parents): the first one's template, then the others
-            ordered = sorted(state, key=self._order)
-            start, targets = (ordered[0],), ordered[1:]
-        parent_template = self.template(start)
-        name = f"{self._prefix}_{next(self._counter)}"
-        db = self._create(name, parent_template)
-
-        def build(stepper: Stepper) -> CatalogSnapshot:
-            for target in targets:
-                stepper.upgrade(target)
-            return stepper.snapshot()
-
-        try:
-            self._snapshots[state] = with_stepper(self.history, db.url, build)
-        except MigrationFailure as failure:
-            self._failures[state] = failure
-            raise
-        self._names[state] = name
-        return name
-
-    def snapshot(self, state: tuple[str, ...]) -> CatalogSnapshot | None:
-        """The catalog of the template at ``state`` (None for base: build and compare an empty one)."""
-        state = tuple(sorted(state))
-        if not state:
-            return None
-        self.template(state)
-        return self._snapshots[state]
+    return again

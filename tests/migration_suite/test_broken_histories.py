@@ -520,3 +520,39 @@ def test_irreversible_revision_bounds_the_downgrade_tests(pytester: pytest.Pytes
     skipped = [line for line in result.outlines if line.startswith("SKIPPED")]
     assert len(skipped) == 2, result.stdout.str()  # test_revision_has_a_real_downgrade[a2], test_revision_round_trips[a2]
     assert all("revision a2 is listed as irreversible in [tool.hokmdb.migrations]" in line for line in skipped), skipped
+
+
+def test_upgrade_that_raises_fails_it_and_names_it_for_the_revisions_after(pytester: pytest.Pytester) -> None:
+    """The round trips walk one database up the history: a revision whose upgrade fails
+    fails its own round trip, and the later revisions' round trips fail at once naming it
+    (without walking up to it again)."""
+    body = A2.replace('"price >= 0"', '"prise >= 0"')
+    result = run_suite(pytester, write_project(pytester.path / "shop", bodies={"a2": body}))
+    failed = failed_tests(result)
+    assert result.ret == 1, result.stdout.str()
+    assert "test_roundtrip.py::test_revision_round_trips[a1]" not in failed, result.stdout.str()
+    own = failure_text(result, "test_revision_round_trips[a2]")
+    assert "revision a2 (a2_shop.py): its upgrade() failed (upgrade to a2)" in own, own
+    assert 'column "prise" does not exist' in own, own
+    later = failure_text(result, "test_revision_round_trips[a3]")
+    assert "revision a3 (a3_shop.py) cannot be tested: the database cannot be upgraded to a2: " in later, later
+    assert "revision a2 (a2_shop.py): its upgrade() failed" in later, later
+
+
+def test_round_trips_spread_over_workers_pass_and_still_catch_a_trace(pytester: pytest.Pytester) -> None:
+    """Under pytest-xdist each worker's walker skips the revisions another worker took."""
+    body = A2.replace(
+        '    op.create_check_constraint("ck_items_price_nonneg", "items", "price >= 0")\n',
+        '    op.create_check_constraint("ck_items_price_nonneg", "items", "price >= 0")\n'
+        '    op.execute("CREATE SEQUENCE price_list_seq")\n',
+    )  # the downgrade forgets the sequence
+    notes = ("a3", "Notes on items.", NOTES)
+    project = write_project(pytester.path / "shop", bodies={"a2": body}, extra_revisions={"a4": notes})
+    result = pytester.runpytest_inprocess(
+        str(SUITE / "test_roundtrip.py"), f"--migrations-project={project}", "-p", "no:cacheprovider",
+        "-rfE", "-q", "-n", "2",
+    )
+    assert_failed(result, {"test_roundtrip.py::test_revision_round_trips[a2]"})
+    text = failure_text(result, "test_revision_round_trips[a2]")
+    assert "revision a2 (a2_shop.py): its downgrade (to a1) leaves a trace" in text, text
+    assert "+sequence public.price_list_seq:" in text, text

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 import sqlalchemy as sa
 
@@ -18,8 +16,7 @@ from pytest_hokmdb.migration.drift import (
 from pytest_hokmdb.migration.history import History, MigrationFailure
 from pytest_hokmdb.migration.runner import with_stepper
 from pytest_hokmdb.migration.settings import MigrationSuiteSettings
-
-DatabaseAt = Callable[[tuple[str, ...]], ThrowawayDatabase]
+from pytest_hokmdb.migration.templates import TemplateCache
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +30,16 @@ def metadata(migration_settings: MigrationSuiteSettings) -> sa.MetaData:
     return loaded
 
 
+@pytest.fixture
+def head_database(migration_history: History, migration_templates: TemplateCache) -> ThrowawayDatabase:
+    """The worker's template at head, read in place: these checks only read the catalog."""
+    return migration_templates.read_only((migration_history.head,))
+
+
 def test_models_match_the_migrations_at_head(
-    migration_history: History, migration_database: DatabaseAt, metadata: sa.MetaData
+    migration_history: History, head_database: ThrowawayDatabase, metadata: sa.MetaData
 ) -> None:
-    head = migration_history.head
-    db = migration_database((head,))
+    head, db = migration_history.head, head_database
     operations = with_stepper(migration_history, db.url, lambda stepper: autogenerate_drift(stepper, metadata))
     if operations:
         raise MigrationFailure(
@@ -52,20 +54,18 @@ def test_every_model_module_contributes_to_the_metadata(migration_settings: Migr
 
 
 def test_check_constraints_match_the_models(
-    migration_history: History, migration_database: DatabaseAt, metadata: sa.MetaData
+    migration_history: History, head_database: ThrowawayDatabase, metadata: sa.MetaData
 ) -> None:
-    head = migration_history.head
-    db = migration_database((head,))
+    head, db = migration_history.head, head_database
     problems = with_stepper(migration_history, db.url, lambda s: check_constraint_drift(s.connection, metadata))
     if problems:
         raise MigrationFailure(f"CHECK constraints at head ({head}) differ from the models:\n" + "\n".join(problems))
 
 
 def test_enum_labels_match_the_models(
-    migration_history: History, migration_database: DatabaseAt, metadata: sa.MetaData
+    migration_history: History, head_database: ThrowawayDatabase, metadata: sa.MetaData
 ) -> None:
-    head = migration_history.head
-    db = migration_database((head,))
+    head, db = migration_history.head, head_database
     problems = with_stepper(migration_history, db.url, lambda s: enum_drift(s.connection, metadata))
     if problems:
         raise MigrationFailure(f"enum types at head ({head}) differ from the models:\n" + "\n".join(problems))

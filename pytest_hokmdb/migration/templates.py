@@ -82,6 +82,12 @@ class TemplateCache:
         self._databases[state] = db
         return db.name
 
+    def read_only(self, state: State) -> Any:
+        """The template database at ``state`` itself, for checks that only read (the drift
+        checks): no clone to pay for. Whoever writes to it corrupts every later clone."""
+        self.template(state)
+        return self._databases[tuple(sorted(state))]
+
     def snapshot(self, state: State) -> CatalogSnapshot | None:
         """The catalog of the template at ``state`` (None for base), read once."""
         state = tuple(sorted(state))

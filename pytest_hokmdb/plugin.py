@@ -19,6 +19,7 @@ from pytest_hokmdb.errors import ConfigError, ExitCode, HokmdbError
 from pytest_hokmdb.fixtures.checks import hokmdb_check, hokmdb_check_context  # noqa: F401
 from pytest_hokmdb.fixtures.live import (  # noqa: F401  (fixtures are registered by import)
     DATABASE_OVERRIDE_KEY,
+    PORT_OVERRIDE_KEY,
     RESTORED_KEY,
     hokmdb_alembic_config,
     hokmdb_config,
@@ -101,6 +102,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="connect to this database on the environment's server instead of database.name (e.g. a restored copy)",
     )
     group.addoption(
+        "--database-port",
+        dest="hokmdb_database_port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="connect to this port of the environment's server instead of database.port (e.g. a physical "
+        "restore started on a spare port before it is swapped in)",
+    )
+    group.addoption(
         "--restore-from-backup",
         dest="hokmdb_restore_from",
         default=None,
@@ -142,6 +152,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[STATE_KEY] = SessionState(environment, loaded, bool(config.getoption("allow_destructive")))
     if config.getoption("hokmdb_database_name"):
         config.stash[DATABASE_OVERRIDE_KEY] = config.getoption("hokmdb_database_name")
+    if config.getoption("hokmdb_database_port"):
+        config.stash[PORT_OVERRIDE_KEY] = config.getoption("hokmdb_database_port")
     if config.getoption("hokmdb_restore_from"):
         _restore_from_backup(config, loaded)
     json_path = config.getoption("hokmdb_json")
@@ -237,7 +249,11 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         )
     from pytest_hokmdb.db.probe import probe_server
 
-    facts = run_sync(probe_server(state.loaded, database=config.stash.get(DATABASE_OVERRIDE_KEY, None)))
+    facts = run_sync(probe_server(
+            state.loaded,
+            database=config.stash.get(DATABASE_OVERRIDE_KEY, None),
+            port=config.stash.get(PORT_OVERRIDE_KEY, None),
+        ))
     lines.append("hokmdb: " + facts.describe())
     return lines
 

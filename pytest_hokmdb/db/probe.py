@@ -25,8 +25,10 @@ class ServerFacts:
         return redact(f"target {self.target}, PostgreSQL {self.version}, revision {self.revision}")
 
 
-async def probe_server(loaded: LoadedConfig, *, database: str | None = None, timeout_s: float = 3.0) -> ServerFacts:
-    """Version and alembic revision of the session's target (``database`` overrides the name)."""
+async def probe_server(
+    loaded: LoadedConfig, *, database: str | None = None, port: int | None = None, timeout_s: float = 3.0
+) -> ServerFacts:
+    """Version and alembic revision of the session's target (``database`` and ``port`` override)."""
     from pytest_hokmdb.migrate import current_revision
 
     try:
@@ -39,6 +41,8 @@ async def probe_server(loaded: LoadedConfig, *, database: str | None = None, tim
         return ServerFacts("unavailable", problem=exc.message)
     if database:
         target = target.with_database(database)
+    if port:
+        target = replace(target, port=port)
     try:
         conn = await connect(replace(target, connect_timeout_s=min(target.connect_timeout_s, timeout_s)))
     except HokmdbError as exc:

@@ -9,7 +9,7 @@ import pytest
 
 from pytest_hokmdb.aio import run_sync
 from pytest_hokmdb.db.probe import probe_server
-from pytest_hokmdb.fixtures.live import DATABASE_OVERRIDE_KEY
+from pytest_hokmdb.fixtures.live import DATABASE_OVERRIDE_KEY, PORT_OVERRIDE_KEY
 from pytest_hokmdb.fixtures.state import session_state
 from pytest_hokmdb.report.allure_meta import git_commit, write_allure_metadata
 
@@ -25,7 +25,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if state.loaded is not None:
         # The same probe as the report header, so a --restore-from-backup run describes the
         # restored copy, not the configured database.
-        facts = run_sync(probe_server(state.loaded, database=config.stash.get(DATABASE_OVERRIDE_KEY, None)))
+        facts = run_sync(probe_server(
+            state.loaded,
+            database=config.stash.get(DATABASE_OVERRIDE_KEY, None),
+            port=config.stash.get(PORT_OVERRIDE_KEY, None),
+        ))
         properties.update(
             server_version=facts.version or "unavailable",
             alembic_revision=facts.revision or "unknown",

@@ -92,6 +92,70 @@ class BackupSettings(_Strict):
     retention_count: int = Field(10, ge=1)
 
 
+class PhysicalBackupSettings(_Strict):
+    """Physical backups and WAL archiving with pgBackRest, for point-in-time recovery.
+
+    Secrets (``cipher_pass``, ``repo_s3_key``/``repo_s3_key_secret``) never reach
+    pgBackRest's config file or command line: hokmdb hands them over in its environment.
+    """
+
+    engine: Literal["pgbackrest"] = "pgbackrest"
+    stanza: str = Field("hokmdb", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    work_dir: Path | None = Field(
+        None,
+        description="private directory (0700) for pgBackRest's config, logs, locks, spool and the restore-point "
+        "ledger; unset: next to the embedded cluster's data directory",
+    )
+    pg_data: Path | None = Field(None, description="the server's data directory; unset: the embedded cluster's")
+    pg_port: int | None = Field(None, ge=1, le=65535, description="unset: the embedded cluster's port")
+    pg_socket_dir: Path | None = Field(None, description="unset: the embedded cluster's socket directory")
+    pg_user: str = Field("postgres", description="superuser pgBackRest connects as over the socket")
+    os_user: str | None = Field(None, description="account pgBackRest and the server run as when hokmdb runs as root")
+    bin_dir: Path | None = Field(None, description="PostgreSQL server binaries for restored copies; unset: found")
+    repo_path: Path | None = Field(None, description="a posix repository (local disk or mounted volume)")
+    repo_s3_bucket: str | None = None
+    repo_s3_endpoint: str | None = Field(None, description="host[:port] of the S3 endpoint, e.g. s3.eu-west-1.amazonaws.com")
+    repo_s3_region: str | None = None
+    repo_s3_path: str = Field("/pgbackrest", pattern=r"^/", description="the repository's path inside the bucket")
+    repo_s3_key: SecretStr | None = None
+    repo_s3_key_secret: SecretStr | None = None
+    repo_s3_uri_style: Literal["host", "path"] = "host"
+    repo_s3_verify_tls: bool = True
+    cipher_type: Literal["none", "aes-256-cbc"] = "none"
+    cipher_pass: SecretStr | None = None
+    retention_full: int = Field(2, ge=1, le=9999)
+    retention_diff: int | None = Field(None, ge=1, le=9999)
+    process_max: int = Field(2, ge=1, le=64)
+    compress_type: Literal["none", "gz", "lz4", "zst", "bz2"] = "lz4"
+    start_fast: bool = Field(True, description="backups begin with an immediate checkpoint instead of waiting")
+    archive_timeout_s: int = Field(60, ge=0, le=86400, description="server forces a WAL switch this often (0 = never)")
+    recovery_timeout_s: float = Field(3600.0, gt=0, description="how long a restored copy may take to recover")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PhysicalBackupSettings:
+        if self.repo_path is None and self.repo_s3_bucket is None:
+            raise ValueError("set repo_path (a directory) or repo_s3_bucket (an S3 bucket) for the pgBackRest repository")
+        if self.repo_path is not None and self.repo_s3_bucket is not None:
+            raise ValueError("set repo_path or repo_s3_bucket, not both")
+        if self.repo_s3_bucket is not None:
+            missing = [
+                name
+                for name in ("repo_s3_endpoint", "repo_s3_region", "repo_s3_key", "repo_s3_key_secret")
+                if getattr(self, name) is None
+            ]
+            if missing:
+                raise ValueError(f"an S3 repository also needs {', '.join(missing)}")
+        if self.cipher_type == "aes-256-cbc" and self.cipher_pass is None:
+            raise ValueError("cipher_type aes-256-cbc needs cipher_pass (keep it in an environment variable)")
+        if self.cipher_type == "none" and self.cipher_pass is not None:
+            raise ValueError("cipher_pass is set but cipher_type is none: set cipher_type to aes-256-cbc or remove cipher_pass")
+        return self
+
+    def secrets(self) -> list[str]:
+        values = [self.cipher_pass, self.repo_s3_key_secret]
+        return [v.get_secret_value() for v in values if v is not None]
+
+
 class DeploySettings(_Strict):
     """How deploy.py and rollback.py move a database between revisions."""
 
@@ -229,6 +293,7 @@ class HokmdbConfig(_Strict):
     seed: SeedSettings = SeedSettings()
     smoke: SmokeSettings = SmokeSettings()
     deploy: DeploySettings = DeploySettings()
+    physical: PhysicalBackupSettings | None = None
 
     @model_validator(mode="after")
     def _environment_rules(self) -> HokmdbConfig:
@@ -248,6 +313,13 @@ class HokmdbConfig(_Strict):
             raise ValueError("deploy.allow_force: --force is never allowed on production; remove the key")
         if self.backup.encryption_key is not None and self.backup.encryption_key_file is not None:
             raise ValueError("backup: set encryption_key or encryption_key_file, not both")
+        if self.physical is not None and not self.uses_embedded:
+            unset = [name for name in ("pg_data", "work_dir", "pg_socket_dir") if getattr(self.physical, name) is None]
+            if unset:
+                raise ValueError(
+                    f"physical: {', '.join(unset)} default to the embedded cluster's, but {self.environment} "
+                    "uses a server hokmdb does not run; set them"
+                )
         if self.environment == "production" and self.seed.allowed:
             raise ValueError("seed.allowed: production can never be seeded; remove the key or set it to false")
         return self
@@ -291,4 +363,5 @@ class HokmdbConfig(_Strict):
             self.notifications.slack_webhook_url,
             self.notifications.smtp_password,
         ]
-        return [v.get_secret_value() for v in values if v is not None]
+        physical = self.physical.secrets() if self.physical is not None else []
+        return [v.get_secret_value() for v in values if v is not None] + physical

@@ -12,9 +12,11 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "installing pgBackRest from Debian's packages..." >&2
 export DEBIAN_FRONTEND=noninteractive
-if ! apt-get install -y -qq --no-install-recommends pgbackrest >/dev/null 2>&1; then
+# Parallel test workers (or another installer) may hold dpkg's lock: wait for it, don't fail.
+APT=(apt-get -o DPkg::Lock::Timeout=300 -y -qq)
+if ! "${APT[@]}" install --no-install-recommends pgbackrest >/dev/null 2>&1; then
   # A fresh machine may have no package lists yet.
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends pgbackrest >/dev/null
+  "${APT[@]}" update
+  "${APT[@]}" install --no-install-recommends pgbackrest >/dev/null
 fi
 command -v pgbackrest >/dev/null

@@ -193,9 +193,13 @@ class PgBackRest:
         after = {b.label for b in self.info().backups}
         return sorted(before - after)
 
-    def archived_segments(self, archive_id: str) -> list[ArchivedSegment]:
-        """Every WAL segment stored for ``archive_id`` (e.g. ``15-1``), oldest first."""
-        path = f"archive/{self.setup.stanza}/{archive_id}"
+    def archived_segments(self, archive_id: str, *, directory: str | None = None) -> list[ArchivedSegment]:
+        """WAL segments stored for ``archive_id`` (e.g. ``15-1``), oldest first.
+
+        ``directory`` (a segment name's first 16 characters: timeline and high LSN bits)
+        limits the listing to the up to 256 segments stored there.
+        """
+        path = f"archive/{self.setup.stanza}/{archive_id}" + (f"/{directory}" if directory else "")
         output = self.run("repo-ls", "--output=json", "--recurse", argument=path, timeout=600)
         try:
             entries = json.loads(output)

@@ -172,7 +172,7 @@ async def recovery_window(
         repo_end = Segment.parse(archive.max_wal).end
         if repo_end > latest_lsn:
             latest_lsn = repo_end
-            listed = await asyncio.to_thread(engine.archived_segments, archive.archive_id)
+            listed = await asyncio.to_thread(engine.archived_segments, archive.archive_id, directory=archive.max_wal[:16])
             stored = [a for a in listed if a.segment.end == repo_end]
             # Stored times are whole seconds too: the segment was stored before the next one.
             if stored and stored[-1].stored_at + STOP_TIME_RESOLUTION >= latest_time:

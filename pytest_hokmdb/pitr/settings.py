@@ -113,7 +113,9 @@ def resolve_setup(
             "physical: pg_data, pg_socket_dir and work_dir default to the embedded cluster's, and there is none",
             hint="set physical.pg_data, physical.pg_socket_dir and physical.work_dir for a server hokmdb does not run",
         )
-    user = cluster.user if cluster is not None and settings.os_user is None else resolve_os_user(settings.os_user)
+    account = cluster.user if cluster is not None and settings.os_user is None else resolve_os_user(settings.os_user)
+    # The plain account: a cluster's may carry another setup's secrets in its environment.
+    user = OsUser(account.name, account.uid, account.gid, account.home, account.switches)
     if settings.pg_data is not None:
         pg_data = _absolute(settings.pg_data, project_root)
     else:

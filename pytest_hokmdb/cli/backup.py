@@ -7,6 +7,13 @@ on stdout (``--json``: its summary), and an exit code to alert on: 0 stored and 
     # production hourly, staging daily (crontab):
     0 * * * *  cd /srv/hokmdb && .venv/bin/python database/backup.py --environment production
     30 3 * * * cd /srv/hokmdb && .venv/bin/python database/backup.py --environment staging --verify full
+
+Physical backups (environments with a ``physical`` section, pgBackRest): ``--type full|diff|incr``
+takes one (the stanza is created and archiving checked first); ``--verify-repository`` runs
+``pgbackrest verify`` and restores the newest backup into a copy that must pass the smoke suite.
+
+    0 2 * * 0  ... database/backup.py --environment production --type full
+    0 2 * * 1-6 ... database/backup.py --environment production --type diff
 """
 
 from __future__ import annotations
@@ -29,6 +36,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", default="manual", help="recorded in the manifest (e.g. cron, pre-deploy)")
     p.add_argument("--verify-existing", metavar="PATH|s3://...|ID|latest", default=None,
                    help="do not take a backup: verify this one (with --verify quick|full) and record the result")
+    physical = p.add_mutually_exclusive_group()
+    physical.add_argument("--type", choices=("full", "diff", "incr"), default=None,
+                          help="take a physical (pgBackRest) backup of this type instead of a logical one")
+    physical.add_argument("--verify-repository", action="store_true",
+                          help="verify the pgBackRest repository and restore-and-smoke its newest backup")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -42,6 +54,8 @@ def main(argv: list[str] | None = None) -> None:
         from pytest_hokmdb.backup import find_backup, take_backup, verify_backup
 
         loaded = load_config(args.environment, args.config_path)
+        if args.type or args.verify_repository:
+            return await _physical(loaded, args)
         if args.verify_existing:
             record = find_backup(loaded, args.verify_existing)
             depth = args.verify if args.verify in ("quick", "full") else "quick"
@@ -61,6 +75,29 @@ def main(argv: list[str] | None = None) -> None:
         return int(ExitCode.OK)
 
     run_cli(run)
+
+
+async def _physical(loaded: object, args: argparse.Namespace) -> int:
+    from pytest_hokmdb.backup import physical
+
+    if args.verify_repository:
+        result = await physical.verify_repository(loaded)  # type: ignore[arg-type]
+        if args.json:
+            print(json.dumps(result, indent=2, default=str))
+        else:
+            print(f"pgBackRest repository, newest backup {result['backup']}: verification "
+                  f"{'passed' if result['passed'] else 'FAILED'} ({result['repository']})")
+            for problem in result["problems"]:
+                print(f"  - {problem}")
+        return int(ExitCode.OK) if result["passed"] else int(ExitCode.BACKUP_ERROR)
+    backup = await physical.take_physical_backup(loaded, args.type, reason=args.reason)  # type: ignore[arg-type]
+    if args.json:
+        print(json.dumps({"id": backup.label, "kind": f"physical {backup.type}", "stopped_at": backup.stopped_at,
+                          "lsn_stop": str(backup.lsn_stop), "size": backup.size, "repo_size": backup.repo_size},
+                         indent=2, default=str))
+    else:
+        print(f"pgBackRest {backup.type} backup {backup.label}")
+    return int(ExitCode.OK)
 
 
 if __name__ == "__main__":  # pragma: no cover

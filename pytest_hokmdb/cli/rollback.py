@@ -1,6 +1,8 @@
 """``database/rollback.py``: restore a backup, roll back in an emergency, list and clean up backups.
 
     rollback.py restore --environment E --backup-file PATH|s3://...|ID|latest [--dry-run]
+    rollback.py restore --environment E --point-in-time "2024-01-15 14:30:00" [--verify-only]
+    rollback.py restore --environment E --target-name NAME | --target-lsn 0/3000060 [--verify-only]
     rollback.py emergency --environment E "reason"
     rollback.py migration --environment E ...            (deploy orchestration)
     rollback.py list-backups [--environment E] [--json]
@@ -22,7 +24,7 @@ from typing import Any
 
 from pytest_hokmdb.cli.common import run_cli, setup_logging
 from pytest_hokmdb.config import ENVIRONMENTS, load_config
-from pytest_hokmdb.errors import ExitCode
+from pytest_hokmdb.errors import ExitCode, HokmdbError
 
 log = logging.getLogger("hokmdb.rollback")
 
@@ -42,9 +44,22 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rollback.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
-    restore = sub.add_parser("restore", help="restore a backup into a new database, verify it, then swap it in")
+    restore = sub.add_parser("restore", help="restore a backup (or a moment, with pgBackRest) into a copy, verify it, "
+                             "then swap it in")
     _common(restore)
-    restore.add_argument("--backup-file", required=True, metavar="PATH|s3://...|ID|latest")
+    restore.add_argument("--backup-file", default=None, metavar="PATH|s3://...|ID|latest",
+                         help="a logical backup; with a point-in-time target, optionally a pgBackRest backup label "
+                         "(the moment must lie after it)")
+    moment = restore.add_mutually_exclusive_group()
+    moment.add_argument("--point-in-time", metavar="TIMESTAMP",
+                        help="recover to this moment (ISO 8601; without an offset it is UTC), from physical backups "
+                        "and archived WAL")
+    moment.add_argument("--target-lsn", metavar="LSN", help="recover up to this WAL position (e.g. 0/3000060)")
+    moment.add_argument("--target-name", metavar="NAME",
+                        help="recover to a named restore point (deploy.py creates hokmdb-deploy-<id> before migrating)")
+    restore.add_argument("--verify-only", action="store_true",
+                         help="with a point-in-time target: recover and smoke-test the copy, then leave it running to "
+                         "inspect; nothing is swapped")
     restore.add_argument("--dry-run", action="store_true", help="everything but the swap (the verified copy is dropped)")
     restore.add_argument("--no-smoke", action="store_true", help="skip the smoke suite on the copy before the swap")
 
@@ -105,27 +120,39 @@ def _size(n: int) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from pytest_hokmdb.aio import run_sync
+    from pytest_hokmdb.backup.physical import list_physical
     from pytest_hokmdb.backup.records import list_backups
 
-    records = []
+    rows: list[dict[str, Any]] = []
     for loaded in _configs(args):
-        records += list_backups(loaded, environment=loaded.config.environment)
-    records.sort(key=lambda r: r.created_at, reverse=True)
+        rows += [{**r.summary(), "kind": "logical"} for r in list_backups(loaded, environment=loaded.config.environment)]
+        rows += run_sync(list_physical(loaded))
+    rows.sort(key=lambda r: str(r.get("time") or ""), reverse=True)
     if args.json:
-        print(json.dumps([r.summary() for r in records], indent=2))
+        print(json.dumps(rows, indent=2, default=str))
         return 0
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title="backups, newest first")
-    for column in ("id", "environment", "time", "revision", "size", "verified", "location"):
+    for column in ("id", "kind", "environment", "time", "revision", "size", "verified", "location"):
         table.add_column(column, overflow="fold")
-    for r in records:
-        table.add_row(r.id, r.environment, r.manifest.get("started_at", ""), r.revision or "-", _size(r.size), r.verified_label(), r.location)
+    for r in rows:
+        table.add_row(r["id"], r["kind"], r["environment"], str(r.get("time") or ""), r.get("revision") or "-",
+                      _size(r.get("size") or 0), _verified_label(r), r["location"])
     Console(width=200).print(table)
-    if not records:
+    if not rows:
         print("no backups found")
     return 0
+
+
+def _verified_label(row: dict[str, Any]) -> str:
+    verification = row.get("verification")
+    if not verification:
+        return "no"
+    depth = verification.get("depth") or "restore+smoke"
+    return f"{depth} {'passed' if verification.get('passed') else 'FAILED'}"
 
 
 async def cmd_cleanup(args: argparse.Namespace) -> int:
@@ -160,9 +187,72 @@ async def cmd_cleanup(args: argparse.Namespace) -> int:
     return code
 
 
+def _recovery_target(args: argparse.Namespace) -> Any:
+    """The --point-in-time / --target-lsn / --target-name asked for, or None."""
+    from datetime import UTC, datetime
+
+    from pytest_hokmdb.errors import ConfigError
+    from pytest_hokmdb.pitr import RecoveryTarget
+
+    if args.point_in_time:
+        try:
+            moment = datetime.fromisoformat(args.point_in_time.strip())
+        except ValueError:
+            raise ConfigError(
+                f"--point-in-time {args.point_in_time!r} is not a timestamp",
+                hint='write it as "2024-01-15 14:30:00" (UTC) or with an offset, "2024-01-15T14:30:00+03:30"',
+            ) from None
+        return RecoveryTarget.at_time(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+    if args.target_lsn:
+        try:
+            return RecoveryTarget.at_lsn(args.target_lsn.strip())
+        except (ValueError, HokmdbError) as exc:
+            raise ConfigError(f"--target-lsn {args.target_lsn!r} is not a WAL position like 0/3000060: {exc}") from None
+    if args.target_name:
+        return RecoveryTarget.named(args.target_name)
+    return None
+
+
+async def cmd_restore_moment(args: argparse.Namespace, target: Any) -> int:
+    from pytest_hokmdb.backup.physical import restore_to_moment
+    from pytest_hokmdb.errors import ConfigError
+
+    if args.backup_file or args.dry_run:
+        raise ConfigError(
+            "--backup-file and --dry-run do not combine with a point-in-time target: pgBackRest picks the newest "
+            "backup before the target, and --verify-only is the dry run",
+            hint="drop --backup-file; add --verify-only to inspect the recovered copy without swapping it in",
+        )
+    loaded = load_config(args.environment, args.config_path)
+    result = await restore_to_moment(loaded, target, verify_only=args.verify_only, smoke=not args.no_smoke)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, default=str))
+        return 0
+    print(result.recovered_to)
+    if result.smoke is not None:
+        print(f"smoke suite on the copy: {'passed' if result.smoke['passed'] else 'FAILED'} {result.smoke['summary']}")
+    if result.swapped:
+        print(f"swapped in; the previous data directory is kept at {result.previous_data_dir}")
+        print(f"  next: take a new full backup (python database/backup.py --environment {args.environment} --type full)")
+    for note in result.notes:
+        print(f"note: {note}")
+    return 0
+
+
 async def cmd_restore(args: argparse.Namespace) -> int:
     from pytest_hokmdb.backup import restore_and_swap
+    from pytest_hokmdb.errors import ConfigError
 
+    target = _recovery_target(args)
+    if target is not None:
+        return await cmd_restore_moment(args, target)
+    if args.verify_only:
+        raise ConfigError("--verify-only needs a point-in-time target", hint="for a logical backup use --dry-run")
+    if not args.backup_file:
+        raise ConfigError(
+            "restore needs --backup-file (a logical backup) or a point-in-time target "
+            "(--point-in-time, --target-lsn, --target-name)"
+        )
     loaded = load_config(args.environment, args.config_path)
     result = await restore_and_swap(loaded, args.backup_file, dry_run=args.dry_run, smoke_before_swap=not args.no_smoke)
     if args.json:

@@ -20,13 +20,21 @@ from pytest_hokmdb.redaction import register_secret
 
 
 def embedded_cluster_for(loaded: LoadedConfig) -> EmbeddedCluster:
+    """The environment's embedded cluster; with a ``physical`` section it archives its WAL
+    into that pgBackRest stanza whenever hokmdb starts it."""
     settings = loaded.config.embedded or EmbeddedSettings()
-    return EmbeddedCluster(
+    cluster = EmbeddedCluster(
         loaded.resolve(settings.data_dir),
         port=settings.port,
         bin_dir=settings.bin_dir,
         os_user=settings.os_user,
     )
+    if loaded.config.physical is not None:
+        from pytest_hokmdb.pitr import archiving_cluster, resolve_setup
+
+        setup = resolve_setup(loaded.config.physical, cluster=cluster, project_root=loaded.project_root)
+        archiving_cluster(cluster, setup)
+    return cluster
 
 
 def _app_password(cluster: EmbeddedCluster, user: str, configured: str | None) -> str:

@@ -55,6 +55,20 @@ async def take_verified_backup(loaded: LoadedConfig, target: Target, *, deploy_i
     return record
 
 
+async def restore_point_before_migrating(loaded: LoadedConfig, *, deploy_id: int | None) -> Any:
+    """A named restore point (pgBackRest environments): "just before this deploy" is then one
+    ``rollback.py restore --target-name`` away, with every write up to that moment kept."""
+    from datetime import UTC, datetime
+
+    from pytest_hokmdb.backup.physical import named_restore_point
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    name = f"hokmdb-deploy-{deploy_id}-{stamp}" if deploy_id else f"hokmdb-deploy-{stamp}"
+    point = await named_restore_point(loaded, name)
+    log.info("restore point %s created at %s", point.name, point.lsn)
+    return point
+
+
 async def restore(loaded: LoadedConfig, location: Any) -> None:
     backup = _module()
     await backup.restore_and_swap(loaded, location)

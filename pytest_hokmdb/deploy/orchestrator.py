@@ -446,6 +446,23 @@ async def _locked(session: DeploySession, options: DeployOptions, outcome: Outco
             info["status"] = "skipped"
             info["detail"] = why
 
+    # -- 4b. restore point ---------------------------------------------------------------------
+    if config.physical is not None and pending:
+        async with session.step("restore-point") as info:
+            from pytest_hokmdb.deploy.backup_hook import restore_point_before_migrating
+
+            try:
+                point = await restore_point_before_migrating(loaded, deploy_id=session.run_id)
+            except HokmdbError as exc:
+                raise StepFailed(
+                    f"no restore point, so no deploy: {exc.message}", ExitCode.BACKUP_ERROR, hint=exc.hint
+                ) from None
+            session.restore_point = point.name
+            info["detail"] = (
+                f"named restore point {point.name} at {point.lsn}; back to it with: python database/rollback.py "
+                f"restore --environment {config.environment} --target-name {point.name}"
+            )
+
     # -- 5. maintenance ------------------------------------------------------------------------
     if options.maintenance_mode and pending:
         from pytest_hokmdb.deploy import maintenance

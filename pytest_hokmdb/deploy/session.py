@@ -149,6 +149,7 @@ class DeploySession:
         self.run_id: int | None = None
         self.started = time.monotonic()
         self.backup: Any = None
+        self.restore_point: str | None = None  # the named restore point taken before migrating (pgBackRest)
         self.maintenance_on = False
 
     # -- bookkeeping ---------------------------------------------------------------------------

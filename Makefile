@@ -15,7 +15,7 @@ ALLURE_RESULTS ?= allure-results
 ALLURE_REPORT ?= allure-report
 ALLURE_MAX_FAILURES ?= 0
 
-.PHONY: demo test install postgres report-tools browser report cluster-stop clean
+.PHONY: demo test install postgres pgbackrest report-tools browser report cluster-stop clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ report-tools: $(ALLURE)
 browser:
 	@./scripts/ensure-browser.sh
 
+## pgBackRest for the point-in-time recovery tests (Debian package, as root)
+pgbackrest:
+	@./scripts/ensure-pgbackrest.sh
+
 ## Allure Report 3 (single HTML file) from the last run's results, then Allure's quality gate
 report: report-tools
 	$(ALLURE_ENV) $(ALLURE) generate $(ALLURE_RESULTS) -o $(ALLURE_REPORT) -c allurerc.json
@@ -49,7 +53,7 @@ demo: install postgres
 	$(BIN)/hokmdb demo --environment development
 
 ## Every test: the project's own tests and the migration suite, in parallel workers
-test: install postgres report-tools browser
+test: install postgres pgbackrest report-tools browser
 	$(BIN)/pytest -n $(PYTEST_WORKERS) -p no:cacheprovider
 
 cluster-stop: install

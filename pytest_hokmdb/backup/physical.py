@@ -320,19 +320,23 @@ async def restore_to_moment(
     return result
 
 
-def _without_archive_override(data_dir: Path) -> None:
-    """pgBackRest wrote ``archive_mode = 'off'`` into the copy's auto.conf (so the copy could
-    not fork the archive); swapped in, the server must archive again."""
+_RESTORE_ONLY_SETTINGS = ("archive_mode", "restore_command", "recovery_target")
+
+
+def _without_restore_settings(data_dir: Path) -> None:
+    """pgBackRest wrote ``archive_mode = 'off'`` (so the copy could not fork the archive) and
+    the recovery settings into the copy's auto.conf; swapped in, the server must archive
+    again, and a later standby built from it must not inherit an old recovery target."""
     auto = data_dir / "postgresql.auto.conf"
     if auto.exists():
-        lines = [line for line in auto.read_text().splitlines() if not line.strip().startswith("archive_mode")]
-        auto.write_text("\n".join(lines) + "\n")
+        kept = [line for line in auto.read_text().splitlines() if not line.strip().startswith(_RESTORE_ONLY_SETTINGS)]
+        auto.write_text("\n".join(kept) + "\n")
 
 
 def _swap(engine: PgBackRest, cluster: EmbeddedCluster, copy: RestoredCopy) -> Path:
     """Stop the server, keep its data directory aside, move the copy in, start, archive."""
     copy.stop()
-    _without_archive_override(copy.data_dir)
+    _without_restore_settings(copy.data_dir)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     previous = cluster.data_dir.with_name(f"{cluster.data_dir.name}.before-pitr-{stamp}")
     cluster.stop()

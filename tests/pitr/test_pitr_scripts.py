@@ -147,6 +147,8 @@ def test_backup_deploy_and_restore_to_moments(scripts: ScriptEnv) -> None:
     assert [r["id"] for r in run_sync(scripts.sql("SELECT id FROM pitr_markers ORDER BY id"))] == [1, 2]
     assert run_sync(scripts.sql("SELECT version_num FROM alembic_version", dbname="hokm_dev"))[0][0] == "0005"
     assert run_sync(scripts.sql("SHOW archive_mode"))[0]["archive_mode"] == "on"
+    auto_conf = (scripts.cluster.data_dir / "postgresql.auto.conf").read_text()
+    assert "restore_command" not in auto_conf and "recovery_target" not in auto_conf, auto_conf
 
     listed = scripts.run("rollback.py", "list-backups", *common(scripts), "--json")
     assert listed.returncode == 0, listed.stdout + listed.stderr

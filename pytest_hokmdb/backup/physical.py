@@ -214,6 +214,7 @@ class PitrResult:
     verify_only: bool
     port: int | None = None
     data_dir: str | None = None
+    socket_dir: str | None = None
     previous_data_dir: str | None = None
     smoke: dict[str, Any] | None = None
     duration_s: float = 0.0
@@ -291,6 +292,7 @@ async def restore_to_moment(
         verify_only=verify_only,
         port=copy.port,
         data_dir=str(copy.data_dir),
+        socket_dir=str(copy.socket_dir),
     )
     try:
         if smoke and _reachable_by_smoke(loaded):
@@ -306,7 +308,7 @@ async def restore_to_moment(
         if verify_only:
             result.notes.append(
                 f"the copy keeps running on 127.0.0.1:{copy.port} (data {copy.data_dir}); stop it with "
-                f"`pg_ctl stop -D {copy.data_dir}` and delete the directory when done"
+                f"`pg_ctl stop -D {copy.data_dir}` and delete {copy.base_dir} and {copy.socket_dir} when done"
             )
         else:
             assert cluster is not None
@@ -357,6 +359,7 @@ def _swap(engine: PgBackRest, cluster: EmbeddedCluster, copy: RestoredCopy) -> P
             f"running, the copy is kept at {failed}: {exc}"
         ) from None
     shutil.rmtree(copy.base_dir, ignore_errors=True)
+    shutil.rmtree(copy.socket_dir, ignore_errors=True)  # outside base_dir when that path is too long for a socket
     # The promotion's timeline history was written while archiving was off: push it now, so
     # later restores can follow the new timeline, and prove archiving works again.
     for history in sorted((cluster.data_dir / "pg_wal").glob("*.history")):

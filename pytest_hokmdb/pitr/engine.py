@@ -154,7 +154,8 @@ class PgBackRest:
         if info.status_code == 1:
             raise PgBackRestError(
                 f"stanza {self.setup.stanza} does not exist in the repository",
-                hint="create it first (PgBackRest.stanza_create) or check physical.stanza and the repository settings",
+                hint="take a physical backup first (database/backup.py --type full creates the stanza), "
+                "or check physical.stanza and the repository settings",
                 code=info.status_code,
                 command="info",
             )

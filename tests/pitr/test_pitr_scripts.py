@@ -137,6 +137,7 @@ def test_backup_deploy_and_restore_to_moments(scripts: ScriptEnv) -> None:
             check=False, capture_output=True, **scripts.cluster.user.subprocess_kwargs(),  # type: ignore[arg-type]
         )
         shutil.rmtree(Path(result["data_dir"]).parent, ignore_errors=True)
+        shutil.rmtree(result["socket_dir"], ignore_errors=True)
     # The server was not touched by the inspection.
     assert [r["id"] for r in run_sync(scripts.sql("SELECT id FROM pitr_markers ORDER BY id"))] == [1, 2]
 
@@ -166,6 +167,9 @@ def test_backup_deploy_and_restore_to_moments(scripts: ScriptEnv) -> None:
 
 
 def test_target_out_of_reach_is_refused_with_the_window(scripts: ScriptEnv) -> None:
+    # Its own backup: under pytest-xdist this test may get a module fixture of its own.
+    taken = scripts.run("backup.py", *common(scripts), "--type", "full")
+    assert taken.returncode == 0, taken.stdout + taken.stderr
     early = datetime(2001, 1, 1, tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%S")
     refused = scripts.run("rollback.py", "restore", *common(scripts), "--point-in-time", early)
     assert refused.returncode == 7, refused.stdout + refused.stderr

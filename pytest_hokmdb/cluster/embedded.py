@@ -48,6 +48,16 @@ THROWAWAY_SETTINGS: dict[str, str] = {
 }
 
 
+def socket_dir_for(base_dir: Path) -> Path:
+    """``base_dir/run``, or a stable directory under the system temp dir when that path is too
+    long for a unix socket (107 bytes including the socket's own name)."""
+    candidate = base_dir / "run"
+    if len(str(candidate)) <= _MAX_SOCKET_DIR_LEN:
+        return candidate
+    digest = hashlib.sha1(str(base_dir).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"hokmdb-sock-{digest}"
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -123,11 +133,7 @@ class EmbeddedCluster:
 
     @property
     def socket_dir(self) -> Path:
-        candidate = self.base_dir / "run"
-        if len(str(candidate)) <= _MAX_SOCKET_DIR_LEN:
-            return candidate
-        digest = hashlib.sha1(str(self.base_dir).encode()).hexdigest()[:12]
-        return Path(tempfile.gettempdir()) / f"hokmdb-sock-{digest}"
+        return socket_dir_for(self.base_dir)
 
     @property
     def state_file(self) -> Path:

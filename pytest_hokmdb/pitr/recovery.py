@@ -14,14 +14,12 @@ removed (its server log is kept in the stanza's log directory for the post-morte
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import re
 import secrets
 import shutil
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,7 +27,7 @@ from pathlib import Path
 
 import asyncpg
 
-from pytest_hokmdb.cluster.embedded import free_port
+from pytest_hokmdb.cluster.embedded import free_port, socket_dir_for
 from pytest_hokmdb.cluster.osuser import OsUser
 from pytest_hokmdb.db import Target
 from pytest_hokmdb.errors import BackupError, HokmdbError
@@ -53,7 +51,6 @@ from pytest_hokmdb.redaction import redact
 log = logging.getLogger("hokmdb.pitr")
 
 HOST = "127.0.0.1"
-_MAX_SOCKET_DIR_LEN = 80  # unix socket paths are limited to 107 bytes
 _PROGRESS_EVERY_S = 10.0
 _NOT_REACHED = "recovery ended before configured recovery target was reached"
 _BEFORE_CONSISTENT = "requested recovery stop point is before consistent recovery point"
@@ -173,14 +170,6 @@ def _postmaster_alive(data_dir: Path) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
-
-
-def _socket_dir_for(base: Path) -> Path:
-    candidate = base / "run"
-    if len(str(candidate)) <= _MAX_SOCKET_DIR_LEN:
-        return candidate
-    digest = hashlib.sha1(str(base).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"hokmdb-sock-{digest}"
 
 
 def _new_base_dir(engine: PgBackRest, restore_dir: Path | None) -> Path:
@@ -388,7 +377,7 @@ async def restore_to_point(
     window = await recovery_window(engine, live, info=info)
     resolved = resolve_target(window, target, ledger or RestorePointLedger.for_setup(setup))
     base = _new_base_dir(engine, restore_dir)
-    socket_dir = _socket_dir_for(base)
+    socket_dir = socket_dir_for(base)
     copy = RestoredCopy(
         base_dir=base,
         data_dir=base / "data",

@@ -71,7 +71,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     loaded = _load_embedded(args.environment, args.config_path)
     cluster = embedded_cluster_for(loaded)
     if args.action == "start":
-        target = run_sync(resolve_target(loaded))
+        # `cluster start` is setup: it creates (or aligns) the application role and database.
+        target = run_sync(resolve_target(loaded, provision_embedded=True))
         print(cluster.status().describe())
         print(f"connect: {target.dsn()}  (password: DB_PASSWORD_* or {cluster.state_file})")
     elif args.action == "stop":
@@ -133,7 +134,7 @@ async def _demo(args: argparse.Namespace) -> int:
     report.add("config", t, f"{loaded.path.relative_to(loaded.project_root)} is valid")
 
     t = time.monotonic()
-    target = await resolve_target(loaded)
+    target = await resolve_target(loaded, provision_embedded=True)
     report.add("cluster", t, f"embedded PostgreSQL ready at {target.dsn()}")
 
     t = time.monotonic()

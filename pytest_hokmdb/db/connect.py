@@ -20,12 +20,20 @@ def explain_connect_error(target: Target, exc: BaseException) -> ConnectionFaile
             f"cannot connect to {where}: password authentication failed for user {target.user!r}",
             hint="check the DB_PASSWORD_* variable for this environment",
         )
+    setup = f"python database/deploy.py --environment {target.environment} --setup"
     if isinstance(exc, asyncpg.InvalidCatalogNameError):
         return ConnectionFailed(
             f"cannot connect to {where}: database {target.dbname!r} does not exist",
-            hint="create it (deploy.py --setup on development/testing) or check DB_NAME",
+            hint=(f"create it with `{setup}` (or `hokmdb cluster start --environment {target.environment}`)"
+                  if target.embedded else "create it, or check DB_NAME"),
         )
     if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):
+        if target.embedded and "does not exist" in str(exc):
+            return ConnectionFailed(
+                f"cannot connect to {where}: role {target.user!r} does not exist on the embedded cluster",
+                hint=f"verification never creates roles; create it with `{setup}` "
+                f"(or `hokmdb cluster start --environment {target.environment}`)",
+            )
         return ConnectionFailed(f"cannot connect to {where}: {redact(str(exc))}", hint="check DB_USER and pg_hba.conf")
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return ConnectionFailed(

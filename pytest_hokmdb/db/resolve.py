@@ -1,8 +1,11 @@
 """Turn a loaded config into a ``Target``, starting the embedded cluster on demand.
 
 For development and testing with no ``DB_HOST``, the database lives in hokmdb's own
-cluster: it is started if needed and the application role and database are created if
-missing, so ``--environment development`` works on a fresh machine with no setup.
+cluster, started if needed. Creating (or aligning) the application role and database is
+provisioning: only the explicit setup commands ask for it (``deploy.py --setup``,
+``hokmdb cluster start``, ``hokmdb demo``, plain ``alembic upgrade``). A verification run
+(``pytest smoke/``, ``smoke_tests.py``, the API) never does: an ``ALTER ROLE ... NOSUPERUSER``
+before the security checks would repair the very thing they are about to judge.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pytest_hokmdb.cluster import EmbeddedCluster
 from pytest_hokmdb.config import LoadedConfig
 from pytest_hokmdb.config.model import EmbeddedSettings
 from pytest_hokmdb.db.target import Target
+from pytest_hokmdb.errors import ConnectionFailed
 from pytest_hokmdb.redaction import register_secret
 
 
@@ -71,8 +75,32 @@ async def provision(cluster: EmbeddedCluster, *, dbname: str, user: str, passwor
         await conn.close()
 
 
-async def resolve_target(loaded: LoadedConfig, *, start: bool = True) -> Target:
-    """The target for ``loaded``; staging and production are read-only sessions."""
+async def _require_provisioned(cluster: EmbeddedCluster, *, environment: str, dbname: str, user: str) -> None:
+    """Name a missing role or database (read-only catalog look-up): the server itself only
+    says "password authentication failed" for a role that does not exist."""
+    conn = await asyncpg.connect(**cluster.admin_connect_kwargs())  # type: ignore[arg-type]
+    try:
+        has_role = await conn.fetchval("SELECT count(*) FROM pg_roles WHERE rolname = $1", user)
+        has_db = await conn.fetchval("SELECT count(*) FROM pg_database WHERE datname = $1", dbname)
+    finally:
+        await conn.close()
+    missing = ([f"role {user!r}"] if not has_role else []) + ([f"database {dbname!r}"] if not has_db else [])
+    if missing:
+        raise ConnectionFailed(
+            f"{' and '.join(missing)} {'do' if len(missing) > 1 else 'does'} not exist on the embedded cluster of {environment} "
+            f"({cluster.data_dir})",
+            hint=f"verification never creates them; set the environment up with `python database/deploy.py --environment "
+            f"{environment} --setup` (or `hokmdb cluster start --environment {environment}`)",
+        )
+
+
+async def resolve_target(loaded: LoadedConfig, *, start: bool = True, provision_embedded: bool = False) -> Target:
+    """The target for ``loaded``; staging and production are read-only sessions.
+
+    ``provision_embedded`` (setup commands only) creates or aligns the embedded cluster's
+    application role and database; without it a missing role or database is reported by the
+    connection with the setup command to run.
+    """
     config = loaded.config
     db = config.database
     common = dict(
@@ -98,8 +126,10 @@ async def resolve_target(loaded: LoadedConfig, *, start: bool = True) -> Target:
     if start:
         cluster.start()
     password = _app_password(cluster, db.user, db.password.get_secret_value() if db.password else None)
-    if start:
+    if start and provision_embedded:
         await provision(cluster, dbname=db.name, user=db.user, password=password)
+    elif start:
+        await _require_provisioned(cluster, environment=config.environment, dbname=db.name, user=db.user)
     return Target(
         host=cluster.host,
         port=cluster.port,

@@ -138,7 +138,8 @@ async def resolve_deploy_target(loaded: LoadedConfig, options: DeployOptions) ->
                 f"the embedded cluster of {config.environment} is not running ({cluster.data_dir})",
                 hint=f"add --setup to create/start it, or run `hokmdb cluster start --environment {config.environment}`",
             )
-        target = await resolve_target(loaded, start=True)
+        # A dry run touches nothing: it may start the cluster, never create or alter roles.
+        target = await resolve_target(loaded, start=True, provision_embedded=options.setup and not options.dry_run)
         detail = "embedded cluster running; role and database ensured" if options.setup else "embedded cluster"
         return target.writable(), detail
     target = await resolve_target(loaded, start=False)
@@ -250,9 +251,13 @@ async def _dry_run(loaded: LoadedConfig, options: DeployOptions, config_step: St
     drift = await check_drift(session.target, loaded.project_root, session.script, current)
     if drift.checked:
         problems += [f"drift: {item}" for item in drift.items]
+    else:
+        problems.append(f"the drift check could not run: {drift.reason}")
     pending = session.migrator(max_downtime_s=None).upgrade_path(current, target_rev) if _is_ancestor(session, current, target_rev) else []
     errors, warnings, skipped = lint_pending(session, [r.revision for r in pending])
     problems += [f"lint: {e}" for e in errors]
+    if skipped:
+        problems.append(f"the lock-safety lint could not run: {skipped}")
     for item in problems:
         log.warning("pre-flight: %s", item)
     detail = f"{len(findings)} checksum finding(s), {len(unrecorded)} unrecorded; drift: " + (
@@ -407,17 +412,35 @@ async def _locked(session: DeploySession, options: DeployOptions, outcome: Outco
                     hint="someone changed the schema by hand: turn the change into a revision or revert it, then deploy",
                 )
             log.warning("--force: deploying over %d drift item(s)", len(drift.items))
-        notes.append(f"schema matches {drift.reference}" if drift.checked and not drift.items else
-                     f"drift check skipped: {drift.reason}" if not drift.checked else f"{len(drift.items)} drift item(s) forced")
         if not drift.checked:
-            log.warning("pre-flight: drift check skipped: %s", drift.reason)
+            # A pre-flight that could not look has not passed (fail closed).
+            log.error("pre-flight: the drift check could not run: %s", drift.reason)
+            if not force:
+                raise Refused(
+                    f"the schema drift check could not run: {drift.reason}; a deploy whose pre-flight cannot look does not start",
+                    hint="fix what stops it (PostgreSQL binaries for the reference database); outside production, "
+                    "--force deploys without it and records that in hokmdb_deploy_history",
+                )
+            log.warning("--force: deploying without a drift check")
+            session.unverified.append(f"drift check could not run ({drift.reason})")
+        notes.append(f"schema matches {drift.reference}" if drift.checked and not drift.items else
+                     f"drift check FORCED past: {drift.reason}" if not drift.checked else f"{len(drift.items)} drift item(s) forced")
         pending = session.migrator(max_downtime_s=None).upgrade_path(start, target_rev) if start != target_rev else []
         errors, warnings, skipped = lint_pending(session, [r.revision for r in pending])
         for warning in warnings:
             log.warning("pre-flight lint: %s", warning)
         if skipped:
-            log.warning("pre-flight: lint skipped: %s", skipped)
-            notes.append(f"lint skipped: {skipped}")
+            log.error("pre-flight: the lock-safety lint could not run: %s", skipped)
+            if not force:
+                raise Refused(
+                    f"the lock-safety lint of the {len(pending)} pending revision(s) could not run: {skipped}; "
+                    "a deploy whose lint cannot look does not start",
+                    hint="install squawk (`pip install squawk-cli`, a dependency of hokmdb that `make install` installs) "
+                    "and deploy again; outside production, --force deploys unlinted and records that in hokmdb_deploy_history",
+                )
+            log.warning("--force: deploying %d revision(s) the lint could not check", len(pending))
+            session.unverified.append(f"lint could not run ({skipped})")
+            notes.append(f"lint FORCED past: {skipped}")
         elif errors:
             for error in errors:
                 log.error("pre-flight lint: %s", error)

@@ -151,6 +151,10 @@ class DeploySession:
         self.backup: Any = None
         self.restore_point: str | None = None  # the named restore point taken before migrating (pgBackRest)
         self.maintenance_on = False
+        # Pre-flight checks that could not look and were passed with --force (never on
+        # production): recorded in hokmdb_deploy_history so nobody later mistakes the deploy
+        # for a verified one.
+        self.unverified: list[str] = []
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
@@ -230,7 +234,8 @@ class DeploySession:
             async with self.lock._use:
                 await history.finish_run(
                     self.lock.conn, self.run_id, result=outcome.result, exit_code=outcome.exit_code,
-                    final_revision=outcome.final_revision, duration_s=outcome.duration_s, message=redact(outcome.message)[:4000],
+                    final_revision=outcome.final_revision, duration_s=outcome.duration_s,
+                    message=redact(outcome.message + "".join(f"; forced unverified: {u}" for u in self.unverified))[:4000],
                 )
         except Exception as exc:  # noqa: BLE001 - the log file still has everything
             log.error("could not record the result in %s: %s", history.HISTORY_TABLE, redact(str(exc)))

@@ -552,8 +552,18 @@ def _read_source(path: Path) -> _SourceFacts:
 
 
 def find_squawk() -> Path:
-    """The squawk binary: next to this interpreter (``pip install squawk-cli`` in a venv puts
-    it there, and it may not be on PATH when the venv is not activated), else on PATH."""
+    """The squawk binary: ``HOKMDB_SQUAWK`` when set (a squawk installed elsewhere), else next
+    to this interpreter (``pip install squawk-cli`` in a venv puts it there, and it may not be
+    on PATH when the venv is not activated), else on PATH."""
+    chosen = os.environ.get("HOKMDB_SQUAWK", "").strip()
+    if chosen:
+        path = Path(chosen)
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+        raise LintError(
+            f"squawk is not installed at HOKMDB_SQUAWK={chosen} (no executable file there), so revisions cannot be linted",
+            hint=f"point HOKMDB_SQUAWK at the squawk binary, or unset it to use the one `{sys.executable} -m pip install squawk-cli` installs",
+        )
     candidates = [Path(sys.executable).parent / "squawk", Path(sys.prefix) / "bin" / "squawk"]
     for candidate in candidates:
         if candidate.is_file() and os.access(candidate, os.X_OK):

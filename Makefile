@@ -15,16 +15,28 @@ ALLURE_RESULTS ?= allure-results
 ALLURE_REPORT ?= allure-report
 ALLURE_MAX_FAILURES ?= 0
 
-.PHONY: demo test install postgres pgbackrest report-tools browser report cluster-stop clean
 
-$(STAMP): pyproject.toml
+.PHONY: demo test install lock postgres pgbackrest report-tools browser report cluster-stop clean
+
+LOCK := requirements/lock.txt
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+
+# What CI tested is what deploys: every dependency comes from the lock file, pinned with
+# hashes (pip refuses anything else); the project itself is installed without dependencies.
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
-	@$(BIN)/python -c 'import pytest_hokmdb, asyncpg, alembic, trustme' 
+	@out=$$($(PIP) install --quiet --require-hashes -r $(LOCK) 2>&1) || { echo "$$out" | grep -v '^WARNING: Location'; exit 1; }
+	@out=$$($(PIP) install --quiet --no-deps -e . 2>&1) || { echo "$$out" | grep -v '^WARNING: Location'; exit 1; }
+	@$(BIN)/python -c 'import pytest_hokmdb, asyncpg, alembic, trustme'
+	@test -x $(BIN)/squawk && test -x $(BIN)/bandit
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+## Re-resolve the lock file after changing dependencies in pyproject.toml (then commit both)
+lock: install
+	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
+	  --no-emit-find-links --extra test --extra ci --output-file $(LOCK) pyproject.toml
 
 postgres:
 	@./scripts/ensure-postgres.sh

@@ -54,7 +54,7 @@ def socket_dir_for(base_dir: Path) -> Path:
     candidate = base_dir / "run"
     if len(str(candidate)) <= _MAX_SOCKET_DIR_LEN:
         return candidate
-    digest = hashlib.sha1(str(base_dir).encode()).hexdigest()[:12]
+    digest = hashlib.sha1(str(base_dir).encode(), usedforsecurity=False).hexdigest()[:12]
     return Path(tempfile.gettempdir()) / f"hokmdb-sock-{digest}"
 
 
@@ -126,7 +126,7 @@ class EmbeddedCluster:
             probe = probe.parent
         if self.user.can_enter(probe):
             return wanted
-        digest = hashlib.sha1(str(wanted).encode()).hexdigest()[:12]
+        digest = hashlib.sha1(str(wanted).encode(), usedforsecurity=False).hexdigest()[:12]
         fallback = Path(tempfile.gettempdir()) / f"hokmdb-{self.user.name}" / f"{wanted.name}-{digest}"
         log.info("server account %s cannot enter %s; using %s", self.user.name, wanted, fallback)
         return fallback

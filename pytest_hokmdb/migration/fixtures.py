@@ -123,7 +123,7 @@ def load_data_fixtures(settings: MigrationSuiteSettings) -> DataFixtures:
     path = settings.resolve(settings.data_fixtures)
     if not path.is_file():
         raise ConfigError(f"[tool.hokmdb.migrations] data_fixtures: {path} does not exist")
-    name = "hokmdb_data_fixtures_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+    name = "hokmdb_data_fixtures_" + hashlib.sha1(str(path.resolve()).encode(), usedforsecurity=False).hexdigest()[:12]
     module = sys.modules.get(name)
     if module is None:
         spec = importlib.util.spec_from_file_location(name, path)

@@ -16,7 +16,8 @@ from typing import Any
 
 from pytest_hokmdb.checks.base import CheckContext, CheckResult
 from pytest_hokmdb.config import LoadedConfig, load_config
-from pytest_hokmdb.db import Target, connect, resolve_target
+from pytest_hokmdb.db import Target, connect, resolve_monitor_target, resolve_target
+from pytest_hokmdb.errors import ConfigError, HokmdbError
 
 
 class DatabaseSmokeTests:
@@ -29,6 +30,11 @@ class DatabaseSmokeTests:
         full_scan: bool = False,
     ) -> None:
         self.loaded: LoadedConfig = load_config(environment, config_path)
+        from pytest_hokmdb.checks.base import waiver_problems
+
+        problems = waiver_problems(self.loaded.config.smoke)
+        if problems:
+            raise ConfigError(f"{self.loaded.path}: " + "; ".join(problems))
         self.environment = environment
         self.target_revision = target_revision
         self.full_scan = full_scan
@@ -47,6 +53,13 @@ class DatabaseSmokeTests:
         started = time.monotonic()
         target = await self.target()
         conn = await connect(target)
+        monitor, monitor_error = None, None
+        monitor_target = await resolve_monitor_target(self.loaded, target)
+        if monitor_target is not None:
+            try:
+                monitor = await connect(monitor_target)
+            except HokmdbError as exc:
+                monitor_error = f"the monitoring connection failed: {exc}"
         try:
             settings = self.loaded.config.smoke
             ctx = CheckContext(
@@ -56,10 +69,14 @@ class DatabaseSmokeTests:
                 project_root=self.loaded.project_root,
                 target_revision=self.target_revision,
                 window=None if self.full_scan else timedelta(days=settings.integrity_window_days),
+                monitor=monitor,
+                monitor_error=monitor_error,
             )
             results: list[CheckResult] = [await check(ctx) for check in GROUPS[group]]
         finally:
             await conn.close()
+            if monitor is not None:
+                await monitor.close()
         return summarize(group, self.environment, results, time.monotonic() - started)
 
     async def test_basic_connection(self) -> dict[str, Any]:
@@ -106,4 +123,5 @@ def summarize(group: str, environment: str, results: list[CheckResult], seconds:
         "duration_s": round(seconds, 3),
         "checks": [r.to_dict() for r in results],
         "failures": [r.message for r in failed],
+        "waived": [{"check": r.check, **r.waiver} for r in results if r.waiver is not None],
     }

@@ -27,6 +27,7 @@ from pytest_hokmdb.fixtures.live import (  # noqa: F401  (fixtures are registere
     hokmdb_dsn,
     hokmdb_engine,
     hokmdb_loaded_config,
+    hokmdb_monitor,
     hokmdb_pool,
     hokmdb_target,
 )
@@ -149,6 +150,11 @@ def pytest_configure(config: pytest.Config) -> None:
             loaded = load_config(environment, config_path)
         except ConfigError as exc:
             pytest.exit(f"hokmdb: {exc}", returncode=int(exc.exit_code))
+        from pytest_hokmdb.checks.base import waiver_problems
+
+        problems = waiver_problems(loaded.config.smoke)
+        if problems:
+            pytest.exit(f"hokmdb: {loaded.path}: " + "; ".join(problems), returncode=int(ExitCode.CONFIG_ERROR))
     config.stash[STATE_KEY] = SessionState(environment, loaded, bool(config.getoption("allow_destructive")))
     if config.getoption("hokmdb_database_name"):
         config.stash[DATABASE_OVERRIDE_KEY] = config.getoption("hokmdb_database_name")

@@ -13,7 +13,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 import trustme
-from helpers import APP_PASSWORD, APP_USER, PROJECT_ROOT, LiveTarget, TlsCluster, write_config_dir
+from helpers import APP_PASSWORD, APP_USER, PROJECT_ROOT, LiveTarget, TlsCluster, grant_monitor_role, write_config_dir
 from sqlalchemy.engine import URL
 
 from pytest_hokmdb.aio import run_sync
@@ -142,7 +142,8 @@ async def check_context_factory():  # type: ignore[no-untyped-def]
     opened: list[asyncpg.Connection] = []
 
     async def make(db, *, environment: str = "testing", smoke: dict | None = None, user: str | None = None,  # type: ignore[no-untyped-def]
-                   password: str | None = None, read_only: bool = False, window=None, target_revision: str | None = None):
+                   password: str | None = None, read_only: bool = False, window=None, target_revision: str | None = None,
+                   monitor: tuple[str, str] | None = None):
         loaded = load_config("testing", environ={})
         # Checks are tested against the product's defaults, not one environment's choices.
         settings = SmokeSettings.model_validate(smoke or {})
@@ -152,7 +153,13 @@ async def check_context_factory():  # type: ignore[no-untyped-def]
             target = replace(target, user=user, password=password)
         conn = await asyncpg.connect(**target.asyncpg_kwargs())
         opened.append(conn)
+        monitor_conn = None
+        if monitor is not None:
+            monitor_target = replace(db.target, user=monitor[0], password=monitor[1], read_only=True)
+            monitor_conn = await asyncpg.connect(**monitor_target.asyncpg_kwargs())
+            opened.append(monitor_conn)
         return CheckContext(
+            monitor=monitor_conn,
             conn=conn,
             target=target,
             config=config,
@@ -195,6 +202,8 @@ async def live_target(seeded_db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     role = f"app_{os.getpid()}_{next(_role_counter)}"
     password = f"pw-{uuid.uuid4().hex}"
     await grant_app_role(seeded_db, role, password)
+    monitor_role, monitor_password = f"mon_{os.getpid()}_{next(_role_counter)}", f"pw-{uuid.uuid4().hex}"
+    await grant_monitor_role(seeded_db, monitor_role, monitor_password)
     config_dir = tmp_path / "config"
     write_config_dir(config_dir, "testing")
     env = {
@@ -203,6 +212,9 @@ async def live_target(seeded_db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         "DB_NAME": seeded_db.name,
         "DB_USER": role,
         "DB_PASSWORD_TEST": password,
+        # The monitoring connection, as an operator configures it (README "Monitoring connection").
+        "DB_MONITOR_USER": monitor_role,
+        "DB_MONITOR_PASSWORD_TEST": monitor_password,
         "HOKMDB_ENV_FILE": str(tmp_path / "no-such.env"),
     }
     for key, value in env.items():

@@ -76,3 +76,14 @@ async def fetch_one(dsn: str, sql: str) -> object:
         return await conn.fetchval(sql)
     finally:
         await conn.close()
+
+
+async def grant_monitor_role(db, role: str, password: str) -> None:  # type: ignore[no-untyped-def]
+    """A monitoring role exactly as the setup commands create one (pg_monitor + documented grants)."""
+    from pytest_hokmdb.db.resolve import provision_monitor
+
+    conn = await asyncpg.connect(db.dsn)
+    try:
+        await provision_monitor(conn, user=role, password=password)
+    finally:
+        await conn.close()

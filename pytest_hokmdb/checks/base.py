@@ -3,13 +3,20 @@
 A check is one async function ``check(ctx) -> CheckResult``. The smoke suite, the
 ``DatabaseSmokeTests`` API and the scripts all run the same functions, so a check's
 logic exists exactly once. The decorator times the check, bounds it with a statement
-timeout, and turns "could not apply" (no permission, no replicas) into a skip with the
-reason, never a silent pass.
+timeout, and maps what went wrong:
+
+* a missing *application* table or column is a failure (a deploy that dropped ``moves``
+  must not make the integrity checks skip and the gate pass);
+* "could not look" (no privilege, a catalog view the server hides) is a skip with the
+  reason, and a skipped check of severity blocker or critical **fails** ("not verified"),
+  unless the environment waives it by name with a reason (``smoke.waivers``); the waiver
+  then travels with the result into every report. A gate that could not look has not passed.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -51,6 +58,10 @@ class CheckResult:
     evidence: dict[str, str] = field(default_factory=dict)
     check: str = ""
     duration_s: float = 0.0
+    # Set when a waiver in smoke.waivers accepted that this check could not verify.
+    waiver: dict[str, str] | None = None
+    # False when the check could not look (a "not verified" failure or a waived skip).
+    verified: bool = True
 
     @classmethod
     def passed(cls, message: str, **kwargs: Any) -> CheckResult:
@@ -89,10 +100,28 @@ class CheckContext:
     project_root: Path
     target_revision: str | None = None
     window: timedelta | None = timedelta(days=7)
+    # The monitoring connection (database.monitor_user, a member of pg_monitor), read-only;
+    # None when the environment has none configured.
+    monitor: asyncpg.Connection | None = None
+    monitor_error: str | None = None  # why a configured monitoring connection is missing
 
     @property
     def settings(self) -> SmokeSettings:
         return self.config.smoke
+
+    @property
+    def observer(self) -> asyncpg.Connection:
+        """The connection for what the application role may not see: the monitoring
+        connection when configured, else the application's own (which then may not look)."""
+        return self.monitor if self.monitor is not None else self.conn
+
+    def monitor_hint(self) -> str:
+        if self.monitor_error:
+            return f"{self.monitor_error}; fix it (database.monitor_user / DB_MONITOR_PASSWORD_*)"
+        if self.monitor is not None:
+            return "grant the monitoring role what README \"Monitoring connection\" lists"
+        return ("configure the monitoring connection (database.monitor_user / DB_MONITOR_USER and "
+                "DB_MONITOR_PASSWORD_*, a role with pg_monitor; README \"Monitoring connection\")")
 
 
 CheckFunction = Callable[[CheckContext], Awaitable[CheckResult]]
@@ -113,10 +142,12 @@ def check(
         async def wrapper(ctx: CheckContext) -> CheckResult:
             started = time.monotonic()
             timeout_ms = ctx.settings.check_statement_timeout_ms
+            sessions = [ctx.conn] + ([ctx.monitor] if ctx.monitor is not None else [])
             try:
                 # JIT compiling a check's query can cost a second and more (the planner's
                 # estimates for bounded windows are pessimistic); a check is short: no JIT.
-                await ctx.conn.execute(f"SET statement_timeout = {int(timeout_ms)}; SET jit = off")
+                for session in sessions:
+                    await session.execute(f"SET statement_timeout = {int(timeout_ms)}; SET jit = off")
                 result = await fn(ctx)
             except asyncpg.QueryCanceledError:
                 result = CheckResult.failed(
@@ -125,26 +156,99 @@ def check(
                     threshold=timeout_ms,
                 )
             except asyncpg.InsufficientPrivilegeError as exc:
-                result = CheckResult.skipped(f"{title}: not applicable, the role may not read what it needs ({exc})")
-            except (asyncpg.UndefinedTableError, asyncpg.UndefinedFunctionError) as exc:
-                # Managed servers hide some catalog views and functions.
-                result = CheckResult.skipped(f"{title}: not applicable on this server ({exc})")
+                result = CheckResult.skipped(
+                    f"{title}: the role may not read what it needs ({exc}); {ctx.monitor_hint()}"
+                )
+            except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError) as exc:
+                if _catalog_object(exc):
+                    # Managed servers hide some catalog views.
+                    result = CheckResult.skipped(f"{title}: this server has no {_missing_name(exc)} ({exc})")
+                else:
+                    result = CheckResult.failed(
+                        f"{title}: the application's schema is missing what this check reads: {exc}. A deploy dropped "
+                        "or renamed it, or the database is not at the revision the code expects "
+                        "(see schema.at_expected_revision and schema.matches_models)"
+                    )
+            except asyncpg.UndefinedFunctionError as exc:
+                # Managed servers hide some functions; an extension may be missing.
+                result = CheckResult.skipped(f"{title}: this server lacks a function the check needs ({exc})")
             except HokmdbError as exc:
                 result = CheckResult.failed(f"{title}: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
                 # A check that cannot finish has not passed: report it as a failure, not a traceback.
                 result = CheckResult.failed(f"{title}: could not run: {type(exc).__name__}: {redact(str(exc))}")
             finally:
-                try:
-                    await ctx.conn.execute("RESET statement_timeout; RESET jit")
-                except (asyncpg.PostgresError, asyncpg.InterfaceError):
-                    pass
+                for session in sessions:
+                    try:
+                        await session.execute("RESET statement_timeout; RESET jit")
+                    except (asyncpg.PostgresError, asyncpg.InterfaceError):
+                        pass
+            result = judge_unverified(spec, result, ctx.settings)
             return replace(result, check=name, duration_s=round(time.monotonic() - started, 4))
 
         wrapper.spec = spec  # type: ignore[attr-defined]
         return wrapper
 
     return decorate
+
+
+GATING_SEVERITIES = frozenset({"blocker", "critical"})
+_MISSING = re.compile(r'(?:relation|column) "?([\w.]+)"? does not exist')
+
+
+def _missing_name(exc: Exception) -> str:
+    found = _MISSING.search(str(exc))
+    return found.group(1) if found else "such object"
+
+
+def _catalog_object(exc: Exception) -> bool:
+    """Whether the missing table is the server's (a hidden catalog view), not the application's."""
+    name = _missing_name(exc).rsplit(".", 1)[-1]
+    return isinstance(exc, asyncpg.UndefinedTableError) and (name.startswith("pg_") or "information_schema" in str(exc))
+
+
+def judge_unverified(spec: CheckSpec, result: CheckResult, settings: SmokeSettings) -> CheckResult:
+    """A blocker or critical check that could not look fails, unless waived with a reason.
+
+    A waiver only accepts "could not verify": a check that looked and failed stays failed.
+    """
+    if result.status != "skipped" or spec.severity not in GATING_SEVERITIES:
+        return result
+    waiver = settings.waivers.get(spec.name)
+    if waiver is not None and not waiver.expired():
+        until = f", until {waiver.expires.isoformat()}" if waiver.expires else ""
+        return replace(
+            result,
+            message=f"waived (smoke.waivers, {spec.severity}{until}): {waiver.reason}. Not verified: {result.message}",
+            waiver={"reason": waiver.reason, **({"expires": waiver.expires.isoformat()} if waiver.expires else {})},
+            verified=False,
+        )
+    expired = (f" The waiver in smoke.waivers expired on {waiver.expires.isoformat()}: fix the cause or renew it."
+               if waiver is not None and waiver.expires else "")
+    return replace(
+        result,
+        status="failed",
+        message=(f"not verified: {result.message}. A {spec.severity} check that cannot look fails the gate: fix what "
+                 f"stops it, or accept it for this environment in smoke.waivers with a reason "
+                 f'("{spec.name}": {{"reason": "..."}}).{expired}'),
+        verified=False,
+    )
+
+
+def waiver_problems(settings: SmokeSettings) -> list[str]:
+    """Waivers that name no check, or a check whose skip never fails the gate anyway."""
+    import pytest_hokmdb.checks.catalog  # noqa: F401 - registers every check
+
+    problems = []
+    for name in settings.waivers:
+        spec = REGISTRY.get(name)
+        if spec is None:
+            known = ", ".join(sorted(n for n, s in REGISTRY.items() if s.severity in GATING_SEVERITIES))
+            problems.append(f"smoke.waivers.{name}: no such check (waivable: {known})")
+        elif spec.severity not in GATING_SEVERITIES:
+            problems.append(f"smoke.waivers.{name}: a {spec.severity} check that cannot look is only skipped, "
+                            "never failed; remove the waiver")
+    return problems
 
 
 def spec_of(fn: CheckFunction) -> CheckSpec:

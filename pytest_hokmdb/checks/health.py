@@ -6,8 +6,10 @@ own brief latches that ``pg_locks`` needs). Session checks are scoped to the cur
 database, because a long transaction elsewhere in the cluster neither blocks this
 database's vacuum nor holds its locks, and they never count the gate's own session.
 
-A role without ``pg_read_all_stats`` sees other roles' sessions with most columns
-NULL; the checks say so in their message instead of passing as if they saw everything.
+A role without ``pg_read_all_stats`` sees other roles' sessions with most columns NULL, so
+the session checks read ``pg_stat_activity`` over the monitoring connection
+(``database.monitor_user``, pg_monitor); a check that still cannot see every session reports
+"not verified" instead of passing as if it had looked.
 """
 
 from __future__ import annotations
@@ -66,13 +68,17 @@ async def sees_all_sessions(conn: asyncpg.Connection) -> bool:
     )
 
 
-async def _visibility(ctx: CheckContext) -> str:
-    if await sees_all_sessions(ctx.conn):
-        return ""
-    return (
-        f" (role {ctx.target.user} sees the details of its own sessions only; grant it pg_read_all_stats "
-        "so other roles' sessions are checked too)"
-    )
+async def _blind_spot(ctx: CheckContext) -> str | None:
+    """Why the session checks cannot see every session's details, or None when they can."""
+    if await sees_all_sessions(ctx.observer):
+        return None
+    role = await ctx.observer.fetchval("SELECT current_user")
+    return (f"role {role} sees the details of its own sessions only (it is not a member of pg_read_all_stats), "
+            f"so other roles' sessions were not checked; {ctx.monitor_hint()}")
+
+
+def _unseen(ctx: CheckContext, what: str, blind: str, limit: float) -> CheckResult:
+    return CheckResult.skipped(f"{what}: none among the sessions visible, but {blind}", measured=0, threshold=limit)
 
 
 def _who(row: Mapping[str, Any]) -> str:
@@ -98,7 +104,7 @@ async def long_transactions(ctx: CheckContext) -> CheckResult:
     """A long transaction holds back vacuum (dead rows pile up) and usually holds locks;
     autovacuum workers are excluded because their long runs are expected."""
     limit = ctx.settings.long_transaction_s
-    rows = await ctx.conn.fetch(
+    rows = await ctx.observer.fetch(
         f"""
         SELECT {_SESSION_COLUMNS} FROM pg_stat_activity
         WHERE {_OWN_DATABASE_CLIENTS} AND xact_start IS NOT NULL AND now() - xact_start > make_interval(secs => $1)
@@ -106,7 +112,6 @@ async def long_transactions(ctx: CheckContext) -> CheckResult:
         """,
         limit,
     )
-    visibility = await _visibility(ctx)
     if rows:
         total = int(rows[0]["total"])
         described = [
@@ -123,7 +128,9 @@ async def long_transactions(ctx: CheckContext) -> CheckResult:
             threshold=limit,
             evidence={"sessions": "\n".join(described)},
         )
-    return CheckResult.passed(f"no transaction open longer than {limit:g} s{visibility}", measured=0, threshold=limit)
+    if blind := await _blind_spot(ctx):
+        return _unseen(ctx, f"no transaction open longer than {limit:g} s", blind, limit)
+    return CheckResult.passed(f"no transaction open longer than {limit:g} s", measured=0, threshold=limit)
 
 
 @check("health.idle_in_transaction", title="No sessions idle in a transaction", feature=FEATURE, category=CATEGORY)
@@ -131,7 +138,7 @@ async def idle_in_transaction(ctx: CheckContext) -> CheckResult:
     """An application that opened a transaction and went away holds its locks and snapshot
     until it returns: the classic cause of mysteriously blocked migrations."""
     limit = ctx.settings.idle_in_transaction_s
-    rows = await ctx.conn.fetch(
+    rows = await ctx.observer.fetch(
         f"""
         SELECT {_SESSION_COLUMNS} FROM pg_stat_activity
         WHERE {_OWN_DATABASE_CLIENTS}
@@ -141,7 +148,6 @@ async def idle_in_transaction(ctx: CheckContext) -> CheckResult:
         """,
         limit,
     )
-    visibility = await _visibility(ctx)
     if rows:
         total = int(rows[0]["total"])
         described = [
@@ -159,7 +165,9 @@ async def idle_in_transaction(ctx: CheckContext) -> CheckResult:
             threshold=limit,
             evidence={"sessions": "\n".join(described)},
         )
-    return CheckResult.passed(f"no session idle in a transaction longer than {limit:g} s{visibility}", measured=0, threshold=limit)
+    if blind := await _blind_spot(ctx):
+        return _unseen(ctx, f"no session idle in a transaction longer than {limit:g} s", blind, limit)
+    return CheckResult.passed(f"no session idle in a transaction longer than {limit:g} s", measured=0, threshold=limit)
 
 
 @check("health.blocked_locks", title="No session waits long on a lock", feature=FEATURE, category=CATEGORY, severity="critical")
@@ -168,7 +176,7 @@ async def blocked_locks(ctx: CheckContext) -> CheckResult:
 
     ``pg_blocking_pids`` is only evaluated for sessions already waiting longer than the limit."""
     limit = ctx.settings.blocked_lock_s
-    rows = await ctx.conn.fetch(
+    rows = await ctx.observer.fetch(
         f"""
         WITH waiting AS (
             SELECT l.pid, min(l.waitstart) AS waitstart,
@@ -194,13 +202,14 @@ async def blocked_locks(ctx: CheckContext) -> CheckResult:
         """,
         limit,
     )
-    visibility = await _visibility(ctx)
     if not rows:
-        return CheckResult.passed(f"no session has waited on a lock longer than {limit:g} s{visibility}", measured=0, threshold=limit)
+        if blind := await _blind_spot(ctx):
+            return _unseen(ctx, f"no session has waited on a lock longer than {limit:g} s", blind, limit)
+        return CheckResult.passed(f"no session has waited on a lock longer than {limit:g} s", measured=0, threshold=limit)
     blocker_pids = sorted({pid for r in rows for pid in (r["blockers"] or [])})
     blockers = {
         b["pid"]: b
-        for b in await ctx.conn.fetch(
+        for b in await ctx.observer.fetch(
             """
             SELECT pid, usename, application_name, host(client_addr) AS client_addr, state, query,
                    extract(epoch FROM now() - xact_start)::float8 AS xact_age_s
@@ -288,20 +297,28 @@ class Replica:
         return f"{self.name or '(no application_name)'}{where}"
 
 
-def judge_replicas(replicas: Sequence[Replica], max_lag_s: float) -> CheckResult:
-    """The verdict on ``pg_stat_replication`` rows (kept apart from the query so it can be
-    tested without building a standby)."""
+def judge_replicas(replicas: Sequence[Replica], max_lag_s: float, *, expected: int = 0, max_lag_bytes: int | None = None,
+                   hint: str = "grant the role pg_read_all_stats (or pg_monitor)") -> CheckResult:
+    """The verdict on ``pg_stat_replication`` rows (kept apart from the query so each rule is
+    easy to read). ``expected`` is how many replicas the environment must have attached."""
     if not replicas:
-        return CheckResult.skipped(
-            "replication: no replicas (pg_stat_replication is empty on this server, so there is no lag to check)"
-        )
+        if expected:
+            return CheckResult.failed(
+                f"replication: no replica is attached, {expected} expected (smoke.expected_replicas): the standby is down "
+                "or cannot reach the primary; check the standby's log, primary_conninfo and pg_hba.conf replication lines",
+                measured=0, threshold=expected,
+            )
+        return CheckResult.passed("replication: no replicas attached, none expected (smoke.expected_replicas = 0)",
+                                  measured=0, threshold=0)
     if all(r.state is None for r in replicas):
         return CheckResult.skipped(
-            f"replication: {len(replicas)} replica(s) are attached but this role cannot see their state; "
-            "grant it pg_read_all_stats (or pg_monitor) to check replication"
+            f"replication: {len(replicas)} replica(s) are attached but this role cannot see their state; {hint}"
         )
     problems: list[str] = []
     described: list[str] = []
+    streaming = [r for r in replicas if r.state == "streaming"]
+    if len(streaming) < expected:
+        problems.append(f"only {len(streaming)} of {expected} expected replica(s) are streaming (smoke.expected_replicas)")
     for r in replicas:
         lag = r.replay_lag_s
         behind = f", {r.behind_bytes} bytes of WAL not replayed" if r.behind_bytes else ""
@@ -318,36 +335,47 @@ def judge_replicas(replicas: Sequence[Replica], max_lag_s: float) -> CheckResult
                 f"(smoke.max_replication_lag_s){behind}: reads from it are stale; check its I/O, network, "
                 "and long queries on the standby (hot_standby_feedback/max_standby_streaming_delay)"
             )
+        elif max_lag_bytes is not None and (r.behind_bytes or 0) > max_lag_bytes:
+            # replay_lag stays NULL or stale while replay is paused or stuck: bytes still tell.
+            problems.append(
+                f"replica {r.describe()} has {r.behind_bytes} bytes of WAL not replayed, over {max_lag_bytes} "
+                "(smoke.max_replication_lag_bytes): replay is paused or stuck; check pg_is_wal_replay_paused() and "
+                "the standby's log"
+            )
     worst = max((r.replay_lag_s or 0.0 for r in replicas), default=0.0)
     evidence = {"pg_stat_replication": "\n".join(described)}
     if problems:
         return CheckResult.failed("; ".join(problems), measured=round(worst, 2), threshold=max_lag_s, evidence=evidence)
     return CheckResult.passed(
-        f"{len(replicas)} replica(s) streaming, worst replay lag {worst:.1f} s", measured=round(worst, 2),
-        threshold=max_lag_s, evidence=evidence,
+        f"{len(replicas)} replica(s) streaming ({'; '.join(described)}), worst replay lag {worst:.1f} s",
+        measured=round(worst, 2), threshold=max_lag_s, evidence=evidence,
     )
 
 
 @check("health.replication", title="Replicas stream and keep up", feature=FEATURE, category=CATEGORY, severity="critical")
 async def replication(ctx: CheckContext) -> CheckResult:
-    rows = await ctx.conn.fetch(
+    """State and lag of every streaming replica, from the primary's pg_stat_replication
+    (over the monitoring connection: other roles' walsender rows hide their state)."""
+    conn = ctx.observer
+    rows = await conn.fetch(
         """
         SELECT application_name, client_addr::text AS client, state, sync_state,
                extract(epoch FROM replay_lag)::float8 AS replay_lag_s,
-               pg_wal_lsn_diff(sent_lsn, replay_lsn)::bigint AS behind_bytes
+               pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint AS behind_bytes
         FROM pg_stat_replication
         """
-    )
+    ) if not await conn.fetchval("SELECT pg_is_in_recovery()") else None
+    if rows is None:
+        return CheckResult.skipped(
+            "replication: this server is itself a standby, so its replicas cannot be judged here; "
+            "point the gate at the primary to check replication"
+        )
     replicas = [
         Replica(r["application_name"], r["client"], r["state"], r["sync_state"], r["replay_lag_s"], r["behind_bytes"])
         for r in rows
     ]
-    if not replicas and await ctx.conn.fetchval("SELECT pg_is_in_recovery()"):
-        return CheckResult.skipped(
-            "replication: no replicas attached here, and this server is itself a standby; "
-            "point the gate at the primary to check replication"
-        )
-    return judge_replicas(replicas, ctx.settings.max_replication_lag_s)
+    return judge_replicas(replicas, ctx.settings.max_replication_lag_s, expected=ctx.settings.expected_replicas,
+                          max_lag_bytes=ctx.settings.max_replication_lag_bytes, hint=ctx.monitor_hint())
 
 
 @check("health.dead_tuples", title="Tables are not bloated with dead rows", feature=FEATURE, category=CATEGORY)

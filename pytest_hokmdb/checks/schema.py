@@ -391,11 +391,9 @@ async def matches_models(ctx: CheckContext) -> CheckResult:
     if ctx.target_revision not in (None, "head", "heads"):
         code_head = head_revision(alembic_config(project_root=ctx.project_root))
         if ctx.target_revision != code_head:
-            # A restore to an earlier moment is held to its own revision; the models describe head.
-            return CheckResult.skipped(
-                f"the models describe head {code_head}, and this database is held to revision "
-                f"{ctx.target_revision} (--target-revision): compare after deploying it to head"
-            )
+            # A rollback or a restore to an earlier moment is held to its own revision; the
+            # models describe head, so compare with what that revision's migrations build.
+            return await _matches_revision(ctx, ctx.target_revision)
     schema = await app_schema(ctx.conn)
     expected = expected_shape(metadata)
     live = await live_shape(ctx.conn, schema, expected.enums.keys())
@@ -416,6 +414,33 @@ async def matches_models(ctx: CheckContext) -> CheckResult:
         threshold=0,
         evidence={"schema drift": "\n".join(items) + "\n"},
     )
+
+
+async def _matches_revision(ctx: CheckContext, held: str) -> CheckResult:
+    """The live catalog against a scratch database migrated to ``held`` (cached per revision):
+    the same comparison deploy.py's pre-flight drift check makes, from the same code."""
+    from dataclasses import replace
+
+    from pytest_hokmdb.deploy.drift import check_drift
+
+    script = script_directory(alembic_config(project_root=ctx.project_root))
+    revision = _known(script, held)
+    if revision is None:
+        return CheckResult.failed(f"revision {held!r} (--target-revision) is not in this code's migration history, "
+                                  "so the schema cannot be compared with it")
+    drift = await check_drift(replace(ctx.target, read_only=True), ctx.project_root, script, revision)
+    if not drift.checked:
+        return CheckResult.skipped(f"could not build what revision {held} looks like to compare with: {drift.reason}")
+    if drift.items:
+        items = drift.items
+        return CheckResult.failed(
+            f"this database is held to revision {held} (--target-revision), and its schema differs from what {held} "
+            f"builds ({drift.reference}) in {len(items)} place{'s' if len(items) != 1 else ''}: "
+            f"{'; '.join(items[:8])}{f' (and {len(items) - 8} more)' if len(items) > 8 else ''}. The rollback or "
+            "restore left it broken, or someone changed it by hand",
+            measured=len(items), threshold=0, evidence={"schema drift": "\n".join(items) + "\n"},
+        )
+    return CheckResult.passed(f"schema matches what revision {held} builds ({drift.reference})", measured=0, threshold=0)
 
 
 # -- leftovers of failed or partial DDL --------------------------------------------------------

@@ -7,8 +7,9 @@ server-wide settings (password hashing, ``trust`` logins, TLS, who may create ob
 ``public``) are checked here too because a deploy is when they silently regress.
 
 Everything is read from the catalog and ``pg_settings``: cheap, read-only, and readable
-by an unprivileged role, except ``pg_hba_file_rules``, which is skipped (with the grant
-that would enable it) when the role may not read it.
+by an unprivileged role, except ``pg_hba_file_rules``, which is read over the monitoring
+connection (``database.monitor_user``); without one the check is "not verified" and, being a
+blocker, fails the gate unless waived.
 """
 
 from __future__ import annotations
@@ -220,18 +221,21 @@ async def no_remote_trust_auth(ctx: CheckContext) -> CheckResult:
     ``pg_hba_file_rules`` shows the file as it is now, which is what the server uses after
     its next reload, so a bad edit is caught before it takes effect too.
     """
-    role = await ctx.conn.fetchval("SELECT current_user")
-    readable = await ctx.conn.fetchval(
+    # The application role may not read pg_hba_file_rules (superuser only by default): this
+    # check runs over the monitoring connection when the environment has one.
+    conn = ctx.observer
+    role = await conn.fetchval("SELECT current_user")
+    readable = await conn.fetchval(
         "SELECT has_table_privilege('pg_catalog.pg_hba_file_rules', 'SELECT') "
         "AND has_function_privilege('pg_catalog.pg_hba_file_rules()', 'EXECUTE')"
     )
     if not readable:
-        return CheckResult.skipped(
-            f"cannot inspect pg_hba.conf: role {role} may not read pg_hba_file_rules (superuser only by default). "
-            f"To check it, run as a superuser: GRANT SELECT ON pg_catalog.pg_hba_file_rules TO {quote_ident(role)}; "
-            f"GRANT EXECUTE ON FUNCTION pg_catalog.pg_hba_file_rules() TO {quote_ident(role)}; or review pg_hba.conf by hand"
-        )
-    rows = await ctx.conn.fetch(
+        grants = (f"GRANT SELECT ON pg_catalog.pg_hba_file_rules TO {quote_ident(role)}; "
+                  f"GRANT EXECUTE ON FUNCTION pg_catalog.pg_hba_file_rules() TO {quote_ident(role)}")
+        how = (f"as a superuser run: {grants}" if ctx.monitor is not None
+               else f"{ctx.monitor_hint()}, with {grants.replace(quote_ident(role), '<monitor role>')}")
+        return CheckResult.skipped(f"cannot inspect pg_hba.conf: role {role} may not read pg_hba_file_rules; {how}")
+    rows = await conn.fetch(
         "SELECT line_number, type, database, user_name, address, netmask, auth_method, error "
         "FROM pg_catalog.pg_hba_file_rules ORDER BY line_number"
     )

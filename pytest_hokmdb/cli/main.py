@@ -92,8 +92,17 @@ def cmd_config(args: argparse.Namespace) -> int:
             failures += 1
             print(f"{name}: INVALID\n{exc}", file=sys.stderr)
             continue
+        from pytest_hokmdb.checks.base import waiver_problems
+
+        problems = waiver_problems(loaded.config.smoke)
+        if problems:
+            failures += 1
+            print(f"{name}: INVALID\n{loaded.path}: " + "\n".join(problems), file=sys.stderr)
+            continue
         note = f" (placeholders for {', '.join(loaded.stood_in)})" if loaded.stood_in else ""
-        print(f"{name}: ok, {loaded.path}{note}")
+        waived = "".join(f"\n  waiver: {check}: {w.reason}" + (f" (until {w.expires})" if w.expires else "")
+                         for check, w in loaded.config.smoke.waivers.items())
+        print(f"{name}: ok, {loaded.path}{note}{waived}")
     return int(ExitCode.CONFIG_ERROR) if failures else int(ExitCode.OK)
 
 

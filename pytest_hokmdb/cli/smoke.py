@@ -50,16 +50,24 @@ def render(result: GateResult, out=sys.stdout) -> None:  # type: ignore[no-untyp
     table = Table(title=f"smoke checks on {result.document.get('environment', '?')}", show_lines=False)
     for column in ("check", "status", "ms", "measured / threshold", "message"):
         table.add_column(column, overflow="fold")
-    style = {"passed": "green", "failed": "red", "error": "red", "skipped": "yellow"}
+    style = {"passed": "green", "failed": "red", "error": "red", "skipped": "yellow", "waived": "magenta",
+             "not verified": "red"}
     for test in result.tests:
         status = test.get("status") or test["outcome"]
         if test["outcome"] == "error":
             status = "error"
+        elif test.get("waiver"):
+            status = "waived"
+        elif test.get("verified") is False:
+            status = "not verified"
         measured = "" if test.get("measured") is None else f"{test['measured']} / {test.get('threshold')}"
         name = test.get("check") or test["nodeid"].split("::")[-1]
         table.add_row(name, f"[{style.get(status, 'white')}]{status}[/]", f"{test['duration_s'] * 1000:.0f}", measured, test.get("message", ""))
     console.print(table)
     summary = ", ".join(f"{v} {k}" for k, v in sorted(result.summary.items())) or "no checks ran"
+    for waiver in result.document.get("waivers", []):
+        until = f", until {waiver['expires']}" if waiver.get("expires") else ""
+        console.print(f"waived: {waiver['check']} ({waiver['reason']}{until}) - not verified on this run")
     console.print(f"result: {'PASSED' if result.passed else 'FAILED'} ({summary}) in {result.document.get('duration_s', 0):.1f}s")
 
 

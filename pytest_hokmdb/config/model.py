@@ -7,6 +7,7 @@ shows them.
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from typing import Literal
 
@@ -41,6 +42,12 @@ class DatabaseSettings(_Strict):
     statement_timeout_ms: int = Field(30_000, ge=0)
     lock_timeout_ms: int = Field(1_000, ge=0)
     application_name: str = "hokmdb"
+    # The monitoring connection: checks that need more than the application role may see
+    # (pg_hba_file_rules, other roles' sessions, replication state) run as this role, a member
+    # of pg_monitor with the grants README "Monitoring connection" lists. Unset on an embedded
+    # cluster: the hokm_monitor role its setup creates.
+    monitor_user: str | None = Field(None, description="role with pg_monitor for the checks the app role may not run")
+    monitor_password: SecretStr | None = None
 
 
 class EmbeddedSettings(_Strict):
@@ -204,6 +211,10 @@ class HotQuery(_Strict):
     params: list[str] = Field(default_factory=list)
     max_ms: float = Field(50.0, gt=0)
     expected_index: str | list[str] | None = Field(None, description="an index the plan must use, or a list of acceptable ones")
+    index_since: str | None = Field(
+        None, description="the alembic revision that creates expected_index: a database held to an older revision "
+        "(after a rollback or a restore) is not expected to have it",
+    )
 
     @property
     def expected_indexes(self) -> list[str]:
@@ -233,6 +244,7 @@ DEFAULT_HOT_QUERIES: tuple[HotQuery, ...] = (
         params=["$sample_player_id"],
         max_ms=50,
         expected_index="ix_game_participants_player_id",
+        index_since="0006",
     ),
     HotQuery(
         name="leaderboard_top_n",
@@ -253,8 +265,32 @@ DEFAULT_HOT_QUERIES: tuple[HotQuery, ...] = (
 )
 
 
+class Waiver(_Strict):
+    """Accepting that one blocker/critical check cannot verify on this environment. A reason
+    is required and shows in every report; an expiry makes the acceptance come back for review."""
+
+    reason: str = Field(min_length=10, description="why not verifying this check is acceptable here")
+    expires: date | None = Field(None, description="after this day the waiver no longer applies")
+
+    @field_validator("reason")
+    @classmethod
+    def _real_reason(cls, value: str) -> str:
+        if len(value.strip()) < 10:
+            raise ValueError("a waiver needs a reason of at least 10 characters")
+        return value.strip()
+
+    def expired(self, today: date | None = None) -> bool:
+        return self.expires is not None and (today or date.today()) > self.expires
+
+
 class SmokeSettings(_Strict):
     """Thresholds of the post-deploy checks; defaults suit a healthy game server."""
+
+    waivers: dict[str, Waiver] = Field(
+        default_factory=dict,
+        description="check name -> reason (and expiry) for accepting that a blocker/critical check cannot verify",
+    )
+    expected_replicas: int = Field(0, ge=0, description="streaming replicas the primary must have attached")
 
     check_statement_timeout_ms: int = Field(5_000, ge=100, description="per check, so a sick database cannot hang the gate")
     min_server_version_num: int = Field(150000, ge=90000)
@@ -273,6 +309,7 @@ class SmokeSettings(_Strict):
     blocked_lock_s: float = Field(30.0, gt=0)
     max_xid_age: int = Field(1_000_000_000, gt=0)
     max_replication_lag_s: float = Field(30.0, gt=0)
+    max_replication_lag_bytes: int = Field(256 * 1024 * 1024, gt=0, description="WAL a replica may have left to replay")
     max_dead_tuple_ratio: float = Field(0.2, gt=0, le=1)
     dead_tuple_min_rows: int = Field(10_000, ge=0)
     max_vacuum_age_h: float = Field(168.0, gt=0, description="hot tables with changes must be vacuumed/analyzed this often")
@@ -358,6 +395,7 @@ class HokmdbConfig(_Strict):
     def secrets(self) -> list[str]:
         values = [
             self.database.password,
+            self.database.monitor_password,
             self.backup.encryption_key,
             self.backup.admin_password,
             self.notifications.slack_webhook_url,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from dataclasses import replace
 
 import asyncpg
 
@@ -55,10 +56,37 @@ def _app_password(cluster: EmbeddedCluster, user: str, configured: str | None) -
     return passwords[user]
 
 
-async def provision(cluster: EmbeddedCluster, *, dbname: str, user: str, password: str) -> None:
-    """Create (or align) a non-superuser login role and a database it owns; idempotent."""
+EMBEDDED_MONITOR_USER = "hokm_monitor"
+# What the monitoring role needs beyond pg_monitor (README "Monitoring connection").
+MONITOR_GRANTS = (
+    "GRANT pg_monitor TO {role}",
+    "GRANT SELECT ON pg_catalog.pg_hba_file_rules TO {role}",
+    "GRANT EXECUTE ON FUNCTION pg_catalog.pg_hba_file_rules() TO {role}",
+)
+
+
+async def provision_monitor(conn: asyncpg.Connection, *, user: str, password: str) -> None:
+    """Create (or align) the read-only monitoring role: pg_monitor plus the documented grants."""
+    exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", user)
+    verb = "ALTER" if exists else "CREATE"
+    await conn.execute(await conn.fetchval(
+        f"SELECT format('{verb} ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD %L', $1::text, $2::text)",
+        user, password,
+    ))
+    await conn.execute(await conn.fetchval("SELECT format('ALTER ROLE %I SET default_transaction_read_only = on', $1::text)", user))
+    role = await conn.fetchval("SELECT format('%I', $1::text)", user)
+    for grant in MONITOR_GRANTS:
+        await conn.execute(grant.format(role=role))
+
+
+async def provision(cluster: EmbeddedCluster, *, dbname: str, user: str, password: str,
+                    monitor: tuple[str, str] | None = None) -> None:
+    """Create (or align) a non-superuser login role and a database it owns, and the
+    monitoring role when given; idempotent."""
     conn = await asyncpg.connect(**cluster.admin_connect_kwargs())  # type: ignore[arg-type]
     try:
+        if monitor is not None:
+            await provision_monitor(conn, user=monitor[0], password=monitor[1])
         exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", user)
         verb = "ALTER" if exists else "CREATE"
         # format() quotes identifier and literal server-side; nothing is spliced by hand.
@@ -127,7 +155,9 @@ async def resolve_target(loaded: LoadedConfig, *, start: bool = True, provision_
         cluster.start()
     password = _app_password(cluster, db.user, db.password.get_secret_value() if db.password else None)
     if start and provision_embedded:
-        await provision(cluster, dbname=db.name, user=db.user, password=password)
+        monitor_user = db.monitor_user or EMBEDDED_MONITOR_USER
+        monitor_password = _app_password(cluster, monitor_user, db.monitor_password.get_secret_value() if db.monitor_password else None)
+        await provision(cluster, dbname=db.name, user=db.user, password=password, monitor=(monitor_user, monitor_password))
     elif start:
         await _require_provisioned(cluster, environment=config.environment, dbname=db.name, user=db.user)
     return Target(
@@ -138,3 +168,22 @@ async def resolve_target(loaded: LoadedConfig, *, start: bool = True, provision_
         embedded=True,
         **common,  # type: ignore[arg-type]
     )
+
+
+async def resolve_monitor_target(loaded: LoadedConfig, target: Target) -> Target | None:
+    """The monitoring connection's target (read-only, same server and database), or None
+    when the environment has none. An embedded cluster's is the role its setup created."""
+    db = loaded.config.database
+    user, password = db.monitor_user, (db.monitor_password.get_secret_value() if db.monitor_password else None)
+    if user is None and target.embedded:
+        cluster = embedded_cluster_for(loaded)
+        user = EMBEDDED_MONITOR_USER
+        if password is None:
+            state = json.loads(cluster.state_file.read_text()) if cluster.state_file.is_file() else {}
+            password = state.get("app_passwords", {}).get(user)
+            if password is None:
+                return None
+            register_secret(password)
+    if user is None:
+        return None
+    return replace(target, user=user, password=password, read_only=True, application_name=f"{target.application_name}-monitor")

@@ -61,6 +61,10 @@ class JsonResult:
         }
         if check.get("evidence"):
             entry["evidence"] = check["evidence"]
+        if check.get("waiver"):
+            entry["waiver"] = {k: redact(v) for k, v in check["waiver"].items()}
+        if check and not check.get("verified", True):
+            entry["verified"] = False
         self.entries[report.nodeid] = entry
 
     def write(self, exitstatus: int) -> None:
@@ -76,6 +80,8 @@ class JsonResult:
             "duration_s": round(time.time() - self.started, 3),
             "exitstatus": int(exitstatus),
             "summary": counts,
+            # Every check accepted as unverifiable, with its reason: a waiver is never silent.
+            "waivers": [{"check": e["check"], **e["waiver"]} for e in self.entries.values() if e.get("waiver")],
             "tests": list(self.entries.values()),
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)

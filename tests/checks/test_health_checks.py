@@ -138,11 +138,15 @@ async def test_xid_age_fails_over_limit(seeded_db: ThrowawayDatabase, check_cont
 # -- replication -------------------------------------------------------------------------------
 
 
-async def test_replication_skips_without_replicas(seeded_db: ThrowawayDatabase, check_context_factory: ContextFactory) -> None:
+async def test_replication_without_replicas_passes_only_when_none_are_expected(seeded_db: ThrowawayDatabase, check_context_factory: ContextFactory) -> None:
     ctx = await check_context_factory(seeded_db, read_only=True)
     result = await health.replication(ctx)
-    assert_status(result, "skipped")
-    assert "no replicas" in result.message
+    assert_status(result, "passed")
+    assert "no replicas attached, none expected (smoke.expected_replicas = 0)" in result.message
+    ctx = await check_context_factory(seeded_db, read_only=True, smoke={"expected_replicas": 1})
+    result = await health.replication(ctx)
+    assert_status(result, "failed")
+    assert "no replica is attached, 1 expected (smoke.expected_replicas)" in result.message
 
 
 def replica(state: str | None = "streaming", lag: float | None = 0.5, behind: int | None = 0) -> health.Replica:

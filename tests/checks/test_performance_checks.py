@@ -105,11 +105,31 @@ async def test_hot_queries_fail_on_invalid_index_from_failed_concurrent_build(
     assert "DROP INDEX CONCURRENTLY" in result.message
 
 
-async def test_hot_queries_skip_without_games(hokmdb_fresh_db: ThrowawayDatabase, check_context_factory: ContextFactory) -> None:
+async def test_hot_queries_without_games_still_check_their_indexes(hokmdb_fresh_db: ThrowawayDatabase, check_context_factory: ContextFactory) -> None:
     ctx = await check_context_factory(hokmdb_fresh_db)
     result = await performance.hot_queries(ctx)
-    assert_status(result, "skipped")
-    assert "no data to sample" in result.message
+    assert_status(result, "passed")
+    assert "no games yet" in result.message and "expected index(es) exist and are valid" in result.message
+    await run_statements(hokmdb_fresh_db, "DROP INDEX ix_players_rating_desc")
+    result = await performance.hot_queries(await check_context_factory(hokmdb_fresh_db))
+    assert_status(result, "failed")
+    assert "leaderboard_top_n: its index ix_players_rating_desc does not exist" in result.message
+
+
+async def test_hot_queries_judge_the_revision_the_database_is_held_to(seeded_db: ThrowawayDatabase, check_context_factory: ContextFactory) -> None:
+    """After a rollback to 0005, 0006's index is not expected; at head its absence fails."""
+    await run_statements(seeded_db, "DROP INDEX ix_game_participants_player_id")
+    held = await performance.hot_queries(await check_context_factory(seeded_db, target_revision="0005"))
+    assert_status(held, "passed")
+    assert "ix_game_participants_player_id arrives with revision 0006, after 0005" in held.message
+    at_head = await performance.hot_queries(await check_context_factory(seeded_db))
+    assert_status(at_head, "failed")
+    assert "player_recent_games does not use ix_game_participants_player_id, which does not exist" in at_head.message
+    # Held to 0005, an index that 0005 does have is still required.
+    await run_statements(seeded_db, "DROP INDEX ix_players_rating_desc")
+    broken = await performance.hot_queries(await check_context_factory(seeded_db, target_revision="0005"))
+    assert_status(broken, "failed")
+    assert "leaderboard_top_n does not use ix_players_rating_desc, which does not exist" in broken.message
 
 
 async def test_hot_query_that_writes_is_refused_and_writes_nothing(seeded_db: ThrowawayDatabase, check_context_factory: ContextFactory) -> None:

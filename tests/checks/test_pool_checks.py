@@ -120,7 +120,9 @@ async def test_dropped_connection_skips_without_right_to_terminate(
     ctx = await check_context_factory(seeded_db)
     await ctx.conn.execute(f"SET ROLE {limited_role}")
     result = await pool.survives_dropped_connection(ctx)
-    assert_status(result, "skipped")
+    # A critical check that could not look is not a pass (fail closed).
+    assert_status(result, "failed")
+    assert result.message.startswith("not verified: ") and result.verified is False
     assert "may not terminate backends" in result.message
     assert "pg_signal_backend" in result.message
 

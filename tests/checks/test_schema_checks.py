@@ -72,16 +72,21 @@ async def test_models_match_a_seeded_database(seeded_db, check_context_factory) 
     assert "8 tables" in result.message
 
 
-async def test_models_are_not_compared_with_a_database_held_to_an_earlier_revision(
+async def test_a_database_held_to_an_earlier_revision_is_compared_with_what_that_revision_builds(
     hokmdb_fresh_db, check_context_factory
 ) -> None:  # type: ignore[no-untyped-def]
-    """A point-in-time restore to before a deploy is checked against its own revision."""
+    """A rollback or point-in-time restore to before a deploy is judged against its own revision:
+    0005 has no ix_game_participants_player_id, so its absence is right there; a broken 0005 fails."""
     await run_statements(hokmdb_fresh_db, "DROP INDEX ix_game_participants_player_id")
     held = await schema.matches_models(await check_context_factory(hokmdb_fresh_db, target_revision="0005"))
-    assert held.status == "skipped", held.message
-    assert "the models describe head 0006, and this database is held to revision 0005" in held.message
+    assert held.status == "passed", held.message
+    assert "schema matches what revision 0005 builds" in held.message
     at_head = await schema.matches_models(await check_context_factory(hokmdb_fresh_db, target_revision="0006"))
     assert at_head.status == "failed" and "missing index ix_game_participants_player_id" in at_head.message
+    await run_statements(hokmdb_fresh_db, "DROP INDEX ix_players_rating_desc")
+    broken = await schema.matches_models(await check_context_factory(hokmdb_fresh_db, target_revision="0005"))
+    assert broken.status == "failed", broken.message
+    assert "held to revision 0005" in broken.message and "ix_players_rating_desc" in broken.message
 
 
 async def test_models_ignore_alembic_and_tool_tables(hokmdb_fresh_db, check_context_factory) -> None:  # type: ignore[no-untyped-def]

@@ -232,11 +232,51 @@ async def test_remote_trust_rule_fails_and_local_ones_do_not(hokmdb_fresh_db: Th
     assert "scram-sha-256" in result.message
 
 
-async def test_hba_check_skips_when_the_role_may_not_read_the_rules(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_hba_check_is_not_verified_and_fails_when_the_role_may_not_read_the_rules(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    """The normal case on production: the application role may not read pg_hba_file_rules. A
+    blocker that could not look fails the gate, naming the monitoring connection as the fix."""
     result = await security.no_remote_trust_auth(await _as_app(check_context_factory, app_role))
-    assert result.status == "skipped"
+    assert result.status == "failed" and result.verified is False
+    assert result.message.startswith("not verified: cannot inspect pg_hba.conf")
     assert f"role {app_role.name} may not read pg_hba_file_rules" in result.message
-    assert f"GRANT SELECT ON pg_catalog.pg_hba_file_rules TO {app_role.name}" in result.message
+    assert "configure the monitoring connection (database.monitor_user" in result.message
+    assert "GRANT SELECT ON pg_catalog.pg_hba_file_rules TO <monitor role>" in result.message
+    assert '"security.no_remote_trust_auth": {"reason": "..."}' in result.message
+
+
+async def test_a_waiver_with_a_reason_accepts_the_unverified_blocker_and_says_so(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    reason = "managed server: pg_hba is the provider's, reviewed in ticket OPS-12"
+    ctx = await _as_app(check_context_factory, app_role, smoke={"waivers": {"security.no_remote_trust_auth": {"reason": reason}}})
+    result = await security.no_remote_trust_auth(ctx)
+    assert result.status == "skipped" and result.verified is False
+    assert result.waiver == {"reason": reason}
+    assert result.message.startswith(f"waived (smoke.waivers, blocker): {reason}. Not verified: cannot inspect pg_hba.conf")
+    expired = await _as_app(check_context_factory, app_role, smoke={
+        "waivers": {"security.no_remote_trust_auth": {"reason": reason, "expires": "2020-01-31"}}})
+    result = await security.no_remote_trust_auth(expired)
+    assert result.status == "failed" and result.waiver is None
+    assert "The waiver in smoke.waivers expired on 2020-01-31" in result.message
+
+
+async def test_hba_check_runs_over_the_monitoring_connection(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    """With a monitoring role (pg_monitor + the documented grants), a trust rule is found although
+    the application role itself may not read the rules."""
+    from helpers import grant_monitor_role
+
+    await grant_monitor_role(app_role.db, "hokm_monitor_t", "monitor-pw-Zx81")
+    ctx = await _as_app(check_context_factory, app_role, monitor=("hokm_monitor_t", "monitor-pw-Zx81"))
+    assert (await security.no_remote_trust_auth(ctx)).status == "passed"
+    hba = await _hba_file(app_role.db)
+    original, stat = hba.read_text(), hba.stat()
+    try:
+        hba.write_text(original.rstrip("\n") + "\nhost all all 0.0.0.0/0 trust\n")
+        os.chown(hba, stat.st_uid, stat.st_gid)
+        result = await security.no_remote_trust_auth(ctx)
+    finally:
+        hba.write_text(original)
+        os.chown(hba, stat.st_uid, stat.st_gid)
+    assert result.status == "failed" and result.verified
+    assert "host all all 0.0.0.0/0 trust" in result.message
 
 
 async def test_hba_check_runs_for_a_role_granted_the_rules(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]

@@ -13,7 +13,15 @@ from pathlib import Path
 import asyncpg
 import pytest
 import trustme
-from helpers import APP_PASSWORD, APP_USER, PROJECT_ROOT, LiveTarget, TlsCluster, grant_monitor_role, write_config_dir
+from helpers import (
+    APP_PASSWORD,
+    APP_USER,
+    PROJECT_ROOT,
+    LiveTarget,
+    TlsCluster,
+    grant_monitor_role,
+    write_config_dir,
+)
 from sqlalchemy.engine import URL
 
 from pytest_hokmdb.aio import run_sync

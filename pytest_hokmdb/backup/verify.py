@@ -42,7 +42,9 @@ from pytest_hokmdb.backup.streams import HashingReader, HashingWriter
 from pytest_hokmdb.cli.progress import progress
 from pytest_hokmdb.config import LoadedConfig
 from pytest_hokmdb.db import Target, connect
+from pytest_hokmdb.db.resolve import provision_monitor
 from pytest_hokmdb.errors import BackupError
+from pytest_hokmdb.redaction import register_secret
 
 log = logging.getLogger("hokmdb.backup")
 
@@ -229,6 +231,7 @@ def _verification_config(loaded: LoadedConfig, db: Target, directory: Path) -> P
     # Properties of the original *server*, not of the backup: not checked on a scratch copy.
     smoke["require_ssl"] = False
     smoke["log_connections"] = None
+    smoke["expected_replicas"] = 0
     data = {
         "environment": "testing",
         "description": f"verification of a backup of {loaded.config.environment}",
@@ -238,6 +241,8 @@ def _verification_config(loaded: LoadedConfig, db: Target, directory: Path) -> P
             "name": db.dbname,
             "user": db.user,
             "password": "${HOKMDB_VERIFY_PASSWORD}",
+            "monitor_user": f"{db.user}_monitor",
+            "monitor_password": "${HOKMDB_VERIFY_MONITOR_PASSWORD}",
             "sslmode": "disable",
         },
         "embedded": {"enabled": False},
@@ -296,18 +301,27 @@ async def _full(
         )
         details["restore_s"] = round(time.monotonic() - t0, 3)
         await grant_app_role(admin, app_user)
+        # The gate's monitoring connection on the copy, created as setup creates one.
+        monitor_password = secrets.token_urlsafe(18)
+        register_secret(monitor_password)
+        conn = await connect(admin)
+        try:
+            await provision_monitor(conn, user=f"{app_user}_monitor", password=monitor_password)
+        finally:
+            await conn.close()
         await analyze(admin)
         problems += await check_restored(admin, record.manifest, details)
         if smoke and not problems:
             app = replace(admin, user=app_user, password=app_password)
             with tempfile.TemporaryDirectory(prefix="hokmdb-verify-config-") as tmp:
                 path = _verification_config(loaded, app, Path(tmp))
-                gate_loaded = load_config("testing", path, environ={"HOKMDB_VERIFY_PASSWORD": app_password})
+                secrets_env = {"HOKMDB_VERIFY_PASSWORD": app_password, "HOKMDB_VERIFY_MONITOR_PASSWORD": monitor_password}
+                gate_loaded = load_config("testing", path, environ=secrets_env)
                 extra = [f"--target-revision={record.revision}"] if record.revision else []
                 t0 = time.monotonic()
                 gate = run_gate(
                     gate_loaded, "smoke", extra_args=extra,
-                    env={"HOKMDB_VERIFY_PASSWORD": app_password, "HOKMDB_ENVIRONMENT": "testing"},
+                    env={**secrets_env, "HOKMDB_ENVIRONMENT": "testing"},
                     timeout_s=loaded.config.deploy.gate_timeout_s,
                 )
                 summary = gate.summary
@@ -328,6 +342,7 @@ async def _full(
             conn = await connect(admin.with_database("postgres"))
             try:
                 await conn.execute(f"DROP ROLE IF EXISTS {quote_ident(app_user)}")
+                await conn.execute(f"DROP ROLE IF EXISTS {quote_ident(app_user + '_monitor')}")
             finally:
                 await conn.close()
     return problems

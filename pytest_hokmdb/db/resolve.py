@@ -66,7 +66,10 @@ MONITOR_GRANTS = (
 
 
 async def provision_monitor(conn: asyncpg.Connection, *, user: str, password: str) -> None:
-    """Create (or align) the read-only monitoring role: pg_monitor plus the documented grants."""
+    """Create (or align) the read-only monitoring role: pg_monitor plus the documented grants.
+
+    ``conn`` must be connected to the application's database: privileges on catalog views
+    such as ``pg_hba_file_rules`` are kept per database."""
     exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", user)
     verb = "ALTER" if exists else "CREATE"
     await conn.execute(await conn.fetchval(
@@ -85,8 +88,6 @@ async def provision(cluster: EmbeddedCluster, *, dbname: str, user: str, passwor
     monitoring role when given; idempotent."""
     conn = await asyncpg.connect(**cluster.admin_connect_kwargs())  # type: ignore[arg-type]
     try:
-        if monitor is not None:
-            await provision_monitor(conn, user=monitor[0], password=monitor[1])
         exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", user)
         verb = "ALTER" if exists else "CREATE"
         # format() quotes identifier and literal server-side; nothing is spliced by hand.
@@ -101,6 +102,12 @@ async def provision(cluster: EmbeddedCluster, *, dbname: str, user: str, passwor
             await conn.execute(statement)
     finally:
         await conn.close()
+    if monitor is not None:
+        conn = await asyncpg.connect(**cluster.admin_connect_kwargs(dbname))  # type: ignore[arg-type]
+        try:
+            await provision_monitor(conn, user=monitor[0], password=monitor[1])
+        finally:
+            await conn.close()
 
 
 async def _require_provisioned(cluster: EmbeddedCluster, *, environment: str, dbname: str, user: str) -> None:

@@ -15,6 +15,8 @@ import pytest
 from deploy_support import (
     DEPLOY_PASSWORD,
     DEPLOY_ROLE,
+    MONITOR_PASSWORD,
+    MONITOR_ROLE,
     TEMPLATE,
     DeployEnv,
     admin,
@@ -38,6 +40,8 @@ def deploy_template(hokmdb_cluster: EmbeddedCluster) -> str:
     run_sync(admin(hokmdb_cluster, f"CREATE ROLE {DEPLOY_ROLE} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '{DEPLOY_PASSWORD}'"))
     run_sync(admin(hokmdb_cluster, f"GRANT pg_monitor TO {DEPLOY_ROLE}"))
     run_sync(admin(hokmdb_cluster, f"CREATE DATABASE {TEMPLATE} OWNER {DEPLOY_ROLE}"))
+    # The monitoring role the gate uses, as an operator sets it up (grants copy with the template).
+    run_sync(_monitor(hokmdb_cluster))
     run_sync(admin(hokmdb_cluster, f"ALTER SCHEMA public OWNER TO {DEPLOY_ROLE}", TEMPLATE))
     url = URL.create("postgresql+asyncpg", DEPLOY_ROLE, DEPLOY_PASSWORD, hokmdb_cluster.host, hokmdb_cluster.port, TEMPLATE)
     upgrade(url, "head")
@@ -53,6 +57,16 @@ def deploy_template(hokmdb_cluster: EmbeddedCluster) -> str:
     run_sync(fill())
     run_sync(admin(hokmdb_cluster, f"ALTER DATABASE {TEMPLATE} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false"))
     return TEMPLATE
+
+
+async def _monitor(cluster: EmbeddedCluster) -> None:
+    from pytest_hokmdb.db.resolve import provision_monitor
+
+    conn = await asyncpg.connect(**cluster.admin_connect_kwargs(TEMPLATE))  # type: ignore[arg-type]
+    try:
+        await provision_monitor(conn, user=MONITOR_ROLE, password=MONITOR_PASSWORD)
+    finally:
+        await conn.close()
 
 
 @pytest.fixture(scope="session")
@@ -82,6 +96,8 @@ def deploy_env_factory(
             "DB_NAME": db.name,
             "DB_USER": DEPLOY_ROLE,
             "DB_PASSWORD_TEST": DEPLOY_PASSWORD,
+            "DB_MONITOR_USER": MONITOR_ROLE,
+            "DB_MONITOR_PASSWORD_TEST": MONITOR_PASSWORD,
             "HOKMDB_ENV_FILE": str(tmp_path / "no-such.env"),
             "HOKMDB_CACHE_DIR": str(snapshot_cache),
             "HOKMDB_DEPLOY_ACTOR": "tester",

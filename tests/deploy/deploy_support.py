@@ -24,6 +24,8 @@ from pytest_hokmdb.fixtures.throwaway import ThrowawayDatabase
 
 DEPLOY_ROLE = "hokm_deployer"
 DEPLOY_PASSWORD = "Dq4-deploy-secret-7Zp1"  # a known value, so tests can prove it never leaks
+MONITOR_ROLE = "hokm_deploy_monitor"
+MONITOR_PASSWORD = "Mn5-monitor-secret-3Qw8"
 TEMPLATE = "hokmdb_deploy_template"
 SCRIPT = PROJECT_ROOT / "database" / "deploy.py"
 _names = itertools.count(1)
@@ -102,6 +104,9 @@ def new_database(cluster: EmbeddedCluster, template: str | None) -> ThrowawayDat
     run_sync(admin(cluster, f"CREATE DATABASE {name}{clause} OWNER {DEPLOY_ROLE}"))
     if template is None:
         run_sync(admin(cluster, f"ALTER SCHEMA public OWNER TO {DEPLOY_ROLE}", name))
+        # Catalog-view grants are per database: the monitoring role's come with a template only.
+        for grant in ("GRANT SELECT ON pg_catalog.pg_hba_file_rules TO {r}", "GRANT EXECUTE ON FUNCTION pg_catalog.pg_hba_file_rules() TO {r}"):
+            run_sync(admin(cluster, grant.format(r=MONITOR_ROLE), name))
     return ThrowawayDatabase(name, cluster)
 
 

@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--environment", default=os.environ.get("HOKMDB_ENVIRONMENT", "development"),
                         choices=ENVIRONMENTS)
-    parser.add_argument("--db-config", default=None, metavar="PATH",
+    parser.add_argument("--db-config", "--config", default=None, metavar="PATH",
                         help="config directory or file (default: database/config/<environment>.json)")
     parser.add_argument("--players", type=int, default=None, help="default: the config's seed.players")
     parser.add_argument("--games", type=int, default=None, help="default: the config's seed.games")

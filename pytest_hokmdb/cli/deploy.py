@@ -64,7 +64,8 @@ def options_from(args: argparse.Namespace) -> DeployOptions:
     )
 
 
-def render(outcome: Outcome, *, title: str, out=sys.stdout) -> None:  # type: ignore[no-untyped-def]
+def render(outcome: Outcome, *, title: str, out=None) -> None:  # type: ignore[no-untyped-def]
+    out = out if out is not None else sys.stdout  # looked up per call: a test may swap sys.stdout
     for revision, sql in outcome.sql.items():
         print(f"-- ===== revision {revision} =====", file=out)
         print(redact(sql).rstrip(), file=out)

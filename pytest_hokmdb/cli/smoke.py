@@ -42,7 +42,8 @@ async def _preflight(loaded) -> None:  # type: ignore[no-untyped-def]
     await conn.close()
 
 
-def render(result: GateResult, out=sys.stdout) -> None:  # type: ignore[no-untyped-def]
+def render(result: GateResult, out=None) -> None:  # type: ignore[no-untyped-def]
+    out = out if out is not None else sys.stdout  # looked up per call: a test may swap sys.stdout
     from rich.console import Console
     from rich.table import Table
 

@@ -43,3 +43,38 @@ async def test_steps_and_revision_roll_back_under_the_lock_with_history(deploy_e
     code = await asyncio.to_thread(run_migration, _args("--environment", "testing", f"--config={env.config_dir}", "--revision", "0007"))
     assert code == ExitCode.REFUSED  # not below the current revision
     assert "not below" in capsys.readouterr().out
+
+
+async def test_a_clean_rollback_from_head_passes_its_gate_and_a_broken_one_fails(deploy_env_factory, capsys) -> None:  # type: ignore[no-untyped-def]
+    """`rollback.py migration --steps 1` from 0006 gates the database held to 0005: the hot
+    queries no longer expect 0006's index, the schema is compared with what 0005 builds. A
+    database at 0005 that lost an index 0005 has still fails."""
+    import asyncio
+    import os
+    import subprocess
+    import sys
+
+    from helpers import PROJECT_ROOT
+
+    env: DeployEnv = deploy_env_factory()  # seeded, at head (0006), gate: smoke
+    code = await asyncio.to_thread(run_migration, _args("--environment", "testing", f"--config={env.config_dir}", "--steps", "1"))
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "rollback on testing: OK" in out and "smoke: passed" in out
+    assert await env.revision() == "0005"
+
+    conn = await env.connect()
+    try:
+        await conn.execute("DROP INDEX ix_players_rating_desc")
+    finally:
+        await conn.close()
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, str(PROJECT_ROOT / "database" / "smoke_tests.py"), "--environment", "testing",
+         f"--config={env.config_dir}", "--target-revision", "0005", "-k", "schema or performance"],
+        capture_output=True, text=True, env={**os.environ, **env.env, "COLUMNS": "250"}, timeout=180,
+    )
+    flat = " ".join(proc.stdout.split())
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "held to revision 0005" in flat and "ix_players_rating_desc" in flat
+    assert "leaderboard_top_n does not use ix_players_rating_desc, which does not exist" in flat

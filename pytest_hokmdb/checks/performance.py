@@ -538,7 +538,9 @@ async def cache_hit_ratio(ctx: CheckContext) -> CheckResult:
     row = await ctx.conn.fetchrow(
         """
         SELECT current_database() AS db, blks_hit, blks_read, stats_reset,
-               current_setting('shared_buffers') AS shared_buffers
+               current_setting('shared_buffers') AS shared_buffers,
+               extract(epoch FROM now() - greatest(pg_postmaster_start_time(), stats_reset))::float8 AS age_s,
+               stats_reset IS NOT NULL AND stats_reset > pg_postmaster_start_time() AS was_reset
         FROM pg_stat_database WHERE datname = current_database()
         """
     )
@@ -549,6 +551,18 @@ async def cache_hit_ratio(ctx: CheckContext) -> CheckResult:
     minimum_reads = ctx.settings.cache_hit_min_reads
     limit = ctx.settings.min_cache_hit_ratio
     since = f"since {row['stats_reset']:%Y-%m-%d %H:%M %Z}" if row["stats_reset"] else "since statistics began"
+    min_age = ctx.settings.cache_hit_min_age_s
+    if row["age_s"] < min_age:
+        # A server started (or restored, or its statistics reset) moments ago reads everything
+        # from disk once: its ratio says how cold the cache is, not how it will serve the game.
+        started = "statistics were reset" if row["was_reset"] else "the server started"
+        return CheckResult.skipped(
+            f"cache hit ratio: {started} {row['age_s']:.0f} s ago, under smoke.cache_hit_min_age_s ({min_age:g} s): "
+            f"a cold cache is no evidence (now {hits / total:.1%} over {total} block reads)" if total else
+            f"cache hit ratio: {started} {row['age_s']:.0f} s ago, under smoke.cache_hit_min_age_s ({min_age:g} s)",
+            measured=round(row["age_s"], 1),
+            threshold=min_age,
+        )
     if total < minimum_reads or total == 0:
         return CheckResult.skipped(
             f"cache hit ratio: database {row['db']} has only {total} block reads {since}, fewer than "

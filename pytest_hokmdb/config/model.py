@@ -301,6 +301,9 @@ class SmokeSettings(_Strict):
     log_connections: bool | None = Field(None, description="expected value of log_connections; unset: not checked")
     min_cache_hit_ratio: float = Field(0.90, ge=0, le=1)
     cache_hit_min_reads: int = Field(10_000, ge=0, description="below this many block reads the ratio means nothing")
+    cache_hit_min_age_s: float = Field(
+        600.0, ge=0, description="statistics younger than this (server start or stats reset) describe a cold cache, not the server",
+    )
     large_table_rows: int = Field(10_000, ge=0, description="a sequential scan above this size fails the plan check")
     hot_queries: list[HotQuery] = Field(default_factory=lambda: list(DEFAULT_HOT_QUERIES))
     pool_headroom: float = Field(0.2, ge=0, lt=1, description="share of max_connections that must stay free")

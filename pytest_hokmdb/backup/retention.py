@@ -12,11 +12,14 @@ databases nobody is connected to and ``_before_restore_`` databases older than
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from pytest_hokmdb.backup.pg import admin_connect, admin_target, quote_ident
+from pytest_hokmdb.backup.plaintext import scratch_dir, stale_plaintext
 from pytest_hokmdb.backup.records import BackupRecord, list_backups
 from pytest_hokmdb.backup.restore import BEFORE_RESTORE_INFIX, RESTORING_INFIX, SCRATCH_PREFIX
 from pytest_hokmdb.backup.storage import DATA_SUFFIX, MANIFEST_SUFFIX, PARTIAL_SUFFIX, storages
@@ -35,6 +38,8 @@ class CleanupPlan:
     leftovers: list[tuple[Any, str]] = field(default_factory=list)  # (storage, object name)
     uploads: list[tuple[Any, str, str]] = field(default_factory=list)  # (storage, name, upload id)
     databases: list[str] = field(default_factory=list)
+    # Decrypted dumps that versions before the anonymous-file restore left in the temp dir.
+    plaintext: list[Path] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
@@ -42,6 +47,7 @@ class CleanupPlan:
         out += [f"leftover {s.url(n)}" for s, n in self.leftovers]
         out += [f"incomplete upload {s.url(n)} ({u[:12]}...)" for s, n, u in self.uploads]
         out += [f"database {d}" for d in self.databases]
+        out += [f"plaintext leftover {p} (a decrypted dump an earlier version's killed restore left)" for p in self.plaintext]
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,6 +93,7 @@ async def plan_cleanup(
     plan = CleanupPlan(environment)
     records = list_backups(loaded, environment=environment)
     plan.backups, plan.kept = plan_backups(records, days=days, count=count, now=now)
+    plan.plaintext = stale_plaintext(scratch_dir())
     for storage in storages(loaded):
         try:
             objects = storage.list()
@@ -166,6 +173,12 @@ async def run_cleanup(loaded: LoadedConfig, plan: CleanupPlan) -> list[str]:
             log.info("aborted incomplete upload of %s", storage.url(name))
         except HokmdbError as exc:
             problems.append(exc.message)
+    for path in plan.plaintext:
+        try:
+            shutil.rmtree(path)
+            log.info("removed plaintext leftover %s", path)
+        except OSError as exc:
+            problems.append(f"removing {path}: {exc}")
     if plan.databases:
         target = await resolve_target(loaded, start=False)
         admin = await admin_target(loaded, target)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import secrets
 import tempfile
 import time
@@ -37,6 +36,7 @@ from pytest_hokmdb.backup.pg import (
     run_pg_restore,
     toc_list,
 )
+from pytest_hokmdb.backup.plaintext import anonymous_file, scratch_dir
 from pytest_hokmdb.backup.records import BackupRecord, find_backup, iso, utcnow
 from pytest_hokmdb.backup.streams import HashingReader, HashingWriter
 from pytest_hokmdb.cli.progress import progress
@@ -49,15 +49,11 @@ from pytest_hokmdb.redaction import register_secret
 log = logging.getLogger("hokmdb.backup")
 
 
-def _scratch_dir() -> Path:
-    return Path(os.environ.get("HOKMDB_BACKUP_TMP", tempfile.gettempdir()))
-
-
 @contextlib.contextmanager
 def fetched_dump(
     loaded: LoadedConfig, record: BackupRecord, *, key: BackupKey | None = None, show_progress: bool | None = None
 ) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """Fetch, check and decrypt a backup into a private temporary file (removed afterwards).
+    """Fetch, check and decrypt a backup into an anonymous file (gone when it closes).
 
     Yields the plain custom-format archive and the quick verification's findings; raises
     ``BackupError`` naming the problem when anything does not match the manifest.
@@ -77,12 +73,11 @@ def fetched_dump(
         )
     identity = key.identity_for(manifest["encryption"], backup=record.id)  # wrong key: said before any download
 
-    with tempfile.TemporaryDirectory(prefix="hokmdb-restore-", dir=_scratch_dir()) as tmp:
-        os.chmod(tmp, 0o700)
-        path = Path(tmp) / f"{record.id}.dump"
-        # pg_restore may run as another account (never here: it runs as us), but keep it private.
+    # The plaintext goes into a file without a name (see backup/plaintext.py): no moment, not
+    # even a kill -9, leaves a decrypted copy of the database in a directory.
+    with anonymous_file(scratch_dir()) as (fd, path):
         with progress(f"download+decrypt {record.id}", expected_size, enabled=show_progress) as advance:
-            with record.storage.reader(record.data_name) as raw, open(path, "wb", buffering=1024 * 1024) as out:
+            with record.storage.reader(record.data_name) as raw, open(fd, "wb", buffering=1024 * 1024, closefd=False) as out:
                 stored = HashingReader(raw, on_bytes=advance)
                 plain = HashingWriter(out)
                 decrypt_error: BaseException | None = None
@@ -94,7 +89,7 @@ def fetched_dump(
                             f"reading {record.location} failed: {stored.error}"
                         ) from None
                     if plain.error is not None:
-                        raise BackupError(f"writing the decrypted dump to {path} failed: {plain.error}") from None
+                        raise BackupError(f"writing the decrypted dump to {scratch_dir()} failed: {plain.error}") from None
                     decrypt_error = exc
                 stored.drain()  # the whole object's checksum, also after a decryption error
         object_ok = stored.hexdigest == obj["sha256"]

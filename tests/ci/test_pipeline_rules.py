@@ -169,7 +169,23 @@ def rule_installs_come_from_the_lock(wf: Workflow) -> list[str]:
     return findings
 
 
+def rule_gates_have_a_monitoring_connection(wf: Workflow) -> list[str]:
+    """Every job whose smoke gate judges staging or production can run the checks the
+    application role may not (else those blockers are 'not verified' and fail the gate)."""
+    findings = []
+    for name, job in wf["jobs"].items():
+        env = job.get("env", {})
+        if not any(k in env for k in ("DB_HOST_STAGING", "DB_HOST_PRODUCTION")):
+            continue
+        suffix = "STAGING" if "DB_HOST_STAGING" in env else "PRODUCTION"
+        for var in ("DB_MONITOR_USER", f"DB_MONITOR_PASSWORD_{suffix}"):
+            if f"secrets.{var}" not in str(env.get(var, "")):
+                findings.append(f"{name}: {var} is not set from the secret; its gate could not run the monitoring checks")
+    return findings
+
+
 RULES: list[Callable[[Workflow], list[str]]] = [
+    rule_gates_have_a_monitoring_connection,
     rule_rollback_runs_only_for_its_own_environment,
     rule_no_run_can_cancel_a_pending_rollback,
     rule_one_approval_per_production_deploy,
@@ -257,6 +273,8 @@ MISTAKES = [
      _set("jobs/deploy-staging/if", "${{ github.ref == 'refs/heads/staging' || github.ref == 'refs/heads/main' }}"),
      "deploy-staging: uses environment 'staging' and would run on a pull request"),
     (rule_paths_filter_covers_what_ci_runs, _drop_path, "push: paths filter leaves out tests/**"),
+    (rule_gates_have_a_monitoring_connection, _set("jobs/smoke-production/env/DB_MONITOR_PASSWORD_PRODUCTION", _DELETE),
+     "smoke-production: DB_MONITOR_PASSWORD_PRODUCTION is not set"),
     (rule_images_are_pinned_by_digest, _strip_digest, "test-migrations: image postgres:15 is not pinned by digest"),
     (rule_installs_come_from_the_lock, _unlocked_install, "deploy-staging: `python -m pip install -e .` installs outside requirements/lock.txt"),
 ]

@@ -55,7 +55,8 @@ async def server_version(ctx: CheckContext) -> CheckResult:
     minimum = ctx.settings.min_server_version_num
     if version_num < minimum:
         return CheckResult.failed(
-            f"server runs PostgreSQL {version}; hokmdb needs server_version_num >= {minimum}",
+            f"server runs PostgreSQL {version} (server_version_num {version_num}); hokmdb needs >= {minimum} "
+            "(smoke.min_server_version_num): upgrade the server, or lower the setting if you accept the risk",
             measured=version_num,
             threshold=minimum,
         )

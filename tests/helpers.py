@@ -87,3 +87,12 @@ async def grant_monitor_role(db, role: str, password: str) -> None:  # type: ign
         await provision_monitor(conn, user=role, password=password)
     finally:
         await conn.close()
+
+
+async def admin_fetchval(cluster: Any, sql: str, dbname: str = "postgres") -> object:
+    """One statement as a cluster's superuser; its first value."""
+    conn = await asyncpg.connect(**cluster.admin_connect_kwargs(dbname))
+    try:
+        return await conn.fetchval(sql)
+    finally:
+        await conn.close()

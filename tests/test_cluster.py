@@ -14,6 +14,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from helpers import admin_fetchval
 
 from pytest_hokmdb.cluster import EmbeddedCluster
 from pytest_hokmdb.cluster.binaries import find_bin_dir
@@ -29,13 +30,6 @@ def cluster_dir() -> Path:
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
-
-async def _query(cluster: EmbeddedCluster, sql: str) -> object:
-    conn = await asyncpg.connect(**cluster.admin_connect_kwargs())  # type: ignore[arg-type]
-    try:
-        return await conn.fetchval(sql)
-    finally:
-        await conn.close()
 
 
 async def _execute(cluster: EmbeddedCluster, sql: str) -> None:
@@ -60,8 +54,8 @@ async def test_lifecycle_is_idempotent_and_keeps_data(cluster_dir: Path) -> None
         assert cluster.stop() is False
         assert "stopped" in cluster.status().describe()
         cluster.start()
-        assert await _query(cluster, "SELECT v FROM kept") == "still here"
-        assert await _query(cluster, "SHOW listen_addresses") == "127.0.0.1"
+        assert await admin_fetchval(cluster, "SELECT v FROM kept") == "still here"
+        assert await admin_fetchval(cluster, "SHOW listen_addresses") == "127.0.0.1"
         assert (cluster.socket_dir / f".s.PGSQL.{cluster.port}").exists()
     finally:
         cluster.destroy()

@@ -10,9 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import asyncpg
 import pytest
-from helpers import PROJECT_ROOT, write_config_dir
+from helpers import PROJECT_ROOT, admin_fetchval, write_config_dir
 
 from pytest_hokmdb.aio import run_sync
 from pytest_hokmdb.cluster import EmbeddedCluster
@@ -38,19 +37,12 @@ def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[st
     return subprocess.run(args, capture_output=True, text=True, env=env, timeout=300, check=False)
 
 
-async def _admin(cluster: EmbeddedCluster, sql: str) -> object:
-    conn = await asyncpg.connect(**cluster.admin_connect_kwargs())  # type: ignore[arg-type]
-    try:
-        return await conn.fetchval(sql)
-    finally:
-        await conn.close()
-
 
 def test_a_smoke_run_reports_an_escalated_embedded_role_and_leaves_it_as_it_was(embedded_dev) -> None:  # type: ignore[no-untyped-def]
     config_dir, env, cluster = embedded_dev
     setup = _run([str(HOKMDB), "cluster", "start", "--environment", "development", "--config", str(config_dir)], env)
     assert setup.returncode == 0, setup.stdout + setup.stderr
-    run_sync(_admin(cluster, "ALTER ROLE hokm_app SUPERUSER CREATEROLE"))
+    run_sync(admin_fetchval(cluster, "ALTER ROLE hokm_app SUPERUSER CREATEROLE"))
 
     proc = _run([sys.executable, str(SMOKE), "--environment", "development", "--config", str(config_dir), "-k", "security"], env)
     output = proc.stdout + proc.stderr
@@ -58,7 +50,7 @@ def test_a_smoke_run_reports_an_escalated_embedded_role_and_leaves_it_as_it_was(
     assert "application role hokm_app has SUPERUSER" in output
     assert "application role hokm_app has CREATEROLE" in output
     # The verifier did not repair what it verified.
-    assert run_sync(_admin(cluster, "SELECT rolsuper AND rolcreaterole FROM pg_roles WHERE rolname = 'hokm_app'")) is True
+    assert run_sync(admin_fetchval(cluster, "SELECT rolsuper AND rolcreaterole FROM pg_roles WHERE rolname = 'hokm_app'")) is True
 
 
 def test_a_smoke_run_on_an_unprovisioned_embedded_cluster_names_the_setup_command_and_creates_nothing(embedded_dev) -> None:  # type: ignore[no-untyped-def]
@@ -69,5 +61,5 @@ def test_a_smoke_run_on_an_unprovisioned_embedded_cluster_names_the_setup_comman
     assert "role 'hokm_app' and database 'hokm_dev' do not exist on the embedded cluster of development" in output
     assert "deploy.py --environment development --setup" in output
     assert "Traceback" not in output
-    assert run_sync(_admin(cluster, "SELECT count(*) FROM pg_roles WHERE rolname = 'hokm_app'")) == 0
-    assert run_sync(_admin(cluster, "SELECT count(*) FROM pg_database WHERE datname = 'hokm_dev'")) == 0
+    assert run_sync(admin_fetchval(cluster, "SELECT count(*) FROM pg_roles WHERE rolname = 'hokm_app'")) == 0
+    assert run_sync(admin_fetchval(cluster, "SELECT count(*) FROM pg_database WHERE datname = 'hokm_dev'")) == 0

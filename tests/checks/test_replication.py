@@ -13,9 +13,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
 import pytest
-from helpers import assert_status
+from helpers import admin_fetchval, assert_status
 
 from pytest_hokmdb.checks import health
 from pytest_hokmdb.checks.base import CheckContext
@@ -61,17 +60,10 @@ def _make_standby(primary: EmbeddedCluster, base: Path, password: str) -> Embedd
     return standby
 
 
-async def _admin(cluster: EmbeddedCluster, sql: str) -> object:
-    conn = await asyncpg.connect(**cluster.admin_connect_kwargs())  # type: ignore[arg-type]
-    try:
-        return await conn.fetchval(sql)
-    finally:
-        await conn.close()
-
 
 async def _attached(primary: EmbeddedCluster, want: bool) -> None:
     for _ in range(400):
-        count = await _admin(primary, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")
+        count = await admin_fetchval(primary, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")
         if bool(count) == want:
             return
         await asyncio.sleep(0.05)
@@ -86,7 +78,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     primary = EmbeddedCluster(base / "primary", settings=dict(THROWAWAY_SETTINGS))
     primary.start()
     password = "repl-Yq3-secret"
-    run_sync(_admin(primary, f"CREATE ROLE {REPLICATOR} LOGIN REPLICATION PASSWORD '{password}'"))
+    run_sync(admin_fetchval(primary, f"CREATE ROLE {REPLICATOR} LOGIN REPLICATION PASSWORD '{password}'"))
     standby = None
     try:
         standby = _make_standby(primary, base / "standby", password)
@@ -106,10 +98,10 @@ async def test_a_streaming_standby_passes_with_its_name(pair: Pair, check_contex
 
 
 async def test_a_standby_that_stops_replaying_fails_naming_it_and_the_wal_behind(pair: Pair, check_context_factory: ContextFactory) -> None:
-    await _admin(pair.standby, "SELECT pg_wal_replay_pause()")
+    await admin_fetchval(pair.standby, "SELECT pg_wal_replay_pause()")
     try:
-        await _admin(pair.primary, "CREATE TABLE IF NOT EXISTS churn AS SELECT g, md5(g::text) AS pad FROM generate_series(1, 20000) g")
-        await _admin(pair.primary, "INSERT INTO churn SELECT g, md5(g::text) FROM generate_series(1, 20000) g")
+        await admin_fetchval(pair.primary, "CREATE TABLE IF NOT EXISTS churn AS SELECT g, md5(g::text) AS pad FROM generate_series(1, 20000) g")
+        await admin_fetchval(pair.primary, "INSERT INTO churn SELECT g, md5(g::text) FROM generate_series(1, 20000) g")
         ctx = await check_context_factory(pair.db, read_only=True, smoke={"expected_replicas": 1, "max_replication_lag_bytes": 100_000})
         result = None
         for _ in range(100):  # until the standby's feedback shows the paused replay position
@@ -123,7 +115,7 @@ async def test_a_standby_that_stops_replaying_fails_naming_it_and_the_wal_behind
         assert "bytes of WAL not replayed, over 100000 (smoke.max_replication_lag_bytes)" in result.message
         assert "pg_is_wal_replay_paused()" in result.message
     finally:
-        await _admin(pair.standby, "SELECT pg_wal_replay_resume()")
+        await admin_fetchval(pair.standby, "SELECT pg_wal_replay_resume()")
 
 
 async def test_a_stopped_standby_fails_when_one_is_expected(pair: Pair, check_context_factory: ContextFactory) -> None:

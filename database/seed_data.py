@@ -20,9 +20,9 @@ from collections.abc import Callable
 try:
     import asyncpg
 
-    from pytest_hokmdb.cli.common import interactive, run_cli, setup_logging
-    from pytest_hokmdb.cli.progress import progress
+    from pytest_hokmdb.cli.common import run_cli, setup_logging
     from pytest_hokmdb.config import ENVIRONMENTS, load_config
+    from pytest_hokmdb.console import interactive, progress
     from pytest_hokmdb.errors import HokmdbError, Refused
 except ImportError:  # pragma: no cover - the message is the point
     sys.exit("error: hokmdb is not installed for this Python\n  hint: run `make install` and use .venv/bin/python")

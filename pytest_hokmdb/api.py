@@ -30,7 +30,7 @@ class DatabaseSmokeTests:
         full_scan: bool = False,
     ) -> None:
         self.loaded: LoadedConfig = load_config(environment, config_path)
-        from pytest_hokmdb.checks.base import waiver_problems
+        from pytest_hokmdb.checks.catalog import waiver_problems
 
         problems = waiver_problems(self.loaded.config.smoke)
         if problems:

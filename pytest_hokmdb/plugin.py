@@ -150,7 +150,7 @@ def pytest_configure(config: pytest.Config) -> None:
             loaded = load_config(environment, config_path)
         except ConfigError as exc:
             pytest.exit(f"hokmdb: {exc}", returncode=int(exc.exit_code))
-        from pytest_hokmdb.checks.base import waiver_problems
+        from pytest_hokmdb.checks.catalog import waiver_problems
 
         problems = waiver_problems(loaded.config.smoke)
         if problems:
@@ -253,7 +253,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
             f"hokmdb: backup {scratch.record.id} (revision {scratch.revision}) restored into scratch database "
             f"{scratch.dbname}, {fate}"
         )
-    from pytest_hokmdb.db.probe import probe_server
+    from pytest_hokmdb.report.probe import probe_server
 
     facts = run_sync(probe_server(
             state.loaded,

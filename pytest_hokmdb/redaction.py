@@ -7,6 +7,7 @@ patterns we can predict.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections.abc import Iterable
@@ -69,3 +70,12 @@ def redact_mapping(data: Any) -> Any:
     if isinstance(data, str):
         return redact(data)
     return data
+
+
+class RedactingFilter(logging.Filter):
+    """Scrub known secrets from every record a handler emits (log files and terminals alike)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = None
+        return True

@@ -13,9 +13,9 @@ from typing import Any
 
 import asyncpg
 
-from pytest_hokmdb.cli.progress import progress
 from pytest_hokmdb.cluster.binaries import find_bin_dir
 from pytest_hokmdb.config import LoadedConfig
+from pytest_hokmdb.console import progress
 from pytest_hokmdb.db import Target, connect
 from pytest_hokmdb.errors import BackupError, ClusterError
 from pytest_hokmdb.redaction import redact, register_secret

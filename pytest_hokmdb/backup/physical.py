@@ -137,7 +137,7 @@ async def _current_revision(loaded: LoadedConfig) -> str | None:
 
 async def take_physical_backup(loaded: LoadedConfig, kind: str, *, reason: str = "manual") -> BackupSet:
     """Stanza (created when missing), ``check`` (the server archives), then the backup."""
-    from pytest_hokmdb.cli.progress import progress
+    from pytest_hokmdb.console import progress
 
     engine, _ = await physical_engine(loaded)
     await asyncio.to_thread(engine.stanza_create)

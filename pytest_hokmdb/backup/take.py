@@ -36,8 +36,8 @@ from pytest_hokmdb.backup.records import (
 )
 from pytest_hokmdb.backup.storage import DATA_SUFFIX, Storage, destination_storage
 from pytest_hokmdb.backup.streams import HashingReader, HashingWriter, PipeAborted
-from pytest_hokmdb.cli.progress import progress
 from pytest_hokmdb.config import LoadedConfig
+from pytest_hokmdb.console import progress
 from pytest_hokmdb.db import Target, connect, resolve_target
 from pytest_hokmdb.errors import BackupError, HokmdbError
 from pytest_hokmdb.migrate import current_revision

@@ -39,8 +39,8 @@ from pytest_hokmdb.backup.pg import (
 from pytest_hokmdb.backup.plaintext import anonymous_file, scratch_dir
 from pytest_hokmdb.backup.records import BackupRecord, find_backup, iso, utcnow
 from pytest_hokmdb.backup.streams import HashingReader, HashingWriter
-from pytest_hokmdb.cli.progress import progress
 from pytest_hokmdb.config import LoadedConfig
+from pytest_hokmdb.console import progress
 from pytest_hokmdb.db import Target, connect
 from pytest_hokmdb.db.resolve import provision_monitor
 from pytest_hokmdb.errors import BackupError
@@ -260,7 +260,7 @@ async def _full(
 ) -> list[str]:
     from pytest_hokmdb.cluster.embedded import SUPERUSER
     from pytest_hokmdb.config import load_config
-    from pytest_hokmdb.fixtures.throwaway import start_throwaway_cluster
+    from pytest_hokmdb.db.scratch import start_throwaway_cluster
     from pytest_hokmdb.gate import run_gate
 
     own_cluster = cluster is None

@@ -235,22 +235,6 @@ def judge_unverified(spec: CheckSpec, result: CheckResult, settings: SmokeSettin
     )
 
 
-def waiver_problems(settings: SmokeSettings) -> list[str]:
-    """Waivers that name no check, or a check whose skip never fails the gate anyway."""
-    import pytest_hokmdb.checks.catalog  # noqa: F401 - registers every check
-
-    problems = []
-    for name in settings.waivers:
-        spec = REGISTRY.get(name)
-        if spec is None:
-            known = ", ".join(sorted(n for n, s in REGISTRY.items() if s.severity in GATING_SEVERITIES))
-            problems.append(f"smoke.waivers.{name}: no such check (waivable: {known})")
-        elif spec.severity not in GATING_SEVERITIES:
-            problems.append(f"smoke.waivers.{name}: a {spec.severity} check that cannot look is only skipped, "
-                            "never failed; remove the waiver")
-    return problems
-
-
 def spec_of(fn: CheckFunction) -> CheckSpec:
     return fn.spec  # type: ignore[attr-defined,no-any-return]
 

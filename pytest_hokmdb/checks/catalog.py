@@ -4,7 +4,8 @@ modules, the ``DatabaseSmokeTests`` API and the scripts all take their checks fr
 from __future__ import annotations
 
 from pytest_hokmdb.checks import connection, health, integrity, performance, pool, schema, security
-from pytest_hokmdb.checks.base import CheckFunction
+from pytest_hokmdb.checks.base import GATING_SEVERITIES, REGISTRY, CheckFunction
+from pytest_hokmdb.config.model import SmokeSettings
 
 GROUPS: dict[str, list[CheckFunction]] = {
     "connection": connection.CHECKS,
@@ -15,3 +16,17 @@ GROUPS: dict[str, list[CheckFunction]] = {
     "health": health.CHECKS,
     "integrity": integrity.CHECKS,
 }
+
+
+def waiver_problems(settings: SmokeSettings) -> list[str]:
+    """Waivers that name no check, or a check whose skip never fails the gate anyway."""
+    problems = []
+    for name in settings.waivers:
+        spec = REGISTRY.get(name)
+        if spec is None:
+            known = ", ".join(sorted(n for n, s in REGISTRY.items() if s.severity in GATING_SEVERITIES))
+            problems.append(f"smoke.waivers.{name}: no such check (waivable: {known})")
+        elif spec.severity not in GATING_SEVERITIES:
+            problems.append(f"smoke.waivers.{name}: a {spec.severity} check that cannot look is only skipped, "
+                            "never failed; remove the waiver")
+    return problems

@@ -22,6 +22,7 @@ from alembic.util.exc import CommandError
 from sqlalchemy.dialects import postgresql
 
 from pytest_hokmdb.checks.base import CheckContext, CheckFunction, CheckResult, check, sample
+from pytest_hokmdb.db.catalog import app_schema  # noqa: F401 - part of this module's API (security, deploy)
 from pytest_hokmdb.errors import HokmdbError
 from pytest_hokmdb.migrate import alembic_config, current_revision, head_revision, script_directory
 from pytest_hokmdb.schema.models import metadata
@@ -39,21 +40,6 @@ _DIALECT = postgresql.dialect()
 
 
 # -- where the application lives -----------------------------------------------------------
-
-
-async def app_schema(conn: asyncpg.Connection) -> str:
-    """The schema the application's tables live in.
-
-    Where alembic keeps ``alembic_version`` (it sits beside the tables it migrated), else
-    the session's ``current_schema()``: the schema unqualified table names resolve to,
-    which is where a model without an explicit schema is created.
-    """
-    schema = await conn.fetchval(
-        "SELECT coalesce("
-        " (SELECT c.relnamespace::regnamespace::text FROM pg_class c WHERE c.oid = to_regclass('alembic_version')),"
-        " current_schema())"
-    )
-    return str(schema) if schema is not None else "public"
 
 
 def quote_ident(name: str) -> str:
@@ -421,7 +407,7 @@ async def _matches_revision(ctx: CheckContext, held: str) -> CheckResult:
     the same comparison deploy.py's pre-flight drift check makes, from the same code."""
     from dataclasses import replace
 
-    from pytest_hokmdb.deploy.drift import check_drift
+    from pytest_hokmdb.migration.reference import check_drift
 
     script = script_directory(alembic_config(project_root=ctx.project_root))
     revision = _known(script, held)

@@ -9,26 +9,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import os
 import sys
 import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
+from pytest_hokmdb.console import interactive
 from pytest_hokmdb.errors import ExitCode, HokmdbError
-from pytest_hokmdb.redaction import redact
-
-
-class RedactingFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = redact(record.getMessage())
-        record.args = None
-        return True
-
-
-def interactive() -> bool:
-    """A human at a terminal (progress bars) rather than a CI log (plain lines)."""
-    return sys.stderr.isatty() and not os.environ.get("CI")
+from pytest_hokmdb.redaction import RedactingFilter, redact
 
 
 def setup_logging(verbose: bool = False) -> None:

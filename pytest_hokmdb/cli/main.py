@@ -92,7 +92,7 @@ def cmd_config(args: argparse.Namespace) -> int:
             failures += 1
             print(f"{name}: INVALID\n{exc}", file=sys.stderr)
             continue
-        from pytest_hokmdb.checks.base import waiver_problems
+        from pytest_hokmdb.checks.catalog import waiver_problems
 
         problems = waiver_problems(loaded.config.smoke)
         if problems:

@@ -68,7 +68,7 @@ def parser() -> argparse.ArgumentParser:
     emergency.add_argument("reason", help="why: sent with the alert")
 
     try:
-        from pytest_hokmdb.deploy.rollback_cli import add_migration_parser
+        from pytest_hokmdb.cli.rollback_migration import add_migration_parser
     except ImportError:
         migration = sub.add_parser("migration", help="roll back alembic revisions (deploy orchestration; not installed)")
         migration.add_argument("rest", nargs=argparse.REMAINDER)
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
             return cmd_emergency(args)
         if args.command == "migration":
             try:
-                from pytest_hokmdb.deploy.rollback_cli import run_migration
+                from pytest_hokmdb.cli.rollback_migration import run_migration
             except ImportError:
                 print("error: migration rollback is not available in this build (pytest_hokmdb.deploy)", file=sys.stderr)
                 return int(ExitCode.CONFIG_ERROR)

@@ -35,7 +35,8 @@ def embedded_cluster_for(loaded: LoadedConfig) -> EmbeddedCluster:
         os_user=settings.os_user,
     )
     if loaded.config.physical is not None:
-        from pytest_hokmdb.pitr import archiving_cluster, resolve_setup
+        from pytest_hokmdb.cluster.archive.server import archiving_cluster
+        from pytest_hokmdb.cluster.archive.settings import resolve_setup
 
         setup = resolve_setup(loaded.config.physical, cluster=cluster, project_root=loaded.project_root)
         archiving_cluster(cluster, setup)

@@ -2,7 +2,7 @@
 recovery, history and notification.
 
 ``deploy.py`` (``orchestrator.run_deploy``) and ``rollback.py migration``
-(``rollback_cli.run_migration``) both drive a ``DeploySession``, so the two paths take the
+(``cli.rollback_migration.run_migration``) both drive a ``DeploySession``, so the two paths take the
 same lock, use the same timeouts, write the same kind of log and history row, gate with the
 same pytest suites and notify the same way.
 """
@@ -21,7 +21,6 @@ from typing import Any
 
 from alembic.script import ScriptDirectory
 
-from pytest_hokmdb.cli.common import RedactingFilter
 from pytest_hokmdb.config import LoadedConfig
 from pytest_hokmdb.db.target import Target
 from pytest_hokmdb.deploy import history
@@ -30,7 +29,7 @@ from pytest_hokmdb.deploy.runner import Budget, Migrator, RevisionFailed
 from pytest_hokmdb.errors import ConfigError, ExitCode, HokmdbError
 from pytest_hokmdb.gate import GateResult, run_gate
 from pytest_hokmdb.migrate import alembic_config, current_revision
-from pytest_hokmdb.redaction import redact
+from pytest_hokmdb.redaction import RedactingFilter, redact
 
 log = logging.getLogger("hokmdb.deploy")
 

@@ -10,7 +10,9 @@ The pieces, in the order a caller meets them:
 * ``restore_to_point`` recovers into a new directory and returns a running ``RestoredCopy``.
 """
 
-from pytest_hokmdb.pitr.conf import archive_settings, render_config, write_config
+from pytest_hokmdb.cluster.archive.conf import archive_settings, render_config, write_config
+from pytest_hokmdb.cluster.archive.server import archiving_cluster, server_environment
+from pytest_hokmdb.cluster.archive.settings import PitrSetup, resolve_setup
 from pytest_hokmdb.pitr.engine import PgBackRest, VerifyReport, find_pgbackrest
 from pytest_hokmdb.pitr.errors import (
     CipherPassWrong,
@@ -22,8 +24,6 @@ from pytest_hokmdb.pitr.errors import (
 from pytest_hokmdb.pitr.info import BackupSet, StanzaInfo
 from pytest_hokmdb.pitr.points import RestorePoint, RestorePointLedger, create_restore_point
 from pytest_hokmdb.pitr.recovery import RestoredCopy, restore_to_point
-from pytest_hokmdb.pitr.server import archiving_cluster, server_environment
-from pytest_hokmdb.pitr.settings import PitrSetup, resolve_setup
 from pytest_hokmdb.pitr.wal import Lsn, Segment
 from pytest_hokmdb.pitr.window import (
     RecoveryTarget,

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pytest_hokmdb.cluster.archive.conf import PGBACKREST, command_environment, render_config, write_config
+from pytest_hokmdb.cluster.archive.settings import PitrSetup
 from pytest_hokmdb.errors import BackupError
-from pytest_hokmdb.pitr.conf import PGBACKREST, command_environment, render_config, write_config
 from pytest_hokmdb.pitr.errors import PgBackRestError, cipher_error, explain, looks_undecryptable, printable
 from pytest_hokmdb.pitr.info import BackupSet, BackupType, StanzaInfo
-from pytest_hokmdb.pitr.settings import PitrSetup
 from pytest_hokmdb.pitr.wal import Segment, missing_segments
 from pytest_hokmdb.redaction import redact
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import asyncpg
 
+from pytest_hokmdb.cluster.archive.settings import PitrSetup
 from pytest_hokmdb.db import Target, connect
 from pytest_hokmdb.errors import BackupError
-from pytest_hokmdb.pitr.settings import PitrSetup
 from pytest_hokmdb.pitr.wal import Lsn, Segment
 
 log = logging.getLogger("hokmdb.pitr")

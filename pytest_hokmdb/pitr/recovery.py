@@ -27,16 +27,16 @@ from pathlib import Path
 
 import asyncpg
 
+from pytest_hokmdb.cluster.archive.conf import command_environment
+from pytest_hokmdb.cluster.archive.settings import shell_safe
 from pytest_hokmdb.cluster.embedded import free_port, socket_dir_for
 from pytest_hokmdb.cluster.osuser import OsUser
 from pytest_hokmdb.db import Target
 from pytest_hokmdb.errors import BackupError, HokmdbError
-from pytest_hokmdb.pitr.conf import command_environment
 from pytest_hokmdb.pitr.engine import PgBackRest
 from pytest_hokmdb.pitr.errors import RecoveryFailed, RecoveryTargetError, WalGapError, explain, printable
 from pytest_hokmdb.pitr.info import BackupSet
 from pytest_hokmdb.pitr.points import RestorePointLedger
-from pytest_hokmdb.pitr.settings import shell_safe
 from pytest_hokmdb.pitr.wal import Lsn, Segment
 from pytest_hokmdb.pitr.window import (
     RecoveryTarget,

@@ -6,8 +6,8 @@ import argparse
 
 from deploy_support import COMMENT_0007, SLOW_0008, DeployEnv
 
+from pytest_hokmdb.cli.rollback_migration import add_migration_parser, run_migration
 from pytest_hokmdb.deploy.orchestrator import DeployOptions, run_deploy
-from pytest_hokmdb.deploy.rollback_cli import add_migration_parser, run_migration
 from pytest_hokmdb.errors import ExitCode
 
 

@@ -10,6 +10,8 @@ import pytest
 from pitr_support import CIPHER_PASS, ENSURE_SCRIPT, new_base_dir, physical_settings
 from pydantic import ValidationError
 
+from pytest_hokmdb.cluster.archive.conf import command_environment, secret_environment
+from pytest_hokmdb.cluster.archive.server import ServerAccount
 from pytest_hokmdb.config.model import HokmdbConfig, PhysicalBackupSettings
 from pytest_hokmdb.errors import ConfigError
 from pytest_hokmdb.pitr import (
@@ -21,9 +23,7 @@ from pytest_hokmdb.pitr import (
     resolve_setup,
     write_config,
 )
-from pytest_hokmdb.pitr.conf import command_environment, secret_environment
 from pytest_hokmdb.pitr.errors import explain
-from pytest_hokmdb.pitr.server import ServerAccount
 from pytest_hokmdb.pitr.wal import missing_segments
 from pytest_hokmdb.redaction import redact
 

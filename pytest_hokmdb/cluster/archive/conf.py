@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from pytest_hokmdb.cluster.archive.settings import PitrSetup, shell_safe
 from pytest_hokmdb.errors import ConfigError
-from pytest_hokmdb.pitr.settings import PitrSetup, shell_safe
 
 PGBACKREST = "pgbackrest"
 CIPHER_PASS_ENV = "PGBACKREST_REPO1_CIPHER_PASS"

@@ -1,17 +1,23 @@
-"""Progress for long operations: a bar on a terminal, a few plain lines in CI logs."""
+"""Console output shared by every layer: whether a human is watching, and progress for long
+operations (a bar on a terminal, a few plain lines in CI logs)."""
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from pytest_hokmdb.cli.common import interactive
-
 log = logging.getLogger("hokmdb.progress")
 
 Advance = Callable[[int], None]
+
+
+def interactive() -> bool:
+    """A human at a terminal (progress bars) rather than a CI log (plain lines)."""
+    return sys.stderr.isatty() and not os.environ.get("CI")
 
 
 @contextmanager

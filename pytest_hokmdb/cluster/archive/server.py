@@ -24,10 +24,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pytest_hokmdb.cluster.archive.conf import archive_settings, secret_environment
+from pytest_hokmdb.cluster.archive.settings import PitrSetup
 from pytest_hokmdb.cluster.embedded import EmbeddedCluster
 from pytest_hokmdb.cluster.osuser import OsUser
-from pytest_hokmdb.pitr.conf import archive_settings, secret_environment
-from pytest_hokmdb.pitr.settings import PitrSetup
 
 
 @dataclass(frozen=True)

@@ -264,8 +264,15 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return lines
 
 
+def _uses_hokmdb(item: pytest.Item) -> bool:
+    """A test that asks for one of hokmdb's fixtures (directly or through others)."""
+    return any(name.startswith("hokmdb_") for name in getattr(item, "fixturenames", ()))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Async tests share the session event loop, so session-scoped pools can serve them."""
+    """hokmdb's async tests share the session event loop, so session-scoped pools can serve
+    them. Only hokmdb's: a user's own suite in the same virtualenv keeps its own loop scope,
+    as if hokmdb were not installed."""
     session_loop = pytest.mark.asyncio(loop_scope="session")
     for item in items:
         marker = item.get_closest_marker("environments")
@@ -276,7 +283,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                     f"{item.nodeid}: @pytest.mark.environments needs names from {', '.join(ENVIRONMENTS)}"
                     + (f", got {', '.join(map(str, unknown))}" if unknown else "")
                 )
-        if is_async_test(item):
+        if is_async_test(item) and _uses_hokmdb(item):
             existing = item.get_closest_marker("asyncio")
             if existing is None or "loop_scope" not in existing.kwargs:
                 item.add_marker(session_loop, append=False)

@@ -200,3 +200,33 @@ async def test_head(hokmdb_alembic_config, hokmdb_conn):
     )
     result = pytester.runpytest("--environment", "staging", f"--db-config={staging_env}")
     result.assert_outcomes(passed=1)
+
+
+USER_SUITE = '''
+import asyncio
+
+LOOPS = []
+
+
+async def test_first():
+    LOOPS.append(id(asyncio.get_running_loop()))
+
+
+async def test_second():
+    LOOPS.append(id(asyncio.get_running_loop()))
+
+
+def test_each_async_test_had_its_own_loop():
+    assert len(LOOPS) == 2 and LOOPS[0] != LOOPS[1], LOOPS
+'''
+
+
+def test_a_users_own_async_suite_behaves_the_same_with_and_without_hokmdb(pytester: pytest.Pytester) -> None:
+    """pytest-asyncio's default is a loop per test; hokmdb installed beside a user's suite must
+    not turn that into one session loop (its hooks act on hokmdb's own fixtures only)."""
+    pytester.makeini("[pytest]\nasyncio_mode = auto\n")
+    pytester.makepyfile(test_users_suite=USER_SUITE)
+    with_hokmdb = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    without = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:hokmdb", "-p", "no:hokmdb-allure")
+    without.assert_outcomes(passed=3)
+    with_hokmdb.assert_outcomes(passed=3)

@@ -41,7 +41,6 @@ from pytest_hokmdb.pitr import (
     RestorePoint,
     RestorePointLedger,
     create_restore_point,
-    recovery_window,
     resolve_setup,
     restore_to_point,
 )
@@ -410,12 +409,3 @@ async def verify_repository(loaded: LoadedConfig, *, smoke: bool = True) -> dict
     _update_record(engine.setup, newest.label, verification=result)
     return result
 
-
-async def reachable(loaded: LoadedConfig) -> str:
-    """The reachable window in words (for ``list-backups``)."""
-    engine, cluster = await physical_engine(loaded)
-    live = await _admin_connection(loaded, cluster)
-    try:
-        return (await recovery_window(engine, live)).describe()
-    finally:
-        await live.close()

@@ -584,7 +584,6 @@ INVARIANTS: list[Invariant] = [
 ]
 
 INVARIANTS_BY_NUMBER: dict[int, Invariant] = {inv.number: inv for inv in INVARIANTS}
-INVARIANTS_BY_NAME: dict[str, Invariant] = {inv.name: inv for inv in INVARIANTS}
 
 
 async def run_all(

@@ -22,6 +22,7 @@ from pytest_hokmdb.cli.common import run_cli, setup_logging
 from pytest_hokmdb.config import ENVIRONMENTS
 from pytest_hokmdb.deploy.orchestrator import DeployOptions, run_deploy
 from pytest_hokmdb.deploy.session import Outcome
+from pytest_hokmdb.errors import ExitCode
 from pytest_hokmdb.redaction import redact
 
 
@@ -70,7 +71,8 @@ def render(outcome: Outcome, *, title: str, out=None) -> None:  # type: ignore[n
         print(f"-- ===== revision {revision} =====", file=out)
         print(redact(sql).rstrip(), file=out)
         print(file=out)
-    verdict = {0: "OK", 10: "ROLLED BACK", 11: "ROLLBACK FAILED"}.get(outcome.exit_code, "FAILED")
+    verdict = {ExitCode.OK: "OK", ExitCode.ROLLED_BACK: "ROLLED BACK", ExitCode.ROLLBACK_FAILED: "ROLLBACK FAILED"}.get(
+        outcome.exit_code, "FAILED")
     print(f"{title} on {outcome.environment}: {verdict} (exit {outcome.exit_code}) in {outcome.duration_s:.1f}s", file=out)
     for step in outcome.steps:
         mark = "" if step.status == "ok" else f" [{step.status}]"

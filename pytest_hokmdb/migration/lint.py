@@ -59,7 +59,6 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -829,8 +828,3 @@ class MigrationLinter:
             )
         return findings
 
-
-def lint_all(linter: MigrationLinter, revisions: Sequence[str] | None = None) -> Iterator[RevisionLint]:
-    """Lint revisions in history order (all of them by default)."""
-    for revision in revisions if revisions is not None else linter.revisions():
-        yield linter.lint(revision)

@@ -174,6 +174,17 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The scratch clusters of workers that were killed (their owner is gone) are stopped and
+    removed before the run ends; only hokmdb's own tracked directories are touched."""
+    if hasattr(session.config, "workerinput"):
+        return
+    from pytest_hokmdb.cluster.embedded import sweep_orphan_clusters
+
+    sweep_orphan_clusters()
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_sessionstart(session: pytest.Session) -> None:
     result = session.config.stash.get(JSON_RESULT_KEY, None)
     if result is not None:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from pytest_hokmdb.cluster.binaries import find_bin_dir
 from pytest_hokmdb.cluster.osuser import OsUser, resolve_os_user
+from pytest_hokmdb.cluster.scratch import reserved_port, sweep_orphans
 from pytest_hokmdb.errors import ClusterError
 from pytest_hokmdb.redaction import register_secret
 
@@ -295,13 +296,20 @@ class EmbeddedCluster:
         self._own(self.socket_dir)
         remembered = self._state().get("port")
         port = self._fixed_port or (remembered if isinstance(remembered, int) else None)
-        if port is None or (not self._fixed_port and _port_in_use(port)):
-            port = free_port(self.host)
-        elif self._fixed_port and _port_in_use(port):
+        if self._fixed_port and _port_in_use(self._fixed_port):
             raise ClusterError(
                 f"port {port} on {self.host} is already in use",
                 hint="set embedded.port to a free port, or remove it to let hokmdb pick one",
             )
+        if port is not None and (self._fixed_port or not _port_in_use(port)):
+            self._start_on(port)
+            return
+        # A new port: reserved from the moment it is picked until the server listens on it,
+        # so parallel workers starting clusters cannot pick the same one.
+        with reserved_port(self.host) as port:
+            self._start_on(port)
+
+    def _start_on(self, port: int) -> None:
         self._write_conf(port)
         self._write_state(port=port)
         self.log_file.touch(exist_ok=True)
@@ -357,3 +365,8 @@ class EmbeddedCluster:
     def server_version(self) -> str:
         result = self._run([str(self.bin_dir / "postgres"), "--version"])
         return result.stdout.strip()
+
+
+def sweep_orphan_clusters() -> list[Path]:
+    """Stop and remove the scratch clusters of processes that are gone (``cluster.scratch``)."""
+    return sweep_orphans(lambda path: EmbeddedCluster(path).destroy())

@@ -7,10 +7,7 @@ layer above, in ``pytest_hokmdb.fixtures.throwaway``.
 
 from __future__ import annotations
 
-import tempfile
-import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import quote
 
 import asyncpg
@@ -18,7 +15,8 @@ from sqlalchemy.engine import URL
 
 from pytest_hokmdb.aio import run_sync
 from pytest_hokmdb.cluster import EmbeddedCluster
-from pytest_hokmdb.cluster.embedded import SUPERUSER, THROWAWAY_SETTINGS
+from pytest_hokmdb.cluster.embedded import SUPERUSER, THROWAWAY_SETTINGS, sweep_orphan_clusters
+from pytest_hokmdb.cluster.scratch import new_scratch_dir
 from pytest_hokmdb.db.target import Target
 
 
@@ -76,7 +74,9 @@ def drop_database(cluster: EmbeddedCluster, name: str) -> None:
 
 
 def start_throwaway_cluster(label: str = "test") -> EmbeddedCluster:
-    base = Path(tempfile.gettempdir()) / f"hokmdb-{label}-{uuid.uuid4().hex[:10]}"
-    cluster = EmbeddedCluster(base, settings=dict(THROWAWAY_SETTINGS))
+    """A cluster in a tracked scratch directory (see ``cluster.scratch``); first, the clusters
+    of processes that died without cleaning up are stopped and removed."""
+    sweep_orphan_clusters()
+    cluster = EmbeddedCluster(new_scratch_dir(label), settings=dict(THROWAWAY_SETTINGS))
     cluster.start()
     return cluster

@@ -29,8 +29,9 @@ import asyncpg
 
 from pytest_hokmdb.cluster.archive.conf import command_environment
 from pytest_hokmdb.cluster.archive.settings import shell_safe
-from pytest_hokmdb.cluster.embedded import free_port, socket_dir_for
+from pytest_hokmdb.cluster.embedded import socket_dir_for
 from pytest_hokmdb.cluster.osuser import OsUser
+from pytest_hokmdb.cluster.scratch import reserved_port
 from pytest_hokmdb.db import Target
 from pytest_hokmdb.errors import BackupError, HokmdbError
 from pytest_hokmdb.pitr.engine import PgBackRest
@@ -412,8 +413,9 @@ async def restore_to_point(
             tablespace_dir=base / "tablespaces",
         )
         log.info("backup %s restored in %.1fs; starting recovery", resolved.backup.label, time.monotonic() - started)
-        copy.port = free_port(HOST)
-        return await _start_and_recover(engine, copy, resolved, window, timeout_s or setup.settings.recovery_timeout_s)
+        with reserved_port(HOST) as port:  # held until the copy listens on it
+            copy.port = port
+            return await _start_and_recover(engine, copy, resolved, window, timeout_s or setup.settings.recovery_timeout_s)
     except BaseException:
         try:
             copy.destroy()

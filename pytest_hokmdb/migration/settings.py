@@ -5,7 +5,8 @@ suite verifies any alembic project::
 
     [tool.hokmdb.migrations]
     alembic_ini = "alembic.ini"
-    metadata = "myapp.models:metadata"          # module:attribute of the SQLAlchemy MetaData
+    metadata = "myapp.models:metadata"          # module:attribute of the SQLAlchemy MetaData (required;
+                                                # false: the project has no models)
     model_modules = ["myapp.models"]            # every module that must contribute tables
     irreversible = []                           # revisions whose downgrade is not supported
     data_fixtures = "migration_tests/data_fixtures.py"
@@ -47,8 +48,10 @@ class MigrationSuiteSettings(BaseModel):
 
     alembic_ini: Path = Path("alembic.ini")
     script_location: Path | None = Field(None, description="default: the alembic ini's script_location")
-    metadata: str = "pytest_hokmdb.schema.models:metadata"
-    model_modules: list[str] = Field(default_factory=lambda: ["pytest_hokmdb.schema.models"])
+    # No default: a project that forgot the key must not be compared with someone else's
+    # models. ``false`` says the project has none (the model drift tests are then skipped).
+    metadata: str | Literal[False] | None = Field(None, description="module:attribute of the MetaData, or false")
+    model_modules: list[str] = Field(default_factory=list)
     irreversible: list[str] = Field(default_factory=list)
     data_fixtures: Path | None = None
     lint: LintPolicy = LintPolicy()
@@ -58,6 +61,15 @@ class MigrationSuiteSettings(BaseModel):
         return path if path.is_absolute() else self.root / path
 
     def load_metadata(self) -> Any:
+        """The project's MetaData; ``ConfigError`` when unset or unloadable; ``None`` for ``false``."""
+        if self.metadata is False:
+            return None
+        if self.metadata is None:
+            raise ConfigError(
+                "[tool.hokmdb.migrations] metadata is not set: the model drift tests compare your SQLAlchemy models "
+                "with what the migrations build; set metadata = \"yourapp.models:metadata\" (module:attribute), or "
+                "metadata = false if the project has no models"
+            )
         module_name, _, attribute = self.metadata.partition(":")
         if not attribute:
             raise ConfigError(f"[tool.hokmdb.migrations] metadata = {self.metadata!r}: use 'module:attribute'")

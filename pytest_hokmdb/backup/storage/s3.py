@@ -1,213 +1,28 @@
-"""Where backups live: a local directory or an S3 (or S3-compatible) bucket.
-
-A backup is two objects side by side: ``ID.dump.age`` (the encrypted dump) and
-``ID.manifest.json``. The manifest is written last and is the commit point: listing
-reads manifests only, so an interrupted backup (a ``.partial`` file, an aborted or
-never-completed multipart upload, a data object without a manifest) is never taken for
-a backup. ``cleanup`` removes such leftovers.
-
-Retries (S3): botocore's own retry handler (``standard`` mode: exponential backoff with
-jitter on throttling, 5xx and connection errors). It retries each request — each
-multipart part — on its own, which is the only thing that can work for a stream that is
-produced once and cannot be rewound; wrapping the whole upload in tenacity would have to
-restart pg_dump. Permanent errors (no such bucket, access denied, bad credentials) are
-not retried and become one ``BackupError``.
-"""
+"""Backups in an S3 (or S3-compatible) bucket: multipart uploads through boto3, botocore's
+own retries per request, permanent errors in one line."""
 
 from __future__ import annotations
 
-import abc
 import contextlib
 import logging
-import os
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 
+from pytest_hokmdb.backup.storage.base import (
+    MB,
+    ObjectWriter,
+    Storage,
+    StoredObject,
+)
 from pytest_hokmdb.backup.streams import Pipe, PipeAborted
-from pytest_hokmdb.config import LoadedConfig
 from pytest_hokmdb.config.model import BackupSettings
 from pytest_hokmdb.errors import BackupError
 
 log = logging.getLogger("hokmdb.backup")
 
-DATA_SUFFIX = ".dump.age"
-MANIFEST_SUFFIX = ".manifest.json"
-PARTIAL_SUFFIX = ".partial"
-MB = 1024 * 1024
 
-
-@dataclass(frozen=True)
-class StoredObject:
-    name: str
-    size: int
-    modified: datetime
-
-
-class Storage(abc.ABC):
-    """Where backups live. ``writer`` makes an object appear only on commit."""
-
-    kind = "abstract"
-
-    @abc.abstractmethod
-    def url(self, name: str) -> str: ...
-
-    @abc.abstractmethod
-    def writer(self, name: str, on_bytes: Any = None) -> contextlib.AbstractContextManager[ObjectWriter]: ...
-
-    @abc.abstractmethod
-    def reader(self, name: str) -> contextlib.AbstractContextManager[Any]: ...
-
-    @abc.abstractmethod
-    def size(self, name: str) -> int | None: ...
-
-    @abc.abstractmethod
-    def read_text(self, name: str) -> str | None: ...
-
-    @abc.abstractmethod
-    def write_text(self, name: str, text: str) -> None:
-        """Atomically (re)write a small object: readers see the old or the new text, never half."""
-
-    @abc.abstractmethod
-    def list(self) -> list[StoredObject]: ...
-
-    @abc.abstractmethod
-    def delete(self, name: str) -> None: ...
-
-    def stale_uploads(self, older_than: datetime) -> list[tuple[str, str]]:
-        return []
-
-    def abort_upload(self, name: str, upload_id: str) -> None:
-        pass
-
-
-class ObjectWriter(abc.ABC):
-    """Write, then ``commit`` (the object appears) or ``abort`` (nothing appears)."""
-
-    @abc.abstractmethod
-    def write(self, data: bytes) -> int: ...
-
-    def flush(self) -> None:
-        pass
-
-    def writable(self) -> bool:
-        return True
-
-
-# -- local directory ----------------------------------------------------------------------
-
-
-class _LocalWriter(ObjectWriter):
-    def __init__(self, final: Path) -> None:
-        self.final = final
-        self.partial = final.with_name(final.name + PARTIAL_SUFFIX)
-        self.handle = open(self.partial, "wb", buffering=MB)
-        self.done = False
-
-    def write(self, data: bytes) -> int:
-        return self.handle.write(data)
-
-    def commit(self) -> None:
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        self.handle.close()
-        os.replace(self.partial, self.final)
-        _fsync_dir(self.final.parent)
-        self.done = True
-
-    def abort(self, reason: BaseException | None = None) -> None:
-        if not self.handle.closed:
-            self.handle.close()
-        self.partial.unlink(missing_ok=True)
-        self.done = True
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class LocalStorage(Storage):
-    kind = "local"
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = Path(directory).resolve()
-
-    def url(self, name: str) -> str:
-        return str(self.directory / name)
-
-    def _ensure(self) -> None:
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise BackupError(f"cannot create backup directory {self.directory}: {exc.strerror}") from None
-
-    @contextlib.contextmanager
-    def writer(self, name: str, on_bytes: Any = None) -> Iterator[ObjectWriter]:
-        self._ensure()
-        w = _LocalWriter(self.directory / name)
-        try:
-            yield w
-        except BaseException as exc:
-            w.abort(exc)
-            raise
-        finally:
-            if not w.done:
-                w.abort()
-
-    @contextlib.contextmanager
-    def reader(self, name: str) -> Iterator[Any]:
-        try:
-            handle = open(self.directory / name, "rb", buffering=MB)
-        except FileNotFoundError:
-            raise BackupError(f"backup object {self.url(name)} does not exist") from None
-        with handle:
-            yield handle
-
-    def size(self, name: str) -> int | None:
-        try:
-            return (self.directory / name).stat().st_size
-        except FileNotFoundError:
-            return None
-
-    def read_text(self, name: str) -> str | None:
-        try:
-            return (self.directory / name).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return None
-
-    def write_text(self, name: str, text: str) -> None:
-        self._ensure()
-        final = self.directory / name
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, final)
-        _fsync_dir(self.directory)
-
-    def list(self) -> list[StoredObject]:
-        if not self.directory.is_dir():
-            return []
-        out = []
-        for path in self.directory.iterdir():
-            if path.is_file():
-                st = path.stat()
-                out.append(StoredObject(path.name, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC)))
-        return out
-
-    def delete(self, name: str) -> None:
-        (self.directory / name).unlink(missing_ok=True)
-
-
-# -- S3 ---------------------------------------------------------------------------------
 
 _PERMANENT = {
     "NoSuchBucket": "bucket {bucket} does not exist",
@@ -499,65 +314,3 @@ class _S3Reader:
 
     def readable(self) -> bool:
         return True
-
-
-# -- locations --------------------------------------------------------------------------
-
-
-def local_storage(loaded: LoadedConfig) -> LocalStorage:
-    return LocalStorage(loaded.resolve(loaded.config.backup.local_dir) / loaded.config.environment)
-
-
-def s3_storage(loaded: LoadedConfig) -> S3Storage | None:
-    settings = loaded.config.backup
-    if not settings.s3_bucket:
-        return None
-    prefix = "/".join(p for p in (settings.s3_prefix.strip("/"), loaded.config.environment) if p)
-    return S3Storage(settings, settings.s3_bucket, prefix)
-
-
-def storages(loaded: LoadedConfig) -> list[Storage]:
-    found: list[Storage] = [local_storage(loaded)]
-    s3 = s3_storage(loaded)
-    if s3 is not None:
-        found.append(s3)
-    return found
-
-
-def destination_storage(loaded: LoadedConfig, destination: str | None) -> Storage:
-    """``local``, ``s3``, or None: S3 when a bucket is configured, else the local directory."""
-    if destination not in (None, "local", "s3"):
-        raise BackupError(f"unknown backup destination {destination!r}", hint="use local or s3")
-    s3 = s3_storage(loaded)
-    if destination == "s3":
-        if s3 is None:
-            raise BackupError(
-                f"--destination s3 but no bucket is configured for {loaded.config.environment}",
-                hint="set S3_BACKUP_BUCKET_* (backup.s3_bucket)",
-            )
-        return s3
-    if destination is None and s3 is not None:
-        return s3
-    return local_storage(loaded)
-
-
-def split_location(loaded: LoadedConfig, location: str) -> tuple[Storage, str]:
-    """A backup path or ``s3://bucket/key`` -> (storage, object name)."""
-    if location.startswith("s3://"):
-        rest = location[len("s3://"):]
-        bucket, _, key = rest.partition("/")
-        if not bucket or not key:
-            raise BackupError(f"{location!r} is not an s3://bucket/key location")
-        prefix, _, name = key.rpartition("/")
-        return S3Storage(loaded.config.backup, bucket, prefix), name
-    path = Path(location).expanduser()
-    if not path.is_absolute():
-        path = Path.cwd() / path
-    return LocalStorage(path.parent), path.name
-
-
-def backup_id_of(name: str) -> str | None:
-    for suffix in (MANIFEST_SUFFIX, DATA_SUFFIX):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return None

@@ -1,0 +1,251 @@
+"""The linter: renders each revision offline, runs squawk and the alembic-aware rules, and
+applies the project's policy and the revision's waivers."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, Literal
+
+from alembic.config import Config
+from alembic.runtime.environment import EnvironmentContext
+from alembic.script import Script, ScriptDirectory
+
+from pytest_hokmdb.errors import ConfigError
+from pytest_hokmdb.migration.lint.findings import (
+    CONCURRENTLY_RULE,
+    LOCK_TIMEOUT_RULE,
+    OFFLINE_RULE,
+    SUPERSEDED_SQUAWK_RULES,
+    TIMEOUT_LEAK_RULE,
+    VERSION_TABLE,
+    WAIVER_RULE,
+    Finding,
+    RevisionLint,
+    Waived,
+)
+from pytest_hokmdb.migration.lint.source import (
+    _read_source,
+    _SourceFacts,
+)
+from pytest_hokmdb.migration.lint.sql import (
+    _analyse,
+)
+from pytest_hokmdb.migration.lint.squawk import (
+    _run_squawk,
+    _squawk_message,
+    find_squawk,
+)
+from pytest_hokmdb.migration.settings import MigrationSuiteSettings
+
+
+def _parents(rev: Script) -> tuple[str, ...]:
+    down = rev.down_revision
+    if down is None:
+        return ()
+    return (down,) if isinstance(down, str) else tuple(down)
+
+
+class MigrationLinter:
+    """Lints the revisions of the alembic project that ``settings`` points at.
+
+    One ScriptDirectory is loaded once and reused for every revision, so the cost per
+    revision is one run of env.py (offline) and one squawk process.
+    """
+
+    def __init__(self, settings: MigrationSuiteSettings, *, squawk: Path | None = None) -> None:
+        self.settings = settings
+        self.policy = settings.lint
+        self.squawk = squawk or find_squawk()
+        self._script: ScriptDirectory | None = None
+        self._version_table = VERSION_TABLE
+
+    # -- alembic
+
+    def config(self, output_buffer: io.StringIO | None = None) -> Config:
+        ini = self.settings.resolve(self.settings.alembic_ini)
+        if not ini.is_file():
+            raise ConfigError(
+                f"alembic configuration {ini} does not exist",
+                hint="set alembic_ini in [tool.hokmdb.migrations] of the project's pyproject.toml",
+            )
+        cfg = Config(str(ini), output_buffer=output_buffer)
+        # Ask env.py (if it cares, as hokmdb's does) not to reconfigure logging from the ini.
+        cfg.attributes["hokmdb_programmatic"] = True
+        if self.settings.script_location is not None:
+            cfg.set_main_option("script_location", str(self.settings.resolve(self.settings.script_location)))
+        if not cfg.get_main_option("sqlalchemy.url"):
+            # Offline rendering only needs the dialect; the stock env.py reads it from here.
+            cfg.set_main_option("sqlalchemy.url", "postgresql://")
+        return cfg
+
+    @property
+    def script(self) -> ScriptDirectory:
+        if self._script is None:
+            self._script = ScriptDirectory.from_config(self.config())
+        return self._script
+
+    def revisions(self) -> list[str]:
+        """Revision ids from base to head(s)."""
+        return [s.revision for s in reversed(list(self.script.walk_revisions("base", "heads")))]
+
+    def offline_sql(self, revision: str) -> str:
+        """``alembic upgrade <parent(s)>:<revision> --sql``, rendered with the shared script directory.
+
+        ``alembic.command.upgrade`` would build a new ScriptDirectory (re-importing every
+        revision file) per call, which makes linting N revisions cost N squared imports; this
+        does what it does with the one loaded here (``ScriptDirectory._upgrade_revs`` is the
+        step list ``command.upgrade`` itself uses)."""
+        script = self.script
+        rev = script.get_revision(revision)
+        if rev is None:
+            raise ConfigError(f"revision {revision} is not in the alembic history")
+        parents = _parents(rev)
+        start: str | tuple[str, ...] = (parents[0] if len(parents) == 1 else parents) if parents else "base"
+        buffer = io.StringIO()
+        cfg = self.config(output_buffer=buffer)
+
+        def steps(_heads: Any, _context: Any) -> Any:
+            return script._upgrade_revs(rev.revision, start)
+
+        with EnvironmentContext(
+            cfg, script, fn=steps, as_sql=True, starting_rev=start, destination_rev=rev.revision, tag=None
+        ) as env:
+            script.run_env()
+            self._version_table = env.get_context().version_table or VERSION_TABLE
+        return buffer.getvalue()
+
+    # -- linting
+
+    def lint(self, revision: str) -> RevisionLint:
+        rev = self.script.get_revision(revision)
+        if rev is None:
+            raise ConfigError(f"revision {revision} is not in the alembic history")
+        path = Path(rev.path)
+        source = _read_source(path)
+        raw: list[Finding] = []
+        try:
+            sql = self.offline_sql(revision)
+        except Exception as exc:  # noqa: BLE001 - any failure of env.py/the revision offline is this finding
+            sql = ""
+            raw.append(
+                self._finding(
+                    revision,
+                    OFFLINE_RULE,
+                    f"cannot be rendered as offline SQL ({type(exc).__name__}: {exc}), so it cannot be linted",
+                    f"alembic upgrade {self._start_label(rev)}:{revision} --sql",
+                    "in offline mode (context.is_offline_mode()) do not query the database; emit SQL instead",
+                )
+            )
+        if sql:
+            raw += self._check_sql(rev, sql, source)
+        raw += [
+            self._finding(revision, WAIVER_RULE, problem, f"{path}:{line}", "write the reason as a sentence")
+            for _rule, problem, line in source.waiver_problems
+        ]
+        result = RevisionLint(revision=revision, path=path, sql=sql)
+        for finding in raw:
+            if finding.severity == "ignored":
+                continue
+            reason = source.waivers.get(finding.rule) if finding.rule != WAIVER_RULE else None
+            if reason:
+                result.waived.append(Waived(finding, reason))
+            else:
+                result.findings.append(finding)
+        return result
+
+    def _start_label(self, rev: Script) -> str:
+        return ",".join(_parents(rev)) or "base"
+
+    def _finding(
+        self,
+        revision: str,
+        rule: str,
+        message: str,
+        where: str,
+        help: str | None = None,
+        source: Literal["squawk", "hokmdb"] = "hokmdb",
+    ) -> Finding:
+        return Finding(revision, rule, self.policy.severity(rule), message, where, help, source)
+
+    def _check_sql(self, rev: Script, sql: str, source: _SourceFacts) -> list[Finding]:
+        revision = rev.revision
+        facts = _analyse(sql, self._version_table)
+        by_line = {line: s for s in facts.statements for line in range(s.start_line, s.end_line + 1)}
+        findings: list[Finding] = []
+
+        sql_lines = sql.splitlines()
+
+        def where(line: int) -> str:
+            """The line itself, and the statement it belongs to when that starts elsewhere."""
+            stmt = by_line.get(line)
+            if stmt is None:
+                return f"offline SQL line {line}"
+            if stmt.start_line == line:
+                return f"offline SQL line {line}: {stmt.snippet()}"
+            text = sql_lines[line - 1].strip() if 0 < line <= len(sql_lines) else ""
+            return f"offline SQL line {line}: {text} (in: {stmt.snippet(70)})"
+
+        for item in _run_squawk(self.squawk, sql, f"{revision}.sql", self.settings.root):
+            line = int(item.get("line", 0)) + 1  # squawk counts lines from 0
+            if line in facts.bookkeeping_lines or item.get("rule_name") in SUPERSEDED_SQUAWK_RULES:
+                continue
+            message, help_text = _squawk_message(item)
+            findings.append(
+                self._finding(revision, str(item.get("rule_name")), message, where(line), help_text, "squawk")
+            )
+
+        if facts.has_transaction_control:
+            for stmt in facts.concurrently_in_transaction:
+                findings.append(
+                    self._finding(
+                        revision,
+                        CONCURRENTLY_RULE,
+                        "runs a CONCURRENTLY statement inside the revision's transaction, where PostgreSQL "
+                        "refuses it",
+                        where(stmt.start_line),
+                        "wrap it in `with op.get_context().autocommit_block():`",
+                    )
+                )
+        else:
+            for line in source.concurrently_outside_block:
+                findings.append(
+                    self._finding(
+                        revision,
+                        CONCURRENTLY_RULE,
+                        "uses postgresql_concurrently=True outside an autocommit block (env.py renders no "
+                        "transaction control offline, so the source was checked)",
+                        f"{rev.path}:{line}",
+                        "wrap it in `with op.get_context().autocommit_block():`",
+                    )
+                )
+
+        if self.policy.require_lock_timeout and facts.unprotected_locks:
+            first = facts.unprotected_locks[0]
+            tables = sorted({t for lock in facts.unprotected_locks for t in lock.tables})
+            more = len(facts.unprotected_locks) - 1
+            findings.append(
+                self._finding(
+                    revision,
+                    LOCK_TIMEOUT_RULE,
+                    f"locks existing table(s) {', '.join(tables)} without a lock_timeout "
+                    f"({len(facts.unprotected_locks)} statement(s)); it would queue behind any long transaction "
+                    "and every query on those tables would queue behind it",
+                    where(first.statement.start_line) + (f" (and {more} more)" if more else ""),
+                    "begin upgrade() with op.execute(\"SET LOCAL lock_timeout = '5s'\") (in an autocommit block: "
+                    "SET lock_timeout ... then RESET lock_timeout)",
+                )
+            )
+
+        for name in facts.leaked_timeouts:
+            findings.append(
+                self._finding(
+                    revision,
+                    TIMEOUT_LEAK_RULE,
+                    f"sets {name} for the session and does not reset it, so it leaks into every later revision "
+                    "of the same upgrade run",
+                    f"offline SQL of revision {revision}",
+                    f"use SET LOCAL {name} inside the transaction, or RESET {name} at the end (try/finally)",
+                )
+            )
+        return findings

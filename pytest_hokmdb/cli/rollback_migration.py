@@ -166,8 +166,8 @@ async def rollback_migration(args: argparse.Namespace) -> Outcome:
     if session is not None and session.run_id is not None:
         t0 = time.monotonic()
         title = {
-            0: f"{config.environment} rolled back to {outcome.final_revision or 'base'}",
-            11: f"{config.environment} migration rollback FAILED at {outcome.final_revision}: act now",
+            ExitCode.OK: f"{config.environment} rolled back to {outcome.final_revision or 'base'}",
+            ExitCode.ROLLBACK_FAILED: f"{config.environment} migration rollback FAILED at {outcome.final_revision}: act now",
         }.get(outcome.exit_code, f"{config.environment} migration rollback: {outcome.result}")
         outcome.notification_problems = await session.notify(outcome, title=title)
         outcome.steps.append(Step("notify", time.monotonic() - t0, "failed" if outcome.notification_problems else "ok",

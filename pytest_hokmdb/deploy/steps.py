@@ -1,0 +1,353 @@
+"""Steps 3 to 8 of a deploy (README "Deploying"), one function each, in the order they run.
+
+``orchestrator.run_deploy`` reads as the list: config and rules (1), the lock (2), then
+these, then history and notification (9). Each step says what it changes and what undoes it:
+
+3. ``preflight``: changes nothing but the history row; refuses (exit 4) before any lock on a
+   game table: unknown or later revision, changed revision files, schema drift, lint errors,
+   and a check that could not run (unless ``--force`` outside production, recorded).
+4. ``backup`` and ``restore_point``: a verified backup / a named pgBackRest restore point,
+   or no deploy (exit 7). Nothing to undo: they only add.
+5. ``maintenance``: the flag row and connection cap; switched off by the orchestrator's
+   ``finally`` whatever happens (and a flag a killed deploy left is cleared here).
+6. ``migrate``: revision by revision; a failure is not raised but kept in the plan, because
+   revisions may have run: step 8 brings the database back.
+7. ``gate``: the gate suites held to the target revision.
+8. ``recover``: downgrade to the start revision and gate again; else restore the pre-deploy
+   backup and gate again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pytest_hokmdb.db import connect
+from pytest_hokmdb.deploy import history
+from pytest_hokmdb.deploy.drift import check_drift
+from pytest_hokmdb.deploy.options import DeployOptions, backup_wanted
+from pytest_hokmdb.deploy.runner import RevisionFailed
+from pytest_hokmdb.deploy.session import DeploySession, Outcome, Step, StepFailed
+from pytest_hokmdb.errors import ExitCode, HokmdbError, Refused
+from pytest_hokmdb.redaction import redact
+
+log = logging.getLogger("hokmdb.deploy")
+
+
+@dataclass
+class Plan:
+    """What the pre-flight established and the later steps act on."""
+
+    start: str | None
+    target: str
+    pending: list[Any]
+    applied: list[str] = field(default_factory=list)
+    failure: str | None = None  # why step 6 or 7 failed: step 8 recovers
+
+
+# -- 3. pre-flight -----------------------------------------------------------------------------
+
+
+async def preflight(session: DeploySession, options: DeployOptions, outcome: Outcome) -> Plan:
+    """Refuse, or return the plan. Writes only the history row (``running``) and checksums of
+    revisions applied before hokmdb tracked them."""
+    config, force = session.config, options.force
+    async with session.step("pre-flight") as info:
+        start = await session.current_revision()
+        outcome.from_revision = start
+        outcome.final_revision = start
+        if start is not None and not session.knows(start):
+            raise Refused(
+                f"the database is at revision {start}, which this code does not know",
+                hint="deploy the code that matches the database (newer or branched code migrated it)",
+            )
+        target_rev = session.resolve_revision(options.target_revision)
+        outcome.to_revision = target_rev
+        if start is not None and start != target_rev and not is_ancestor(session, start, target_rev):
+            raise Refused(
+                f"the database is at {start}, which is not below the target {target_rev}",
+                hint=f"a deploy only moves forward; to go back use `python database/rollback.py migration --environment {config.environment} --revision {target_rev}`",
+            )
+        await session.start_history(from_revision=start, to_revision=target_rev, options=options.recorded())
+        notes: list[str] = [f"at {start or 'empty'}, target {target_rev}"]
+        notes.append(await _verify_applied_files(session, start, force))
+        notes.append(await _require_no_drift(session, start, force))
+        pending = session.migrator(max_downtime_s=None).upgrade_path(start, target_rev) if start != target_rev else []
+        notes.append(_require_lint(session, pending, force))
+        info["detail"] = "; ".join(notes)
+    return Plan(start, target_rev, pending)
+
+
+async def _verify_applied_files(session: DeploySession, start: str | None, force: bool) -> str:
+    async with session.lock._use:
+        findings, unrecorded = await history.verify_checksums(session.lock.conn, session.script, start)
+    if findings:
+        for finding in findings:
+            log.error("pre-flight: %s", finding.describe())
+        if not force:
+            raise Refused(
+                "applied migration files changed since they were applied: " + "; ".join(f.describe() for f in findings),
+                hint="restore the original files (git log -p on them); a change belongs in a new revision",
+            )
+        log.warning("--force: accepting the changed file(s) and recording their new checksums")
+        unrecorded += [(f.revision, f.current, f.filename) for f in findings if f.current]
+    for revision, digest, filename in unrecorded:
+        async with session.lock._use:
+            await history.record_revision(session.lock.conn, revision, digest, filename, how="adopted", deploy_id=session.run_id)
+    return (f"{len(history.applied_scripts(session.script, start))} applied revision file(s) verified"
+            + (f", {len(unrecorded)} recorded for the first time" if unrecorded else ""))
+
+
+async def _require_no_drift(session: DeploySession, start: str | None, force: bool) -> str:
+    drift = await check_drift(session.target, session.loaded.project_root, session.script, start)
+    if drift.checked and drift.items:
+        for item in drift.items:
+            log.error("pre-flight drift: %s", item)
+        if not force:
+            raise Refused(
+                f"the live schema differs from revision {start or 'empty'} ({drift.reference}) in {len(drift.items)} place(s): "
+                + "; ".join(drift.items[:5]),
+                hint="someone changed the schema by hand: turn the change into a revision or revert it, then deploy",
+            )
+        log.warning("--force: deploying over %d drift item(s)", len(drift.items))
+    if not drift.checked:
+        # A pre-flight that could not look has not passed (fail closed).
+        log.error("pre-flight: the drift check could not run: %s", drift.reason)
+        if not force:
+            raise Refused(
+                f"the schema drift check could not run: {drift.reason}; a deploy whose pre-flight cannot look does not start",
+                hint="fix what stops it (PostgreSQL binaries for the reference database); outside production, "
+                "--force deploys without it and records that in hokmdb_deploy_history",
+            )
+        log.warning("--force: deploying without a drift check")
+        session.unverified.append(f"drift check could not run ({drift.reason})")
+    return (f"schema matches {drift.reference}" if drift.checked and not drift.items else
+            f"drift check FORCED past: {drift.reason}" if not drift.checked else f"{len(drift.items)} drift item(s) forced")
+
+
+def _require_lint(session: DeploySession, pending: list[Any], force: bool) -> str:
+    errors, warnings, skipped = lint_pending(session, [r.revision for r in pending])
+    for warning in warnings:
+        log.warning("pre-flight lint: %s", warning)
+    if skipped:
+        log.error("pre-flight: the lock-safety lint could not run: %s", skipped)
+        if not force:
+            raise Refused(
+                f"the lock-safety lint of the {len(pending)} pending revision(s) could not run: {skipped}; "
+                "a deploy whose lint cannot look does not start",
+                hint="install squawk (`pip install squawk-cli`, a dependency of hokmdb that `make install` installs) "
+                "and deploy again; outside production, --force deploys unlinted and records that in hokmdb_deploy_history",
+            )
+        log.warning("--force: deploying %d revision(s) the lint could not check", len(pending))
+        session.unverified.append(f"lint could not run ({skipped})")
+        return f"lint FORCED past: {skipped}"
+    if errors:
+        for error in errors:
+            log.error("pre-flight lint: %s", error)
+        if not force:
+            raise Refused(f"{len(errors)} lint finding(s) of the pending revisions are errors by the project's policy: {errors[0]}",
+                          hint="fix the revision or waive the rule in it with a reason (see migration_tests lint)")
+        return f"{len(errors)} lint error(s) forced"
+    return f"lint: {len(pending)} pending revision(s) within policy ({len(warnings)} warning(s))"
+
+
+def lint_pending(session: DeploySession, revisions: list[str]) -> tuple[list[str], list[str], str | None]:
+    """(errors, warnings, skipped reason) of the lock-safety lint for ``revisions``."""
+    if not revisions:
+        return [], [], None
+    try:
+        from pytest_hokmdb.migration.lint import LintError, MigrationLinter
+        from pytest_hokmdb.migration.settings import load_settings
+    except ImportError as exc:
+        return [], [], f"the migration lint is not available ({exc})"
+    try:
+        linter = MigrationLinter(load_settings(session.loaded.project_root))
+    except LintError as exc:
+        return [], [], exc.message
+    errors: list[str] = []
+    warnings: list[str] = []
+    for revision in revisions:
+        result = linter.lint(revision)
+        errors += [f.render() for f in result.errors]
+        warnings += [f.render() for f in result.warnings]
+    return errors, warnings, None
+
+
+def is_ancestor(session: DeploySession, current: str | None, target: str) -> bool:
+    if current is None or current == target:
+        return current != target
+    try:
+        return any(r.revision == current for r in session.script.iterate_revisions(target, "base"))
+    except Exception:  # noqa: BLE001
+        return False
+
+
+# -- 4. backup and restore point ----------------------------------------------------------------
+
+
+async def backup(session: DeploySession, options: DeployOptions, plan: Plan) -> None:
+    """A verified backup when asked or required (exit 7 without one); nothing to undo."""
+    want_backup, why = backup_wanted(session.loaded, options)
+    if not plan.pending:
+        want_backup, why = False, "nothing to migrate"
+    async with session.step("backup") as info:
+        if want_backup:
+            from pytest_hokmdb.deploy.backup_hook import take_verified_backup
+
+            try:
+                session.backup = await take_verified_backup(session.loaded, session.target, deploy_id=session.run_id)
+            except HokmdbError as exc:
+                raise StepFailed(f"no verified backup, so no deploy: {exc.message}", ExitCode.BACKUP_ERROR, hint=exc.hint) from None
+            info["detail"] = f"backup {session.backup.id} verified ({why}) at {redact(str(session.backup.location))}"
+        else:
+            info["status"] = "skipped"
+            info["detail"] = why
+
+
+async def restore_point(session: DeploySession, plan: Plan) -> None:
+    """With physical backups configured, a named restore point before migrating, or no deploy."""
+    config = session.config
+    if config.physical is None or not plan.pending:
+        return
+    async with session.step("restore-point") as info:
+        from pytest_hokmdb.deploy.backup_hook import restore_point_before_migrating
+
+        try:
+            point = await restore_point_before_migrating(session.loaded, deploy_id=session.run_id)
+        except HokmdbError as exc:
+            raise StepFailed(
+                f"no restore point, so no deploy: {exc.message}", ExitCode.BACKUP_ERROR, hint=exc.hint
+            ) from None
+        session.restore_point = point.name
+        info["detail"] = (
+            f"named restore point {point.name} at {point.lsn}; back to it with: python database/rollback.py "
+            f"restore --environment {config.environment} --target-name {point.name}"
+        )
+
+
+# -- 5. maintenance --------------------------------------------------------------------------------
+
+
+async def maintenance(session: DeploySession, options: DeployOptions, plan: Plan) -> None:
+    """Maintenance mode when asked; undone by ``maintenance_off`` (the orchestrator's finally)."""
+    from pytest_hokmdb.deploy import maintenance as flag
+
+    if options.maintenance_mode and plan.pending:
+        async with session.step("maintenance-on") as info:
+            async with session.lock._use:
+                state = await flag.enable(
+                    session.lock.conn, reason=f"deploy #{session.run_id} to {plan.target}", actor=str(session.actor),
+                    deploy_id=session.run_id, reserve=session.config.pool.max_size + 4,
+                )
+            session.maintenance_on = True
+            info["detail"] = f"flag row set, connection limit on {state.limited}"
+        return
+    async with session.lock._use:
+        leftover = await flag.state(session.lock.conn)
+        if leftover is not None and leftover.enabled:
+            log.warning("maintenance mode was left on by deploy #%s (killed?): switching it off", leftover.deploy_id)
+            await flag.disable(session.lock.conn)
+
+
+async def maintenance_off(session: DeploySession) -> None:
+    from pytest_hokmdb.deploy import maintenance
+
+    t0 = time.monotonic()
+    try:
+        conn = session.lock.conn
+        if conn is None or conn.is_closed():
+            conn = await connect(session.target)
+            try:
+                await maintenance.disable(conn)
+            finally:
+                await conn.close()
+        else:
+            async with session.lock._use:
+                await maintenance.disable(conn)
+        session.maintenance_on = False
+        session.steps.append(Step("maintenance-off", time.monotonic() - t0, "ok", "flag cleared, connection limit restored"))
+    except Exception as exc:  # noqa: BLE001 - reported loudly; the next deploy switches it off too
+        session.steps.append(Step("maintenance-off", time.monotonic() - t0, "failed", redact(str(exc))))
+        log.error("could not switch maintenance mode off: %s; run the deploy again or clear hokmdb_maintenance by hand", redact(str(exc)))
+
+
+# -- 6. migrate ----------------------------------------------------------------------------------
+
+
+async def migrate(session: DeploySession, options: DeployOptions, plan: Plan, outcome: Outcome) -> None:
+    """Apply the pending revisions; a failure is kept in ``plan.failure`` for step 8."""
+    config = session.config
+    max_downtime = options.max_downtime_s if options.max_downtime_s is not None else config.deploy.max_downtime_s
+    migrator = session.migrator(max_downtime_s=max_downtime)
+    async with session.step("migrate") as info:
+        if not plan.pending:
+            info["detail"] = f"already at {plan.target}; nothing to apply"
+        else:
+            try:
+                await session.apply(migrator, plan.pending, plan.applied)
+            except RevisionFailed as exc:
+                plan.failure = exc.message
+                info["status"] = "failed"
+            except HokmdbError:
+                raise
+            except Exception as exc:  # whatever happened, revisions may have run: recover below
+                log.exception("unexpected error while migrating")
+                plan.failure = f"unexpected error while migrating: {type(exc).__name__}: {redact(str(exc))}"
+                info["status"] = "failed"
+            b = migrator.budget
+            info["detail"] = (
+                f"{plan.start or 'empty'} -> {' -> '.join(plan.applied) or '(none)'}"
+                + (f"; FAILED: {plan.failure}" if plan.failure else "")
+                + f"; {b.lock_timeouts} lock timeout(s), {b.retry_spent_s:.1f}s of {b.retry_budget_s:g}s retry budget"
+                + (f", {b.in_database_s:.1f}s of {b.max_downtime_s:g}s max downtime" if b.max_downtime_s is not None else f", {b.in_database_s:.1f}s inside the database")
+            )
+    outcome.final_revision = await session.current_revision()
+
+
+# -- 7. gate ---------------------------------------------------------------------------------------
+
+
+async def gate(session: DeploySession, options: DeployOptions, plan: Plan, outcome: Outcome, suites: list[str]) -> bool:
+    """The gate suites held to the target. True when the deploy is finished (``outcome``
+    filled): it passed, or it failed with nothing migrated, so there is nothing to recover."""
+    async with session.step("gate") as info:
+        ok, summary = await session.gate(plan.target, suites, "post-deploy")
+        info["detail"] = summary
+        info["status"] = "ok" if ok else "failed"
+    if ok:
+        outcome.exit_code = int(ExitCode.OK)
+        outcome.message = f"deployed {plan.start or 'empty'} -> {plan.target}" + (
+            f" ({len(plan.applied)} revision(s))" if plan.applied else " (nothing to apply)")
+        if session.maintenance_on:
+            await maintenance_off(session)
+        if session.backup is not None and options.backup_retention_days is not None:
+            from pytest_hokmdb.deploy.backup_hook import apply_retention
+
+            t0 = time.monotonic()
+            detail = await apply_retention(session.loaded, options.backup_retention_days)
+            session.steps.append(Step("backup-retention", time.monotonic() - t0, "ok", detail))
+        return True
+    plan.failure = f"the gate failed after migrating to {plan.target}: {summary}"
+    if not plan.applied:
+        outcome.exit_code = int(ExitCode.CHECKS_FAILED)
+        outcome.message = f"{plan.failure}; nothing was migrated, so there is nothing to roll back"
+        return True
+    return False
+
+
+# -- 8. recovery -----------------------------------------------------------------------------------
+
+
+async def recover(session: DeploySession, plan: Plan, outcome: Outcome, suites: list[str]) -> Outcome:
+    """Back to the start revision (downgrade, gate; else the pre-deploy backup, gate)."""
+    assert plan.failure is not None
+    code, message = await session.recover(plan.start, suites, plan.failure)
+    outcome.exit_code = code
+    outcome.message = message
+    try:
+        outcome.final_revision = await session.current_revision()
+    except Exception:  # noqa: BLE001
+        pass
+    return outcome

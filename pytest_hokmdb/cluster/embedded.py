@@ -26,6 +26,7 @@ from pathlib import Path
 
 from pytest_hokmdb.cluster.binaries import find_bin_dir
 from pytest_hokmdb.cluster.osuser import OsUser, resolve_os_user
+from pytest_hokmdb.cluster.process import postmaster_alive, postmaster_pid, run_as
 from pytest_hokmdb.cluster.scratch import reserved_port, sweep_orphans
 from pytest_hokmdb.errors import ClusterError
 from pytest_hokmdb.redaction import register_secret
@@ -173,15 +174,7 @@ class EmbeddedCluster:
         for var in ("PGPASSWORD", "PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGOPTIONS"):
             env.pop(var, None)
         try:
-            result = subprocess.run(
-                args,
-                capture_output=True,
-                text=True,
-                env=env,
-                cwd=self.base_dir,
-                timeout=timeout,
-                **self.user.subprocess_kwargs(),
-            )
+            result = run_as(self.user, args, env=env, cwd=self.base_dir, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise ClusterError(f"{Path(args[0]).name} did not finish within {timeout:.0f}s", hint=self._log_hint()) from None
         if check and result.returncode != 0:
@@ -266,14 +259,8 @@ class EmbeddedCluster:
         pid = None
         running = False
         if self.initialized():
-            result = self._run([str(self.bin_dir / "pg_ctl"), "status", "-D", str(self.data_dir)], check=False)
-            running = result.returncode == 0
-            if running:
-                pid_file = self.data_dir / "postmaster.pid"
-                try:
-                    pid = int(pid_file.read_text().splitlines()[0])
-                except (OSError, ValueError, IndexError):
-                    pid = None
+            running = postmaster_alive(self.data_dir)
+            pid = postmaster_pid(self.data_dir) if running else None
         port = state.get("port")
         return ClusterStatus(
             running=running,

@@ -31,6 +31,7 @@ from pytest_hokmdb.cluster.archive.conf import command_environment
 from pytest_hokmdb.cluster.archive.settings import shell_safe
 from pytest_hokmdb.cluster.embedded import socket_dir_for
 from pytest_hokmdb.cluster.osuser import OsUser
+from pytest_hokmdb.cluster.process import postmaster_alive, run_as
 from pytest_hokmdb.cluster.scratch import reserved_port
 from pytest_hokmdb.db import Target
 from pytest_hokmdb.errors import BackupError, HokmdbError
@@ -109,10 +110,13 @@ class RestoredCopy:
         )
 
     def _pg_ctl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return _run_as(self.user, [str(self.bin_dir / "pg_ctl"), *args], env=self.env, cwd=self.base_dir, timeout=timeout)
+        try:
+            return run_as(self.user, [str(self.bin_dir / "pg_ctl"), *args], env=self.env, cwd=self.base_dir, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise RecoveryFailed(f"pg_ctl {args[0]} did not finish within {timeout:.0f}s") from None
 
     def is_running(self) -> bool:
-        return _postmaster_alive(self.data_dir)
+        return postmaster_alive(self.data_dir)
 
     def stop(self, mode: str = "fast") -> bool:
         """Stop the copy's server; False when it was not running."""
@@ -134,43 +138,6 @@ class RestoredCopy:
             shutil.rmtree(self.base_dir, ignore_errors=True)
             if self.socket_dir.parent != self.base_dir:
                 shutil.rmtree(self.socket_dir, ignore_errors=True)
-
-
-def _run_as(
-    user: OsUser, args: list[str], *, env: dict[str, str], cwd: Path, timeout: float
-) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run(
-            args,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            env=env,
-            cwd=cwd,
-            timeout=timeout,
-            **user.subprocess_kwargs(),  # type: ignore[arg-type]
-        )
-    except subprocess.TimeoutExpired:
-        raise RecoveryFailed(f"{Path(args[0]).name} {args[1]} did not finish within {timeout:.0f}s") from None
-
-
-def _postmaster_pid(data_dir: Path) -> int | None:
-    try:
-        return int((data_dir / "postmaster.pid").read_text().splitlines()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _postmaster_alive(data_dir: Path) -> bool:
-    """Whether the postmaster of ``data_dir`` runs; a zombie (nobody reaped it) counts as gone."""
-    pid = _postmaster_pid(data_dir)
-    if pid is None:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
 
 def _new_base_dir(engine: PgBackRest, restore_dir: Path | None) -> Path:

@@ -375,8 +375,9 @@ async def matches_models(ctx: CheckContext) -> CheckResult:
     """The revision number only says which migrations ran; this says what the schema *is*.
     Hand-made hotfixes, half-applied migrations and lost indexes all show up here."""
     if ctx.target_revision not in (None, "head", "heads"):
-        code_head = head_revision(alembic_config(project_root=ctx.project_root))
-        if ctx.target_revision != code_head:
+        cfg = alembic_config(project_root=ctx.project_root)
+        # Resolved through alembic, so an abbreviated id of the head still means the head.
+        if _known(script_directory(cfg), ctx.target_revision) != head_revision(cfg):
             # A rollback or a restore to an earlier moment is held to its own revision; the
             # models describe head, so compare with what that revision's migrations build.
             return await _matches_revision(ctx, ctx.target_revision)

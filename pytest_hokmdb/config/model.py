@@ -215,6 +215,10 @@ class HotQuery(_Strict):
         None, description="the alembic revision that creates expected_index: a database held to an older revision "
         "(after a rollback or a restore) is not expected to have it",
     )
+    since: str | None = Field(
+        None, description="the alembic revision that creates the tables/columns the SQL reads: a database held to an "
+        "older revision does not run the query at all",
+    )
 
     @property
     def expected_indexes(self) -> list[str]:
@@ -234,6 +238,7 @@ DEFAULT_HOT_QUERIES: tuple[HotQuery, ...] = (
         max_ms=50,
         # Both unique indexes lead with game_id; the planner may rightly pick either.
         expected_index=["uq_game_participants_game_id_seat", "uq_game_participants_game_id_player_id"],
+        since="0002",
     ),
     HotQuery(
         name="player_recent_games",
@@ -245,6 +250,7 @@ DEFAULT_HOT_QUERIES: tuple[HotQuery, ...] = (
         max_ms=50,
         expected_index="ix_game_participants_player_id",
         index_since="0006",
+        since="0002",
     ),
     HotQuery(
         name="leaderboard_top_n",
@@ -261,6 +267,7 @@ DEFAULT_HOT_QUERIES: tuple[HotQuery, ...] = (
         params=["$sample_game_id"],
         max_ms=50,
         expected_index="uq_moves_game_id_sequence_number",
+        since="0005",  # card_suit and card_rank
     ),
 )
 

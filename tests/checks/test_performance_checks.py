@@ -285,3 +285,32 @@ async def test_cache_hit_ratio_skips_with_too_few_reads(hokmdb_fresh_db: Throwaw
     result = await performance.cache_hit_ratio(ctx)
     assert_status(result, "skipped")
     assert "too few reads for the ratio to mean anything" in result.message
+
+
+async def test_cache_hit_ratio_does_not_judge_a_server_started_moments_ago(
+    small_buffers_cluster: EmbeddedCluster, check_context_factory: ContextFactory
+) -> None:
+    """The same misses that fail a warm server are no evidence on a server that started
+    seconds ago (a restored copy, a restart): not judged, and the message says why. With the
+    age requirement off, the very same statistics fail, so it is the age that spared them."""
+    from pytest_hokmdb.fixtures.throwaway import create_database
+
+    db = create_database(small_buffers_cluster, f"t_young_{os.getpid()}", None)  # never reset: counts since start
+    conn = await asyncpg.connect(db.dsn)
+    try:
+        await conn.execute("CREATE TABLE big AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 20000) g")
+        for _ in range(10):
+            await conn.fetchval("SELECT count(*) FROM big")
+        await conn.execute("SELECT pg_stat_force_next_flush()")
+    finally:
+        await conn.close()
+    young = await performance.cache_hit_ratio(await check_context_factory(db, smoke={"cache_hit_min_reads": 100}))
+    assert_status(young, "skipped")
+    assert "the server started" in young.message and "under smoke.cache_hit_min_age_s (600 s)" in young.message
+    assert "a cold cache is no evidence" in young.message and "block reads" in young.message
+    judged = await performance.cache_hit_ratio(
+        await check_context_factory(db, smoke={"cache_hit_min_reads": 100, "cache_hit_min_age_s": 0})
+    )
+    assert_status(judged, "failed")
+    assert f"cache hit ratio of database {db.name} is " in judged.message
+    assert performance.cache_hit_ratio.spec.severity == "normal"  # type: ignore[attr-defined]

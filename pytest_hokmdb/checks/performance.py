@@ -518,8 +518,6 @@ async def _indexes_only(ctx: CheckContext, queries: list[HotQuery], held_notes: 
 
 
 async def _samples_or_skip(ctx: CheckContext, title: str) -> Samples | CheckResult:
-    if not ctx.settings.hot_queries:
-        return CheckResult.skipped(f"{title}: smoke.hot_queries is empty, so there is nothing to verify")
     try:
         samples = await pick_samples(ctx.conn)
     except asyncpg.QueryCanceledError:

@@ -58,7 +58,10 @@ def _start_time(pid: int) -> str | None:
 
 def _owner_alive(owner: dict[str, object]) -> bool:
     pid = owner.get("pid")
-    return isinstance(pid, int) and _start_time(pid) is not None and _start_time(pid) == owner.get("started")
+    if not isinstance(pid, int):
+        return False
+    started = _start_time(pid)
+    return started is not None and started == owner.get("started")
 
 
 def new_scratch_dir(label: str) -> Path:

@@ -28,12 +28,6 @@ def explain_connect_error(target: Target, exc: BaseException) -> ConnectionFaile
                   if target.embedded else "create it, or check DB_NAME"),
         )
     if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):
-        if target.embedded and "does not exist" in str(exc):
-            return ConnectionFailed(
-                f"cannot connect to {where}: role {target.user!r} does not exist on the embedded cluster",
-                hint=f"verification never creates roles; create it with `{setup}` "
-                f"(or `hokmdb cluster start --environment {target.environment}`)",
-            )
         return ConnectionFailed(f"cannot connect to {where}: {redact(str(exc))}", hint="check DB_USER and pg_hba.conf")
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return ConnectionFailed(

@@ -43,6 +43,15 @@ def embedded_cluster_for(loaded: LoadedConfig) -> EmbeddedCluster:
     return cluster
 
 
+def _stored_password(cluster: EmbeddedCluster, user: str) -> str | None:
+    """The password setup generated for ``user`` and kept in the cluster's state file, if any."""
+    state = json.loads(cluster.state_file.read_text()) if cluster.state_file.is_file() else {}
+    password = state.get("app_passwords", {}).get(user)
+    if password is not None:
+        register_secret(password)
+    return password
+
+
 def _app_password(cluster: EmbeddedCluster, user: str, configured: str | None) -> str:
     """The configured password, else one generated once and kept in the cluster's state file (0600)."""
     if configured:
@@ -184,14 +193,11 @@ async def resolve_monitor_target(loaded: LoadedConfig, target: Target) -> Target
     db = loaded.config.database
     user, password = db.monitor_user, (db.monitor_password.get_secret_value() if db.monitor_password else None)
     if user is None and target.embedded:
-        cluster = embedded_cluster_for(loaded)
         user = EMBEDDED_MONITOR_USER
         if password is None:
-            state = json.loads(cluster.state_file.read_text()) if cluster.state_file.is_file() else {}
-            password = state.get("app_passwords", {}).get(user)
+            password = _stored_password(embedded_cluster_for(loaded), user)
             if password is None:
                 return None
-            register_secret(password)
     if user is None:
         return None
     return replace(target, user=user, password=password, read_only=True, application_name=f"{target.application_name}-monitor")

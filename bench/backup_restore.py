@@ -116,9 +116,9 @@ def timed(cmd: list[str], env: dict[str, str]) -> float:
 async def seed_databases(cluster: Any, base_games: int, copies: int) -> tuple[str, str]:
     import asyncpg
 
+    from hokm_profile.seed import seed
     from pytest_hokmdb.fixtures.throwaway import create_database
     from pytest_hokmdb.migrate import upgrade
-    from pytest_hokmdb.seeding import seed
 
     small = create_database(cluster, "bench_small")
     upgrade(small.url, "head")

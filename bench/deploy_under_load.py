@@ -84,8 +84,8 @@ async def _admin(cluster, sql: str, db: str = "postgres") -> None:  # type: igno
 async def prepare(cluster, name: str, players: int, games: int) -> None:  # type: ignore[no-untyped-def]
     from sqlalchemy.engine import URL
 
+    from hokm_profile.seed import seed
     from pytest_hokmdb.migrate import adowngrade, aupgrade
-    from pytest_hokmdb.seeding import seed
 
     await _admin(cluster, f"CREATE DATABASE {name} OWNER {ROLE}")
     url = URL.create("postgresql+asyncpg", ROLE, PASSWORD, cluster.host, cluster.port, name)

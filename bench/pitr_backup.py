@@ -180,7 +180,7 @@ async def clone_games(conn: asyncpg.Connection, offset: int, up_to_id: int) -> N
 
 async def seed_and_inflate(cluster: EmbeddedCluster, base_games: int, target_bytes: int) -> dict[str, Any]:
     """Simulated games via the project's seeder (COPY), then clones of them until the database is big enough."""
-    from pytest_hokmdb.seeding import seed
+    from hokm_profile.seed import seed
 
     out: dict[str, Any] = {}
     conn = await connect(cluster)

@@ -20,10 +20,10 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from pytest_hokmdb.domain.simulator import generate_games
+from hokm_profile.seed import seed
+from hokm_profile.simulator import generate_games
 from pytest_hokmdb.fixtures.throwaway import create_database, start_throwaway_cluster
 from pytest_hokmdb.migrate import upgrade
-from pytest_hokmdb.seeding import seed
 
 
 def _sizes(text: str) -> list[tuple[int, int]]:

@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from helpers import write_config_dir  # noqa: E402
 
+from hokm_profile.seed import seed  # noqa: E402
 from pytest_hokmdb.fixtures.throwaway import create_database, start_throwaway_cluster  # noqa: E402
 from pytest_hokmdb.migrate import upgrade  # noqa: E402
-from pytest_hokmdb.seeding import seed  # noqa: E402
 
 
 async def _app_role(dsn: str, role: str, password: str) -> None:

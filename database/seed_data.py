@@ -69,8 +69,8 @@ def _refuse(environment: str, reason: str) -> Refused:
 
 
 async def _main(args: argparse.Namespace) -> int:
+    from pytest_hokmdb.config.profile import project_profile
     from pytest_hokmdb.db import connect, resolve_target
-    from pytest_hokmdb.seeding import seed
 
     if args.environment == "production":
         # Decided before reading any config: no setting can make production seedable.
@@ -79,6 +79,7 @@ async def _main(args: argparse.Namespace) -> int:
     config = loaded.config
     if not config.seeding_allowed:
         raise _refuse(config.environment, f"seed.allowed is false in {loaded.path}")
+    seed = project_profile(loaded.project_root).load_seeder()  # the application's data, from its profile
     players = config.seed.players if args.players is None else args.players
     games = config.seed.games if args.games is None else args.games
     random_seed = config.seed.random_seed if args.random_seed is None else args.random_seed

@@ -81,7 +81,7 @@ REVISION_DATA = [
 
 def seed_games(dsn: str) -> None:
     """A small rule-abiding data set: enough hands to hold every card, suit and move type."""
-    from pytest_hokmdb.seeding import seed
+    from hokm_profile.seed import seed
 
     async def fill() -> None:
         conn = await asyncpg.connect(dsn)
@@ -95,7 +95,7 @@ def seed_games(dsn: str) -> None:
 
 def broken_invariants(dsn: str) -> list[str]:
     """hokm-domain.md's invariants over all data (no time window)."""
-    from pytest_hokmdb.checks.integrity import run_all
+    from hokm_profile.invariants import run_all
 
     async def check() -> list[str]:
         conn = await asyncpg.connect(dsn)

@@ -28,7 +28,7 @@ def _target_metadata() -> Any:
     metadata = config.attributes.get("target_metadata")
     if metadata is not None:
         return metadata
-    from pytest_hokmdb.schema.models import metadata as hokm_metadata
+    from hokm_profile.models import metadata as hokm_metadata
 
     return hokm_metadata
 

@@ -32,7 +32,7 @@ class DatabaseSmokeTests:
         self.loaded: LoadedConfig = load_config(environment, config_path)
         from pytest_hokmdb.checks.catalog import waiver_problems
 
-        problems = waiver_problems(self.loaded.config.smoke)
+        problems = waiver_problems(self.loaded.config.smoke, self.loaded.project_root)
         if problems:
             raise ConfigError(f"{self.loaded.path}: " + "; ".join(problems))
         self.environment = environment
@@ -46,10 +46,11 @@ class DatabaseSmokeTests:
         return self._target
 
     async def run_group(self, group: str) -> dict[str, Any]:
-        from pytest_hokmdb.checks.catalog import GROUPS
+        from pytest_hokmdb.checks.catalog import groups
 
-        if group not in GROUPS:
-            raise ValueError(f"unknown check group {group!r}; choose from {', '.join(GROUPS)}")
+        known = groups(self.loaded.project_root)
+        if group not in known:
+            raise ValueError(f"unknown check group {group!r}; choose from {', '.join(known)}")
         started = time.monotonic()
         target = await self.target()
         conn = await connect(target)
@@ -72,7 +73,7 @@ class DatabaseSmokeTests:
                 monitor=monitor,
                 monitor_error=monitor_error,
             )
-            results: list[CheckResult] = [await check(ctx) for check in GROUPS[group]]
+            results: list[CheckResult] = [await check(ctx) for check in known[group]]
         finally:
             await conn.close()
             if monitor is not None:
@@ -101,9 +102,9 @@ class DatabaseSmokeTests:
         return await self.run_group("integrity")
 
     async def run_all(self) -> dict[str, Any]:
-        from pytest_hokmdb.checks.catalog import GROUPS
+        from pytest_hokmdb.checks.catalog import groups as check_groups
 
-        groups = {name: await self.run_group(name) for name in GROUPS}
+        groups = {name: await self.run_group(name) for name in check_groups(self.loaded.project_root)}
         return {
             "environment": self.environment,
             "passed": all(g["passed"] for g in groups.values()),

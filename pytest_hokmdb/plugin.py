@@ -152,7 +152,7 @@ def pytest_configure(config: pytest.Config) -> None:
             pytest.exit(f"hokmdb: {exc}", returncode=int(exc.exit_code))
         from pytest_hokmdb.checks.catalog import waiver_problems
 
-        problems = waiver_problems(loaded.config.smoke)
+        problems = waiver_problems(loaded.config.smoke, loaded.project_root)
         if problems:
             pytest.exit(f"hokmdb: {loaded.path}: " + "; ".join(problems), returncode=int(ExitCode.CONFIG_ERROR))
     config.stash[STATE_KEY] = SessionState(environment, loaded, bool(config.getoption("allow_destructive")))

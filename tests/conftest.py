@@ -95,8 +95,8 @@ def seeded_template(hokmdb_cluster: EmbeddedCluster, hokmdb_template: str) -> st
     """A template at head holding a small, rule-abiding seed (built once per worker)."""
     import asyncpg
 
+    from hokm_profile.seed import seed
     from pytest_hokmdb.fixtures.throwaway import create_database
-    from pytest_hokmdb.seeding import seed
 
     db = create_database(hokmdb_cluster, SEEDED_TEMPLATE, hokmdb_template)
 

@@ -41,6 +41,19 @@ def test_an_upward_import_breaks_the_layers_contract(tmp_path: Path) -> None:
     assert "pytest_hokmdb.config.loader -> pytest_hokmdb.cli.common" in proc.stdout
 
 
+def test_a_core_import_of_the_hokm_profile_breaks_its_contract(tmp_path: Path) -> None:
+    """The core reaching for Hokm's models directly, the way checks/schema.py once did."""
+    for package in ("pytest_hokmdb", "hokm_profile"):
+        shutil.copytree(PROJECT_ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    health = tmp_path / "pytest_hokmdb" / "checks" / "health.py"
+    health.write_text(health.read_text() + "\n\nfrom hokm_profile import HOT_TABLES  # noqa: E402,F401\n")
+    proc = _lint(tmp_path, pythonpath=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "The core never imports an application profile" in proc.stdout and "BROKEN" in proc.stdout
+    assert "pytest_hokmdb.checks.health -> hokm_profile" in proc.stdout
+
+
 def _cycles(graph: grimp.ImportGraph) -> list[list[str]]:
     """Strongly connected components of more than one module (Tarjan, iterative)."""
     index: dict[str, int] = {}
@@ -84,7 +97,7 @@ def _cycles(graph: grimp.ImportGraph) -> list[list[str]]:
 
 
 def test_the_package_has_no_import_cycle() -> None:
-    assert _cycles(grimp.build_graph("pytest_hokmdb")) == []
+    assert _cycles(grimp.build_graph("pytest_hokmdb", "hokm_profile")) == []
 
 
 def test_the_cycle_finder_finds_a_cycle(tmp_path: Path) -> None:

@@ -12,12 +12,13 @@ import asyncpg
 from helpers import PROJECT_ROOT, LiveTarget
 
 from pytest_hokmdb.api import DatabaseSmokeTests
-from pytest_hokmdb.checks.catalog import GROUPS
+from pytest_hokmdb.checks.catalog import groups
 from pytest_hokmdb.config import load_config
 from pytest_hokmdb.gate import run_gate
 from pytest_hokmdb.migrate import adowngrade
 
 SCRIPT = PROJECT_ROOT / "database" / "smoke_tests.py"
+GROUPS = groups(PROJECT_ROOT)
 ALL_CHECKS = {fn.spec.name for checks in GROUPS.values() for fn in checks}  # type: ignore[attr-defined]
 
 

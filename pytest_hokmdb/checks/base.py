@@ -5,8 +5,8 @@ A check is one async function ``check(ctx) -> CheckResult``. The smoke suite, th
 logic exists exactly once. The decorator times the check, bounds it with a statement
 timeout, and maps what went wrong:
 
-* a missing *application* table or column is a failure (a deploy that dropped ``moves``
-  must not make the integrity checks skip and the gate pass);
+* a missing *application* table or column is a failure (a deploy that dropped a table an
+  invariant reads must not make the profile's integrity checks skip and the gate pass);
 * "could not look" (no privilege, a catalog view the server hides) is a skip with the
   reason, and a skipped check of severity blocker or critical **fails** ("not verified"),
   unless the environment waives it by name with a reason (``smoke.waivers``); the waiver
@@ -27,7 +27,8 @@ from typing import Any, Literal
 import asyncpg
 
 from pytest_hokmdb.config import HokmdbConfig
-from pytest_hokmdb.config.model import SmokeSettings
+from pytest_hokmdb.config.model import HotQuery, SmokeSettings
+from pytest_hokmdb.config.profile import Profile, project_profile
 from pytest_hokmdb.db.target import Target
 from pytest_hokmdb.errors import HokmdbError
 from pytest_hokmdb.redaction import redact
@@ -108,6 +109,17 @@ class CheckContext:
     @property
     def settings(self) -> SmokeSettings:
         return self.config.smoke
+
+    @property
+    def profile(self) -> Profile:
+        """The application profile the project chose (``[tool.hokmdb] profile``)."""
+        return project_profile(self.project_root)
+
+    @property
+    def hot_queries(self) -> list[HotQuery]:
+        """``smoke.hot_queries`` when the environment sets them, else the profile's."""
+        configured = self.settings.hot_queries
+        return list(self.profile.hot_queries) if configured is None else configured
 
     @property
     def observer(self) -> asyncpg.Connection:

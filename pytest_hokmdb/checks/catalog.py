@@ -1,25 +1,40 @@
 """The check groups, in the order operators read them. One list per group: the smoke
-modules, the ``DatabaseSmokeTests`` API and the scripts all take their checks from here."""
+modules, the ``DatabaseSmokeTests`` API and the scripts all take their checks from here.
+
+The core groups know no application; the project's profile ([tool.hokmdb] profile) adds its
+own checks, Hokm's data invariants filling the ``integrity`` group."""
 
 from __future__ import annotations
 
-from pytest_hokmdb.checks import connection, health, integrity, performance, pool, schema, security
+from pathlib import Path
+
+from pytest_hokmdb.checks import connection, health, performance, pool, schema, security
 from pytest_hokmdb.checks.base import GATING_SEVERITIES, REGISTRY, CheckFunction
 from pytest_hokmdb.config.model import SmokeSettings
+from pytest_hokmdb.config.profile import project_profile
 
-GROUPS: dict[str, list[CheckFunction]] = {
+CORE_GROUPS: dict[str, list[CheckFunction]] = {
     "connection": connection.CHECKS,
     "schema": schema.CHECKS,
     "security": security.CHECKS,
     "performance": performance.CHECKS,
     "pool": pool.CHECKS,
     "health": health.CHECKS,
-    "integrity": integrity.CHECKS,
+    "integrity": [],  # the application's data invariants: its profile's
 }
 
 
-def waiver_problems(settings: SmokeSettings) -> list[str]:
+def groups(project_root: Path) -> dict[str, list[CheckFunction]]:
+    """The core groups plus the project's profile's checks (loaded, so registered, here)."""
+    merged = {name: list(checks) for name, checks in CORE_GROUPS.items()}
+    for name, checks in project_profile(project_root).load_checks().items():
+        merged.setdefault(name, []).extend(checks)
+    return merged
+
+
+def waiver_problems(settings: SmokeSettings, project_root: Path) -> list[str]:
     """Waivers that name no check, or a check whose skip never fails the gate anyway."""
+    groups(project_root)  # the profile's checks join REGISTRY when their module is imported
     problems = []
     for name in settings.waivers:
         spec = REGISTRY.get(name)

@@ -23,7 +23,6 @@ import asyncpg
 
 from pytest_hokmdb.checks.base import Category, CheckContext, CheckFunction, CheckResult, check, sample
 from pytest_hokmdb.redaction import redact
-from pytest_hokmdb.schema.models import HOT_TABLES
 
 FEATURE = "Health"
 CATEGORY: Category = "infrastructure"
@@ -434,6 +433,7 @@ async def vacuum_age(ctx: CheckContext) -> CheckResult:
     (``autovacuum_analyze_threshold + autovacuum_analyze_scale_factor * reltuples``): below
     it autovacuum is right to wait, and a low-churn table must not raise a morning alarm."""
     limit_h = ctx.settings.max_vacuum_age_h
+    hot = list(ctx.profile.hot_tables)
     rows = await ctx.conn.fetch(
         """
         SELECT s.relname, s.n_mod_since_analyze, s.n_live_tup,
@@ -443,10 +443,11 @@ async def vacuum_age(ctx: CheckContext) -> CheckResult:
                greatest(last_vacuum, last_autovacuum) AS last_vacuumed,
                extract(epoch FROM now() - greatest(last_analyze, last_autoanalyze))::float8 AS analyze_age_s
         FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
-        WHERE s.relname = ANY($1::text[]) AND s.schemaname = ANY(current_schemas(false))
+        WHERE (cardinality($1::text[]) = 0 OR s.relname = ANY($1::text[]))
+          AND s.schemaname = ANY(current_schemas(false))
         ORDER BY s.relname
         """,
-        list(HOT_TABLES),
+        hot,  # the profile's hot tables; without a profile, every table in the search path
     )
     offenders: list[str] = []
     changed: list[str] = []
@@ -468,7 +469,7 @@ async def vacuum_age(ctx: CheckContext) -> CheckResult:
                 f"{r['relname']}: {mods} rows changed since it was last analyzed {duration(r['analyze_age_s'])} ago "
                 f"(last vacuum: {vacuumed})"
             )
-    missing = sorted(set(HOT_TABLES) - {r["relname"] for r in rows})
+    missing = sorted(set(hot) - {r["relname"] for r in rows})
     worst = max((r["analyze_age_s"] or 0.0 for r in rows if int(r["n_mod_since_analyze"]) > 0), default=0.0)
     if offenders:
         return CheckResult.failed(

@@ -1,7 +1,7 @@
-"""Performance checks: the game server's hot queries stay fast and indexed, reads hit the cache.
+"""Performance checks: the application's hot queries stay fast and indexed, reads hit the cache.
 
-Every hot query (``smoke.hot_queries``) is run with realistic parameters (the newest game
-and its first participant), timed best of three, and planned with plain ``EXPLAIN``
+Every hot query (``smoke.hot_queries``, by default the application profile's) is run with
+realistic parameters (the profile's sampler picks them from the newest data), timed best of three, and planned with plain ``EXPLAIN``
 (never ``ANALYZE``). Each query runs inside a ``READ ONLY`` transaction with its own
 short statement timeout, so a misconfigured hot query can neither write nor keep a
 production server busy for long: the gate's cost is bounded even when an index is gone.
@@ -36,16 +36,12 @@ from alembic.util.exc import CommandError
 
 from pytest_hokmdb.checks.base import Category, CheckContext, CheckFunction, CheckResult, check, sample
 from pytest_hokmdb.config.model import HotQuery
+from pytest_hokmdb.config.profile import HotQueryConfigError, Samples
 from pytest_hokmdb.migrate import alembic_config, script_directory
 
 FEATURE = "Performance"
 CATEGORY: Category = "performance regression"
 
-GAME_PLACEHOLDER = "$sample_game_id"
-PLAYER_PLACEHOLDER = "$sample_player_id"
-# How many of the newest games to look at for one that has a participant (waiting games may have none).
-_SAMPLE_GAMES = 50
-_SAMPLE_TIMEOUT_MS = 2_000
 _RUNS = 3
 # A hot query is cancelled after this many times its limit (at least 1 s): a regression is
 # obvious long before that, and a missing index must not turn the gate into a load test.
@@ -57,32 +53,6 @@ _FLOAT_TYPES = frozenset({"float4", "float8"})
 _TEXT_TYPES = frozenset({"text", "varchar", "bpchar", "name", "char", "citext"})
 _TRUE = frozenset({"true", "t", "1", "yes", "on"})
 _FALSE = frozenset({"false", "f", "0", "no", "off"})
-
-
-class HotQueryConfigError(ValueError):
-    """A hot query's configuration cannot be applied (unknown placeholder, unparsable literal)."""
-
-
-@dataclass(frozen=True)
-class Samples:
-    """The ids that fill ``$sample_game_id`` / ``$sample_player_id``, and where they came from."""
-
-    game_id: int | None
-    player_id: int | None
-    source: str
-
-    def value(self, placeholder: str) -> int:
-        if placeholder == GAME_PLACEHOLDER:
-            if self.game_id is None:
-                raise HotQueryConfigError("the database has no game to fill $sample_game_id with")
-            return self.game_id
-        if placeholder == PLAYER_PLACEHOLDER:
-            if self.player_id is None:
-                raise HotQueryConfigError("the database has no player to fill $sample_player_id with")
-            return self.player_id
-        raise HotQueryConfigError(
-            f"unknown placeholder {placeholder!r}: use {GAME_PLACEHOLDER} or {PLAYER_PLACEHOLDER}"
-        )
 
 
 @dataclass(frozen=True)
@@ -145,42 +115,6 @@ class HotQueryRun:
     @property
     def plan_text(self) -> str:
         return render_plan(self.plan) if self.plan else f"(no plan: {self.error or 'not explained'})"
-
-
-# -- sampling -------------------------------------------------------------------------
-
-
-async def pick_samples(conn: asyncpg.Connection) -> Samples | None:
-    """The newest game that has a participant, and its first participant (by seat).
-
-    Bounded: walks at most the newest ``_SAMPLE_GAMES`` games by primary key, each probed
-    through the (game_id, ...) index of game_participants; ``None`` when there are no games.
-    Falls back to the newest game and newest player when none of those games has players.
-    """
-    async with conn.transaction(readonly=True):
-        await conn.execute(f"SET LOCAL statement_timeout = {_SAMPLE_TIMEOUT_MS}")
-        newest = await conn.fetchval("SELECT id FROM game_sessions ORDER BY id DESC LIMIT 1")
-        if newest is None:
-            return None
-        row = await conn.fetchrow(
-            f"""
-            SELECT g.id AS game_id, p.player_id
-            FROM (SELECT id FROM game_sessions ORDER BY id DESC LIMIT {_SAMPLE_GAMES}) g
-            CROSS JOIN LATERAL (
-                SELECT player_id FROM game_participants WHERE game_id = g.id ORDER BY seat LIMIT 1
-            ) p
-            ORDER BY g.id DESC
-            LIMIT 1
-            """
-        )
-        if row is not None:
-            return Samples(int(row["game_id"]), int(row["player_id"]), "newest game with participants, first seat")
-        player = await conn.fetchval("SELECT id FROM players ORDER BY id DESC LIMIT 1")
-        return Samples(
-            int(newest),
-            int(player) if player is not None else None,
-            f"newest game (none of the newest {_SAMPLE_GAMES} has participants) and newest player",
-        )
 
 
 def _coerce(value: str, type_name: str, position: int, query: HotQuery) -> Any:
@@ -444,7 +378,7 @@ def queries_at_revision(ctx: CheckContext) -> HeldQueries:
     serve them. Raises HotQueryConfigError for a ``since``/``index_since`` the code does not know."""
     held = ctx.target_revision
     result = HeldQueries(revision=held or "head")
-    for query in ctx.settings.hot_queries:
+    for query in ctx.hot_queries:
         if query.since and not _includes(ctx.project_root, held, query.since, query.name, "since"):
             result.notes.append(f"{query.name} is not run: it reads what revision {query.since} creates, after {held} "
                                 "(the revision this database is held to)")
@@ -490,9 +424,9 @@ def revision_includes(project_root: Path, held: str | None, since: str) -> bool 
 
 async def _held_samples(ctx: CheckContext, held: HeldQueries, title: str) -> Samples | CheckResult:
     """Samples when a held query takes one; at a revision whose queries take none (before the
-    game tables exist) nothing is sampled, so the game tables are not read."""
+    tables exist) nothing is sampled, so the application tables are not read."""
     if not held.need_samples:
-        return Samples(None, None, f"no hot query held to {held.revision} takes a sample")
+        return Samples({}, f"no hot query held to {held.revision} takes a sample")
     return await _samples_or_skip(ctx, title)
 
 
@@ -509,24 +443,25 @@ async def _indexes_only(ctx: CheckContext, queries: list[HotQuery], held_notes: 
             else:
                 present.append(name)
     if problems:
-        return CheckResult.failed("; ".join(problems) + " (no games yet, so the queries were not timed)")
+        return CheckResult.failed("; ".join(problems) + f" ({ctx.profile.no_data}, so the queries were not timed)")
     note = f"; {'; '.join(held_notes)}" if held_notes else ""
     return CheckResult.passed(
-        f"no games yet, so the {len(queries)} hot queries were not timed; their {len(present)} expected index(es) "
+        f"{ctx.profile.no_data}, so the {len(queries)} hot queries were not timed; their {len(present)} expected index(es) "
         f"exist and are valid{note}"
     )
 
 
 async def _samples_or_skip(ctx: CheckContext, title: str) -> Samples | CheckResult:
+    profile = ctx.profile
+    sampler = profile.load_sampler()
+    if sampler is None:
+        return Samples({}, f"profile {profile.name} has no sampler")
     try:
-        samples = await pick_samples(ctx.conn)
-    except asyncpg.QueryCanceledError:
-        return CheckResult.failed(
-            f"{title}: picking a sample game and player took over {_SAMPLE_TIMEOUT_MS} ms; "
-            "game_sessions' primary key or game_participants' (game_id, seat) index is missing or bloated"
-        )
+        samples = await sampler(ctx.conn)
+    except asyncpg.QueryCanceledError as exc:
+        return CheckResult.failed(f"{title}: picking sample rows timed out ({exc}); {profile.sample_hint}")
     if samples is None:
-        return CheckResult.skipped(f"{title}: no data to sample (game_sessions is empty), so the plans would not be realistic")
+        return CheckResult.skipped(f"{title}: no data to sample ({profile.no_data}), so the plans would not be realistic")
     return samples
 
 
@@ -540,8 +475,9 @@ async def _samples_or_skip(ctx: CheckContext, title: str) -> Samples | CheckResu
 async def hot_queries(ctx: CheckContext) -> CheckResult:
     """Each hot query is judged against the revision the database is held to: an index that
     a later revision creates is not expected after a rollback or a restore to an older one."""
-    if not ctx.settings.hot_queries:
-        return CheckResult.skipped("hot queries: smoke.hot_queries is empty, so there is nothing to verify")
+    if not ctx.hot_queries:
+        return CheckResult.skipped(f"hot queries: smoke.hot_queries is empty and profile {ctx.profile.name} declares none, "
+                                   "so there is nothing to verify")
     try:
         held = queries_at_revision(ctx)
     except HotQueryConfigError as exc:
@@ -551,7 +487,7 @@ async def hot_queries(ctx: CheckContext) -> CheckResult:
         return CheckResult.passed(f"no hot query applies to revision {held.revision}: {'; '.join(held_notes)}")
     samples = await _held_samples(ctx, held, "hot queries")
     if isinstance(samples, CheckResult):
-        if samples.status == "skipped":  # no games yet: nothing to time, but the indexes can still be checked
+        if samples.status == "skipped":  # no data yet: nothing to time, but the indexes can still be checked
             return await _indexes_only(ctx, held.queries, held_notes)
         return samples
     runs: list[HotQueryRun] = []
@@ -562,7 +498,7 @@ async def hot_queries(ctx: CheckContext) -> CheckResult:
     if runs:
         runs[0].notes.extend(held_notes)
     evidence = _plans_evidence(runs)
-    evidence["samples"] = f"game_id={samples.game_id} player_id={samples.player_id} ({samples.source})"
+    evidence["samples"] = samples.describe()
     measured = {run.query.name: run.best_ms for run in runs}
     threshold = {run.query.name: run.query.max_ms for run in runs}
     offenders = [problem for run in runs for problem in run.problems]
@@ -570,7 +506,7 @@ async def hot_queries(ctx: CheckContext) -> CheckResult:
     if offenders:
         return CheckResult.failed(
             "; ".join(offenders)
-            + ". A slow hot query slows every game: check the plans attached, recent migrations "
+            + ". A slow hot query slows every request on the hot path: check the plans attached, recent migrations "
             "(a dropped or renamed index) and table statistics (ANALYZE)",
             measured=measured,
             threshold=threshold,
@@ -657,8 +593,9 @@ async def cache_hit_ratio(ctx: CheckContext) -> CheckResult:
 async def no_seq_scan_on_indexed_lookup(ctx: CheckContext) -> CheckResult:
     """Held to an older revision, a query whose index that revision does not create yet may
     scan: that is the plan the revision has, noted rather than failed (hot_queries notes it too)."""
-    if not ctx.settings.hot_queries:
-        return CheckResult.skipped("sequential scan check: smoke.hot_queries is empty, so there is nothing to verify")
+    if not ctx.hot_queries:
+        return CheckResult.skipped(f"sequential scan check: smoke.hot_queries is empty and profile {ctx.profile.name} "
+                                   "declares none, so there is nothing to verify")
     try:
         held = queries_at_revision(ctx)
     except HotQueryConfigError as exc:
@@ -666,9 +603,9 @@ async def no_seq_scan_on_indexed_lookup(ctx: CheckContext) -> CheckResult:
     samples = await _held_samples(ctx, held, "sequential scan check")
     if isinstance(samples, CheckResult):
         if samples.status == "skipped":
-            # Nothing is large without games: a sequential scan cannot hurt yet (hot_queries
+            # Nothing is large without data: a sequential scan cannot hurt yet (hot_queries
             # still checks that the indexes exist).
-            return CheckResult.passed("no games yet, so no table is large enough for a sequential scan to matter")
+            return CheckResult.passed(f"{ctx.profile.no_data}, so no table is large enough for a sequential scan to matter")
         return samples
     large = ctx.settings.large_table_rows
     offenders: list[str] = []

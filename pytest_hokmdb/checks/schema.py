@@ -23,9 +23,8 @@ from sqlalchemy.dialects import postgresql
 
 from pytest_hokmdb.checks.base import CheckContext, CheckFunction, CheckResult, check, sample
 from pytest_hokmdb.db.catalog import app_schema  # noqa: F401 - part of this module's API (security, deploy)
-from pytest_hokmdb.errors import HokmdbError
+from pytest_hokmdb.errors import ConfigError, HokmdbError
 from pytest_hokmdb.migrate import alembic_config, current_revision, head_revision, script_directory
-from pytest_hokmdb.schema.models import metadata
 
 FEATURE = "Schema"
 CATEGORY = "schema drift"
@@ -381,6 +380,22 @@ async def matches_models(ctx: CheckContext) -> CheckResult:
             # A rollback or a restore to an earlier moment is held to its own revision; the
             # models describe head, so compare with what that revision's migrations build.
             return await _matches_revision(ctx, ctx.target_revision)
+    from pytest_hokmdb.migration.settings import load_settings
+
+    try:
+        metadata = load_settings(ctx.project_root).load_metadata()
+    except ConfigError as exc:
+        return CheckResult.failed(f"the schema cannot be compared with the models: {exc.message}")
+    if metadata is None:
+        # metadata = false: the project has no models, so what its migrations build at head is
+        # the schema it should have.
+        head = head_revision(alembic_config(project_root=ctx.project_root))
+        return await _matches_revision(
+            ctx, head, intro=f"the project has no models (metadata = false), and the schema differs from what its "
+            f"migrations build at head {head}",
+            advice="If the database is behind, deploy; if someone changed it by hand, turn the change into a migration "
+            "(or revert it)",
+        )
     schema = await app_schema(ctx.conn)
     expected = expected_shape(metadata)
     live = await live_shape(ctx.conn, schema, expected.enums.keys())
@@ -403,7 +418,7 @@ async def matches_models(ctx: CheckContext) -> CheckResult:
     )
 
 
-async def _matches_revision(ctx: CheckContext, held: str) -> CheckResult:
+async def _matches_revision(ctx: CheckContext, held: str, intro: str | None = None, advice: str | None = None) -> CheckResult:
     """The live catalog against a scratch database migrated to ``held`` (cached per revision):
     the same comparison deploy.py's pre-flight drift check makes, from the same code."""
     from dataclasses import replace
@@ -421,10 +436,11 @@ async def _matches_revision(ctx: CheckContext, held: str) -> CheckResult:
     if drift.items:
         items = drift.items
         return CheckResult.failed(
-            f"this database is held to revision {held} (--target-revision), and its schema differs from what {held} "
-            f"builds ({drift.reference}) in {len(items)} place{'s' if len(items) != 1 else ''}: "
-            f"{'; '.join(items[:8])}{f' (and {len(items) - 8} more)' if len(items) > 8 else ''}. The rollback or "
-            "restore left it broken, or someone changed it by hand",
+            (intro or f"this database is held to revision {held} (--target-revision), and its schema differs from what "
+             f"{held} builds")
+            + f" ({drift.reference}) in {len(items)} place{'s' if len(items) != 1 else ''}: "
+            f"{'; '.join(items[:8])}{f' (and {len(items) - 8} more)' if len(items) > 8 else ''}. "
+            + (advice or "The rollback or restore left it broken, or someone changed it by hand"),
             measured=len(items), threshold=0, evidence={"schema drift": "\n".join(items) + "\n"},
         )
     return CheckResult.passed(f"schema matches what revision {held} builds ({drift.reference})", measured=0, threshold=0)

@@ -94,7 +94,7 @@ def cmd_config(args: argparse.Namespace) -> int:
             continue
         from pytest_hokmdb.checks.catalog import waiver_problems
 
-        problems = waiver_problems(loaded.config.smoke)
+        problems = waiver_problems(loaded.config.smoke, loaded.project_root)
         if problems:
             failures += 1
             print(f"{name}: INVALID\n{loaded.path}: " + "\n".join(problems), file=sys.stderr)
@@ -130,8 +130,8 @@ def _run_smoke(loaded: LoadedConfig) -> tuple[int, dict[str, int]]:
 
 
 async def _demo(args: argparse.Namespace) -> int:
+    from pytest_hokmdb.config.profile import project_profile
     from pytest_hokmdb.db import connect, resolve_target
-    from pytest_hokmdb.seeding import seed
 
     report = DemoReport()
     started_all = time.monotonic()
@@ -140,6 +140,7 @@ async def _demo(args: argparse.Namespace) -> int:
     cfg = loaded.config
     if not cfg.seeding_allowed:
         raise Refused(f"seeding is not allowed on {cfg.environment}")
+    seed = project_profile(loaded.project_root).load_seeder()  # before any work: no seeder, no demo
     report.add("config", t, f"{loaded.path.relative_to(loaded.project_root)} is valid")
 
     t = time.monotonic()
@@ -173,7 +174,7 @@ async def _demo(args: argparse.Namespace) -> int:
     finally:
         await conn.close()
     total_rows = sum(seeded.rows.values())
-    report.add("seed", t, f"{total_rows} rows ({seeded.rows.get('moves', 0)} moves) at {total_rows / max(seeded.seconds, 1e-9):,.0f} rows/s")
+    report.add("seed", t, f"{total_rows} rows ({seeded.headline()}) at {total_rows / max(seeded.seconds, 1e-9):,.0f} rows/s")
 
     t = time.monotonic()
     code, counts = _run_smoke(loaded)

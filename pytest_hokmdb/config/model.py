@@ -200,10 +200,11 @@ class SeedSettings(_Strict):
 
 
 class HotQuery(_Strict):
-    """A query on the game server's hot path, timed and explained by the smoke suite.
+    """A query on the application's hot path, timed and explained by the smoke suite.
 
-    ``params`` may use ``$sample_game_id`` / ``$sample_player_id``: the suite fills them
-    from the newest game and its first participant, so the plan is realistic.
+    ``params`` may use the ``$sample_*`` placeholders of the application profile (Hokm's:
+    ``$sample_game_id`` / ``$sample_player_id``, from the newest game and its first
+    participant), so the plan is realistic.
     """
 
     name: str
@@ -225,51 +226,6 @@ class HotQuery(_Strict):
         if self.expected_index is None:
             return []
         return [self.expected_index] if isinstance(self.expected_index, str) else list(self.expected_index)
-
-
-DEFAULT_HOT_QUERIES: tuple[HotQuery, ...] = (
-    HotQuery(
-        name="game_with_participants",
-        sql=(
-            "SELECT g.id, g.status, g.trump_suit, g.team1_score, g.team2_score, p.seat, p.team, p.player_id "
-            "FROM game_sessions g JOIN game_participants p ON p.game_id = g.id WHERE g.id = $1"
-        ),
-        params=["$sample_game_id"],
-        max_ms=50,
-        # Both unique indexes lead with game_id; the planner may rightly pick either.
-        expected_index=["uq_game_participants_game_id_seat", "uq_game_participants_game_id_player_id"],
-        since="0002",
-    ),
-    HotQuery(
-        name="player_recent_games",
-        sql=(
-            "SELECT g.id, g.status, g.created_at FROM game_participants p JOIN game_sessions g ON g.id = p.game_id "
-            "WHERE p.player_id = $1 ORDER BY g.created_at DESC LIMIT 20"
-        ),
-        params=["$sample_player_id"],
-        max_ms=50,
-        expected_index="ix_game_participants_player_id",
-        index_since="0006",
-        since="0002",
-    ),
-    HotQuery(
-        name="leaderboard_top_n",
-        sql="SELECT id, username, rating FROM players WHERE is_active ORDER BY rating DESC LIMIT 100",
-        max_ms=50,
-        expected_index="ix_players_rating_desc",
-    ),
-    HotQuery(
-        name="game_moves_in_order",
-        sql=(
-            "SELECT sequence_number, player_id, move_type, card_suit, card_rank FROM moves "
-            "WHERE game_id = $1 ORDER BY sequence_number"
-        ),
-        params=["$sample_game_id"],
-        max_ms=50,
-        expected_index="uq_moves_game_id_sequence_number",
-        since="0005",  # card_suit and card_rank
-    ),
-)
 
 
 class Waiver(_Strict):
@@ -312,7 +268,9 @@ class SmokeSettings(_Strict):
         600.0, ge=0, description="statistics younger than this (server start or stats reset) describe a cold cache, not the server",
     )
     large_table_rows: int = Field(10_000, ge=0, description="a sequential scan above this size fails the plan check")
-    hot_queries: list[HotQuery] = Field(default_factory=lambda: list(DEFAULT_HOT_QUERIES))
+    hot_queries: list[HotQuery] | None = Field(
+        None, description="queries on the application's hot path; default: the application profile's (none without one)",
+    )
     pool_headroom: float = Field(0.2, ge=0, lt=1, description="share of max_connections that must stay free")
     long_transaction_s: float = Field(300.0, gt=0)
     idle_in_transaction_s: float = Field(60.0, gt=0)

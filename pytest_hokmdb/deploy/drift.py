@@ -22,16 +22,23 @@ async def check_drift(target: Target, project_root: Path, script: ScriptDirector
 
     async def fallback(why: str) -> DriftResult:
         assert revision is not None
-        return await _models_fallback(target, script, revision, why)
+        return await _models_fallback(target, project_root, script, revision, why)
 
     return await _compare(target, project_root, script, revision, fallback=fallback)
 
 
-async def _models_fallback(target: Target, script: ScriptDirectory, revision: str, why: str) -> DriftResult:
+async def _models_fallback(target: Target, project_root: Path, script: ScriptDirectory, revision: str, why: str) -> DriftResult:
     from pytest_hokmdb.checks.schema import app_schema, diff_shapes, expected_shape, live_shape
     from pytest_hokmdb.db.connect import connect
-    from pytest_hokmdb.schema.models import metadata
+    from pytest_hokmdb.errors import ConfigError
+    from pytest_hokmdb.migration.settings import load_settings
 
+    try:
+        metadata = load_settings(project_root).load_metadata()
+    except ConfigError as exc:
+        return DriftResult(False, reason=f"{why}; and the models cannot stand in: {exc.message}")
+    if metadata is None:
+        return DriftResult(False, reason=f"{why}; and the project has no models (metadata = false) to compare with")
     heads = script.get_heads()
     if heads != [revision]:
         return DriftResult(False, reason=f"{why}; the models describe only the head ({', '.join(heads)}), not {revision}")

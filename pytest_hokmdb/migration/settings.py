@@ -5,8 +5,9 @@ suite verifies any alembic project::
 
     [tool.hokmdb.migrations]
     alembic_ini = "alembic.ini"
-    metadata = "myapp.models:metadata"          # module:attribute of the SQLAlchemy MetaData (required;
-                                                # false: the project has no models)
+    metadata = "myapp.models:metadata"          # module:attribute of the SQLAlchemy MetaData (required
+                                                # unless [tool.hokmdb] profile names a profile with
+                                                # models; false: the project has no models)
     model_modules = ["myapp.models"]            # every module that must contribute tables
     irreversible = []                           # revisions whose downgrade is not supported
     data_fixtures = "migration_tests/data_fixtures.py"
@@ -27,6 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pytest_hokmdb.config.profile import project_profile
 from pytest_hokmdb.errors import ConfigError
 
 Severity = Literal["error", "warning", "ignored"]
@@ -48,8 +50,9 @@ class MigrationSuiteSettings(BaseModel):
 
     alembic_ini: Path = Path("alembic.ini")
     script_location: Path | None = Field(None, description="default: the alembic ini's script_location")
-    # No default: a project that forgot the key must not be compared with someone else's
-    # models. ``false`` says the project has none (the model drift tests are then skipped).
+    # No built-in default: a project that forgot the key must not be compared with someone
+    # else's models. The project's own profile ([tool.hokmdb] profile) may supply it;
+    # ``false`` says the project has none (the model drift tests are then skipped).
     metadata: str | Literal[False] | None = Field(None, description="module:attribute of the MetaData, or false")
     model_modules: list[str] = Field(default_factory=list)
     irreversible: list[str] = Field(default_factory=list)
@@ -67,8 +70,9 @@ class MigrationSuiteSettings(BaseModel):
         if self.metadata is None:
             raise ConfigError(
                 "[tool.hokmdb.migrations] metadata is not set: the model drift tests compare your SQLAlchemy models "
-                "with what the migrations build; set metadata = \"yourapp.models:metadata\" (module:attribute), or "
-                "metadata = false if the project has no models"
+                "with what the migrations build; set metadata = \"yourapp.models:metadata\" (module:attribute), "
+                "metadata = false if the project has no models, or choose an application profile that has models "
+                "([tool.hokmdb] profile)"
             )
         module_name, _, attribute = self.metadata.partition(":")
         if not attribute:
@@ -86,9 +90,14 @@ def load_settings(root: Path) -> MigrationSuiteSettings:
     data: dict[str, Any] = {}
     if pyproject.is_file():
         try:
-            data = tomllib.loads(pyproject.read_text()).get("tool", {}).get("hokmdb", {}).get("migrations", {})
+            data = dict(tomllib.loads(pyproject.read_text()).get("tool", {}).get("hokmdb", {}).get("migrations", {}))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{pyproject}: not valid TOML: {exc}") from None
+    if data.get("metadata") is None:
+        # The profile the project chose, explicitly, may name its models; no profile, no default.
+        profile = project_profile(root)
+        if profile.metadata:
+            data["metadata"] = profile.metadata
     try:
         settings = MigrationSuiteSettings.model_validate(data)
     except ValidationError as exc:

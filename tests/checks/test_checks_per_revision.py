@@ -14,14 +14,15 @@ from collections.abc import Awaitable, Callable
 
 from helpers import PROJECT_ROOT, assert_status, run_statements
 
+from hokm_profile import hot_queries as hokm_hot
 from pytest_hokmdb.checks import performance
 from pytest_hokmdb.checks.base import CheckContext
-from pytest_hokmdb.config.model import DEFAULT_HOT_QUERIES, HotQuery
+from pytest_hokmdb.config.model import HotQuery
 from pytest_hokmdb.fixtures.throwaway import ThrowawayDatabase
 from pytest_hokmdb.migrate import adowngrade, alembic_config, script_directory
 
 ContextFactory = Callable[..., Awaitable[CheckContext]]  # tests/conftest.py: check_context_factory
-HOT = {q.name: q for q in DEFAULT_HOT_QUERIES}
+HOT = {q.name: q for q in hokm_hot.HOT_QUERIES}
 
 
 def _history() -> list[str]:
@@ -36,7 +37,7 @@ def _includes(held: str, since: str | None) -> bool:
 
 async def _plans(ctx: CheckContext, query: HotQuery) -> str | None:
     """The error planning ``query`` at this revision gives, or None when it plans."""
-    run = await performance.run_hot_query(ctx.conn, query, performance.Samples(1, 1, "test"), timed=False)
+    run = await performance.run_hot_query(ctx.conn, query, hokm_hot.samples(1, 1, "test"), timed=False)
     return run.error
 
 
@@ -45,7 +46,7 @@ async def test_every_revision_passes_its_own_checks_and_the_declarations_are_exa
 ) -> None:
     history = _history()
     assert history[0] == "0006" and history[-1] == "0001", history
-    declared = [q for q in DEFAULT_HOT_QUERIES if q.since or q.index_since]
+    declared = [q for q in hokm_hot.HOT_QUERIES if q.since or q.index_since]
     assert {q.name for q in declared} >= {"player_recent_games", "game_moves_in_order"}
     for revision in history:
         if revision != history[0]:
@@ -54,7 +55,7 @@ async def test_every_revision_passes_its_own_checks_and_the_declarations_are_exa
         hot = await performance.hot_queries(ctx)
         assert_status(hot, "passed")
         assert_status(await performance.no_seq_scan_on_indexed_lookup(ctx), "passed")
-        for query in DEFAULT_HOT_QUERIES:
+        for query in hokm_hot.HOT_QUERIES:
             error = await _plans(ctx, query)
             runs = _includes(revision, query.since)
             # Exact: the SQL plans at this revision if and only if the query is declared to run.

@@ -13,13 +13,13 @@ import asyncpg
 import pytest
 from helpers import assert_status, run_statements
 
+from hokm_profile import hot_queries as hokm_hot
 from pytest_hokmdb.checks import performance
 from pytest_hokmdb.checks.base import CheckContext
 from pytest_hokmdb.cluster import EmbeddedCluster
-from pytest_hokmdb.config.model import DEFAULT_HOT_QUERIES
 from pytest_hokmdb.fixtures.throwaway import ThrowawayDatabase, drop_database
 
-HOT = {q.name: q for q in DEFAULT_HOT_QUERIES}
+HOT = {q.name: q for q in hokm_hot.HOT_QUERIES}
 MOVES_INDEX = "uq_moves_game_id_sequence_number"
 
 ContextFactory = Callable[..., Awaitable[CheckContext]]  # tests/conftest.py: check_context_factory
@@ -145,11 +145,11 @@ async def test_hot_query_that_writes_is_refused_and_writes_nothing(seeded_db: Th
 
 async def test_run_hot_query_helper_times_and_explains_one_query(seeded_db: ThrowawayDatabase, check_context_factory: ContextFactory) -> None:
     ctx = await check_context_factory(seeded_db)
-    samples = await performance.pick_samples(ctx.conn)
-    assert samples is not None and samples.player_id is not None
+    samples = await hokm_hot.pick_samples(ctx.conn)
+    assert samples is not None and samples.values[hokm_hot.PLAYER_PLACEHOLDER] is not None
     run = await performance.run_hot_query(ctx.conn, HOT["game_moves_in_order"], samples)
     assert run.error is None
-    assert run.args == [samples.game_id]
+    assert run.args == [samples.values[hokm_hot.GAME_PLACEHOLDER]]
     assert len(run.timings_ms) == 3 and run.best_ms == round(min(run.timings_ms), 3)
     assert run.uses_expected_index
     assert performance.judge(run, large_table_rows=10_000) == []

@@ -89,6 +89,31 @@ async def test_a_database_held_to_an_earlier_revision_is_compared_with_what_that
     assert "held to revision 0005" in broken.message and "ix_players_rating_desc" in broken.message
 
 
+async def test_a_project_without_models_is_compared_with_what_its_migrations_build(
+    hokmdb_fresh_db, check_context_factory, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """No profile and ``metadata = false``: the check cannot use models, so it compares with a
+    reference built from the migrations at head (fail closed: it still looks)."""
+    import shutil
+    from dataclasses import replace
+
+    from helpers import PROJECT_ROOT
+
+    shutil.copytree(PROJECT_ROOT / "migrations", tmp_path / "migrations", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(PROJECT_ROOT / "alembic.ini", tmp_path / "alembic.ini")
+    (tmp_path / "pyproject.toml").write_text("[tool.hokmdb.migrations]\nmetadata = false\n")
+    ctx = replace(await check_context_factory(hokmdb_fresh_db), project_root=tmp_path)
+    assert ctx.profile.name == "none"
+    result = await schema.matches_models(ctx)
+    assert result.status == "passed", result.message
+    assert "schema matches what revision 0006 builds" in result.message
+    await run_statements(hokmdb_fresh_db, "DROP INDEX ix_players_rating_desc")
+    broken = await schema.matches_models(ctx)
+    assert broken.status == "failed", broken.message
+    assert "the project has no models (metadata = false)" in broken.message
+    assert "ix_players_rating_desc" in broken.message and "If the database is behind, deploy" in broken.message
+
+
 async def test_models_ignore_alembic_and_tool_tables(hokmdb_fresh_db, check_context_factory) -> None:  # type: ignore[no-untyped-def]
     await run_statements(hokmdb_fresh_db, "CREATE TABLE hokmdb_deploy_log (id int PRIMARY KEY, note text)")
     result = await schema.matches_models(await check_context_factory(hokmdb_fresh_db))

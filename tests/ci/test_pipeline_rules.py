@@ -26,7 +26,7 @@ ROLLBACKS = {
 DEPLOYS = ("deploy-staging", "deploy-production")
 # Files CI runs or reads: a change to any of them must run the pipeline.
 CI_PATHS = ("tests/**", "Makefile", "scripts/**", "tools/allure/**", "requirements/**", ".ci/**", "conftest.py",
-            "pytest.ini", "pyproject.toml", "pytest_hokmdb/**", "migrations/**", "database/**", "smoke/**",
+            "pytest.ini", "pyproject.toml", "pytest_hokmdb/**", "hokm_profile/**", "migrations/**", "database/**", "smoke/**",
             "migration_tests/**", "bench/**", ".github/workflows/database.yml")
 
 Workflow = dict[str, Any]

@@ -34,8 +34,8 @@ def deploy_template(hokmdb_cluster: EmbeddedCluster) -> str:
     """A seeded database at head, owned (with everything in it) by the deploy role."""
     from sqlalchemy.engine import URL
 
+    from hokm_profile.seed import seed
     from pytest_hokmdb.migrate import upgrade
-    from pytest_hokmdb.seeding import seed
 
     run_sync(admin(hokmdb_cluster, f"CREATE ROLE {DEPLOY_ROLE} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '{DEPLOY_PASSWORD}'"))
     run_sync(admin(hokmdb_cluster, f"GRANT pg_monitor TO {DEPLOY_ROLE}"))

@@ -17,7 +17,7 @@ import json, os, sys
 
 
 def pytest_sessionfinish(session):
-    hokm = sorted(m for m in sys.modules if m.startswith(("pytest_hokmdb.schema", "pytest_hokmdb.domain", "pytest_hokmdb.seeding")))
+    hokm = sorted(m for m in sys.modules if m == "hokm_profile" or m.startswith("hokm_profile."))
     with open(os.environ["HOKM_IMPORTS_FILE"], "w") as handle:
         json.dump(hokm, handle)
 '''

@@ -14,11 +14,11 @@ import asyncpg
 import pytest
 from helpers import PROJECT_ROOT, write_config_dir
 
-from pytest_hokmdb.checks.integrity import run_all
+from hokm_profile import rules
+from hokm_profile.invariants import run_all
+from hokm_profile.seed import GAME_TABLES, default_anchor, seed
 from pytest_hokmdb.cluster.embedded import SUPERUSER
-from pytest_hokmdb.domain import rules
 from pytest_hokmdb.fixtures.throwaway import ThrowawayDatabase
-from pytest_hokmdb.seeding import GAME_TABLES, default_anchor, seed
 
 SCRIPT = PROJECT_ROOT / "database" / "seed_data.py"
 SIZE = {"players": 40, "games": 60}

@@ -16,8 +16,8 @@ from datetime import timedelta
 import asyncpg
 import pytest
 
-from pytest_hokmdb.checks.integrity import INVARIANTS, INVARIANTS_BY_NUMBER, InvariantResult, run_all
-from pytest_hokmdb.domain import rules
+from hokm_profile import rules
+from hokm_profile.invariants import INVARIANTS, INVARIANTS_BY_NUMBER, InvariantResult, run_all
 from pytest_hokmdb.fixtures.throwaway import ThrowawayDatabase
 
 WINDOW = timedelta(days=7)

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from pytest_hokmdb.domain import rules
-from pytest_hokmdb.domain.simulator import (
+from hokm_profile import rules
+from hokm_profile.simulator import (
     MOVE_COLUMNS,
     GamePlan,
     SimulatedGame,

@@ -34,11 +34,6 @@ QUEEN = 12
 KING = 13
 ACE = 14
 
-# The tables on the game server's hot path, which also hold most of the rows: checks and
-# seeding treat them with care (bounded samples, batched writes, no long locks).
-HOT_TABLES: tuple[str, ...] = ("game_sessions", "game_participants", "moves", "players")
-
-
 class GameStatus(enum.StrEnum):
     """Lifecycle of a game; only waiting -> active -> completed, or -> abandoned, is legal."""
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from pytest_hokmdb.domain import rules
-from pytest_hokmdb.domain.rules import SUITS
+from hokm_profile import rules
+from hokm_profile.rules import SUITS
 
 GAME_COLUMNS: tuple[str, ...] = (
     "id", "room_code", "status", "hakem_player_id", "trump_suit", "current_round", "game_state",

@@ -2,7 +2,7 @@
 
 Why COPY and one transaction: a seed of 10^5..10^6 moves must load in seconds, and a
 failed or interrupted seed must leave the previous data untouched. Rows come from the
-simulator (``pytest_hokmdb.domain.simulator``) so the data satisfies every invariant the
+simulator (``hokm_profile.simulator``) so the data satisfies every invariant the
 smoke suite checks.
 
 The seed set is recognisable (usernames ``seed_``, room codes ``seed-``, metrics tagged
@@ -28,8 +28,8 @@ from typing import Any
 
 import asyncpg
 
-from pytest_hokmdb.domain import rules
-from pytest_hokmdb.domain.simulator import (
+from hokm_profile import rules
+from hokm_profile.simulator import (
     GAME_COLUMNS,
     MOVE_COLUMNS,
     PARTICIPANT_COLUMNS,
@@ -99,6 +99,10 @@ class SeedReport:
     @property
     def moves_per_second(self) -> float:
         return self.rows.get("moves", 0) / self.seconds if self.seconds > 0 else 0.0
+
+    def headline(self) -> str:
+        """The one figure that says how much game was generated (the demo's seed line)."""
+        return f"{self.rows.get('moves', 0)} moves"
 
     def summary_lines(self) -> list[str]:
         lines = [f"{table:<22} {count:>10,}" for table, count in self.rows.items()]

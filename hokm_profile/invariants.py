@@ -12,7 +12,7 @@ Each check selects ``bad(id, reason)`` rows; the runner aggregates them per id, 
 is wrong and where.
 
 Rule values (seats and teams, trick and point targets, kot scoring, rating bounds) come
-from ``pytest_hokmdb.domain.rules`` so that a variant changes in one place.
+from ``hokm_profile.rules`` so that a variant changes in one place.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Any
 
 import asyncpg
 
+from hokm_profile import rules
 from pytest_hokmdb.checks.base import CheckContext, CheckFunction, CheckResult, check
-from pytest_hokmdb.domain import rules
 
 DEFAULT_SAMPLE_LIMIT = 10
 DEFAULT_MAX_GAMES = 1000

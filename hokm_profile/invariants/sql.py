@@ -1,31 +1,15 @@
-"""One SQL check per data invariant of hokm-domain.md (numbers 1..11).
+"""The SQL of Hokm's data invariants: rule values rendered as SQL, the window of games a
+smoke run looks at, and one statement per invariant that selects ``bad(id, reason)``.
 
-Why SQL and not Python: the checks run against databases with 10^8 moves, so the
-database does the work and only a handful of offending ids come back. Every check
-takes a ``window``: only games created within it are examined (an index range on
-``game_sessions (status, created_at)``, then the per-game indexes of the child tables),
-so a smoke run stays cheap; ``window=None`` scans everything. Queries are read-only and
-run in a READ ONLY transaction when the caller has none open.
-
-Each check selects ``bad(id, reason)`` rows; the runner aggregates them per id, keeps
-``sample_limit`` ids (smallest first) and the total, and writes a message that says what
-is wrong and where.
-
-Rule values (seats and teams, trick and point targets, kot scoring, rating bounds) come
-from ``hokm_profile.rules`` so that a variant changes in one place.
+Why SQL and not Python: the checks run against databases with 10^8 moves, so the database
+does the work and only a handful of offending ids come back. Rule values (seats and teams,
+trick and point targets, kot scoring, rating bounds) come from ``hokm_profile.rules`` so that
+a variant changes in one place.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
-
-import asyncpg
-
 from hokm_profile import rules
-from pytest_hokmdb.checks.base import CheckContext, CheckFunction, CheckResult, check
 
 DEFAULT_SAMPLE_LIMIT = 10
 DEFAULT_MAX_GAMES = 1000
@@ -57,7 +41,7 @@ TARGET = rules.POINTS_TO_WIN_GAME
 IN_PLAY = "('active', 'abandoned')"  # statuses whose last trick may be unfinished
 
 
-def _moves_of_g(windowed: bool) -> str:
+def moves_of_g(windowed: bool) -> str:
     """``m``: the moves of the games in ``g``.
 
     Windowed, ``g`` holds a bounded number of games and the planner overestimates their
@@ -71,7 +55,7 @@ def _moves_of_g(windowed: bool) -> str:
     return "moves m JOIN g ON g.id = m.game_id"
 
 
-def _window_games_sql(window_param: str, limit_param: str, columns: str = "*") -> str:
+def window_games_sql(window_param: str, limit_param: str, columns: str = "*") -> str:
     """The newest games created within the window: bounded by time and by count."""
     return (
         f"SELECT {columns} FROM game_sessions WHERE status = ANY (enum_range(NULL::game_status))"
@@ -80,25 +64,25 @@ def _window_games_sql(window_param: str, limit_param: str, columns: str = "*") -
 
 
 #: The first game id of the window (or one past the last game when the window is empty).
-_FIRST_GAME_SQL = (
+FIRST_GAME_SQL = (
     "SELECT coalesce(min(id), (SELECT coalesce(max(id), 0) + 1 FROM game_sessions))"
-    f" FROM ({_window_games_sql('$1', '$2', 'id')}) w"
+    f" FROM ({window_games_sql('$1', '$2', 'id')}) w"
 )
 
 
-def _games_cte(windowed: bool) -> str:
+def games_cte(windowed: bool) -> str:
     """``g``: the games under examination. The ``status = ANY(all statuses)`` term lets
     the planner walk ``ix_game_sessions_status_created_at`` once per status."""
     if not windowed:
         return "g AS (SELECT * FROM game_sessions)"
     # Bounded twice: by time ($2) and by count ($3, the newest games first), so the cost of a
     # smoke run does not grow with a busy day's traffic (10^7 games, 10^8 moves).
-    return f"g AS ({_window_games_sql('$2', '$3')})"
+    return f"g AS ({window_games_sql('$2', '$3')})"
 
 
 # --- the checks' SQL (the part after "WITH g AS (...), "; must define bad(id, reason)) ---
 
-_SQL_1 = f"""
+SQL_1 = f"""
 p AS (SELECT gp.* FROM game_participants gp JOIN g ON g.id = gp.game_id),
 bad(id, reason) AS (
     SELECT game_id, format('%s participants (at most {rules.PLAYERS_PER_GAME})', count(*))
@@ -117,7 +101,7 @@ bad(id, reason) AS (
       FROM p WHERE team IS DISTINCT FROM {_team_of_seat_sql('seat')}
 )"""
 
-_SQL_2 = f"""
+SQL_2 = f"""
 bad(id, reason) AS (
     SELECT g.id, format('%s game has %s participants', g.status, count(p.id))
       FROM g LEFT JOIN game_participants p ON p.game_id = g.id
@@ -125,7 +109,7 @@ bad(id, reason) AS (
      GROUP BY g.id, g.status HAVING count(p.id) <> {rules.PLAYERS_PER_GAME}
 )"""
 
-_SQL_3 = f"""
+SQL_3 = f"""
 bad(id, reason) AS (
     SELECT g.id, r.reason
       FROM g CROSS JOIN LATERAL (VALUES
@@ -160,7 +144,7 @@ bad(id, reason) AS (
      WHERE r.broken
 )"""
 
-_SQL_4 = """
+SQL_4 = """
 bad(id, reason) AS (
     SELECT m.game_id,
            format('%s moves numbered %s..%s (%s distinct numbers)', count(*), min(m.sequence_number),
@@ -171,7 +155,7 @@ bad(id, reason) AS (
         OR count(DISTINCT m.sequence_number) <> count(*)
 )"""
 
-_SQL_5 = f"""
+SQL_5 = f"""
 plays AS (SELECT m.*, g.status FROM __MOVES_OF_G__
            WHERE m.move_type = 'card_play' AND m.trick_number > 0),
 tricks AS (
@@ -198,7 +182,7 @@ bad(id, reason) AS (
 # Trick winners and hand results, shared by invariants 6 and 7. Built as one pass of
 # window functions and aggregates over the window's moves (no joins between derived
 # tables: their row estimates are poor, and a nested loop over them costs seconds).
-_HANDS = f"""
+HANDS = f"""
 m AS (
     SELECT m.game_id, m.hand_number, m.trick_number, m.sequence_number, m.player_id, m.move_type,
            m.card_suit, m.card_rank, s.seat, {_team_of_seat_sql('s.seat')} AS team,
@@ -250,7 +234,7 @@ hands AS (
       FROM per_hand h
 )"""
 
-_SQL_6 = _HANDS + f""",
+SQL_6 = HANDS + f""",
 rotation AS (
     SELECT game_id, hand_number, hakem_seat,
            lag(hakem_seat) OVER w AS prev_hakem_seat, lag(winner) OVER w AS prev_winner,
@@ -287,7 +271,7 @@ bad(id, reason) AS (
        AND hakem_seat <> {_next_hakem_sql('prev_hakem_seat', 'prev_winner')}
 )"""
 
-_SQL_7 = _HANDS + f""",
+SQL_7 = HANDS + f""",
 points AS (
     SELECT game_id,
            sum(CASE WHEN winner = 1 THEN {_hand_points_sql('winner', 't2', _team_of_seat_sql('hakem_seat'))}
@@ -314,7 +298,7 @@ bad(id, reason) AS (
      WHERE g.team1_score <> coalesce(p.p1, 0) OR g.team2_score <> coalesce(p.p2, 0)
 )"""
 
-_SQL_8 = """
+SQL_8 = """
 bad(id, reason) AS (
     SELECT g.id, format('hakem %s is not a participant', g.hakem_player_id)
       FROM g
@@ -322,7 +306,7 @@ bad(id, reason) AS (
        AND NOT EXISTS (SELECT 1 FROM game_participants p WHERE p.game_id = g.id AND p.player_id = g.hakem_player_id)
 )"""
 
-_SQL_9 = """
+SQL_9 = """
 c AS (SELECT id, winning_team FROM g WHERE status = 'completed'),
 bad(id, reason) AS (
     SELECT c.id, format('player %s has statistics but does not sit in the game', s.player_id)
@@ -346,7 +330,7 @@ bad(id, reason) AS (
 )"""
 
 
-def _sql_10(windowed: bool) -> str:
+def sql_10(windowed: bool) -> str:
     touched = (
         "SELECT DISTINCT gp.player_id AS id FROM game_participants gp JOIN g ON g.id = gp.game_id"
         if windowed else "SELECT id FROM players"
@@ -392,7 +376,7 @@ _REFERENCES: tuple[tuple[str, str, str, str | None], ...] = (
 )
 
 
-def _sql_11(windowed: bool) -> str:
+def sql_11(windowed: bool) -> str:
     """Orphans. Windowed, game-scoped rows are taken from the first game id created in the
     window on (ids grow with time), which walks the ``(game_id, ...)`` unique indexes
     instead of the whole table; an orphan has no game row left to date it by."""
@@ -411,215 +395,3 @@ def _sql_11(windowed: bool) -> str:
             f" FROM {table} c WHERE {' AND '.join(where)}"
         )
     return "bad(id, reason) AS (\n    " + "\n    UNION ALL\n    ".join(parts) + "\n)"
-
-
-# --- registry ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class InvariantResult:
-    """The outcome of one check: ``offending_ids`` is a sample, ``count`` the total."""
-
-    ok: bool
-    offending_ids: list[Any]
-    count: int
-    message: str
-
-
-@dataclass(frozen=True)
-class Invariant:
-    """One invariant of hokm-domain.md and the query that finds its violations."""
-
-    number: int
-    name: str
-    title: str
-    description: str
-    noun: str  # what the offending ids identify ("game", "player", "row")
-    problem: str  # "... <problem>: <noun> ids ..." in the failure message
-    sql: Callable[[bool], str]
-
-    def query(self, windowed: bool) -> str:
-        return self._query(windowed).replace("__MOVES_OF_G__", _moves_of_g(windowed))
-
-    def _query(self, windowed: bool) -> str:
-        """The full statement: $1 is the sample limit; windowed only: $2 the window, $3 the most games."""
-        return (
-            f"WITH {_games_cte(windowed)},\n{self.sql(windowed)}\n"
-            "SELECT id, string_agg(DISTINCT reason, '; ') AS reasons, count(*) OVER () AS total\n"
-            "  FROM bad GROUP BY id ORDER BY id LIMIT $1"
-        )
-
-    async def run(
-        self, conn: asyncpg.Connection, *, window: timedelta | None, sample_limit: int = DEFAULT_SAMPLE_LIMIT,
-        max_games: int = DEFAULT_MAX_GAMES,
-    ) -> InvariantResult:
-        """Check the newest ``max_games`` games created within ``window`` (``None``: all data)."""
-        args: list[Any] = [sample_limit]
-        if window is not None:
-            args += [window, max_games]
-        sql = self.query(window is not None)
-
-        async def fetch() -> list[asyncpg.Record]:
-            if "$4" in sql:
-                # Known before planning, the first game id lets the planner walk the
-                # (game_id, ...) indexes for "rows of the window's games and newer".
-                args.append(await conn.fetchval(_FIRST_GAME_SQL, window, max_games))
-            return await conn.fetch(sql, *args)
-
-        if conn.is_in_transaction():
-            rows = await fetch()
-        else:
-            async with conn.transaction(readonly=True):
-                rows = await fetch()
-        return self._result(rows, window, max_games)
-
-    def _result(self, rows: list[asyncpg.Record], window: timedelta | None, max_games: int) -> InvariantResult:
-        scope = "all data" if window is None else f"the newest {max_games} games created in the last {_describe(window)}"
-        if not rows:
-            return InvariantResult(True, [], 0, f"invariant {self.number} ({self.name}): ok ({scope})")
-        count = int(rows[0]["total"])
-        ids = [r["id"] for r in rows]
-        plural = self.noun if count == 1 else f"{self.noun}s"
-        verb = self.problem if count == 1 else _plural_verb(self.problem)
-        shown = ", ".join(str(i) for i in ids) + (f" (first {len(ids)} of {count})" if count > len(ids) else "")
-        details = "; ".join(f"{self.noun} {r['id']}: {r['reasons']}" for r in rows[:3])
-        message = (
-            f"invariant {self.number} ({self.name}): {count} {plural} {verb}: {self.noun} ids {shown} "
-            f"[{scope}] -- {details}"
-        )
-        return InvariantResult(False, ids, count, message)
-
-
-def _plural_verb(problem: str) -> str:
-    head, _, rest = problem.partition(" ")
-    plural = {"has": "have", "is": "are", "breaks": "break", "does": "do", "points": "point"}.get(head, head)
-    return f"{plural} {rest}".strip()
-
-
-def _describe(window: timedelta) -> str:
-    seconds = int(window.total_seconds())
-    if seconds % 86400 == 0:
-        return f"{seconds // 86400} days" if seconds != 86400 else "day"
-    if seconds % 3600 == 0:
-        return f"{seconds // 3600} hours" if seconds != 3600 else "hour"
-    return f"{seconds} seconds"
-
-
-def _static(sql: str) -> Callable[[bool], str]:
-    return lambda _windowed: sql
-
-
-INVARIANTS: list[Invariant] = [
-    Invariant(
-        1, "participants", "Participants, seats and teams",
-        f"A game has at most {rules.PLAYERS_PER_GAME} participants; seats are {min(rules.SEATS)}.."
-        f"{max(rules.SEATS)} and unique per game; a player sits at most once per game; team is "
-        "1 for seats 0 and 2, 2 for seats 1 and 3.",
-        "game", "has invalid participants", _static(_SQL_1),
-    ),
-    Invariant(
-        2, "full-table", "Running and finished games have four players",
-        f"A game whose status is active or completed has exactly {rules.PLAYERS_PER_GAME} participants.",
-        "game", "has the wrong number of participants", _static(_SQL_2),
-    ),
-    Invariant(
-        3, "status-lifecycle", "Status and time-stamps agree",
-        "Status moves waiting -> active -> completed, or to abandoned from waiting or active: a waiting game "
-        "has not started, only a completed game has a winner; created_at <= started_at <= completed_at where "
-        f"set; a completed game has completed_at and a winning team with at least {TARGET} points "
-        "(and the other team fewer).",
-        "game", "has a status inconsistent with its time-stamps or result", _static(_SQL_3),
-    ),
-    Invariant(
-        4, "move-sequence", "Move sequence numbers",
-        "The moves of a game are numbered 1..n by sequence_number with no gap or duplicate.",
-        "game", "has gaps or duplicates in sequence_number", _static(_SQL_4),
-    ),
-    Invariant(
-        5, "cards-and-tricks", "Cards and tricks",
-        f"In one hand each of the {rules.DECK_SIZE} cards is played at most once; each trick has exactly "
-        f"{rules.PLAYERS_PER_GAME} cards from {rules.PLAYERS_PER_GAME} different players and tricks are "
-        "numbered 1..n; only the last trick of an active or abandoned game may be unfinished.",
-        "game", "has an invalid hand", _static(_SQL_5),
-    ),
-    Invariant(
-        6, "trump-choice", "One trump choice per hand, by its hakem",
-        "Exactly one trump_selection (trick 0) per hand, before the hand's first card, made by the hand's "
-        "hakem: the game's hakem in hand 1, then the same hakem if his team won the previous hand, else the "
-        "next seat; the hakem leads trick 1. Hands are numbered 1..n.",
-        "game", "has a wrong trump choice", _static(_SQL_6),
-    ),
-    Invariant(
-        7, "hand-result", "Hands end at seven tricks",
-        f"No team takes more than {SEVEN} tricks in a hand and play stops when a team reaches {SEVEN}; every "
-        f"hand but the current one of an active or abandoned game ends with a team at {SEVEN}; the game's "
-        f"scores are the points of those hands ({rules.POINTS_HAND_WIN}, kot {rules.POINTS_KOT}, kot against "
-        f"the hakem's team {rules.POINTS_KOT_AGAINST_HAKEM}), each credited to the team that reached {SEVEN}.",
-        "game", "has a wrong hand result", _static(_SQL_7),
-    ),
-    Invariant(
-        8, "hakem-participant", "The hakem sits in the game",
-        "The hakem of a game (game_sessions.hakem_player_id) is one of its participants.",
-        "game", "has a hakem who is not a participant", _static(_SQL_8),
-    ),
-    Invariant(
-        9, "game-statistics", "Statistics of completed games",
-        "A completed game has one player_game_stats row per participant, with the participant's team and "
-        "is_winner true exactly for the winning team.",
-        "game", "has wrong player statistics", _static(_SQL_9),
-    ),
-    Invariant(
-        10, "player-counters", "Player counters agree with history",
-        "total_games equals the completed games the player sat in, wins the ones his team won, "
-        f"wins + losses = total_games, and the rating lies within {rules.RATING_MIN}..{rules.RATING_MAX}. "
-        "Windowed: the players of the window's games, against their whole history.",
-        "player", "has counters that disagree with the games played", _sql_10,
-    ),
-    Invariant(
-        11, "no-orphans", "No orphans",
-        "Every reference is honoured: moves, participants, statistics, connections, preferences and hakems "
-        "point at existing games and players (checked even where a foreign key was dropped).",
-        "row", "points at a missing game or player", _sql_11,
-    ),
-]
-
-INVARIANTS_BY_NUMBER: dict[int, Invariant] = {inv.number: inv for inv in INVARIANTS}
-
-
-async def run_all(
-    conn: asyncpg.Connection, *, window: timedelta | None, sample_limit: int = DEFAULT_SAMPLE_LIMIT,
-    max_games: int = DEFAULT_MAX_GAMES,
-) -> list[tuple[Invariant, InvariantResult]]:
-    """Run every check in order (one connection, one query each)."""
-    return [(inv, await inv.run(conn, window=window, sample_limit=sample_limit, max_games=max_games)) for inv in INVARIANTS]
-
-
-# --- the smoke suite's view: one registered check per invariant ---------------------------
-
-
-def _as_check(invariant: Invariant) -> CheckFunction:
-    """Wrap an invariant as a smoke check reading its window and sample size from the context."""
-
-    async def run_invariant(ctx: CheckContext) -> CheckResult:
-        result = await invariant.run(
-            ctx.conn, window=ctx.window, sample_limit=ctx.settings.integrity_sample, max_games=ctx.settings.integrity_max_games
-        )
-        evidence = {"query": invariant.query(ctx.window is not None)}
-        if result.ok:
-            return CheckResult.passed(result.message, measured=0, threshold=0, evidence=evidence)
-        evidence["offending ids"] = ", ".join(str(i) for i in result.offending_ids)
-        return CheckResult.failed(result.message, measured=result.count, threshold=0, evidence=evidence)
-
-    run_invariant.__name__ = f"invariant_{invariant.number}_{invariant.name.replace('-', '_')}"
-    run_invariant.__doc__ = invariant.description
-    return check(
-        f"integrity.{invariant.number:02d}_{invariant.name}",
-        title=f"Invariant {invariant.number}: {invariant.title}",
-        feature="Data integrity",
-        category="data integrity",
-        severity="critical",
-    )(run_invariant)
-
-
-#: The checks ``pytest_hokmdb.checks.catalog`` lists under "integrity", in invariant order.
-CHECKS: list[CheckFunction] = [_as_check(inv) for inv in INVARIANTS]

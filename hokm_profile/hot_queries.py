@@ -38,7 +38,7 @@ HOT_QUERIES: tuple[HotQuery, ...] = (
         params=["$sample_player_id"],
         max_ms=50,
         expected_index="ix_game_participants_player_id",
-        index_since="0006",
+        index_since="0008",
         since="0002",
     ),
     HotQuery(

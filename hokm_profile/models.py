@@ -197,7 +197,7 @@ class GameParticipant(Base):
 class Move(Base):
     """One step of a game, in order: a trump selection (trick 0) or a card play.
 
-    Suit and rank are separate columns (since revision 0005) so the database itself can
+    Suit and rank are separate columns (since revisions 0005-0007) so the database itself can
     reject impossible cards and so trick winners can be computed with plain comparisons.
     """
 

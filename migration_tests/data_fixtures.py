@@ -1,9 +1,11 @@
 """Data fixtures of the Hokm history (format: ``pytest_hokmdb.migration.fixtures``).
 
-Revision 0005 is the project's data migration: ``moves.card`` ('10H', or the suit letter
-alone for a trump selection) becomes ``card_suit`` + ``card_rank``, and its downgrade
-must rebuild the text exactly. Revision 0006 only adds an index; its fixture proves that
-the rows it builds the index over are left alone.
+Revisions 0005-0007 are the project's data migration, made online: ``moves.card`` ('10H',
+or the suit letter alone for a trump selection) becomes ``card_suit`` + ``card_rank``.
+0005 (expand) leaves the rows alone; 0006 (backfill) fills the new columns, for old rows in
+batches and for new writes through its trigger; 0007 (contract) drops ``card``, and its
+downgrade must rebuild the text exactly. Revision 0008 only adds an index; its fixture
+proves that the rows it builds the index over are left alone.
 
 The seeded round trip covers realistic data: a rule-abiding simulated data set at head
 goes down to 0004 (before the card split) and back, must come back row for row, and
@@ -23,7 +25,7 @@ _PLAYERS = [
 ]
 _GAMES = [{"id": 1, "room_code": "ROOM1", "hakem_player_id": 1}]
 
-# (move id, move_type, card at 0004, suit and rank from 0005 on)
+# (move id, move_type, card up to 0006, suit and rank from 0006 on)
 _CARDS = [
     (1, "trump_selection", "S", "spades", None),
     (2, "card_play", "10H", "hearts", 10),
@@ -47,20 +49,28 @@ def _move(move_id: int, move_type: str) -> dict[str, object]:
     }
 
 
+_OLD_MOVES = [{**_move(i, kind), "card": card} for i, kind, card, _, _ in _CARDS]
+
 REVISION_DATA = [
-    RevisionData(
+    RevisionData(  # expand: the columns arrive empty, the card is untouched
         "0005",
-        before={
-            "players": _PLAYERS,
-            "game_sessions": _GAMES,
-            "moves": [{**_move(i, kind), "card": card} for i, kind, card, _, _ in _CARDS],
-        },
+        before={"players": _PLAYERS, "game_sessions": _GAMES, "moves": _OLD_MOVES},
+        after={"moves": [{"id": i, "card": card, "card_suit": None, "card_rank": None} for i, _, card, _, _ in _CARDS]},
+    ),
+    RevisionData(  # backfill: rows written at 0005 (no trigger yet) are converted in batches
+        "0006",
+        before={"players": _PLAYERS, "game_sessions": _GAMES, "moves": _OLD_MOVES},
+        after={"moves": [{"id": i, "card": card, "card_suit": suit, "card_rank": rank} for i, _, card, suit, rank in _CARDS]},
+    ),
+    RevisionData(  # contract: card goes; its downgrade rebuilds it exactly
+        "0007",
+        before={"players": _PLAYERS, "game_sessions": _GAMES, "moves": _OLD_MOVES},
         after={
             "moves": [{"id": i, "move_type": kind, "card_suit": suit, "card_rank": rank} for i, kind, _, suit, rank in _CARDS],
         },
     ),
     RevisionData(
-        "0006",
+        "0008",
         before={
             "players": _PLAYERS,
             "game_sessions": _GAMES,

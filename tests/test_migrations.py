@@ -1,6 +1,6 @@
 """The alembic history against a real PostgreSQL: it deploys, undoes itself without a
-trace, carries move data across revision 0005 both ways, survives a failed concurrent
-index build in 0006, and ends exactly where the models say the schema is."""
+trace, carries move data across the online card split (0005-0007) both ways, survives a
+failed concurrent index build in 0008, and ends exactly where the models say the schema is."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from pytest_hokmdb.fixtures.throwaway import ThrowawayDatabase
 from pytest_hokmdb.migrate import adowngrade, aupgrade, current_revision
 
-REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006")
+REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008")
 
 HEAD_TABLES = {
     "players",
@@ -45,7 +45,7 @@ SNAPSHOT_QUERIES: dict[str, str] = {
         WHERE c.relnamespace = 'public'::regnamespace
           AND c.relname NOT IN ('alembic_version', 'alembic_version_pkc')
     """,
-    # Column order is not compared: 0005's downgrade re-adds ``card`` as the last column.
+    # Column order is not compared: 0007's downgrade re-adds ``card`` as the last column.
     "columns": """
         SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
                pg_get_expr(d.adbin, d.adrelid), a.attidentity::text
@@ -121,7 +121,7 @@ async def column_names(db: ThrowawayDatabase, table: str) -> set[str]:
 
 
 async def insert_moves_at_0004(db: ThrowawayDatabase, cards: list[tuple[str, str]]) -> dict[int, str]:
-    """Insert one game whose moves carry ``cards`` (move_type, card) in the pre-0005 format;
+    """Insert one game whose moves carry ``cards`` (move_type, card) in the pre-0007 format;
     returns {move id: card}."""
     async with connected(db) as conn:
         player_id = await conn.fetchval(
@@ -165,7 +165,7 @@ async def test_upgrade_to_head_then_downgrade_to_base_leaves_an_empty_schema(
     assert await revision_of(db) is None
 
 
-async def test_0005_splits_cards_and_its_downgrade_restores_them_exactly(
+async def test_0005_to_0007_split_cards_and_their_downgrades_restore_them_exactly(
     hokmdb_empty_db: ThrowawayDatabase,
 ) -> None:
     db = hokmdb_empty_db
@@ -188,7 +188,7 @@ async def test_0005_splits_cards_and_its_downgrade_restores_them_exactly(
         "QD": ("diamonds", 12),
     }
 
-    await aupgrade(db.url, "0005")
+    await aupgrade(db.url, "0007")
     assert "card" not in await column_names(db, "moves")
     async with connected(db) as conn:
         rows = await conn.fetch("SELECT id, card_suit::text AS suit, card_rank AS rank FROM moves")
@@ -203,7 +203,7 @@ async def test_0005_splits_cards_and_its_downgrade_restores_them_exactly(
     assert {row["id"]: row["card"] for row in rows} == original
 
 
-async def test_0005_refuses_cards_it_cannot_parse_and_changes_nothing(
+async def test_0006_refuses_cards_it_cannot_parse_and_changes_nothing(
     hokmdb_empty_db: ThrowawayDatabase,
 ) -> None:
     db = hokmdb_empty_db
@@ -220,23 +220,23 @@ async def test_0005_refuses_cards_it_cannot_parse_and_changes_nothing(
     )
     bad_ids = [move_id for move_id, card in moves.items() if card != "H"]
 
-    refusal = r"revision 0005 cannot split moves\.card, 4 move\(s\)"
+    refusal = r"revision 0006 cannot split moves\.card, 4 move\(s\)"
     with pytest.raises(sa.exc.DBAPIError, match=refusal) as failure:
-        await aupgrade(db.url, "0005")
+        await aupgrade(db.url, "0006")
     for move_id in bad_ids:
         assert f"{move_id} (" in str(failure.value)
 
-    assert await revision_of(db) == "0004"
+    assert await revision_of(db) == "0005"  # the expand applied; the backfill was refused
     async with connected(db) as conn:
         rows = await conn.fetch("SELECT id, card FROM moves")
     assert {row["id"]: row["card"] for row in rows} == moves
 
 
-async def test_0006_retries_after_a_failed_concurrent_build(hokmdb_empty_db: ThrowawayDatabase) -> None:
+async def test_0008_retries_after_a_failed_concurrent_build(hokmdb_empty_db: ThrowawayDatabase) -> None:
     """A CREATE INDEX CONCURRENTLY that fails leaves an INVALID index behind under the
     same name; IF NOT EXISTS alone would then keep the broken index forever."""
     db = hokmdb_empty_db
-    await aupgrade(db.url, "0005")
+    await aupgrade(db.url, "0007")
     async with connected(db) as conn:
         player_id = await conn.fetchval(
             "INSERT INTO players (username, display_name) VALUES ('p', 'P') RETURNING id"
@@ -258,7 +258,7 @@ async def test_0006_retries_after_a_failed_concurrent_build(hokmdb_empty_db: Thr
     indexes = {name: (ddl, valid) for name, ddl, valid in (await schema_snapshot(db))["indexes"]}
     assert indexes[PARTICIPANTS_INDEX][1] is False
 
-    await aupgrade(db.url, "0006")
+    await aupgrade(db.url, "0008")
     indexes = {name: (ddl, valid) for name, ddl, valid in (await schema_snapshot(db))["indexes"]}
     assert indexes[PARTICIPANTS_INDEX] == (
         f"CREATE INDEX {PARTICIPANTS_INDEX} ON public.game_participants USING btree (player_id)",
@@ -266,10 +266,14 @@ async def test_0006_retries_after_a_failed_concurrent_build(hokmdb_empty_db: Thr
     )
 
 
-async def test_0006_gives_up_quickly_when_the_table_is_locked(hokmdb_empty_db: ThrowawayDatabase) -> None:
-    """Without lock_timeout the build would queue behind the lock indefinitely."""
+async def test_0008_gives_up_quickly_when_the_table_is_locked(hokmdb_empty_db: ThrowawayDatabase) -> None:
+    """Under the deploy's lock_timeout (the revision sets none of its own, so it cannot raise
+    it) the build gives up instead of queueing behind the lock indefinitely."""
+    from dataclasses import replace
+
     db = hokmdb_empty_db
-    await aupgrade(db.url, "0005")
+    deploying = replace(db.target, lock_timeout_ms=1000)
+    await aupgrade(db.url, "0007")
     async with connected(db) as blocker:
         transaction = blocker.transaction()
         await transaction.start()
@@ -277,12 +281,12 @@ async def test_0006_gives_up_quickly_when_the_table_is_locked(hokmdb_empty_db: T
             await blocker.execute("LOCK TABLE game_participants IN SHARE MODE")
             with pytest.raises(sa.exc.DBAPIError, match="lock timeout"):
                 try:
-                    await asyncio.wait_for(aupgrade(db.url, "0006"), timeout=15)
+                    await asyncio.wait_for(aupgrade(deploying, "0008"), timeout=15)
                 except TimeoutError:
-                    pytest.fail("revision 0006 was still waiting for the table lock after 15s")
+                    pytest.fail("revision 0008 was still waiting for the table lock after 15s")
         finally:
             await transaction.rollback()
-    assert await revision_of(db) == "0005"
+    assert await revision_of(db) == "0007"
 
-    await aupgrade(db.url, "0006")
-    assert await revision_of(db) == "0006"
+    await aupgrade(deploying, "0008")
+    assert await revision_of(db) == "0008"

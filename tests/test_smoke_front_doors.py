@@ -56,13 +56,13 @@ def test_healthy_database_passes_every_check_and_json_covers_them(live_target: L
 
 
 async def test_a_database_behind_head_fails_exactly_the_revision_check(live_target: LiveTarget) -> None:
-    await adowngrade(live_target.db.url, "0005")  # type: ignore[attr-defined]
+    await adowngrade(live_target.db.url, "0007")  # type: ignore[attr-defined]
     loaded = load_config("testing", live_target.config_dir)
     result = run_gate(loaded, "smoke", extra_args=["-k", "schema or connection"])
     failed = {t["check"]: t["message"] for t in result.tests if t["outcome"] == "failed"}
     assert result.exit_code == 1
     assert set(failed) >= {"schema.at_expected_revision"}
-    assert "0005" in failed["schema.at_expected_revision"] and "0006" in failed["schema.at_expected_revision"]
+    assert "0007" in failed["schema.at_expected_revision"] and "0008" in failed["schema.at_expected_revision"]
     assert not [t for t in result.tests if t["check"] and t["check"].startswith("connection.") and t["outcome"] != "passed"]
 
 
@@ -127,7 +127,7 @@ async def test_api_returns_result_dicts_backed_by_the_same_checks(live_target: L
 
 
 async def test_allure_results_carry_labels_and_redacted_evidence(live_target: LiveTarget, tmp_path: Path) -> None:
-    await adowngrade(live_target.db.url, "0005")  # type: ignore[attr-defined]
+    await adowngrade(live_target.db.url, "0007")  # type: ignore[attr-defined]
     alluredir = tmp_path / "allure"
     loaded = load_config("testing", live_target.config_dir)
     result = run_gate(loaded, "smoke", extra_args=["-k", "schema or connection", f"--alluredir={alluredir}"])
@@ -139,7 +139,7 @@ async def test_allure_results_carry_labels_and_redacted_evidence(live_target: Li
     labels = {(label["name"], label["value"]) for label in revision["labels"]}
     assert ("feature", "Schema") in labels and ("tag", "schema drift") in labels
     assert any(name == "severity" for name, _ in labels)
-    assert revision["status"] == "failed" and "0005" in revision["statusDetails"]["message"]
+    assert revision["status"] == "failed" and "0007" in revision["statusDetails"]["message"]
     attachments = [alluredir / a["source"] for a in revision.get("attachments", [])]
     assert attachments, "the failing check attaches its evidence"
     everything = "".join(p.read_text(errors="replace") for p in alluredir.iterdir())

@@ -163,7 +163,9 @@ def lint_pending(session: DeploySession, revisions: list[str]) -> tuple[list[str
     except ImportError as exc:
         return [], [], f"the migration lint is not available ({exc})"
     try:
-        linter = MigrationLinter(load_settings(session.loaded.project_root))
+        config = session.loaded.config
+        linter = MigrationLinter(load_settings(session.loaded.project_root),
+                                 budgets=(config.database.lock_timeout_ms, config.deploy.migration_statement_timeout_ms))
     except LintError as exc:
         return [], [], exc.message
     errors: list[str] = []

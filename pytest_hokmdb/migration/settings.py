@@ -14,7 +14,8 @@ suite verifies any alembic project::
 
     [tool.hokmdb.migrations.lint]
     default = "error"                           # error | warning for rules not listed
-    require_lock_timeout = true
+    max_lock_timeout_ms = 1000                  # a revision may lower the deploy's timeouts, never raise them
+    max_statement_timeout_ms = 30000            # (the deploy checks against its environment's own values)
     [tool.hokmdb.migrations.lint.rules]
     prefer-robust-stmts = "ignored"
 """
@@ -39,7 +40,14 @@ class LintPolicy(BaseModel):
 
     default: Literal["error", "warning"] = "error"
     rules: dict[str, Severity] = Field(default_factory=dict)
-    require_lock_timeout: bool = True
+    # The deploy sets lock_timeout and statement_timeout for every statement it runs; a
+    # revision may lower them, and raising them is the finding "raises-timeout". Projects
+    # migrated without hokmdb's deploy can still require each revision to set its own.
+    require_lock_timeout: bool = False
+    max_lock_timeout_ms: int | None = Field(1000, gt=0, description="the deploy's database.lock_timeout_ms")
+    max_statement_timeout_ms: int | None = Field(
+        30_000, gt=0, description="the deploy's deploy.migration_statement_timeout_ms (none: not checked)",
+    )
 
     def severity(self, rule: str) -> Severity:
         return self.rules.get(rule, self.default)

@@ -45,7 +45,7 @@ async def test_every_revision_passes_its_own_checks_and_the_declarations_are_exa
     seeded_db: ThrowawayDatabase, check_context_factory: ContextFactory
 ) -> None:
     history = _history()
-    assert history[0] == "0006" and history[-1] == "0001", history
+    assert history[0] == "0008" and history[-1] == "0001", history
     declared = [q for q in hokm_hot.HOT_QUERIES if q.since or q.index_since]
     assert {q.name for q in declared} >= {"player_recent_games", "game_moves_in_order"}
     for revision in history:
@@ -84,13 +84,13 @@ async def test_held_to_an_older_revision_an_index_it_has_is_still_required(
 async def test_a_scan_for_lack_of_an_index_the_revision_does_not_have_is_noted_not_failed(
     seeded_db: ThrowawayDatabase, check_context_factory: ContextFactory
 ) -> None:
-    """On a large game_participants, 0005 (no player_id index yet) scans it for a player's
-    games: that is 0005's plan. At head the same scan means 0006's index was lost."""
+    """On a large game_participants, 0007 (no player_id index yet) scans it for a player's
+    games: that is 0007's plan. At head the same scan means 0008's index was lost."""
     await run_statements(seeded_db, "DROP INDEX ix_game_participants_player_id")
     smoke = {"hot_queries": [HOT["player_recent_games"].model_dump()], "large_table_rows": 0}
-    held = await performance.no_seq_scan_on_indexed_lookup(await check_context_factory(seeded_db, smoke=smoke, target_revision="0005"))
+    held = await performance.no_seq_scan_on_indexed_lookup(await check_context_factory(seeded_db, smoke=smoke, target_revision="0007"))
     assert_status(held, "passed")
-    assert "held to 0005, whose migrations do not create these queries' indexes yet" in held.message
+    assert "held to 0007, whose migrations do not create these queries' indexes yet" in held.message
     assert "player_recent_games: Seq Scan on game_participants" in held.message
     at_head = await performance.no_seq_scan_on_indexed_lookup(await check_context_factory(seeded_db, smoke=smoke))
     assert_status(at_head, "failed")
@@ -102,7 +102,7 @@ async def test_a_since_the_history_does_not_know_fails_naming_the_query(
 ) -> None:
     """A typo in index_since must not excuse the index forever: the check fails and says why."""
     typo = HOT["player_recent_games"].model_copy(update={"index_since": "006"}).model_dump()
-    ctx = await check_context_factory(seeded_db, smoke={"hot_queries": [typo]}, target_revision="0005")
+    ctx = await check_context_factory(seeded_db, smoke={"hot_queries": [typo]}, target_revision="0007")
     for check in (performance.hot_queries, performance.no_seq_scan_on_indexed_lookup):
         result = await check(ctx)
         assert_status(result, "failed")
@@ -110,10 +110,10 @@ async def test_a_since_the_history_does_not_know_fails_naming_the_query(
 
 
 def test_ancestry_follows_the_revision_graph_not_the_spelling() -> None:
-    assert performance.revision_includes(PROJECT_ROOT, "0005", "0006") is False
-    assert performance.revision_includes(PROJECT_ROOT, "0006", "0006") is True
-    assert performance.revision_includes(PROJECT_ROOT, None, "0006") is True  # held to the code's head
+    assert performance.revision_includes(PROJECT_ROOT, "0007", "0008") is False
+    assert performance.revision_includes(PROJECT_ROOT, "0008", "0008") is True
+    assert performance.revision_includes(PROJECT_ROOT, None, "0008") is True  # held to the code's head
     assert performance.revision_includes(PROJECT_ROOT, "0002", "0001") is True
-    assert performance.revision_includes(PROJECT_ROOT, "0005", "nope") is None
+    assert performance.revision_includes(PROJECT_ROOT, "0007", "nope") is None
     # A held revision the code does not know excuses nothing (schema.at_expected_revision names it).
-    assert performance.revision_includes(PROJECT_ROOT, "9999", "0006") is True
+    assert performance.revision_includes(PROJECT_ROOT, "9999", "0008") is True

@@ -89,7 +89,7 @@ async def test_hot_queries_fail_when_slower_than_limit(seeded_db: ThrowawayDatab
 async def test_hot_queries_fail_on_invalid_index_from_failed_concurrent_build(
     seeded_db: ThrowawayDatabase, check_context_factory: ContextFactory
 ) -> None:
-    # Revision 0006 builds an index CONCURRENTLY; when such a build fails it leaves an INVALID
+    # Revision 0008 builds an index CONCURRENTLY; when such a build fails it leaves an INVALID
     # index behind that the planner never uses. Provoke one for real: a unique build on duplicates.
     conn = await asyncpg.connect(seeded_db.dsn)
     try:
@@ -118,17 +118,17 @@ async def test_hot_queries_without_games_still_check_their_indexes(hokmdb_fresh_
 
 
 async def test_hot_queries_judge_the_revision_the_database_is_held_to(seeded_db: ThrowawayDatabase, check_context_factory: ContextFactory) -> None:
-    """After a rollback to 0005, 0006's index is not expected; at head its absence fails."""
+    """After a rollback to 0007, 0008's index is not expected; at head its absence fails."""
     await run_statements(seeded_db, "DROP INDEX ix_game_participants_player_id")
-    held = await performance.hot_queries(await check_context_factory(seeded_db, target_revision="0005"))
+    held = await performance.hot_queries(await check_context_factory(seeded_db, target_revision="0007"))
     assert_status(held, "passed")
-    assert "ix_game_participants_player_id arrives with revision 0006, after 0005" in held.message
+    assert "ix_game_participants_player_id arrives with revision 0008, after 0007" in held.message
     at_head = await performance.hot_queries(await check_context_factory(seeded_db))
     assert_status(at_head, "failed")
     assert "player_recent_games does not use ix_game_participants_player_id, which does not exist" in at_head.message
-    # Held to 0005, an index that 0005 does have is still required.
+    # Held to 0007, an index that 0007 does have is still required.
     await run_statements(seeded_db, "DROP INDEX ix_players_rating_desc")
-    broken = await performance.hot_queries(await check_context_factory(seeded_db, target_revision="0005"))
+    broken = await performance.hot_queries(await check_context_factory(seeded_db, target_revision="0007"))
     assert_status(broken, "failed")
     assert "leaderboard_top_n does not use ix_players_rating_desc, which does not exist" in broken.message
 

@@ -27,28 +27,28 @@ def test_type_spellings_of_catalog_and_models_compare_equal() -> None:
 async def test_revision_passes_at_head(hokmdb_fresh_db, check_context_factory) -> None:  # type: ignore[no-untyped-def]
     result = await schema.at_expected_revision(await check_context_factory(hokmdb_fresh_db))
     assert result.status == "passed", result.message
-    assert result.measured == "0006"
+    assert result.measured == "0008"
 
 
 async def test_revision_fails_one_behind_head(hokmdb_fresh_db, check_context_factory) -> None:  # type: ignore[no-untyped-def]
-    await adowngrade(hokmdb_fresh_db.url, "0005")
+    await adowngrade(hokmdb_fresh_db.url, "0007")
     result = await schema.at_expected_revision(await check_context_factory(hokmdb_fresh_db))
     assert result.status == "failed"
-    assert "at revision 0005, 1 revision behind 0006" in result.message
+    assert "at revision 0007, 1 revision behind 0008" in result.message
     assert "deploy" in result.message
 
 
 async def test_revision_passes_at_explicit_target(hokmdb_fresh_db, check_context_factory) -> None:  # type: ignore[no-untyped-def]
-    await adowngrade(hokmdb_fresh_db.url, "0005")
-    result = await schema.at_expected_revision(await check_context_factory(hokmdb_fresh_db, target_revision="0005"))
+    await adowngrade(hokmdb_fresh_db.url, "0007")
+    result = await schema.at_expected_revision(await check_context_factory(hokmdb_fresh_db, target_revision="0007"))
     assert result.status == "passed", result.message
-    assert "--target-revision 0005" in result.message
+    assert "--target-revision 0007" in result.message
 
 
 async def test_revision_fails_ahead_of_explicit_target(hokmdb_fresh_db, check_context_factory) -> None:  # type: ignore[no-untyped-def]
     result = await schema.at_expected_revision(await check_context_factory(hokmdb_fresh_db, target_revision="0004"))
     assert result.status == "failed"
-    assert "at revision 0006, 2 revisions ahead of 0004 (--target-revision 0004)" in result.message
+    assert "at revision 0008, 4 revisions ahead of 0004 (--target-revision 0004)" in result.message
 
 
 async def test_revision_fails_for_a_target_the_code_does_not_know(hokmdb_fresh_db, check_context_factory) -> None:  # type: ignore[no-untyped-def]
@@ -60,7 +60,7 @@ async def test_revision_fails_for_a_target_the_code_does_not_know(hokmdb_fresh_d
 async def test_revision_fails_on_a_database_never_migrated(hokmdb_empty_db, check_context_factory) -> None:  # type: ignore[no-untyped-def]
     result = await schema.at_expected_revision(await check_context_factory(hokmdb_empty_db))
     assert result.status == "failed"
-    assert "no recorded revision" in result.message and "0006" in result.message
+    assert "no recorded revision" in result.message and "0008" in result.message
 
 
 # -- schema.matches_models ---------------------------------------------------------------------
@@ -76,17 +76,17 @@ async def test_a_database_held_to_an_earlier_revision_is_compared_with_what_that
     hokmdb_fresh_db, check_context_factory
 ) -> None:  # type: ignore[no-untyped-def]
     """A rollback or point-in-time restore to before a deploy is judged against its own revision:
-    0005 has no ix_game_participants_player_id, so its absence is right there; a broken 0005 fails."""
+    0007 has no ix_game_participants_player_id, so its absence is right there; a broken 0007 fails."""
     await run_statements(hokmdb_fresh_db, "DROP INDEX ix_game_participants_player_id")
-    held = await schema.matches_models(await check_context_factory(hokmdb_fresh_db, target_revision="0005"))
+    held = await schema.matches_models(await check_context_factory(hokmdb_fresh_db, target_revision="0007"))
     assert held.status == "passed", held.message
-    assert "schema matches what revision 0005 builds" in held.message
-    at_head = await schema.matches_models(await check_context_factory(hokmdb_fresh_db, target_revision="0006"))
+    assert "schema matches what revision 0007 builds" in held.message
+    at_head = await schema.matches_models(await check_context_factory(hokmdb_fresh_db, target_revision="0008"))
     assert at_head.status == "failed" and "missing index ix_game_participants_player_id" in at_head.message
     await run_statements(hokmdb_fresh_db, "DROP INDEX ix_players_rating_desc")
-    broken = await schema.matches_models(await check_context_factory(hokmdb_fresh_db, target_revision="0005"))
+    broken = await schema.matches_models(await check_context_factory(hokmdb_fresh_db, target_revision="0007"))
     assert broken.status == "failed", broken.message
-    assert "held to revision 0005" in broken.message and "ix_players_rating_desc" in broken.message
+    assert "held to revision 0007" in broken.message and "ix_players_rating_desc" in broken.message
 
 
 async def test_a_project_without_models_is_compared_with_what_its_migrations_build(
@@ -106,7 +106,7 @@ async def test_a_project_without_models_is_compared_with_what_its_migrations_bui
     assert ctx.profile.name == "none"
     result = await schema.matches_models(ctx)
     assert result.status == "passed", result.message
-    assert "schema matches what revision 0006 builds" in result.message
+    assert "schema matches what revision 0008 builds" in result.message
     await run_statements(hokmdb_fresh_db, "DROP INDEX ix_players_rating_desc")
     broken = await schema.matches_models(ctx)
     assert broken.status == "failed", broken.message

@@ -39,7 +39,7 @@ def _allure(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 async def failing_run(live_target: LiveTarget, tmp_path: Path) -> Path:
     """Allure results of a smoke run where the revision check fails, others pass or skip."""
-    await adowngrade(live_target.db.url, "0005")
+    await adowngrade(live_target.db.url, "0007")
     results = tmp_path / "allure-results"
     loaded = load_config("testing", live_target.config_dir)
     gate = run_gate(loaded, "smoke", extra_args=["-k", "schema or connection or health", f"--alluredir={results}"])
@@ -68,14 +68,14 @@ def test_report_shows_the_failing_check_its_category_and_evidence(failing_run: P
             page.get_by_text("Database is at the expected schema revision").first.wait_for(timeout=20_000)
             overview = page.inner_text("body")
             assert "hokmdb database checks" in overview
-            assert "testing" in overview and "0005" in overview  # environment.properties: environment, revision
+            assert "testing" in overview and "0007" in overview  # environment.properties: environment, revision
             assert "Skipped" in overview and "Passed" in overview and "Failed" in overview
             page.screenshot(path=str(ARTIFACTS / "allure-report-overview.png"), full_page=True)
 
             page.get_by_text("Database is at the expected schema revision").first.click()
             page.get_by_text("Category: Schema drift", exact=True).wait_for(timeout=10_000)
             detail = page.inner_text("body")
-            assert "is at revision 0005, 1 revision behind 0006" in detail
+            assert "is at revision 0007, 1 revision behind 0008" in detail
             assert "measured vs threshold" in detail and "revisions" in detail  # attached evidence
             assert "Blocker" in detail
             page.screenshot(path=str(ARTIFACTS / "allure-report-failed-check.png"), full_page=True)
@@ -98,7 +98,7 @@ def test_quality_gate_fails_on_failures_and_passes_within_threshold(failing_run:
 def test_results_carry_environment_properties_and_categories(failing_run: Path) -> None:
     properties = dict(line.split("=", 1) for line in (failing_run / "environment.properties").read_text().splitlines())
     assert properties["environment"] == "testing"
-    assert properties["alembic_revision"] == "0005"
+    assert properties["alembic_revision"] == "0007"
     assert properties["server_version"].startswith("15.")
     assert ":***@" in properties["target"]
     assert len(properties["code_commit"]) in (40, 7) or properties["code_commit"] == "unknown"

@@ -161,7 +161,7 @@ def make_project(base: Path, revisions: list[tuple[str, str, str, str]], *, lint
             shutil.copytree(source, dest, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(source, dest)
-    down = "0006"
+    down = "0008"
     for rev, doc, up, downgrade in revisions:
         body = REVISION_TEMPLATE.format(
             doc=doc, rev=rev, down=down, upgrade=textwrap.indent(textwrap.dedent(up).strip(), "    "),
@@ -191,15 +191,15 @@ def add_revision(root: Path, spec: tuple[str, str, str, str], down: str) -> Path
 
 # Test revisions (upgrade body, downgrade body). All but the gate breaker leave the schema as
 # the models describe it, so the gate passes after them.
-COMMENT_0007 = (
-    "0007", "Comment on players (a visible, model-neutral change).",
-    "op.execute(\"COMMENT ON TABLE players IS 'probe 0007'\")",
+COMMENT_0009 = (
+    "0009", "Comment on players (a visible, model-neutral change).",
+    "op.execute(\"COMMENT ON TABLE players IS 'probe 0009'\")",
     "op.execute('COMMENT ON TABLE players IS NULL')",
 )
-SLOW_0008 = (
-    "0008", "Comment on game_sessions, then sleep HOKMDB_TEST_SLEEP_S seconds inside the revision's transaction.",
+SLOW_0010 = (
+    "0010", "Comment on game_sessions, then sleep HOKMDB_TEST_SLEEP_S seconds inside the revision's transaction.",
     """
-    op.execute("COMMENT ON TABLE game_sessions IS 'probe 0008'")
+    op.execute("COMMENT ON TABLE game_sessions IS 'probe 0010'")
     op.execute(f"SELECT pg_sleep({float(os.environ.get('HOKMDB_TEST_SLEEP_S', '0'))})")
     """,
     "op.execute('COMMENT ON TABLE game_sessions IS NULL')",

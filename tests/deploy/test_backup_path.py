@@ -9,7 +9,7 @@ from pytest_hokmdb.deploy.orchestrator import DeployOptions, run_deploy
 from pytest_hokmdb.errors import ExitCode
 
 BREAKER_WITH_BROKEN_DOWNGRADE = (
-    "0007", "A hotfix column the models do not have (the gate fails), whose downgrade fails too.",
+    "0009", "A hotfix column the models do not have (the gate fails), whose downgrade fails too.",
     'op.add_column("players", sa.Column("hotfix_note", sa.Text, nullable=True))',
     "op.execute('SELECT 1 / 0')",
 )
@@ -23,7 +23,7 @@ async def test_a_required_backup_that_cannot_be_taken_stops_the_deploy_before_mi
     assert outcome.exit_code == ExitCode.BACKUP_ERROR, outcome.message
     assert "no verified backup, so no deploy" in outcome.message and "encryption key" in outcome.message
     assert "migrate" not in [s.name for s in outcome.steps]
-    assert await env.revision() == "0006"
+    assert await env.revision() == "0008"
 
 
 @pytest.mark.slow
@@ -44,22 +44,22 @@ async def test_when_the_downgrade_fails_the_pre_deploy_backup_is_restored_and_ga
     assert steps["rollback"].status == "failed" and "division by zero" in steps["rollback"].detail
     assert steps["restore-backup"].status == "ok" and steps["gate-after-restore"].status == "ok"
     assert "restored the pre-deploy backup" in outcome.message
-    assert await env.revision() == "0006"
+    assert await env.revision() == "0008"
     assert await env.fetchval("SELECT count(*) FROM pg_attribute WHERE attrelid = 'players'::regclass AND attname = 'hotfix_note'") == 0
     assert await env.fetchval("SELECT result FROM hokmdb_deploy_history ORDER BY id DESC LIMIT 1") == "rolled_back"
 
 
 async def test_backup_before_deploy_then_retention_after_success(deploy_env_factory, project_factory, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from deploy_support import COMMENT_0007
+    from deploy_support import COMMENT_0009
     from pyrage import x25519
 
     monkeypatch.setenv("BACKUP_ENCRYPTION_KEY", str(x25519.Identity.generate()))
     env: DeployEnv = deploy_env_factory(deploy__gate_suites=[], backup__local_dir=str(tmp_path / "backups"))
-    env.use_project(project_factory([COMMENT_0007]))
+    env.use_project(project_factory([COMMENT_0009]))
     outcome = await run_deploy(DeployOptions("testing", str(env.config_dir), backup_before_deploy=True, backup_retention_days=1))
     assert outcome.exit_code == 0, outcome.message
     steps = {s.name: s for s in outcome.steps}
     assert steps["backup"].status == "ok" and "verified (--backup-before-deploy)" in steps["backup"].detail
     assert steps["backup-retention"].detail.startswith("retention 1 days: 0 old backup(s) deleted")
     manifests = list((tmp_path / "backups").rglob("*.manifest.json"))
-    assert len(manifests) == 1 and '"alembic_revision": "0006"' in manifests[0].read_text()
+    assert len(manifests) == 1 and '"alembic_revision": "0008"' in manifests[0].read_text()

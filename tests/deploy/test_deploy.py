@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from deploy_support import COMMENT_0007, DEPLOY_PASSWORD, SLOW_0008, DeployEnv, add_revision
+from deploy_support import COMMENT_0009, DEPLOY_PASSWORD, SLOW_0010, DeployEnv, add_revision
 from helpers import write_config_dir
 
 from pytest_hokmdb.deploy.orchestrator import APPROVAL_ENV, DeployOptions, approved, run_deploy
@@ -22,7 +22,7 @@ def test_deploy_script_migrates_an_empty_database_to_head_and_gates(deploy_env_f
     assert "deploy on testing: OK (exit 0)" in proc.stdout
     for step in ("config", "lock", "pre-flight", "backup", "migrate", "gate"):
         assert f"  {step} " in proc.stdout, step
-    assert "empty -> 0001 -> 0002 -> 0003 -> 0004 -> 0005 -> 0006" in proc.stdout
+    assert "empty -> 0001 -> 0002 -> 0003 -> 0004 -> 0005 -> 0006 -> 0007 -> 0008" in proc.stdout
     assert "smoke: passed" in proc.stdout
     assert DEPLOY_PASSWORD not in output
 
@@ -38,16 +38,16 @@ def test_deploy_script_migrates_an_empty_database_to_head_and_gates(deploy_env_f
             await conn.close()
 
     run, sums, revision = asyncio.run(probe())
-    assert revision == "0006"
+    assert revision == "0008"
     assert run["result"] == "succeeded" and run["exit_code"] == 0
-    assert run["from_revision"] is None and run["to_revision"] == "0006" and run["final_revision"] == "0006"
+    assert run["from_revision"] is None and run["to_revision"] == "0008" and run["final_revision"] == "0008"
     assert run["actor"] == "tester" and run["duration_s"] > 0
-    assert [r["revision"] for r in sums] == ["0001", "0002", "0003", "0004", "0005", "0006"]
+    assert [r["revision"] for r in sums] == ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008"]
     assert all(r["recorded"] == "applied" and len(r["sha256"]) == 64 for r in sums)
     log_path = Path(run["log_path"])
     assert log_path.parent == env.log_dir and log_path.name.startswith("deployment_testing_") and log_path.suffix == ".log"
     text = log_path.read_text()
-    assert "step migrate: ok" in text and "step gate: ok" in text and "Running upgrade 0005 -> 0006" in text
+    assert "step migrate: ok" in text and "step gate: ok" in text and "Running upgrade 0007 -> 0008" in text
     assert DEPLOY_PASSWORD not in text
 
 
@@ -57,7 +57,7 @@ def test_dry_run_prints_the_sql_of_each_revision_and_touches_nothing(deploy_env_
     proc = env.script("--dry-run")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
-    positions = [out.index(f"-- ===== revision {rev} =====") for rev in ("0001", "0002", "0003", "0004", "0005", "0006")]
+    positions = [out.index(f"-- ===== revision {rev} =====") for rev in ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008")]
     assert positions == sorted(positions)
     assert "CREATE TABLE players" in out and "CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_game_participants_player_id" in out
     assert "nothing was changed" in out
@@ -121,27 +121,27 @@ def test_refusals_exit_4_through_the_script(production_dir: Path, deploy_env: De
 
 async def test_tampered_applied_revision_is_refused_before_anything_runs(deploy_env_factory, project_factory) -> None:  # type: ignore[no-untyped-def]
     env: DeployEnv = deploy_env_factory(deploy__gate_suites=[])
-    root = project_factory([COMMENT_0007])
+    root = project_factory([COMMENT_0009])
     env.use_project(root)
     first = await run_deploy(DeployOptions("testing", str(env.config_dir)))
     assert first.exit_code == 0, first.message
-    assert await env.revision() == "0007"
+    assert await env.revision() == "0009"
     # Someone edits the applied revision, and a new one is pending.
-    revision_file = root / "migrations" / "versions" / "0007_test.py"
-    revision_file.write_text(revision_file.read_text().replace("probe 0007", "probe 0007, edited later"))
-    add_revision(root, SLOW_0008, down="0007")
+    revision_file = root / "migrations" / "versions" / "0009_test.py"
+    revision_file.write_text(revision_file.read_text().replace("probe 0009", "probe 0009, edited later"))
+    add_revision(root, SLOW_0010, down="0009")
     second = await run_deploy(DeployOptions("testing", str(env.config_dir)))
     assert second.exit_code == ExitCode.REFUSED
-    assert "revision 0007 (0007_test.py) changed since it was applied" in second.message
+    assert "revision 0009 (0009_test.py) changed since it was applied" in second.message
     assert [s.name for s in second.steps if s.status == "failed"] == ["pre-flight"]
     assert "migrate" not in [s.name for s in second.steps]
-    assert await env.revision() == "0007"
+    assert await env.revision() == "0009"
     assert await env.fetchval("SELECT obj_description('game_sessions'::regclass)") is None
     assert await env.fetchval("SELECT result FROM hokmdb_deploy_history ORDER BY id DESC LIMIT 1") == "refused"
     # --force (allowed on testing) accepts the edit, records the new checksum and deploys.
     third = await run_deploy(DeployOptions("testing", str(env.config_dir), force=True))
     assert third.exit_code == 0, third.message
-    assert await env.revision() == "0008"
+    assert await env.revision() == "0010"
 
 
 async def test_drift_is_refused_in_pre_flight(deploy_env_factory) -> None:  # type: ignore[no-untyped-def]
@@ -158,21 +158,21 @@ async def test_drift_is_refused_in_pre_flight(deploy_env_factory) -> None:  # ty
 
 async def test_lint_errors_of_pending_revisions_are_refused(deploy_env_factory, project_factory) -> None:  # type: ignore[no-untyped-def]
     env: DeployEnv = deploy_env_factory(deploy__gate_suites=[])
-    unsafe = ("0007", "An index built without CONCURRENTLY on a live table.",
+    unsafe = ("0009", "An index built without CONCURRENTLY on a live table.",
               "op.create_index('ix_players_display_name', 'players', ['display_name'])",
               "op.drop_index('ix_players_display_name', table_name='players')")
     env.use_project(project_factory([unsafe], lint_default="error"))
     outcome = await run_deploy(DeployOptions("testing", str(env.config_dir)))
     assert outcome.exit_code == ExitCode.REFUSED, outcome.message
-    assert "lint finding(s)" in outcome.message and "0007" in outcome.message
-    assert await env.revision() == "0006"
+    assert "lint finding(s)" in outcome.message and "0009" in outcome.message
+    assert await env.revision() == "0008"
 
 
 async def test_maintenance_mode_is_visible_during_the_deploy_and_off_afterwards(deploy_env_factory, project_factory, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import asyncio
 
     env: DeployEnv = deploy_env_factory(deploy__gate_suites=[])
-    env.use_project(project_factory([COMMENT_0007, SLOW_0008]))
+    env.use_project(project_factory([COMMENT_0009, SLOW_0010]))
     monkeypatch.setenv("HOKMDB_TEST_SLEEP_S", "1.5")
     task = asyncio.create_task(run_deploy(DeployOptions("testing", str(env.config_dir), maintenance_mode=True)))
     seen: set[tuple[object, object]] = set()

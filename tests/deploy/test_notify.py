@@ -15,7 +15,7 @@ import pytest
 import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
-from deploy_support import COMMENT_0007, DeployEnv
+from deploy_support import COMMENT_0009, DeployEnv
 
 from pytest_hokmdb.cluster.embedded import free_port
 from pytest_hokmdb.config import load_config
@@ -106,8 +106,8 @@ def _config(tmp_path: Path, **notifications: object):  # type: ignore[no-untyped
     return load_config("testing", tmp_path / "cfg", environ={}).config
 
 
-NOTE = Notification(event="deploy.succeeded", environment="testing", title="testing deployed to 0007",
-                    text="0006 -> 0007 in 4.2s", severity="info", fields={"from": "0006", "to": "0007"})
+NOTE = Notification(event="deploy.succeeded", environment="testing", title="testing deployed to 0009",
+                    text="0008 -> 0009 in 4.2s", severity="info", fields={"from": "0008", "to": "0009"})
 
 
 async def test_webhook_gets_a_slack_payload(webhook: Receiver, tmp_path: Path) -> None:
@@ -116,9 +116,9 @@ async def test_webhook_gets_a_slack_payload(webhook: Receiver, tmp_path: Path) -
     [post] = webhook.posts
     assert post["path"] == f"/services/{WEBHOOK_TOKEN}" and post["type"] == "application/json"
     payload = post["json"]
-    assert "[testing] testing deployed to 0007" in payload["text"] and "0006 -> 0007" in payload["text"]  # type: ignore[operator]
+    assert "[testing] testing deployed to 0009" in payload["text"] and "0008 -> 0009" in payload["text"]  # type: ignore[operator]
     fields = {f["title"]: f["value"] for f in payload["attachments"][0]["fields"]}  # type: ignore[index]
-    assert fields == {"from": "0006", "to": "0007"}
+    assert fields == {"from": "0008", "to": "0009"}
 
 
 async def test_severity_decides_who_is_told(webhook: Receiver, tmp_path: Path) -> None:
@@ -141,9 +141,9 @@ async def test_email_goes_through_starttls_with_login(smtp_server, tmp_path: Pat
     assert recipients == ["ops@example.com", "dba@example.com"]
     assert mailbox.tls == [True] and mailbox.logins == ["hokmdb"]
     message = message_from_bytes(raw)
-    assert message["Subject"] == "[hokmdb testing] testing deployed to 0007"
+    assert message["Subject"] == "[hokmdb testing] testing deployed to 0009"
     assert message["From"] == "deploys@example.com" and message["X-Hokmdb-Severity"] == "info"
-    assert "from: 0006" in message.get_payload()
+    assert "from: 0008" in message.get_payload()
 
 
 async def test_delivery_problems_are_returned_never_raised_and_the_url_stays_secret(webhook: Receiver, tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
@@ -160,7 +160,7 @@ async def test_delivery_problems_are_returned_never_raised_and_the_url_stays_sec
 async def test_a_failed_notification_never_fails_a_successful_deploy(deploy_env_factory, project_factory) -> None:  # type: ignore[no-untyped-def]
     dead = f"http://127.0.0.1:{free_port()}/services/{WEBHOOK_TOKEN}"
     env: DeployEnv = deploy_env_factory(deploy__gate_suites=[], notifications__slack_webhook_url=dead, notifications__notify_on_success=True)
-    env.use_project(project_factory([COMMENT_0007]))
+    env.use_project(project_factory([COMMENT_0009]))
     outcome = await run_deploy(DeployOptions("testing", str(env.config_dir)))
     assert outcome.exit_code == 0, outcome.message
     step = outcome.steps[-1]
@@ -170,15 +170,15 @@ async def test_a_failed_notification_never_fails_a_successful_deploy(deploy_env_
 
 async def test_a_rolled_back_deploy_notifies_with_its_fields(deploy_env_factory, project_factory, webhook: Receiver) -> None:  # type: ignore[no-untyped-def]
     env: DeployEnv = deploy_env_factory(deploy__gate_suites=[], notifications__slack_webhook_url=webhook.url, notifications__notify_on_failure=True)
-    failing = ("0007", "Fails.", "op.execute('SELECT 1 / 0')", "pass")
+    failing = ("0009", "Fails.", "op.execute('SELECT 1 / 0')", "pass")
     env.use_project(project_factory([failing]))
     outcome = await run_deploy(DeployOptions("testing", str(env.config_dir)))
     assert outcome.exit_code == 10
     [post] = webhook.posts
     payload = post["json"]
-    assert "deploy failed and was rolled back to 0006" in payload["text"]  # type: ignore[operator]
+    assert "deploy failed and was rolled back to 0008" in payload["text"]  # type: ignore[operator]
     fields = {f["title"]: f["value"] for f in payload["attachments"][0]["fields"]}  # type: ignore[index]
-    assert fields["result"] == "rolled_back" and fields["exit code"] == "10" and fields["from"] == "0006" and fields["to"] == "0007"
+    assert fields["result"] == "rolled_back" and fields["exit code"] == "10" and fields["from"] == "0008" and fields["to"] == "0009"
     assert fields["by"].startswith("tester@")
 
 

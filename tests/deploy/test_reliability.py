@@ -10,7 +10,7 @@ import signal
 import time
 
 import asyncpg
-from deploy_support import COMMENT_0007, SLOW_0008, DeployEnv
+from deploy_support import COMMENT_0009, SLOW_0010, DeployEnv
 
 from pytest_hokmdb.deploy.lock import DEPLOY_KEY, MIGRATION_KEY, NAMESPACE
 from pytest_hokmdb.deploy.orchestrator import DeployOptions, run_deploy
@@ -31,7 +31,7 @@ async def _wait_for(probe, timeout: float = 30.0, interval: float = 0.1):  # typ
 
 async def test_sigkill_mid_migration_leaves_a_revision_boundary_a_free_lock_and_a_rerun_completes(deploy_env_factory, project_factory, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     env: DeployEnv = deploy_env_factory(deploy__gate_suites=[])
-    env.use_project(project_factory([COMMENT_0007, SLOW_0008]))
+    env.use_project(project_factory([COMMENT_0009, SLOW_0010]))
     env.env["HOKMDB_TEST_SLEEP_S"] = "60"
     monkeypatch.delenv("HOKMDB_TEST_SLEEP_S", raising=False)
     proc = env.popen()
@@ -53,15 +53,15 @@ async def test_sigkill_mid_migration_leaves_a_revision_boundary_a_free_lock_and_
         await _wait_for(lambda: _none(conn, ADVISORY_HELD, NAMESPACE, DEPLOY_KEY), timeout=10)
         await _wait_for(lambda: _none(conn, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", backend), timeout=10)
         assert await conn.fetchval(ADVISORY_HELD, NAMESPACE, MIGRATION_KEY) == 0
-        assert await conn.fetchval("SELECT version_num FROM alembic_version") == "0007"  # the boundary before 0008
-        assert await conn.fetchval("SELECT obj_description('players'::regclass)") == "probe 0007"
-        assert await conn.fetchval("SELECT obj_description('game_sessions'::regclass)") is None  # nothing of 0008
+        assert await conn.fetchval("SELECT version_num FROM alembic_version") == "0009"  # the boundary before 0010
+        assert await conn.fetchval("SELECT obj_description('players'::regclass)") == "probe 0009"
+        assert await conn.fetchval("SELECT obj_description('game_sessions'::regclass)") is None  # nothing of 0010
     finally:
         await conn.close()
     rerun = await run_deploy(DeployOptions("testing", str(env.config_dir)))  # HOKMDB_TEST_SLEEP_S unset here: no sleep
     assert rerun.exit_code == 0, rerun.message
-    assert rerun.from_revision == "0007" and rerun.final_revision == "0008"
-    assert await env.revision() == "0008"
+    assert rerun.from_revision == "0009" and rerun.final_revision == "0010"
+    assert await env.revision() == "0010"
     results = await env.fetchval("SELECT string_agg(result, ',' ORDER BY id) FROM hokmdb_deploy_history")
     assert results == "abandoned,succeeded"
 
@@ -72,7 +72,7 @@ async def _none(conn: asyncpg.Connection, sql: str, *args: object) -> bool:
 
 async def test_two_deploys_at_once_exactly_one_migrates_the_other_names_the_holder(deploy_env_factory, project_factory) -> None:  # type: ignore[no-untyped-def]
     env: DeployEnv = deploy_env_factory(deploy__gate_suites=[], deploy__lock_wait_s=0.5)
-    env.use_project(project_factory([COMMENT_0007, SLOW_0008]))
+    env.use_project(project_factory([COMMENT_0009, SLOW_0010]))
     env.env["HOKMDB_TEST_SLEEP_S"] = "3"
     first, second = env.popen(), env.popen()
     out1, _ = first.communicate(timeout=120)
@@ -82,14 +82,14 @@ async def test_two_deploys_at_once_exactly_one_migrates_the_other_names_the_hold
     loser = out1 if first.returncode == ExitCode.DEPLOY_LOCKED else out2
     assert "deploy already in progress" in loser
     assert "hokmdb-deploy tester@" in loser and "server pid" in loser and "connected since" in loser
-    assert await env.revision() == "0008"
+    assert await env.revision() == "0010"
     assert await env.fetchval("SELECT count(*) FROM hokmdb_deploy_history") == 1
 
 
 async def test_a_revision_failing_halfway_is_rolled_back_to_the_start_and_gated(deploy_env_factory, project_factory) -> None:  # type: ignore[no-untyped-def]
     env: DeployEnv = deploy_env_factory()
     halfway = (
-        "0008", "Creates a table and a column, then fails.",
+        "0010", "Creates a table and a column, then fails.",
         """
         op.create_table("halfway_probe", sa.Column("id", sa.Integer, primary_key=True))
         op.add_column("players", sa.Column("halfway_flag", sa.Boolean, nullable=True))
@@ -100,21 +100,21 @@ async def test_a_revision_failing_halfway_is_rolled_back_to_the_start_and_gated(
         op.drop_table("halfway_probe")
         """,
     )
-    env.use_project(project_factory([COMMENT_0007, halfway]))
+    env.use_project(project_factory([COMMENT_0009, halfway]))
     outcome = await run_deploy(DeployOptions("testing", str(env.config_dir), maintenance_mode=True))
     assert outcome.exit_code == ExitCode.ROLLED_BACK, outcome.message
     assert "division by zero" in outcome.message
     steps = {s.name: s for s in outcome.steps}
-    assert steps["migrate"].status == "failed" and "0006 -> 0007" in steps["migrate"].detail
-    assert steps["rollback"].status == "ok" and "downgraded 0007 to 0006" in steps["rollback"].detail
+    assert steps["migrate"].status == "failed" and "0008 -> 0009" in steps["migrate"].detail
+    assert steps["rollback"].status == "ok" and "downgraded 0009 to 0008" in steps["rollback"].detail
     assert steps["gate-after-rollback"].status == "ok" and "smoke: passed" in steps["gate-after-rollback"].detail
     assert "gate" not in steps  # the post-deploy gate never ran on a half-migrated database
     assert steps["maintenance-off"].status == "ok"
-    assert outcome.final_revision == "0006" and await env.revision() == "0006"
+    assert outcome.final_revision == "0008" and await env.revision() == "0008"
     assert await env.fetchval("SELECT to_regclass('halfway_probe')") is None
     assert await env.fetchval("SELECT count(*) FROM pg_attribute WHERE attrelid = 'players'::regclass AND attname = 'halfway_flag'") == 0
-    assert await env.fetchval("SELECT obj_description('players'::regclass)") is None  # 0007 reverted too
-    assert await env.fetchval("SELECT string_agg(revision, ',' ORDER BY revision) FROM hokmdb_applied_revisions") == "0001,0002,0003,0004,0005,0006"
+    assert await env.fetchval("SELECT obj_description('players'::regclass)") is None  # 0009 reverted too
+    assert await env.fetchval("SELECT string_agg(revision, ',' ORDER BY revision) FROM hokmdb_applied_revisions") == "0001,0002,0003,0004,0005,0006,0007,0008"
     assert await env.fetchval("SELECT enabled FROM hokmdb_maintenance") is False
     assert await env.fetchval("SELECT datconnlimit FROM pg_database WHERE datname = current_database()") == -1
     assert await env.fetchval("SELECT result FROM hokmdb_deploy_history ORDER BY id DESC LIMIT 1") == "rolled_back"
@@ -123,7 +123,7 @@ async def test_a_revision_failing_halfway_is_rolled_back_to_the_start_and_gated(
 async def test_a_gate_failure_after_a_good_migration_downgrades_and_gates_again(deploy_env_factory, project_factory) -> None:  # type: ignore[no-untyped-def]
     env: DeployEnv = deploy_env_factory()
     breaker = (
-        "0007", "A hotfix column the models do not have: the gate's drift check fails.",
+        "0009", "A hotfix column the models do not have: the gate's drift check fails.",
         'op.add_column("players", sa.Column("hotfix_note", sa.Text, nullable=True))',
         'op.drop_column("players", "hotfix_note")',
     )
@@ -137,14 +137,14 @@ async def test_a_gate_failure_after_a_good_migration_downgrades_and_gates_again(
     assert steps["gate"].status == "failed" and "smoke: FAILED" in steps["gate"].detail
     assert steps["gate-after-rollback"].status == "ok"
     assert "unexpected column players.hotfix_note" in outcome.log_path.read_text()  # type: ignore[union-attr]
-    assert await env.revision() == "0006"
+    assert await env.revision() == "0008"
 
 
 async def test_a_migration_blocked_by_a_long_transaction_retries_then_gives_up_within_the_budget(deploy_env_factory, project_factory) -> None:  # type: ignore[no-untyped-def]
     lock_timeout_ms, budget = 300, 2.5
     env: DeployEnv = deploy_env_factory(deploy__gate_suites=[], database__lock_timeout_ms=lock_timeout_ms,
                                         deploy__lock_retry_budget_s=budget, deploy__lock_retry_base_delay_s=0.2)
-    locker = ("0007", "Needs players exclusively for a moment.", "op.execute('LOCK TABLE players IN ACCESS EXCLUSIVE MODE')", "pass")
+    locker = ("0009", "Needs players exclusively for a moment.", "op.execute('LOCK TABLE players IN ACCESS EXCLUSIVE MODE')", "pass")
     env.use_project(project_factory([locker]))
     holder = await env.connect()
     game = await env.connect()
@@ -181,13 +181,13 @@ async def test_a_migration_blocked_by_a_long_transaction_retries_then_gives_up_w
     # and in total never longer than the budget.
     assert max(stalls) < lock_timeout_ms / 1000 + 0.25, max(stalls)
     assert sum(s for s in stalls if s > 0.05) <= budget
-    assert await env.revision() == "0006"
+    assert await env.revision() == "0008"
 
 
 async def test_a_failed_concurrent_index_build_leaves_no_invalid_index(deploy_env_factory, project_factory) -> None:  # type: ignore[no-untyped-def]
     env: DeployEnv = deploy_env_factory(deploy__gate_suites=[])
     concurrent = (
-        "0007", "A unique index built CONCURRENTLY on a column with duplicates: the build fails and leaves it INVALID.",
+        "0009", "A unique index built CONCURRENTLY on a column with duplicates: the build fails and leaves it INVALID.",
         """
         with op.get_context().autocommit_block():
             op.execute("CREATE UNIQUE INDEX CONCURRENTLY ix_players_is_active_unique ON players (is_active)")
@@ -204,12 +204,12 @@ async def test_a_failed_concurrent_index_build_leaves_no_invalid_index(deploy_en
     assert "left index public.ix_players_is_active_unique INVALID: dropped it" in outcome.log_path.read_text()  # type: ignore[union-attr]
     assert await env.fetchval("SELECT to_regclass('ix_players_is_active_unique')") is None
     assert await env.fetchval("SELECT count(*) FROM pg_index WHERE NOT indisvalid") == 0
-    assert await env.revision() == "0006"
+    assert await env.revision() == "0008"
 
 
 async def test_max_downtime_cancels_a_revision_that_holds_the_tables_too_long(deploy_env_factory, project_factory) -> None:  # type: ignore[no-untyped-def]
     env: DeployEnv = deploy_env_factory(deploy__gate_suites=[])
-    hog = ("0007", "Holds players exclusively for 20 seconds.",
+    hog = ("0009", "Holds players exclusively for 20 seconds.",
            "op.execute('LOCK TABLE players IN ACCESS EXCLUSIVE MODE')\nop.execute('SELECT pg_sleep(20)')", "pass")
     env.use_project(project_factory([hog]))
     t0 = time.monotonic()
@@ -219,4 +219,4 @@ async def test_max_downtime_cancels_a_revision_that_holds_the_tables_too_long(de
     assert "--max-downtime" in outcome.message
     migrate = next(s for s in outcome.steps if s.name == "migrate")
     assert migrate.seconds < 3, migrate.detail
-    assert await env.revision() == "0006"
+    assert await env.revision() == "0008"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from deploy_support import COMMENT_0007, SLOW_0008, DeployEnv
+from deploy_support import COMMENT_0009, SLOW_0010, DeployEnv
 
 from pytest_hokmdb.cli.rollback_migration import add_migration_parser, run_migration
 from pytest_hokmdb.deploy.orchestrator import DeployOptions, run_deploy
@@ -21,34 +21,34 @@ async def test_steps_and_revision_roll_back_under_the_lock_with_history(deploy_e
     import asyncio
 
     env: DeployEnv = deploy_env_factory(deploy__gate_suites=[])
-    env.use_project(project_factory([COMMENT_0007, SLOW_0008]))
+    env.use_project(project_factory([COMMENT_0009, SLOW_0010]))
     assert (await run_deploy(DeployOptions("testing", str(env.config_dir)))).exit_code == 0
-    assert await env.revision() == "0008"
+    assert await env.revision() == "0010"
 
     code = await asyncio.to_thread(run_migration, _args("--environment", "testing", f"--config={env.config_dir}", "--steps", "1"))
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "rollback on testing: OK" in out and "reverted 0008" in out
-    assert await env.revision() == "0007"
+    assert "rollback on testing: OK" in out and "reverted 0010" in out
+    assert await env.revision() == "0009"
     assert await env.fetchval("SELECT obj_description('game_sessions'::regclass)") is None
 
-    code = await asyncio.to_thread(run_migration, _args("--environment", "testing", f"--config={env.config_dir}", "--revision", "0005"))
+    code = await asyncio.to_thread(run_migration, _args("--environment", "testing", f"--config={env.config_dir}", "--revision", "0007"))
     assert code == 0, capsys.readouterr().out
-    assert await env.revision() == "0005"
+    assert await env.revision() == "0007"
     assert await env.fetchval("SELECT to_regclass('ix_game_participants_player_id')") is None
-    assert await env.fetchval("SELECT max(revision) FROM hokmdb_applied_revisions") == "0005"
+    assert await env.fetchval("SELECT max(revision) FROM hokmdb_applied_revisions") == "0007"
     rows = await env.fetchval("SELECT string_agg(kind || ':' || result, ',' ORDER BY id) FROM hokmdb_deploy_history")
     assert rows == "deploy:succeeded,rollback:succeeded,rollback:succeeded"
 
-    code = await asyncio.to_thread(run_migration, _args("--environment", "testing", f"--config={env.config_dir}", "--revision", "0007"))
+    code = await asyncio.to_thread(run_migration, _args("--environment", "testing", f"--config={env.config_dir}", "--revision", "0009"))
     assert code == ExitCode.REFUSED  # not below the current revision
     assert "not below" in capsys.readouterr().out
 
 
 async def test_a_clean_rollback_from_head_passes_its_gate_and_a_broken_one_fails(deploy_env_factory, capsys) -> None:  # type: ignore[no-untyped-def]
-    """`rollback.py migration --steps 1` from 0006 gates the database held to 0005: the hot
-    queries no longer expect 0006's index, the schema is compared with what 0005 builds. A
-    database at 0005 that lost an index 0005 has still fails."""
+    """`rollback.py migration --steps 1` from 0008 gates the database held to 0007: the hot
+    queries no longer expect 0008's index, the schema is compared with what 0007 builds. A
+    database at 0007 that lost an index 0007 has still fails."""
     import asyncio
     import os
     import subprocess
@@ -56,12 +56,12 @@ async def test_a_clean_rollback_from_head_passes_its_gate_and_a_broken_one_fails
 
     from helpers import PROJECT_ROOT
 
-    env: DeployEnv = deploy_env_factory()  # seeded, at head (0006), gate: smoke
+    env: DeployEnv = deploy_env_factory()  # seeded, at head (0008), gate: smoke
     code = await asyncio.to_thread(run_migration, _args("--environment", "testing", f"--config={env.config_dir}", "--steps", "1"))
     out = capsys.readouterr().out
     assert code == 0, out
     assert "rollback on testing: OK" in out and "smoke: passed" in out
-    assert await env.revision() == "0005"
+    assert await env.revision() == "0007"
 
     conn = await env.connect()
     try:
@@ -71,10 +71,10 @@ async def test_a_clean_rollback_from_head_passes_its_gate_and_a_broken_one_fails
     proc = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, str(PROJECT_ROOT / "database" / "smoke_tests.py"), "--environment", "testing",
-         f"--config={env.config_dir}", "--target-revision", "0005", "-k", "schema or performance"],
+         f"--config={env.config_dir}", "--target-revision", "0007", "-k", "schema or performance"],
         capture_output=True, text=True, env={**os.environ, **env.env, "COLUMNS": "250"}, timeout=180,
     )
     flat = " ".join(proc.stdout.split())
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "held to revision 0005" in flat and "ix_players_rating_desc" in flat
+    assert "held to revision 0007" in flat and "ix_players_rating_desc" in flat
     assert "leaderboard_top_n does not use ix_players_rating_desc, which does not exist" in flat

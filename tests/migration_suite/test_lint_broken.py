@@ -90,7 +90,7 @@ def downgrade():
     pass
 '''
 
-LOCK_TIMEOUT = "    op.execute(\"SET LOCAL lock_timeout = '2s'\")\n"
+LOCK_TIMEOUT = "    op.execute(\"SET LOCAL lock_timeout = '1s'\")\n"
 
 # (revision id, docstring, module-level extra source, upgrade() body); each builds on the last.
 HISTORY: list[tuple[str, str, str, str]] = [
@@ -145,7 +145,7 @@ HISTORY: list[tuple[str, str, str, str]] = [
         "A session-level lock_timeout that is never reset leaks into later revisions.",
         "",
         "    with op.get_context().autocommit_block():\n"
-        "        op.execute(\"SET lock_timeout = '2s'\")\n"
+        "        op.execute(\"SET lock_timeout = '1s'\")\n"
         '        op.create_index("ix_accounts_nickname", "accounts", ["nickname"],\n'
         "                        postgresql_concurrently=True, if_not_exists=True)",
     ),
@@ -154,7 +154,7 @@ HISTORY: list[tuple[str, str, str, str]] = [
         "Done right: CONCURRENTLY in an autocommit block, lock_timeout set and reset.",
         "",
         "    with op.get_context().autocommit_block():\n"
-        "        op.execute(\"SET lock_timeout = '2s'\")\n"
+        "        op.execute(\"SET lock_timeout = '1s'\")\n"
         "        try:\n"
         '            op.create_index("ix_accounts_note", "accounts", ["note"],\n'
         "                            postgresql_concurrently=True, if_not_exists=True)\n"
@@ -407,3 +407,45 @@ def test_merge_revision_is_linted_from_both_parents(tmp_path: Path) -> None:
     assert results["r11"].findings == [], results["r11"].report()
     assert "ADD COLUMN" not in results["r11"].sql and "CREATE TABLE" not in results["r11"].sql
     assert_fails_for(results["r05"], "require-lock-timeout")
+
+
+RAISING = [
+    HISTORY[0],
+    ("r02", "Follows the old advice: raises lock_timeout to 5s.", "",
+     "    op.execute(\"SET LOCAL lock_timeout = '5s'\")\n"
+     '    op.add_column("accounts", sa.Column("nickname", sa.Text, nullable=True))'),
+    ("r03", "Switches statement_timeout off for a long data change.", "",
+     "    op.execute(\"SET LOCAL statement_timeout = 0\")\n"
+     '    op.add_column("accounts", sa.Column("note", sa.Text, nullable=True))'),
+    ("r04", "Lowers lock_timeout: always allowed.", "",
+     "    op.execute(\"SET LOCAL lock_timeout = '200ms'\")\n"
+     '    op.add_column("accounts", sa.Column("motto", sa.Text, nullable=True))'),
+    ("r05", "Raises it with a waiver and its reason.",
+     'hokmdb_lint_waivers = {"raises-timeout": "accounts is written only by the nightly batch, which is paused"}\n',
+     "    op.execute(\"SET LOCAL lock_timeout = '10s'\")\n"
+     '    op.add_column("accounts", sa.Column("tier", sa.Text, nullable=True))'),
+]
+
+
+def test_a_revision_that_raises_the_deploys_timeouts_is_refused_with_the_reason(tmp_path: Path) -> None:
+    """The deploy owns lock_timeout and statement_timeout; a revision may lower them only.
+    No revision here sets its own lock_timeout as a duty any more (require_lock_timeout off)."""
+    results = lint_project(make_project(tmp_path, history=RAISING, require_lock_timeout=False))
+    assert_fails_for(results["r02"], "raises-timeout")
+    message = results["r02"].failure_message()
+    assert "raises lock_timeout: sets it to '5s', above the deploy's 1000 ms" in message
+    assert "the deploy sets lock_timeout for every statement" in message
+    assert_fails_for(results["r03"], "raises-timeout")
+    assert "raises statement_timeout: switches it off (0), above the deploy's 30000 ms" in results["r03"].failure_message()
+    assert "raises-timeout" not in rules(results["r04"]), results["r04"].report()
+    assert results["r05"].findings == [], results["r05"].report()
+    assert "waived: accounts is written only by the nightly batch" in results["r05"].report()
+
+
+def test_the_deploy_lints_against_its_own_environment_s_budget(tmp_path: Path) -> None:
+    """What is a raise depends on the environment: 5s is within a 10 s budget."""
+    linter = MigrationLinter(load_settings(make_project(tmp_path, history=RAISING[:2], require_lock_timeout=False)),
+                             budgets=(10_000, 0))
+    assert "raises-timeout" not in rules(linter.lint("r02")), linter.lint("r02").report()
+    strict = MigrationLinter(load_settings(tmp_path), budgets=(500, 0))
+    assert "above the deploy's 500 ms" in strict.lint("r02").failure_message()

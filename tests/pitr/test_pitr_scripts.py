@@ -99,10 +99,10 @@ def common(env: ScriptEnv) -> list[str]:
 
 
 def test_backup_deploy_and_restore_to_moments(scripts: ScriptEnv) -> None:
-    first = scripts.run("deploy.py", *common(scripts), "--setup", "--target-revision", "0005")
+    first = scripts.run("deploy.py", *common(scripts), "--setup", "--target-revision", "0007")
     assert first.returncode == 0, first.stdout + first.stderr
     # Games in the database, so the restored copy's gate really times the hot queries: held to
-    # 0005, they must not expect the index 0006 adds (which made this restore fail its gate).
+    # 0007, they must not expect the index 0008 adds (which made this restore fail its gate).
     seeded = scripts.run("seed_data.py", *common(scripts), "--players", "20", "--games", "30")
     assert seeded.returncode == 0, seeded.stdout + seeded.stderr
     taken = scripts.run("backup.py", *common(scripts), "--type", "full", "--json")
@@ -122,7 +122,7 @@ def test_backup_deploy_and_restore_to_moments(scripts: ScriptEnv) -> None:
     output = deployed.stdout + deployed.stderr
     assert "restore-point" in output and "--target-name hokmdb-deploy-" in output, output
     name = output.split("--target-name ", 1)[1].split()[0]
-    assert run_sync(scripts.sql("SELECT version_num FROM alembic_version", dbname="hokm_dev"))[0][0] == "0006"
+    assert run_sync(scripts.sql("SELECT version_num FROM alembic_version", dbname="hokm_dev"))[0][0] == "0008"
 
     # A moment between marker 1 and 2 (given in UTC without an offset, as the docs promise).
     when = moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
@@ -134,7 +134,7 @@ def test_backup_deploy_and_restore_to_moments(scripts: ScriptEnv) -> None:
         rows = run_sync(scripts.sql("SELECT id FROM pitr_markers ORDER BY id", port=result["port"]))
         assert [r["id"] for r in rows] == [1], rows
         revision = run_sync(scripts.sql("SELECT version_num FROM alembic_version", port=result["port"], dbname="hokm_dev"))
-        assert revision[0][0] == "0005"  # before the second deploy
+        assert revision[0][0] == "0007"  # before the second deploy
     finally:
         subprocess.run(
             [str(scripts.cluster.bin_dir / "pg_ctl"), "stop", "-D", result["data_dir"], "-m", "immediate"],
@@ -148,9 +148,9 @@ def test_backup_deploy_and_restore_to_moments(scripts: ScriptEnv) -> None:
     swapped = scripts.run("rollback.py", "restore", *common(scripts), "--target-name", name)
     assert swapped.returncode == 0, swapped.stdout + swapped.stderr
     assert "swapped in; the previous data directory is kept at" in swapped.stdout, swapped.stdout
-    # Just before the second deploy: both markers, and revision 0005.
+    # Just before the second deploy: both markers, and revision 0007.
     assert [r["id"] for r in run_sync(scripts.sql("SELECT id FROM pitr_markers ORDER BY id"))] == [1, 2]
-    assert run_sync(scripts.sql("SELECT version_num FROM alembic_version", dbname="hokm_dev"))[0][0] == "0005"
+    assert run_sync(scripts.sql("SELECT version_num FROM alembic_version", dbname="hokm_dev"))[0][0] == "0007"
     assert run_sync(scripts.sql("SHOW archive_mode"))[0]["archive_mode"] == "on"
     auto_conf = (scripts.cluster.data_dir / "postgresql.auto.conf").read_text()
     assert "restore_command" not in auto_conf and "recovery_target" not in auto_conf, auto_conf

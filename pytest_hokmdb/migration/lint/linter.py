@@ -16,6 +16,7 @@ from pytest_hokmdb.migration.lint.findings import (
     CONCURRENTLY_RULE,
     LOCK_TIMEOUT_RULE,
     OFFLINE_RULE,
+    RAISES_TIMEOUT_RULE,
     SUPERSEDED_SQUAWK_RULES,
     TIMEOUT_LEAK_RULE,
     VERSION_TABLE,
@@ -53,9 +54,19 @@ class MigrationLinter:
     revision is one run of env.py (offline) and one squawk process.
     """
 
-    def __init__(self, settings: MigrationSuiteSettings, *, squawk: Path | None = None) -> None:
+    def __init__(
+        self, settings: MigrationSuiteSettings, *, squawk: Path | None = None,
+        budgets: tuple[int, int] | None = None,
+    ) -> None:
+        """``budgets``: the deploying environment's (lock_timeout_ms, statement_timeout_ms),
+        which a revision may not raise (0: that timeout is off, so nothing raises it);
+        default: the lint policy's ``max_*_timeout_ms``."""
         self.settings = settings
         self.policy = settings.lint
+        if budgets is not None:
+            lock_ms, statement_ms = budgets
+            self.policy = self.policy.model_copy(update={
+                "max_lock_timeout_ms": lock_ms or None, "max_statement_timeout_ms": statement_ms or None})
         self.squawk = squawk or find_squawk()
         self._script: ScriptDirectory | None = None
         self._version_table = VERSION_TABLE
@@ -232,8 +243,27 @@ class MigrationLinter:
                     f"({len(facts.unprotected_locks)} statement(s)); it would queue behind any long transaction "
                     "and every query on those tables would queue behind it",
                     where(first.statement.start_line) + (f" (and {more} more)" if more else ""),
-                    "begin upgrade() with op.execute(\"SET LOCAL lock_timeout = '5s'\") (in an autocommit block: "
-                    "SET lock_timeout ... then RESET lock_timeout)",
+                    f"begin upgrade() with op.execute(\"SET LOCAL lock_timeout = '{self.policy.max_lock_timeout_ms or 1000:g}ms'\") "
+                    "(in an autocommit block: SET lock_timeout ... then RESET lock_timeout), no more than the "
+                    "deploy's own; deploys by hokmdb set it for every statement",
+                )
+            )
+
+        limits = {"lock_timeout": self.policy.max_lock_timeout_ms, "statement_timeout": self.policy.max_statement_timeout_ms}
+        for setting in facts.timeout_settings:
+            limit = limits.get(setting.name)
+            if limit is None or 0 < setting.ms <= limit:
+                continue
+            raised = "switches it off (0)" if setting.ms == 0 else f"sets it to {setting.value}"
+            findings.append(
+                self._finding(
+                    revision,
+                    RAISES_TIMEOUT_RULE,
+                    f"raises {setting.name}: {raised}, above the deploy's {limit:g} ms; every game query queued "
+                    f"behind this revision's locks would wait that long",
+                    where(setting.statement.start_line),
+                    f"remove the SET: the deploy sets {setting.name} for every statement (a revision may only lower "
+                    "it); if this revision truly needs longer, waive the rule with the reason",
                 )
             )
 

@@ -165,6 +165,30 @@ def _disabled(value: str) -> bool:
     return bare in ("0", "default", "") or bool(re.fullmatch(r"0+\s*(ms|s|min|h|d|us)?", bare))
 
 
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "min": 60_000.0, "h": 3_600_000.0, "d": 86_400_000.0}
+
+
+def timeout_ms(value: str) -> float | None:
+    """A timeout setting in milliseconds; ``0`` for "no timeout", ``None`` when unknowable (DEFAULT)."""
+    bare = value.strip().strip("'\"").strip().lower()
+    if bare in ("default", ""):
+        return None
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(us|ms|s|min|h|d)?", bare)
+    if not m:
+        return None
+    return float(m.group(1)) * _UNITS_MS[m.group(2) or "ms"]
+
+
+@dataclass(frozen=True)
+class TimeoutSetting:
+    """A SET of lock_timeout/statement_timeout in a revision, with its value in ms (0: none)."""
+
+    statement: Statement
+    name: str
+    value: str
+    ms: float
+
+
 def _split_names(names: str) -> list[str]:
     return [_name(part) for part in re.findall(_QUALIFIED, names)]
 
@@ -183,6 +207,7 @@ class _Timeouts:
 
     session: dict[str, bool] = field(default_factory=dict)
     local: dict[str, bool] = field(default_factory=dict)
+    settings: list[TimeoutSetting] = field(default_factory=list)
 
     def active(self, name: str) -> bool:
         return self.local.get(name, self.session.get(name, False))
@@ -196,6 +221,7 @@ class _Timeouts:
             if scope == "LOCAL" and not in_transaction:
                 return True  # SET LOCAL outside a transaction does nothing (PostgreSQL warns)
             target[name] = not _disabled(value)
+            self._record(stmt, name, value)
             if target is self.session:
                 self.local.pop(name, None)
             return True
@@ -210,8 +236,14 @@ class _Timeouts:
             if is_local and not in_transaction:
                 return True
             (self.local if is_local else self.session)[name] = not _disabled(value)
+            self._record(stmt, name, value)
             return True
         return False
+
+    def _record(self, stmt: Statement, name: str, value: str) -> None:
+        ms = timeout_ms(value)
+        if ms is not None:
+            self.settings.append(TimeoutSetting(stmt, name, value.strip(), ms))
 
 
 @dataclass(frozen=True)
@@ -266,6 +298,7 @@ class _ScriptFacts:
     unprotected_locks: list[_Lock]
     leaked_timeouts: list[str]
     bookkeeping_lines: set[int]
+    timeout_settings: list[TimeoutSetting] = field(default_factory=list)
 
 
 def _analyse(sql: str, version_table: str = VERSION_TABLE) -> _ScriptFacts:
@@ -298,4 +331,4 @@ def _analyse(sql: str, version_table: str = VERSION_TABLE) -> _ScriptFacts:
         if tables and not timeouts.active("lock_timeout"):
             unprotected.append(_Lock(stmt, tuple(tables)))
     leaked = sorted(name for name, on in timeouts.session.items() if on)
-    return _ScriptFacts(statements, has_tx, concurrent_in_tx, unprotected, leaked, bookkeeping)
+    return _ScriptFacts(statements, has_tx, concurrent_in_tx, unprotected, leaked, bookkeeping, timeouts.settings)

@@ -6,13 +6,13 @@ table is written on every join of every game, so the index is built without bloc
 writes: ``CREATE INDEX CONCURRENTLY``, which cannot run inside a transaction, hence the
 autocommit block.
 
-Safe to retry: ``lock_timeout`` makes it give up quickly instead of queueing behind a
-long transaction (and holding up everyone queued behind it); a failed concurrent build
+Safe to retry: the deploy's ``lock_timeout`` makes it give up quickly instead of queueing
+behind a long transaction (and holding up everyone queued behind it); a failed concurrent build
 leaves an INVALID index of the same name, which is dropped before building again, and an
 index that was built but not recorded in alembic_version is kept (IF NOT EXISTS).
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-11-24
 """
 
@@ -23,8 +23,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import context, op
 
-revision: str = "0006"
-down_revision: str | Sequence[str] | None = "0005"
+revision: str = "0008"
+down_revision: str | Sequence[str] | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -33,13 +33,12 @@ hokmdb_lint_waivers = {
     "require-statement-timeout": (
         "a CONCURRENTLY build blocks neither reads nor writes, so its duration is not the risk; a "
         "statement_timeout would abort a long build on a big table and leave an INVALID index behind. "
-        "The waits that do block others are bounded by the lock_timeout set below."
+        "The waits that do block others are bounded by the deploy's lock_timeout."
     ),
 }
 
 INDEX = "ix_game_participants_player_id"
 TABLE = "game_participants"
-LOCK_TIMEOUT = "1s"
 
 # A failed CREATE INDEX CONCURRENTLY leaves its index behind, marked invalid.
 INVALID_INDEX = f"""
@@ -57,7 +56,7 @@ REFUSE_INVALID_INDEX = f"""
 DO $$
 BEGIN
     IF EXISTS ({INVALID_INDEX}) THEN
-        RAISE EXCEPTION 'revision 0006, index {INDEX} exists but is INVALID (a failed concurrent '
+        RAISE EXCEPTION 'revision 0008, index {INDEX} exists but is INVALID (a failed concurrent '
             'build); run DROP INDEX CONCURRENTLY {INDEX}; then this script again';
     END IF;
 END
@@ -67,24 +66,13 @@ $$
 
 def upgrade() -> None:
     with op.get_context().autocommit_block():
-        op.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
-        try:
-            if context.is_offline_mode():
-                op.execute(REFUSE_INVALID_INDEX)
-            elif op.get_bind().scalar(sa.text(f"SELECT EXISTS ({INVALID_INDEX})")):
-                op.drop_index(op.f(INDEX), table_name=TABLE, postgresql_concurrently=True, if_exists=True)
-            op.create_index(
-                op.f(INDEX), TABLE, ["player_id"], postgresql_concurrently=True, if_not_exists=True
-            )
-        finally:
-            # The setting is per session; do not leak it into whatever runs next on this connection.
-            op.execute("RESET lock_timeout")
+        if context.is_offline_mode():
+            op.execute(REFUSE_INVALID_INDEX)
+        elif op.get_bind().scalar(sa.text(f"SELECT EXISTS ({INVALID_INDEX})")):
+            op.drop_index(op.f(INDEX), table_name=TABLE, postgresql_concurrently=True, if_exists=True)
+        op.create_index(op.f(INDEX), TABLE, ["player_id"], postgresql_concurrently=True, if_not_exists=True)
 
 
 def downgrade() -> None:
     with op.get_context().autocommit_block():
-        op.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
-        try:
-            op.drop_index(op.f(INDEX), table_name=TABLE, postgresql_concurrently=True, if_exists=True)
-        finally:
-            op.execute("RESET lock_timeout")
+        op.drop_index(op.f(INDEX), table_name=TABLE, postgresql_concurrently=True, if_exists=True)

@@ -1,0 +1,176 @@
+"""Online data migrations: a backfill in small committed batches, for the middle phase of
+expand / backfill / contract.
+
+A data change written as one ``UPDATE`` holds its row locks (and, next to DDL, the table's
+ACCESS EXCLUSIVE lock) for as long as the whole table takes. Called from a revision,
+:func:`backfill` instead runs outside the revision's transaction (alembic's
+``autocommit_block``) and updates ``batch_size`` rows at a time, each batch its own short
+transaction, so the game's own writes wait for one batch at most::
+
+    from pytest_hokmdb.migration.online import backfill
+
+    def upgrade() -> None:
+        backfill("moves", set_=SPLIT_CARD, where="card_suit IS NULL AND card IS NOT NULL")
+
+What makes it safe to kill and run again:
+
+* the ``where`` predicate says which rows still need the change, so every batch is
+  idempotent and a re-run (after ``kill -9``, a lost connection or a cancelled deploy)
+  starts at the first row that still needs it: it continues where it stopped;
+* batches follow the primary key (``key``), so each one is an index range scan;
+* rows written while it runs must be kept right by the expand phase (a trigger, or the
+  application writing both forms); a final pass re-checks the predicate and picks up rows
+  that arrived behind the cursor, and the helper fails naming the count if any remain.
+
+Throttling: a batch that takes longer than ``max_batch_ms`` halves the batch (down to
+``min_batch_size``), a quick one lets it grow back, and while other sessions wait for a
+lock the helper pauses before its next batch. Settings come from the deploy
+(``deploy.backfill_batch_size`` / ``deploy.backfill_pause_ms``, passed in the alembic
+config's attributes), else from the call, else the defaults below.
+
+``alembic upgrade --sql`` (offline) renders one plain ``UPDATE`` with a marker comment, so
+scripts and the lint see what the backfill does.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from pytest_hokmdb.console import interactive, progress
+
+log = logging.getLogger("hokmdb.backfill")
+
+DEFAULT_BATCH_SIZE = 1000
+DEFAULT_PAUSE_MS = 10
+DEFAULT_MAX_BATCH_MS = 200
+MIN_BATCH_SIZE = 50
+FINAL_PASSES = 3
+MARKER = "-- hokmdb:backfill"
+ATTRIBUTE = "hokmdb_backfill"  # alembic Config.attributes key the deploy sets
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
+
+
+@dataclass(frozen=True)
+class BackfillSettings:
+    batch_size: int = DEFAULT_BATCH_SIZE
+    pause_ms: int = DEFAULT_PAUSE_MS
+    max_batch_ms: int = DEFAULT_MAX_BATCH_MS
+
+
+@dataclass
+class BackfillReport:
+    table: str
+    rows: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    throttled: int = 0
+    resumed_at: Any = None
+
+
+class BackfillError(RuntimeError):
+    """The backfill could not finish; the message names the table and what is left."""
+
+
+def _settings(batch_size: int | None, pause_ms: int | None) -> BackfillSettings:
+    """The revision's own choice first (it knows its table), then the deploy's, then the defaults."""
+    from alembic import context
+
+    try:
+        configured = context.config.attributes.get(ATTRIBUTE)
+    except Exception:  # noqa: BLE001 - no alembic run in progress
+        configured = None
+    base = configured or BackfillSettings()
+    return BackfillSettings(
+        batch_size=batch_size if batch_size is not None else base.batch_size,
+        pause_ms=pause_ms if pause_ms is not None else base.pause_ms,
+        max_batch_ms=base.max_batch_ms,
+    )
+
+
+def backfill(
+    table: str, *, set_: str, where: str, key: str = "id", batch_size: int | None = None, pause_ms: int | None = None,
+) -> BackfillReport | None:
+    """Update ``table`` with ``SET set_`` for every row matching ``where``, in committed batches.
+
+    Call it from a revision's ``upgrade()``/``downgrade()``, as the revision's only work (the
+    expand DDL belongs to the revision before, the contract DDL to the one after): it
+    commits what ran before it. ``None`` in offline mode."""
+    from alembic import context, op
+
+    for name in (table, key):
+        if not _IDENT.match(name):
+            raise ValueError(f"backfill: {name!r} is not a plain (optionally schema-qualified) identifier")
+    statement = f"UPDATE {table} SET {set_} WHERE {where}"
+    if context.is_offline_mode():
+        op.execute(f"{MARKER} {table}: run online in batches of {batch_size or DEFAULT_BATCH_SIZE} rows\n{statement}")
+        return None
+    settings = _settings(batch_size, pause_ms)
+    with op.get_context().autocommit_block():
+        return run_backfill(op.get_bind(), table, set_=set_, where=where, key=key, settings=settings)
+
+
+def run_backfill(bind: Any, table: str, *, set_: str, where: str, key: str = "id",
+                 settings: BackfillSettings = BackfillSettings()) -> BackfillReport:
+    """The batch loop on an autocommit SQLAlchemy connection (each statement commits)."""
+    report = BackfillReport(table)
+    started = time.monotonic()
+    pending = sa.text(f"SELECT count(*) FROM {table} WHERE {where}")
+    first = sa.text(f"SELECT min({key}) FROM {table} WHERE {where}")
+    total = int(bind.execute(pending).scalar() or 0)
+    if total == 0:
+        log.info("backfill %s: nothing to do", table)
+        return report
+    report.resumed_at = bind.execute(first).scalar()
+    log.info("backfill %s: %d rows need it, starting at %s %s (batches of %d)", table, total, key, report.resumed_at,
+             settings.batch_size)
+    boundary = sa.text(f"SELECT {key} FROM {table} WHERE {key} >= :lo ORDER BY {key} OFFSET :n LIMIT 1")
+    update = sa.text(f"UPDATE {table} SET {set_} WHERE {key} >= :lo AND {key} < :hi AND ({where})")
+    update_tail = sa.text(f"UPDATE {table} SET {set_} WHERE {key} >= :lo AND ({where})")
+    waiting = sa.text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()")
+    size = settings.batch_size
+    with progress(f"backfill {table}", total, enabled=interactive()) as advance:
+        for _ in range(FINAL_PASSES):
+            lo = bind.execute(first).scalar()
+            while lo is not None:
+                hi = bind.execute(boundary, {"lo": lo, "n": size}).scalar()
+                t0 = time.monotonic()
+                if hi is None:
+                    done = bind.execute(update_tail, {"lo": lo}).rowcount
+                else:
+                    done = bind.execute(update, {"lo": lo, "hi": hi}).rowcount
+                took_ms = (time.monotonic() - t0) * 1000
+                report.rows += max(done, 0)
+                report.batches += 1
+                advance(max(done, 0))
+                lo = hi
+                if took_ms > settings.max_batch_ms and size > MIN_BATCH_SIZE:
+                    size = max(MIN_BATCH_SIZE, size // 2)
+                    report.throttled += 1
+                elif took_ms < settings.max_batch_ms / 4 and size < settings.batch_size:
+                    size = min(settings.batch_size, size * 2)
+                pause = settings.pause_ms / 1000
+                if bind.execute(waiting).scalar():
+                    pause = max(pause, took_ms / 1000)  # others wait for a lock: give them a batch's time
+                    report.throttled += 1
+                if pause > 0:
+                    time.sleep(pause)
+            left = int(bind.execute(pending).scalar() or 0)
+            if left == 0:
+                break
+            log.info("backfill %s: %d rows arrived behind the cursor; another pass", table, left)
+        else:
+            raise BackfillError(
+                f"backfill of {table} left {left} row(s) matching {where!r} after {FINAL_PASSES} passes: rows keep "
+                "arriving in the old form; the expand revision must keep new writes right (a trigger, or the "
+                "application writing both forms) before the backfill runs"
+            )
+    report.seconds = time.monotonic() - started
+    log.info("backfill %s: %d rows in %d batches, %.1fs (%d throttled)", table, report.rows, report.batches,
+             report.seconds, report.throttled)
+    return report

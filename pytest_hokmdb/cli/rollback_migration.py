@@ -107,6 +107,7 @@ async def rollback_migration(args: argparse.Namespace) -> Outcome:
             target, _detail = await resolve_deploy_target(loaded, options)
             session = DeploySession(loaded, target, kind="rollback", log_path=logfile.path)
             session.steps = outcome.steps
+            await session.find_monitor()
             async with session.step("lock") as info:
                 await session.lock.acquire()
                 await session.lock.wait_for_orphans(config.deploy.lock_wait_s)
@@ -129,6 +130,7 @@ async def rollback_migration(args: argparse.Namespace) -> Outcome:
                     )
                 info["detail"] = f"at {current}, rolling back to {destination or 'base'}"
             migrator = session.migrator(max_downtime_s=None)
+            before = await session.table_stats()
             async with session.step("migrate") as info:
                 try:
                     reverted = await session.revert(migrator, current, destination)
@@ -141,6 +143,8 @@ async def rollback_migration(args: argparse.Namespace) -> Outcome:
             outcome.final_revision = await session.current_revision()
             if outcome.exit_code == ExitCode.OK:
                 from pytest_hokmdb.deploy.orchestrator import gate_suites
+
+                await session.tidy(before)
 
                 async with session.step("gate") as info:
                     ok, summary = await session.gate(destination, gate_suites(loaded, options), "post-rollback")

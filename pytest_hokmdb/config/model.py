@@ -171,7 +171,13 @@ class DeploySettings(_Strict):
     migration_statement_timeout_ms: int = Field(0, ge=0, description="0 = none (index builds can be long)")
     lock_retry_budget_s: float = Field(60.0, ge=0, description="total time spent retrying revisions that hit lock_timeout")
     lock_retry_base_delay_s: float = Field(0.5, gt=0)
-    max_downtime_s: float | None = Field(None, gt=0, description="bound on the total time game tables may be locked")
+    max_downtime_s: float | None = Field(
+        None, gt=0, description="bound on the total time the deploy may hold (or wait for) locks that block the game's "
+        "writes; the shipped staging and production configs set it",
+    )
+    backfill_batch_size: int = Field(1000, ge=1, description="rows per committed batch of an online backfill")
+    backfill_pause_ms: int = Field(10, ge=0, description="pause between an online backfill's batches")
+    backfill_max_batch_ms: int = Field(200, gt=0, description="a slower batch halves the next one (throttling)")
     gate_suites: list[str] = Field(default_factory=lambda: ["smoke"])
     gate_timeout_s: float = Field(900.0, gt=0)
     log_dir: Path = Path("database/logs")

@@ -225,6 +225,7 @@ async def _deploy(loaded: LoadedConfig, options: DeployOptions, config_step: Ste
         target, detail = await resolve_deploy_target(loaded, options)
         session = DeploySession(loaded, target, kind="deploy", log_path=logfile.path)
         session.steps = outcome.steps
+        await session.find_monitor()
         session.steps.append(Step("setup" if options.setup else "target", time.monotonic() - t0, "ok", f"{target.dsn()}: {detail}"))
         async with session.step("lock") as info:
             await session.lock.acquire()

@@ -12,10 +12,18 @@ Budgets:
 * ``deploy.lock_retry_budget_s``: all time spent in attempts that lost to ``lock_timeout``
   (or a deadlock) plus the backoff sleeps between them; the next retry is only started when
   it fits entirely inside what is left, so the game is never blocked longer than the budget.
-* ``--max-downtime`` / ``deploy.max_downtime_s``: the total time revisions may spend inside
-  the database (holding or waiting for locks on the game's tables). Each attempt's
-  ``lock_timeout`` is clipped to what remains, and a watchdog on the lock session cancels
-  the running revision (``pg_cancel_backend``) when the bound is reached.
+* ``--max-downtime`` / ``deploy.max_downtime_s``: the total time the deploy's session may
+  hold, or wait for, a lock that blocks the game's writes (``deploy.locks``: sampled from
+  ``pg_locks``; a batched backfill holds none). Each attempt's ``lock_timeout`` is clipped to
+  what remains, and a watchdog cancels the running revision (``pg_cancel_backend``) when the
+  bound is reached. The summary names the longest such hold per table.
+
+Before each attempt the deploy looks for long transactions holding the tables the revision
+touches (from its offline SQL) and waits for them instead of queueing behind them (which
+would queue every game query behind the deploy), within the retry budget; blockers are
+named with pid, role, application, age and query (through the monitoring connection when
+configured, since the deploy role cannot read others' queries). Online backfills get their
+batch size and pause from ``deploy.backfill_batch_size`` / ``deploy.backfill_pause_ms``.
 
 Revisions that run outside a transaction (``CREATE INDEX CONCURRENTLY`` in an
 ``autocommit_block``) are supported; when one fails, any index it left INVALID is dropped
@@ -41,13 +49,17 @@ from pytest_hokmdb.db.connect import connect
 from pytest_hokmdb.db.engine import create_engine
 from pytest_hokmdb.db.target import Target
 from pytest_hokmdb.deploy.lock import MIGRATION_KEY, NAMESPACE, Actor, DeployLock
+from pytest_hokmdb.deploy.locks import SAMPLE_INTERVAL_S, Holder, LockWatch, long_holders
 from pytest_hokmdb.migrate import alembic_config
+from pytest_hokmdb.migration.online import ATTRIBUTE as BACKFILL_ATTRIBUTE
+from pytest_hokmdb.migration.online import BackfillSettings
 from pytest_hokmdb.redaction import redact
 
 log = logging.getLogger("hokmdb.deploy.migrate")
 
 LOCK_CONFLICT_STATES = frozenset({"55P03", "40P01"})  # lock_not_available, deadlock_detected
-MONITOR_INTERVAL_S = 0.2
+MONITOR_INTERVAL_S = SAMPLE_INTERVAL_S
+HOLDER_POLL_S = 0.25
 
 
 def sqlstate_of(exc: BaseException) -> str | None:
@@ -83,11 +95,16 @@ class Budget:
     retry_budget_s: float
     max_downtime_s: float | None = None
     retry_spent_s: float = 0.0
-    in_database_s: float = 0.0  # time revisions spent inside the database (locks held or awaited)
+    in_database_s: float = 0.0  # time revisions spent inside the database (backfills included)
     lock_timeouts: int = 0
+    waited_for_holders_s: float = 0.0
+    watch: LockWatch = field(default_factory=LockWatch)  # write-blocking locks: the downtime
+
+    def downtime_s(self) -> float:
+        return self.watch.current_s(time.monotonic())
 
     def downtime_left(self) -> float | None:
-        return None if self.max_downtime_s is None else self.max_downtime_s - self.in_database_s
+        return None if self.max_downtime_s is None else self.max_downtime_s - self.downtime_s()
 
 
 class RevisionFailed(Exception):
@@ -117,6 +134,7 @@ class _AttemptState:
     pid: int | None = None
     blockers: list[str] = field(default_factory=list)
     cancelled_for_downtime: bool = False
+    lock_timeout_ms: int = 0  # the effective lock_timeout of this attempt
 
 
 _INVALID_INDEXES = """
@@ -129,7 +147,8 @@ WHERE NOT i.indisvalid AND n.nspname NOT IN ('pg_catalog', 'information_schema')
 """
 
 _BLOCKERS = """
-SELECT a.pid, coalesce(a.application_name, '') AS app, a.state, a.xact_start, left(coalesce(a.query, ''), 120) AS query
+SELECT a.pid, coalesce(a.usename::text, '?') AS role, coalesce(a.application_name, '') AS app, a.state,
+       extract(epoch FROM now() - a.xact_start)::float8 AS age_s, left(coalesce(a.query, ''), 120) AS query
 FROM pg_stat_activity a
 WHERE a.pid = ANY(pg_blocking_pids($1))
 """
@@ -158,6 +177,8 @@ class Migrator:
         base_delay_s: float,
         budget: Budget,
         on_applied: Callable[[Any, str], Any] | None = None,
+        monitor_target: Target | None = None,
+        backfill: BackfillSettings | None = None,
     ) -> None:
         self.target = target
         self.lock = lock
@@ -168,8 +189,84 @@ class Migrator:
         self.base_delay_s = base_delay_s
         self.budget = budget
         self.on_applied = on_applied
+        self.monitor_target = monitor_target
+        self.backfill = backfill or BackfillSettings()
         self.cfg = alembic_config(project_root=project_root)
         self.script = ScriptDirectory.from_config(self.cfg)
+        self._tables: dict[str, list[str]] = {}
+        self._observer: Any = None  # asyncpg connection for what the deploy role may not see
+
+    # -- what a revision touches, and who holds it -------------------------------------------------
+
+    def tables_of(self, revision: str) -> list[str]:
+        """Existing tables ``revision`` locks, read from its offline SQL (cached)."""
+        if revision not in self._tables:
+            try:
+                from pytest_hokmdb.migration.lint import MigrationLinter
+                from pytest_hokmdb.migration.lint.sql import locked_tables
+                from pytest_hokmdb.migration.settings import load_settings
+
+                sql = MigrationLinter(load_settings(self.project_root)).offline_sql(revision)
+                self._tables[revision] = locked_tables(sql)
+            except Exception as exc:  # noqa: BLE001 - the pre-flight lint already refused unrenderable revisions
+                log.warning("could not tell which tables revision %s locks (%s); not waiting for long transactions",
+                            revision, short_error(exc))
+                self._tables[revision] = []
+        return self._tables[revision]
+
+    async def _observer_conn(self) -> Any:
+        """The monitoring connection when configured (it can read every session's query), else the lock's."""
+        if self._observer is None and self.monitor_target is not None:
+            try:
+                self._observer = await connect(replace(self.monitor_target, read_only=True,
+                                                       application_name=self.actor.application_name("observe")))
+            except Exception as exc:  # noqa: BLE001 - fall back to the deploy role's view
+                log.warning("the monitoring connection failed (%s); blockers' queries may read <insufficient privilege>",
+                            short_error(exc))
+                self.monitor_target = None
+        return self._observer
+
+    async def close(self) -> None:
+        if self._observer is not None:
+            await self._observer.close()
+            self._observer = None
+
+    async def _observe(self, sql: str, *args: Any) -> list[Any]:
+        observer = await self._observer_conn()
+        return await (observer.fetch(sql, *args) if observer is not None else self.lock.fetch(sql, *args))
+
+    async def _wait_for_long_holders(self, revision: str, direction: str) -> None:
+        """Do not queue behind a transaction that has held the revision's tables for longer than
+        the lock budget: wait for it to end, within the retry budget, then give up naming it."""
+        tables = self.tables_of(revision)
+        if not tables:
+            return
+        budget = self.budget
+        older_than = max(self.lock_timeout_ms / 1000, 0.1)
+        holders: list[Holder] = []
+        while True:
+            observer = await self._observer_conn()
+            try:
+                holders = await long_holders(observer if observer is not None else self.lock.conn, tables, older_than)
+            except Exception as exc:  # noqa: BLE001 - looking is best effort; lock_timeout still bounds the wait
+                log.debug("could not look for long transactions: %s", exc)
+                return
+            if not holders:
+                return
+            if budget.retry_spent_s + HOLDER_POLL_S > budget.retry_budget_s:
+                raise RevisionFailed(
+                    revision, direction, "lock-budget",
+                    f"revision {revision} ({direction}) did not start: {holders[0].describe()} and {len(holders) - 1} "
+                    f"more held its tables longer than the lock budget ({self.lock_timeout_ms} ms) until the retry budget "
+                    f"({budget.retry_budget_s:g}s) was spent; queueing behind them would have stalled every query on "
+                    f"{', '.join(sorted({h.table for h in holders}))}",
+                    attempts=0, sqlstate=None,
+                )
+            if budget.waited_for_holders_s == 0 or int(budget.waited_for_holders_s) != int(budget.waited_for_holders_s + HOLDER_POLL_S):
+                log.warning("revision %s waits before taking its locks: %s", revision, holders[0].describe())
+            await asyncio.sleep(HOLDER_POLL_S)
+            budget.retry_spent_s += HOLDER_POLL_S
+            budget.waited_for_holders_s += HOLDER_POLL_S
 
     # -- planning ------------------------------------------------------------------------------
 
@@ -217,22 +314,26 @@ class Migrator:
             await conn.close()
         return dropped
 
-    async def _monitor(self, state: _AttemptState, deadline: float | None, revision: str) -> None:
-        """Watch the revision's session: who blocks it, and cancel it at the downtime bound."""
+    async def _monitor(self, state: _AttemptState, revision: str) -> None:
+        """Watch the revision's session: its write-blocking locks, who blocks it, and cancel
+        it at the downtime bound."""
+        watch = self.budget.watch
         while True:
             await asyncio.sleep(MONITOR_INTERVAL_S)
             if state.pid is None:
                 continue
             try:
-                rows = await self.lock.fetch(_BLOCKERS, state.pid)
+                await watch.sample(self.lock.fetch, state.pid, time.monotonic())
+                rows = await self._observe(_BLOCKERS, state.pid)
                 if rows:
                     state.blockers = [
-                        f"pid {r['pid']} ({r['app'] or 'no application_name'}, {r['state']}"
-                        + (f", transaction open since {r['xact_start'].isoformat(timespec='seconds')}" if r["xact_start"] else "")
+                        f"pid {r['pid']} (role {r['role']}, application {r['app'] or '-'}, {r['state']}"
+                        + (f", transaction open {r['age_s']:.1f}s" if r["age_s"] is not None else "")
                         + f", query: {redact(r['query'])!r})"
                         for r in rows
                     ]
-                if deadline is not None and time.monotonic() >= deadline and not state.cancelled_for_downtime:
+                left = self.budget.downtime_left()
+                if left is not None and left <= 0 and not state.cancelled_for_downtime:
                     state.cancelled_for_downtime = True
                     log.error("revision %s reached the --max-downtime bound: cancelling it (server pid %d)", revision, state.pid)
                     await self.lock.fetch("SELECT pg_cancel_backend($1)", state.pid)
@@ -244,7 +345,6 @@ class Migrator:
     async def _attempt(self, direction: str, destination: str, revision: str, state: _AttemptState) -> None:
         lock_timeout_ms = self.lock_timeout_ms
         left = self.budget.downtime_left()
-        deadline: float | None = None
         if left is not None:
             if left <= 0:
                 raise RevisionFailed(
@@ -254,7 +354,7 @@ class Migrator:
                 )
             clip = max(1, int(left * 1000))
             lock_timeout_ms = min(lock_timeout_ms, clip) if lock_timeout_ms > 0 else clip
-            deadline = time.monotonic() + left
+        state.lock_timeout_ms = lock_timeout_ms
         target = replace(
             self.target,
             lock_timeout_ms=lock_timeout_ms,
@@ -275,12 +375,14 @@ class Migrator:
                 await conn.exec_driver_sql(f"SELECT pg_advisory_lock_shared({NAMESPACE}, {MIGRATION_KEY})")
                 state.pid = (await conn.exec_driver_sql("SELECT pg_backend_pid()")).scalar()
                 await conn.commit()
-                monitor = asyncio.create_task(self._monitor(state, deadline, revision))
+                monitor = asyncio.create_task(self._monitor(state, revision))
                 cfg = alembic_config(project_root=self.project_root)
+                cfg.attributes[BACKFILL_ATTRIBUTE] = self.backfill
                 started = time.monotonic()
                 await conn.run_sync(_run_alembic, cfg, direction, destination)
         finally:
             self.budget.in_database_s += time.monotonic() - started
+            self.budget.watch.finish(time.monotonic())
             if monitor is not None:
                 monitor.cancel()
                 try:
@@ -296,6 +398,7 @@ class Migrator:
         attempts = 0
         lock_timeouts = 0
         last_blockers: list[str] = []
+        effective_ms = self.lock_timeout_ms
         started = time.monotonic()
         lock_timeout_s = self.lock_timeout_ms / 1000
 
@@ -327,6 +430,7 @@ class Migrator:
             async for attempt in retrying:
                 with attempt:
                     attempts += 1
+                    await self._wait_for_long_holders(revision, direction)
                     before = set(await self._invalid_indexes())
                     state = _AttemptState()
                     t0 = time.monotonic()
@@ -334,12 +438,14 @@ class Migrator:
                         await self._attempt(direction, destination, revision, state)
                     except BaseException as exc:
                         last_blockers = state.blockers or last_blockers
+                        effective_ms = state.lock_timeout_ms or effective_ms
                         await self._drop_new_invalid_indexes(before, revision)
                         if state.cancelled_for_downtime:
                             raise RevisionFailed(
                                 revision, direction, "downtime",
-                                f"revision {revision} was cancelled at the --max-downtime bound "
-                                f"({budget.max_downtime_s:g}s of time inside the database used)",
+                                f"revision {revision} was cancelled at the --max-downtime bound: the deploy held or awaited "
+                                f"locks that block the game's writes for {budget.downtime_s():.1f}s of "
+                                f"{budget.max_downtime_s:g}s ({budget.watch.summary()})",
                                 attempts=attempts, sqlstate=sqlstate_of(exc),
                             ) from exc
                         if is_lock_conflict(exc):
@@ -355,8 +461,9 @@ class Migrator:
                 who = f"; blocked by {'; '.join(last_blockers)}" if last_blockers else ""
                 raise RevisionFailed(
                     revision, direction, "lock-budget",
-                    f"revision {revision} ({direction}) could not get its locks: {attempts} attempt(s) hit lock_timeout "
-                    f"({self.lock_timeout_ms} ms) and the retry budget ({budget.retry_budget_s:g}s) is spent{who}",
+                    f"revision {revision} ({direction}) could not get its locks: {attempts} attempt(s) hit the "
+                    f"deploy's lock_timeout ({effective_ms} ms) and the retry budget ({budget.retry_budget_s:g}s) is "
+                    f"spent{who}",
                     attempts=attempts, sqlstate=state_code,
                 ) from exc
             raise RevisionFailed(

@@ -29,6 +29,7 @@ from pytest_hokmdb.deploy.runner import Budget, Migrator, RevisionFailed
 from pytest_hokmdb.errors import ConfigError, ExitCode, HokmdbError
 from pytest_hokmdb.gate import GateResult, run_gate
 from pytest_hokmdb.migrate import alembic_config, current_revision
+from pytest_hokmdb.migration.online import BackfillSettings
 from pytest_hokmdb.redaction import RedactingFilter, redact
 
 log = logging.getLogger("hokmdb.deploy")
@@ -69,6 +70,8 @@ class Outcome:
     duration_s: float = 0.0
     notification_problems: list[str] = field(default_factory=list)
     sql: dict[str, str] = field(default_factory=dict)
+    # table -> the longest time (s) the migration held it under a lock that blocks writes
+    longest_locks: dict[str, float] = field(default_factory=dict)
 
     @property
     def result(self) -> str:
@@ -153,6 +156,17 @@ class DeploySession:
         # production): recorded in hokmdb_deploy_history so nobody later mistakes the deploy
         # for a verified one.
         self.unverified: list[str] = []
+        # The monitoring connection's target: the migrator names blockers through it.
+        self.monitor_target: Target | None = None
+
+    async def find_monitor(self) -> None:
+        """Resolve the monitoring connection (None when the environment has none)."""
+        from pytest_hokmdb.db.resolve import resolve_monitor_target
+
+        try:
+            self.monitor_target = await resolve_monitor_target(self.loaded, self.target)
+        except HokmdbError as exc:
+            log.warning("no monitoring connection (%s); blockers' queries may read <insufficient privilege>", exc.message)
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
@@ -213,6 +227,8 @@ class DeploySession:
             statement_timeout_ms=deploy.migration_statement_timeout_ms,
             base_delay_s=deploy.lock_retry_base_delay_s,
             budget=Budget(retry_budget_s=deploy.lock_retry_budget_s, max_downtime_s=max_downtime_s),
+            monitor_target=self.monitor_target,
+            backfill=BackfillSettings(deploy.backfill_batch_size, deploy.backfill_pause_ms, deploy.backfill_max_batch_ms),
         )
 
     async def start_history(self, *, from_revision: str | None, to_revision: str | None, options: dict[str, object]) -> None:
@@ -240,26 +256,51 @@ class DeploySession:
 
     # -- applying and reverting -------------------------------------------------------------------
 
+    async def table_stats(self) -> dict[int, Any]:
+        """Per-table counters before a migration or rollback, for ``tidy`` to compare with."""
+        from pytest_hokmdb.deploy.cleanup import table_stats
+
+        try:
+            return await table_stats(self.target)
+        except Exception as exc:  # noqa: BLE001 - without them tidy vacuums what is churned now
+            log.warning("could not read table statistics before migrating: %s", redact(str(exc)))
+            return {}
+
+    async def tidy(self, before: dict[int, Any]) -> None:
+        """Step "vacuum": VACUUM (ANALYZE) / ANALYZE exactly the tables the migration churned,
+        so the gate judges the database, not the migration's dead rows (deploy.cleanup)."""
+        from pytest_hokmdb.deploy.cleanup import tidy
+
+        async with self.step("vacuum") as info:
+            info["detail"] = await tidy(self.target, before, lock_timeout_ms=self.config.database.lock_timeout_ms)
+
     async def apply(self, migrator: Migrator, revisions: list[Any], applied: list[str]) -> list[str]:
         """Apply ``revisions`` in order; record each one's checksum as it lands; ids land in ``applied``."""
-        for rev in revisions:
-            await self.lock.ensure_held()
-            await migrator.run_step("upgrade", rev.revision, rev.revision)
-            applied.append(rev.revision)
-            async with self.lock._use:
-                await history.record_revision(
-                    self.lock.conn, rev.revision, history.file_sha256(rev.path), Path(rev.path).name, how="applied", deploy_id=self.run_id,
-                )
+        try:
+            for rev in revisions:
+                await self.lock.ensure_held()
+                await migrator.run_step("upgrade", rev.revision, rev.revision)
+                applied.append(rev.revision)
+                async with self.lock._use:
+                    await history.record_revision(
+                        self.lock.conn, rev.revision, history.file_sha256(rev.path), Path(rev.path).name, how="applied",
+                        deploy_id=self.run_id,
+                    )
+        finally:
+            await migrator.close()
         return applied
 
     async def revert(self, migrator: Migrator, current: str | None, destination: str | None) -> list[str]:
         reverted: list[str] = []
-        for rev, below in migrator.downgrade_path(current, destination):
-            await self.lock.ensure_held()
-            await migrator.run_step("downgrade", rev.revision, below)
-            reverted.append(rev.revision)
-            async with self.lock._use:
-                await history.forget_revision(self.lock.conn, rev.revision)
+        try:
+            for rev, below in migrator.downgrade_path(current, destination):
+                await self.lock.ensure_held()
+                await migrator.run_step("downgrade", rev.revision, below)
+                reverted.append(rev.revision)
+                async with self.lock._use:
+                    await history.forget_revision(self.lock.conn, rev.revision)
+        finally:
+            await migrator.close()
         return reverted
 
     # -- the gate ---------------------------------------------------------------------------------
@@ -301,6 +342,7 @@ class DeploySession:
         async with self.step("rollback") as info:
             try:
                 current = await self.current_revision()
+                before = await self.table_stats()
                 reverted = await self.revert(self.migrator(max_downtime_s=None), current, start)
                 now = await self.current_revision()
                 if now != start:
@@ -312,6 +354,7 @@ class DeploySession:
                 info["detail"] = f"downgrade failed: {getattr(exc, 'message', exc)}"
                 log.error("downgrade to %s failed: %s", start, getattr(exc, "message", exc))
         if downgraded:
+            await self.tidy(before)
             async with self.step("gate-after-rollback") as info:
                 ok, summary = await self.gate(start, suites, "after rollback")
                 info["detail"] = summary

@@ -283,6 +283,7 @@ async def migrate(session: DeploySession, options: DeployOptions, plan: Plan, ou
     config = session.config
     max_downtime = options.max_downtime_s if options.max_downtime_s is not None else config.deploy.max_downtime_s
     migrator = session.migrator(max_downtime_s=max_downtime)
+    before = await session.table_stats() if plan.pending else {}
     async with session.step("migrate") as info:
         if not plan.pending:
             info["detail"] = f"already at {plan.target}; nothing to apply"
@@ -303,9 +304,15 @@ async def migrate(session: DeploySession, options: DeployOptions, plan: Plan, ou
                 f"{plan.start or 'empty'} -> {' -> '.join(plan.applied) or '(none)'}"
                 + (f"; FAILED: {plan.failure}" if plan.failure else "")
                 + f"; {b.lock_timeouts} lock timeout(s), {b.retry_spent_s:.1f}s of {b.retry_budget_s:g}s retry budget"
-                + (f", {b.in_database_s:.1f}s of {b.max_downtime_s:g}s max downtime" if b.max_downtime_s is not None else f", {b.in_database_s:.1f}s inside the database")
+                + (f" ({b.waited_for_holders_s:.1f}s waiting for long transactions)" if b.waited_for_holders_s else "")
+                + f"; {b.in_database_s:.1f}s inside the database, {b.downtime_s():.2f}s holding locks that block writes"
+                + (f" of {b.max_downtime_s:g}s max downtime" if b.max_downtime_s is not None else "")
+                + f"; {b.watch.summary()}"
             )
+            outcome.longest_locks = {t: round(sec, 3) for t, (sec, _mode) in b.watch.longest.items()}
     outcome.final_revision = await session.current_revision()
+    if plan.applied and plan.failure is None:
+        await session.tidy(before)
 
 
 # -- 7. gate ---------------------------------------------------------------------------------------

@@ -332,3 +332,18 @@ def _analyse(sql: str, version_table: str = VERSION_TABLE) -> _ScriptFacts:
             unprotected.append(_Lock(stmt, tuple(tables)))
     leaked = sorted(name for name, on in timeouts.session.items() if on)
     return _ScriptFacts(statements, has_tx, concurrent_in_tx, unprotected, leaked, bookkeeping, timeouts.settings)
+
+
+def locked_tables(sql: str, version_table: str = VERSION_TABLE) -> list[str]:
+    """Existing tables the offline SQL of a revision locks, in order of first use (indexes
+    named without their table are left out): what the deploy looks at before it asks."""
+    created_tables: set[str] = set()
+    created_indexes: set[str] = set()
+    seen: list[str] = []
+    for stmt in split_statements(sql):
+        if _BEGIN.match(stmt.normalized) or _END.match(stmt.normalized) or _is_bookkeeping(stmt, version_table):
+            continue
+        for table in _locked_tables(stmt, created_tables, created_indexes, version_table):
+            if not table.startswith("index ") and table not in seen:
+                seen.append(table.rpartition(".")[2])
+    return seen

@@ -45,6 +45,7 @@ from hokm_profile.invariants.sql import (
     sql_11,
 )
 from pytest_hokmdb.checks.base import CheckContext, CheckFunction, CheckResult, check
+from pytest_hokmdb.checks.performance import revision_includes
 
 __all__ = ["CHECKS", "INVARIANTS", "INVARIANTS_BY_NUMBER", "Invariant", "InvariantResult", "run_all"]
 
@@ -52,6 +53,9 @@ __all__ = ["CHECKS", "INVARIANTS", "INVARIANTS_BY_NUMBER", "Invariant", "Invaria
 def _static(sql: str) -> Callable[[bool], str]:
     return lambda _windowed: sql
 
+
+# Invariants 5-7 read moves.card_suit/card_rank: added by 0005, filled for every row by 0006.
+CARDS_SINCE = "0006"
 
 INVARIANTS: list[Invariant] = [
     Invariant(
@@ -84,14 +88,14 @@ INVARIANTS: list[Invariant] = [
         f"In one hand each of the {rules.DECK_SIZE} cards is played at most once; each trick has exactly "
         f"{rules.PLAYERS_PER_GAME} cards from {rules.PLAYERS_PER_GAME} different players and tricks are "
         "numbered 1..n; only the last trick of an active or abandoned game may be unfinished.",
-        "game", "has an invalid hand", _static(SQL_5),
+        "game", "has an invalid hand", _static(SQL_5), since=CARDS_SINCE,
     ),
     Invariant(
         6, "trump-choice", "One trump choice per hand, by its hakem",
         "Exactly one trump_selection (trick 0) per hand, before the hand's first card, made by the hand's "
         "hakem: the game's hakem in hand 1, then the same hakem if his team won the previous hand, else the "
         "next seat; the hakem leads trick 1. Hands are numbered 1..n.",
-        "game", "has a wrong trump choice", _static(SQL_6),
+        "game", "has a wrong trump choice", _static(SQL_6), since=CARDS_SINCE,
     ),
     Invariant(
         7, "hand-result", "Hands end at seven tricks",
@@ -99,7 +103,7 @@ INVARIANTS: list[Invariant] = [
         f"hand but the current one of an active or abandoned game ends with a team at {SEVEN}; the game's "
         f"scores are the points of those hands ({rules.POINTS_HAND_WIN}, kot {rules.POINTS_KOT}, kot against "
         f"the hakem's team {rules.POINTS_KOT_AGAINST_HAKEM}), each credited to the team that reached {SEVEN}.",
-        "game", "has a wrong hand result", _static(SQL_7),
+        "game", "has a wrong hand result", _static(SQL_7), since=CARDS_SINCE,
     ),
     Invariant(
         8, "hakem-participant", "The hakem sits in the game",
@@ -145,6 +149,16 @@ def _as_check(invariant: Invariant) -> CheckFunction:
     """Wrap an invariant as a smoke check reading its window and sample size from the context."""
 
     async def run_invariant(ctx: CheckContext) -> CheckResult:
+        if invariant.since is not None:
+            held = ctx.target_revision
+            included = revision_includes(ctx.project_root, held, invariant.since)
+            if included is None:
+                return CheckResult.failed(f"invariant {invariant.number} ({invariant.name}): since {invariant.since!r} is "
+                                          "not a revision of this code's migration history")
+            if not included:
+                return CheckResult.passed(
+                    f"invariant {invariant.number} ({invariant.name}) does not apply: the database is held to {held}, "
+                    f"before revision {invariant.since} fills what it reads")
         result = await invariant.run(
             ctx.conn, window=ctx.window, sample_limit=ctx.settings.integrity_sample, max_games=ctx.settings.integrity_max_games
         )

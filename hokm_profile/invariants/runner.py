@@ -40,6 +40,9 @@ class Invariant:
     noun: str  # what the offending ids identify ("game", "player", "row")
     problem: str  # "... <problem>: <noun> ids ..." in the failure message
     sql: Callable[[bool], str]
+    # The revision from which what the SQL reads exists and is filled: a database held to an
+    # older one (after a rollback or a restore) is not judged by this invariant.
+    since: str | None = None
 
     def query(self, windowed: bool) -> str:
         return self._query(windowed).replace("__MOVES_OF_G__", moves_of_g(windowed))

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from pytest_hokmdb.db import connect
@@ -73,8 +74,8 @@ async def preflight(session: DeploySession, options: DeployOptions, outcome: Out
         await session.start_history(from_revision=start, to_revision=target_rev, options=options.recorded())
         notes: list[str] = [f"at {start or 'empty'}, target {target_rev}"]
         notes.append(await _verify_applied_files(session, start, force))
-        notes.append(await _require_no_drift(session, start, force))
         pending = session.migrator(max_downtime_s=None).upgrade_path(start, target_rev) if start != target_rev else []
+        notes.append(await _require_no_drift(session, start, force, pending[0] if pending else None))
         notes.append(_require_lint(session, pending, force))
         info["detail"] = "; ".join(notes)
     return Plan(start, target_rev, pending)
@@ -100,8 +101,69 @@ async def _verify_applied_files(session: DeploySession, start: str | None, force
             + (f", {len(unrecorded)} recorded for the first time" if unrecorded else ""))
 
 
-async def _require_no_drift(session: DeploySession, start: str | None, force: bool) -> str:
+def _unexpected_key(item: str) -> str | None:
+    """``section key`` of a drift item that reports something the reference does not have."""
+    return item.removeprefix("unexpected ").split(":", 1)[0] if item.startswith("unexpected ") else None
+
+
+def _can_leave_partial_state(script: Any) -> bool:
+    """Only a revision with work outside its transaction (an autocommit block, an online
+    backfill) can be cut off half-way; a transactional one is all or nothing."""
+    try:
+        source = Path(script.path).read_text()
+    except OSError:
+        return False
+    return "autocommit_block" in source or "backfill(" in source
+
+
+async def _own_leftovers(session: DeploySession, drift_items: list[str], nxt: Any) -> tuple[list[str], str]:
+    """Drift that is the next revision's own, left by a run of it that was killed before it
+    was recorded: objects it creates (a backfill's trigger, a concurrent build's index).
+    Returns (those items, a note); its INVALID indexes are dropped, as its re-run builds them."""
+    if nxt is None or not _can_leave_partial_state(nxt):
+        return [], ""
+    ahead = await check_drift(session.target, session.loaded.project_root, session.script, nxt.revision)
+    if not ahead.checked:
+        return [], ""
+    unexpected_ahead = {_unexpected_key(i) for i in ahead.items} - {None}
+    theirs = [i for i in drift_items if (key := _unexpected_key(i)) is not None and key not in unexpected_ahead]
+    if not theirs:
+        return [], ""
+    dropped = await _drop_invalid_leftovers(session, theirs)
+    for item in theirs:
+        log.warning("pre-flight: %s is a leftover of revision %s, which was interrupted before it was recorded; "
+                    "it runs again from the start", item, nxt.revision)
+    note = (f"{len(theirs)} leftover(s) of revision {nxt.revision}'s interrupted run accepted (it runs again)"
+            + (f", INVALID index(es) dropped: {', '.join(dropped)}" if dropped else ""))
+    return theirs, note
+
+
+async def _drop_invalid_leftovers(session: DeploySession, items: list[str]) -> list[str]:
+    """DROP INDEX CONCURRENTLY the INVALID indexes among ``items`` (a killed concurrent build's)."""
+    conn = await connect(replace(session.target, read_only=False, statement_timeout_ms=0))
+    dropped: list[str] = []
+    try:
+        rows = await conn.fetch(
+            "SELECT format('%I.%I', n.nspname, c.relname) AS qualified, n.nspname || '.' || c.relname AS name "
+            "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE NOT i.indisvalid AND NOT EXISTS (SELECT 1 FROM pg_stat_progress_create_index p WHERE p.index_relid = i.indexrelid)"
+        )
+        for row in rows:
+            if any(item.startswith(f"unexpected index {row['name']}:") for item in items):
+                await conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {row['qualified']}")
+                log.warning("pre-flight: dropped INVALID index %s, left by a killed CREATE INDEX CONCURRENTLY", row["name"])
+                dropped.append(row["name"])
+    finally:
+        await conn.close()
+    return dropped
+
+
+async def _require_no_drift(session: DeploySession, start: str | None, force: bool, nxt: Any = None) -> str:
     drift = await check_drift(session.target, session.loaded.project_root, session.script, start)
+    leftovers_note = ""
+    if drift.checked and drift.items:
+        theirs, leftovers_note = await _own_leftovers(session, drift.items, nxt)
+        drift.items = [i for i in drift.items if i not in theirs]
     if drift.checked and drift.items:
         for item in drift.items:
             log.error("pre-flight drift: %s", item)
@@ -123,8 +185,9 @@ async def _require_no_drift(session: DeploySession, start: str | None, force: bo
             )
         log.warning("--force: deploying without a drift check")
         session.unverified.append(f"drift check could not run ({drift.reason})")
-    return (f"schema matches {drift.reference}" if drift.checked and not drift.items else
-            f"drift check FORCED past: {drift.reason}" if not drift.checked else f"{len(drift.items)} drift item(s) forced")
+    verdict = (f"schema matches {drift.reference}" if drift.checked and not drift.items else
+               f"drift check FORCED past: {drift.reason}" if not drift.checked else f"{len(drift.items)} drift item(s) forced")
+    return verdict + (f" ({leftovers_note})" if leftovers_note else "")
 
 
 def _require_lint(session: DeploySession, pending: list[Any], force: bool) -> str:

@@ -449,3 +449,31 @@ def test_the_deploy_lints_against_its_own_environment_s_budget(tmp_path: Path) -
     assert "raises-timeout" not in rules(linter.lint("r02")), linter.lint("r02").report()
     strict = MigrationLinter(load_settings(tmp_path), budgets=(500, 0))
     assert "above the deploy's 500 ms" in strict.lint("r02").failure_message()
+
+
+UNBATCHED = [
+    HISTORY[0],
+    ("r02", "The old way: rewrite every row inside the revision.", "",
+     '    op.add_column("accounts", sa.Column("domain", sa.Text, nullable=True))\n'
+     "    op.execute(\"UPDATE accounts SET domain = split_part(email, '@', 2)\")"),
+    ("r03", "The online way: the same change as a batched backfill.",
+     "from pytest_hokmdb.migration.online import backfill\n",
+     "    backfill(\"accounts\", set_=\"domain = split_part(email, '@', 2)\", where=\"domain IS NULL\")"),
+    ("r04", "A table this revision creates may be filled in place: nobody else sees it yet.", "",
+     '    op.create_table("domains", sa.Column("name", sa.Text, primary_key=True))\n'
+     "    op.execute(\"INSERT INTO domains SELECT DISTINCT domain FROM accounts WHERE domain IS NOT NULL\")\n"
+     "    op.execute(\"UPDATE domains SET name = lower(name)\")"),
+]
+
+
+def test_a_data_change_inside_a_revision_is_refused_and_the_online_way_is_named(tmp_path: Path) -> None:
+    """What the old revision 0005 did (UPDATE every row of moves in its transaction) is what
+    the benchmark showed stalling the game; the lint now stops it before the deploy starts."""
+    results = lint_project(make_project(tmp_path, history=UNBATCHED, require_lock_timeout=False))
+    assert_fails_for(results["r02"], "unbatched-data-change")
+    message = results["r02"].failure_message()
+    assert "changes the rows of existing table accounts in one statement inside the revision" in message
+    assert "backfill(table, set_=..., where=<rows that still need it>) from pytest_hokmdb.migration.online" in message
+    assert "unbatched-data-change" not in rules(results["r03"]), results["r03"].report()
+    assert "-- hokmdb:backfill accounts: run online in batches of 1000 rows" in results["r03"].sql
+    assert "unbatched-data-change" not in rules(results["r04"]), results["r04"].report()

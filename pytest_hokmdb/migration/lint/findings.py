@@ -16,6 +16,7 @@ MIN_REASON_WORDS = 3
 CONCURRENTLY_RULE = "concurrently-outside-autocommit-block"
 LOCK_TIMEOUT_RULE = "require-lock-timeout"
 RAISES_TIMEOUT_RULE = "raises-timeout"
+UNBATCHED_RULE = "unbatched-data-change"
 TIMEOUT_LEAK_RULE = "lock-timeout-not-reset"
 WAIVER_RULE = "waiver-without-reason"
 OFFLINE_RULE = "offline-sql-unavailable"

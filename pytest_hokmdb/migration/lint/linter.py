@@ -19,6 +19,7 @@ from pytest_hokmdb.migration.lint.findings import (
     RAISES_TIMEOUT_RULE,
     SUPERSEDED_SQUAWK_RULES,
     TIMEOUT_LEAK_RULE,
+    UNBATCHED_RULE,
     VERSION_TABLE,
     WAIVER_RULE,
     Finding,
@@ -246,6 +247,23 @@ class MigrationLinter:
                     f"begin upgrade() with op.execute(\"SET LOCAL lock_timeout = '{self.policy.max_lock_timeout_ms or 1000:g}ms'\") "
                     "(in an autocommit block: SET lock_timeout ... then RESET lock_timeout), no more than the "
                     "deploy's own; deploys by hokmdb set it for every statement",
+                )
+            )
+
+        for change in facts.unbatched_changes:
+            table = change.tables[0]
+            findings.append(
+                self._finding(
+                    revision,
+                    UNBATCHED_RULE,
+                    f"changes the rows of existing table {table} in one statement inside the revision: every row it "
+                    "touches stays locked until the revision commits (with any ACCESS EXCLUSIVE lock the revision took), "
+                    "which on a table of game size stalls the game for as long as the whole table takes",
+                    where(change.statement.start_line),
+                    "make it an online backfill in a revision of its own: backfill(table, set_=..., where=<rows that "
+                    "still need it>) from pytest_hokmdb.migration.online, committed in batches, after an expand "
+                    "revision (nullable columns, a trigger for new writes) and before a contract revision "
+                    "(README \"Writing an online revision\")",
                 )
             )
 

@@ -119,6 +119,8 @@ _CREATE_INDEX = re.compile(
 )
 _REFERENCES = re.compile(rf"\bREFERENCES\s+({_QUALIFIED})", re.IGNORECASE)
 _PARTITION_OF = re.compile(rf"\bPARTITION\s+OF\s+({_QUALIFIED})", re.IGNORECASE)
+_DATA_CHANGE = re.compile(rf"^(?:UPDATE|DELETE\s+FROM)\s+(?:ONLY\s+)?({_QUALIFIED})", re.IGNORECASE)
+BACKFILL_MARKER = "-- hokmdb:backfill"  # pytest_hokmdb.migration.online renders its UPDATE after this line
 _TABLE_TARGET = re.compile(
     rf"^(?:ALTER\s+TABLE(?:\s+IF\s+EXISTS)?|UPDATE|DELETE\s+FROM|TRUNCATE(?:\s+TABLE)?|LOCK(?:\s+TABLE)?"
     rf"|VACUUM\s+FULL|CLUSTER)\s+(?:ONLY\s+)?({_QUALIFIED})",
@@ -299,10 +301,18 @@ class _ScriptFacts:
     leaked_timeouts: list[str]
     bookkeeping_lines: set[int]
     timeout_settings: list[TimeoutSetting] = field(default_factory=list)
+    unbatched_changes: list[_Lock] = field(default_factory=list)
+
+
+def _after_marker(lines: list[str], stmt: Statement) -> bool:
+    before = stmt.start_line - 2
+    return 0 <= before < len(lines) and lines[before].strip().startswith(BACKFILL_MARKER)
 
 
 def _analyse(sql: str, version_table: str = VERSION_TABLE) -> _ScriptFacts:
     statements = split_statements(sql)
+    lines = sql.splitlines()
+    unbatched: list[_Lock] = []
     in_transaction = False
     has_tx = False
     timeouts = _Timeouts()
@@ -330,8 +340,11 @@ def _analyse(sql: str, version_table: str = VERSION_TABLE) -> _ScriptFacts:
         tables = _locked_tables(stmt, created_tables, created_indexes, version_table)
         if tables and not timeouts.active("lock_timeout"):
             unprotected.append(_Lock(stmt, tuple(tables)))
+        if (m := _DATA_CHANGE.match(text)) and _name(m.group(1)) in tables and not _after_marker(lines, stmt):
+            unbatched.append(_Lock(stmt, (_name(m.group(1)),)))
     leaked = sorted(name for name, on in timeouts.session.items() if on)
-    return _ScriptFacts(statements, has_tx, concurrent_in_tx, unprotected, leaked, bookkeeping, timeouts.settings)
+    return _ScriptFacts(statements, has_tx, concurrent_in_tx, unprotected, leaked, bookkeeping, timeouts.settings,
+                        unbatched)
 
 
 def locked_tables(sql: str, version_table: str = VERSION_TABLE) -> list[str]:

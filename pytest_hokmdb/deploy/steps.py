@@ -46,6 +46,9 @@ class Plan:
     pending: list[Any]
     applied: list[str] = field(default_factory=list)
     failure: str | None = None  # why step 6 or 7 failed: step 8 recovers
+    # Why a rollback of the pending revisions could not be done online: then step 4 requires a
+    # verified backup (or a restore point), so a failed deploy is never stranded between revisions.
+    undo_problems: list[str] = field(default_factory=list)
 
 
 # -- 3. pre-flight -----------------------------------------------------------------------------
@@ -77,8 +80,11 @@ async def preflight(session: DeploySession, options: DeployOptions, outcome: Out
         pending = session.migrator(max_downtime_s=None).upgrade_path(start, target_rev) if start != target_rev else []
         notes.append(await _require_no_drift(session, start, force, pending[0] if pending else None))
         notes.append(_require_lint(session, pending, force))
+        undo = undo_problems(session, [r.revision for r in pending])
+        if undo:
+            notes.append(f"{len(undo)} revision(s) cannot be undone online, so a verified backup is required")
         info["detail"] = "; ".join(notes)
-    return Plan(start, target_rev, pending)
+    return Plan(start, target_rev, pending, undo_problems=undo)
 
 
 async def _verify_applied_files(session: DeploySession, start: str | None, force: bool) -> str:
@@ -240,6 +246,20 @@ def lint_pending(session: DeploySession, revisions: list[str]) -> tuple[list[str
     return errors, warnings, None
 
 
+def undo_problems(session: DeploySession, revisions: list[str]) -> list[str]:
+    """Why a rollback of ``revisions`` could not be done online (see MigrationLinter.undo_problems)."""
+    if not revisions:
+        return []
+    try:
+        from pytest_hokmdb.migration.lint import LintError, MigrationLinter
+        from pytest_hokmdb.migration.settings import load_settings
+
+        linter = MigrationLinter(load_settings(session.loaded.project_root))
+    except (ImportError, LintError):
+        return []  # the pre-flight lint already refused a deploy whose lint cannot run
+    return [problem for revision in revisions for problem in linter.undo_problems(revision)]
+
+
 def is_ancestor(session: DeploySession, current: str | None, target: str) -> bool:
     if current is None or current == target:
         return current != target
@@ -255,6 +275,15 @@ def is_ancestor(session: DeploySession, current: str | None, target: str) -> boo
 async def backup(session: DeploySession, options: DeployOptions, plan: Plan) -> None:
     """A verified backup when asked or required (exit 7 without one); nothing to undo."""
     want_backup, why = backup_wanted(session.loaded, options)
+    if plan.undo_problems and session.config.physical is None and not want_backup:
+        reasons = "; ".join(plan.undo_problems)
+        if options.skip_backup and not options.force:
+            raise Refused(
+                f"--skip-backup, but a failed deploy could not be rolled back online: {reasons}",
+                hint="deploy with a backup (drop --skip-backup); outside production, --force deploys without one",
+            )
+        if not options.skip_backup:
+            want_backup, why = True, f"required: a failed deploy could not be rolled back online ({reasons})"
     if not plan.pending:
         want_backup, why = False, "nothing to migrate"
     async with session.step("backup") as info:
@@ -264,7 +293,8 @@ async def backup(session: DeploySession, options: DeployOptions, plan: Plan) -> 
             try:
                 session.backup = await take_verified_backup(session.loaded, session.target, deploy_id=session.run_id)
             except HokmdbError as exc:
-                raise StepFailed(f"no verified backup, so no deploy: {exc.message}", ExitCode.BACKUP_ERROR, hint=exc.hint) from None
+                raise StepFailed(f"no verified backup, so no deploy: {exc.message} (a backup is {why})", ExitCode.BACKUP_ERROR,
+                                 hint=exc.hint) from None
             info["detail"] = f"backup {session.backup.id} verified ({why}) at {redact(str(session.backup.location))}"
         else:
             info["status"] = "skipped"

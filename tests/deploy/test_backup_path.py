@@ -63,3 +63,33 @@ async def test_backup_before_deploy_then_retention_after_success(deploy_env_fact
     assert steps["backup-retention"].detail.startswith("retention 1 days: 0 old backup(s) deleted")
     manifests = list((tmp_path / "backups").rglob("*.manifest.json"))
     assert len(manifests) == 1 and '"alembic_revision": "0008"' in manifests[0].read_text()
+
+
+UNDO_NOT_ONLINE = (
+    "0009", "A column whose downgrade first rewrites every player in one statement.",
+    'op.add_column("players", sa.Column("nickname", sa.Text, nullable=True))',
+    "op.execute(\"UPDATE players SET display_name = coalesce(nickname, display_name)\")\n"
+    'op.drop_column("players", "nickname")',
+)
+
+
+async def test_a_revision_whose_undo_cannot_run_online_requires_a_verified_backup(deploy_env_factory, project_factory, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Never strand a database between revisions: when rolling a revision back would rewrite a
+    table inside a transaction, the deploy takes a verified backup first, and says why; without
+    one (here: no encryption key) it does not start."""
+    monkeypatch.delenv("BACKUP_ENCRYPTION_KEY", raising=False)
+    env: DeployEnv = deploy_env_factory(deploy__gate_suites=[])
+    env.use_project(project_factory([UNDO_NOT_ONLINE]))
+    outcome = await run_deploy(DeployOptions("testing", str(env.config_dir)))
+    assert outcome.exit_code == ExitCode.BACKUP_ERROR, outcome.message
+    preflight = next(s for s in outcome.steps if s.name == "pre-flight")
+    assert "1 revision(s) cannot be undone online, so a verified backup is required" in preflight.detail
+    assert "no verified backup, so no deploy" in outcome.message
+    assert "(a backup is required: a failed deploy could not be rolled back online (revision 0009's downgrade" in outcome.message
+    assert "migrate" not in [s.name for s in outcome.steps]
+    assert await env.revision() == "0008"
+
+    skipped = await run_deploy(DeployOptions("testing", str(env.config_dir), skip_backup=True))
+    assert skipped.exit_code == ExitCode.REFUSED, skipped.message
+    assert "--skip-backup, but a failed deploy could not be rolled back online" in skipped.message
+    assert "revision 0009's downgrade changes the rows of players in one statement inside its transaction" in skipped.message

@@ -127,6 +127,45 @@ class MigrationLinter:
             self._version_table = env.get_context().version_table or VERSION_TABLE
         return buffer.getvalue()
 
+    def offline_downgrade_sql(self, revision: str) -> str:
+        """``alembic downgrade <revision>:<parent> --sql``: what undoing ``revision`` runs."""
+        script = self.script
+        rev = script.get_revision(revision)
+        if rev is None:
+            raise ConfigError(f"revision {revision} is not in the alembic history")
+        parents = _parents(rev)
+        if len(parents) > 1:
+            raise ConfigError(f"revision {revision} is a merge point; undo its branches one by one")
+        below = parents[0] if parents else "base"
+        buffer = io.StringIO()
+        cfg = self.config(output_buffer=buffer)
+
+        def steps(_heads: Any, _context: Any) -> Any:
+            return script._downgrade_revs(below, rev.revision)
+
+        with EnvironmentContext(
+            cfg, script, fn=steps, as_sql=True, starting_rev=rev.revision, destination_rev=below, tag=None
+        ):
+            script.run_env()
+        return buffer.getvalue()
+
+    def undo_problems(self, revision: str) -> list[str]:
+        """Why undoing ``revision`` could not be done online (empty: it can): declared
+        irreversible, not renderable, or a data change inside the downgrade's transaction."""
+        if revision in self.settings.irreversible:
+            return [f"revision {revision} is declared irreversible ([tool.hokmdb.migrations] irreversible)"]
+        try:
+            sql = self.offline_downgrade_sql(revision)
+        except Exception as exc:  # noqa: BLE001 - a downgrade that cannot even be rendered is no safety net
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return [f"revision {revision}'s downgrade cannot be rendered to check it ({first})"]
+        facts = _analyse(sql, self._version_table)
+        return [
+            f"revision {revision}'s downgrade changes the rows of {c.tables[0]} in one statement inside its transaction "
+            f"({c.statement.snippet(70)})"
+            for c in facts.unbatched_changes
+        ]
+
     # -- linting
 
     def lint(self, revision: str) -> RevisionLint:

@@ -140,23 +140,30 @@ async def test_a_gate_failure_after_a_good_migration_downgrades_and_gates_again(
     assert await env.revision() == "0008"
 
 
+LOCKER = ("0009", "Needs players exclusively for a moment.", "op.execute('LOCK TABLE players IN ACCESS EXCLUSIVE MODE')", "pass")
+
+
+async def _read_players_until(game: asyncpg.Connection, stop: asyncio.Event, stalls: list[float]) -> None:
+    """The game reading a player in a loop; each read's time goes to ``stalls``."""
+    while not stop.is_set():
+        t0 = time.monotonic()
+        await game.fetchval("SELECT rating FROM players WHERE id = (SELECT min(id) FROM players)")
+        stalls.append(time.monotonic() - t0)
+        await asyncio.sleep(0.02)
+
+
 async def test_a_migration_blocked_by_a_long_transaction_retries_then_gives_up_within_the_budget(deploy_env_factory, project_factory) -> None:  # type: ignore[no-untyped-def]
     lock_timeout_ms, budget = 300, 2.5
     env: DeployEnv = deploy_env_factory(deploy__gate_suites=[], database__lock_timeout_ms=lock_timeout_ms,
                                         deploy__lock_retry_budget_s=budget, deploy__lock_retry_base_delay_s=0.2)
-    locker = ("0009", "Needs players exclusively for a moment.", "op.execute('LOCK TABLE players IN ACCESS EXCLUSIVE MODE')", "pass")
-    env.use_project(project_factory([locker]))
+    env.use_project(project_factory([LOCKER]))
     holder = await env.connect()
     game = await env.connect()
     stalls: list[float] = []
     stop = asyncio.Event()
 
     async def game_traffic() -> None:
-        while not stop.is_set():
-            t0 = time.monotonic()
-            await game.fetchval("SELECT rating FROM players WHERE id = (SELECT min(id) FROM players)")
-            stalls.append(time.monotonic() - t0)
-            await asyncio.sleep(0.02)
+        await _read_players_until(game, stop, stalls)
 
     try:
         tx = holder.transaction()
@@ -193,19 +200,14 @@ async def test_the_deploy_waits_for_a_long_transaction_instead_of_queueing_then_
     lock_timeout_ms = 300
     env: DeployEnv = deploy_env_factory(deploy__gate_suites=[], database__lock_timeout_ms=lock_timeout_ms,
                                         deploy__lock_retry_budget_s=20.0)
-    locker = ("0009", "Needs players exclusively for a moment.", "op.execute('LOCK TABLE players IN ACCESS EXCLUSIVE MODE')", "pass")
-    env.use_project(project_factory([locker]))
+    env.use_project(project_factory([LOCKER]))
     holder = await env.connect()
     game = await env.connect()
     stalls: list[float] = []
     stop = asyncio.Event()
 
     async def game_traffic() -> None:
-        while not stop.is_set():
-            t0 = time.monotonic()
-            await game.fetchval("SELECT rating FROM players WHERE id = (SELECT min(id) FROM players)")
-            stalls.append(time.monotonic() - t0)
-            await asyncio.sleep(0.02)
+        await _read_players_until(game, stop, stalls)
 
     async def report_ends() -> None:
         await asyncio.sleep(2.0)

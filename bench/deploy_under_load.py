@@ -20,7 +20,9 @@ it to head while, against the same clone:
 The runs, one after the other in this process, on identical clones and load:
 
 * ``plain-old``: ``alembic upgrade head`` over the history before the online rewrite (0005
-  split ``moves.card`` with one UPDATE under ACCESS EXCLUSIVE; 0006 built the index);
+  split ``moves.card`` with one UPDATE under ACCESS EXCLUSIVE; 0006 built the index), as
+  stock alembic runs it: no session lock_timeout (``--plain-lock-timeout-ms`` sets one; the
+  old 0005 set its own 1 s);
 * ``deploy-old``: ``deploy.py`` (lock_timeout, retries, waiting for long transactions) over
   that same old history, ``--force`` past the lint that now refuses its 0005: the lock
   discipline alone, without online revisions;
@@ -135,10 +137,12 @@ def kwargs(cluster: EmbeddedCluster, db: str) -> dict:  # type: ignore[type-arg]
 
 async def template(cluster: EmbeddedCluster, games: int) -> str:
     """The seeded database at 0004 for ``games`` (built once, kept in the cache cluster)."""
+    from alembic import command
     from sqlalchemy.engine import URL
 
     from hokm_profile.seed import seed
-    from pytest_hokmdb.migrate import adowngrade, aupgrade
+    from pytest_hokmdb.migrate import alembic_config, aupgrade
+    from pytest_hokmdb.migration.online import ATTRIBUTE, BackfillSettings
 
     name = f"bench_g{games}_0004"
     if await _admin_val(cluster, f"SELECT count(*) FROM pg_database WHERE datname = '{name}'"):
@@ -156,7 +160,10 @@ async def template(cluster: EmbeddedCluster, games: int) -> str:
     finally:
         await conn.close()
     print(f"  seeded {games} games ({report.rows.get('moves', 0):,} moves) in {time.monotonic() - t0:.0f}s")
-    await adowngrade(url, "0004")  # 0007's downgrade rebuilds moves.card exactly
+    # 0007's downgrade rebuilds moves.card exactly; nobody plays here, so in large batches.
+    cfg = alembic_config(url)
+    cfg.attributes[ATTRIBUTE] = BackfillSettings(batch_size=50_000, pause_ms=0, max_batch_ms=60_000)
+    await asyncio.to_thread(command.downgrade, cfg, "0004")
     conn = await asyncpg.connect(**kwargs(cluster, building))
     try:
         await conn.execute("VACUUM ANALYZE")
@@ -282,8 +289,7 @@ async def one_run(label: str, kw: dict, migrate, args: argparse.Namespace) -> st
 async def main_async(args: argparse.Namespace) -> None:
     import logging
 
-    from sqlalchemy.engine import URL
-
+    from pytest_hokmdb.db.target import Target
     from pytest_hokmdb.deploy.orchestrator import DeployOptions, run_deploy
     from pytest_hokmdb.migrate import aupgrade
 
@@ -304,7 +310,8 @@ async def main_async(args: argparse.Namespace) -> None:
                            "DB_PASSWORD_TEST": PASSWORD, "HOKMDB_ENV_FILE": str(work / "none.env"),
                            "HOKMDB_CACHE_DIR": str(cache / "snapshots"), "HOKMDB_DEPLOY_ACTOR": "bench"})
         print(f"{args.clients} game clients (statement_timeout {args.game_statement_timeout_ms} ms), a report holding moves "
-              f"{args.report_hold:g}s of every {args.report_every:g}s; deploy lock_timeout {args.lock_timeout_ms} ms")
+              f"{args.report_hold:g}s of every {args.report_every:g}s; deploy lock_timeout {args.lock_timeout_ms} ms, "
+              f"plain alembic lock_timeout {args.plain_lock_timeout_ms or 'none'}")
         for games in args.sizes:
             print(f"\n{games} games")
             base = await template(cluster, games)
@@ -318,9 +325,11 @@ async def main_async(args: argparse.Namespace) -> None:
                 project = old_root if run.endswith("-old") else None
 
                 async def plain(db: str = db, project: Path | None = project) -> str:
-                    url = URL.create("postgresql+asyncpg", ROLE, PASSWORD, cluster.host, cluster.port, db)
+                    target = Target(environment="testing", host=cluster.host, port=cluster.port, dbname=db, user=ROLE,
+                                    password=PASSWORD, sslmode="disable", lock_timeout_ms=args.plain_lock_timeout_ms,
+                                    statement_timeout_ms=0, application_name="alembic")
                     try:
-                        await aupgrade(url, "head", project_root=project)
+                        await aupgrade(target, "head", project_root=project)
                         return "alembic upgrade head: ok"
                     except Exception as exc:  # noqa: BLE001
                         text = str(exc)
@@ -358,7 +367,9 @@ def main() -> None:
     p.add_argument("--game-statement-timeout-ms", type=int, default=3000)
     p.add_argument("--report-every", type=float, default=5.0)
     p.add_argument("--report-hold", type=float, default=4.0)
-    p.add_argument("--lock-timeout-ms", type=int, default=1000)
+    p.add_argument("--lock-timeout-ms", type=int, default=1000, help="the deploy's database.lock_timeout_ms")
+    p.add_argument("--plain-lock-timeout-ms", type=int, default=0,
+                   help="session lock_timeout of the plain alembic runs (default 0: none, as stock alembic)")
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--cooldown", type=float, default=2.0)
     p.add_argument("--cache-dir", type=Path, default=ROOT / ".hokmdb" / "bench",

@@ -3,7 +3,7 @@
 Why: moves are the replayable history of a game (the integrity checks rebuild tricks
 from them); statistics summarise a finished game per player so profile pages need not
 replay it. At this revision a move's card is still one text column (``'10H'``, or the
-suit letter alone for a trump selection); revisions 0005-0007 split it into suit and rank, online.
+suit letter alone for a trump selection); revision 0005 splits it into suit and rank.
 
 Revision ID: 0003
 Revises: 0002

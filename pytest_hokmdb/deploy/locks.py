@@ -19,8 +19,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
-
 from pytest_hokmdb.redaction import redact
 
 # How often the migrating session's locks are sampled: holds shorter than this may go unseen.
@@ -66,13 +64,14 @@ class Holder:
                 f"transaction open {self.age_s:.1f}s, holding {self.table}; query: {redact(self.query)!r})")
 
 
-async def long_holders(conn: asyncpg.Connection, tables: list[str], older_than_s: float,
+async def long_holders(fetch: Callable[..., Awaitable[list[Any]]], tables: list[str], older_than_s: float,
                        ignore_pids: list[int] | None = None) -> list[Holder]:
     """Sessions holding a lock on ``tables`` in a transaction older than ``older_than_s``.
-    ``conn`` should be the monitoring connection: others' query text needs pg_read_all_stats."""
+    ``fetch(sql, *args)`` should query through the monitoring connection: others' query text
+    needs pg_read_all_stats."""
     if not tables:
         return []
-    rows = await conn.fetch(_LONG_HOLDERS, tables, older_than_s, ignore_pids or [])
+    rows = await fetch(_LONG_HOLDERS, tables, older_than_s, ignore_pids or [])
     return [Holder(r["pid"], r["role"], r["app"], r["state"] or "?", r["age_s"], r["query"], r["table"]) for r in rows]
 
 

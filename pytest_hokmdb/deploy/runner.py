@@ -198,21 +198,23 @@ class Migrator:
 
     # -- what a revision touches, and who holds it -------------------------------------------------
 
-    def tables_of(self, revision: str) -> list[str]:
-        """Existing tables ``revision`` locks, read from its offline SQL (cached)."""
-        if revision not in self._tables:
+    def tables_of(self, revision: str, direction: str = "upgrade") -> list[str]:
+        """Existing tables ``revision``'s upgrade (or downgrade) locks, read from its offline SQL (cached)."""
+        key = f"{direction}:{revision}"
+        if key not in self._tables:
             try:
                 from pytest_hokmdb.migration.lint import MigrationLinter
                 from pytest_hokmdb.migration.lint.sql import locked_tables
                 from pytest_hokmdb.migration.settings import load_settings
 
-                sql = MigrationLinter(load_settings(self.project_root)).offline_sql(revision)
-                self._tables[revision] = locked_tables(sql)
+                linter = MigrationLinter(load_settings(self.project_root))
+                sql = linter.offline_sql(revision) if direction == "upgrade" else linter.offline_downgrade_sql(revision)
+                self._tables[key] = locked_tables(sql)
             except Exception as exc:  # noqa: BLE001 - the pre-flight lint already refused unrenderable revisions
-                log.warning("could not tell which tables revision %s locks (%s); not waiting for long transactions",
-                            revision, short_error(exc))
-                self._tables[revision] = []
-        return self._tables[revision]
+                log.warning("could not tell which tables revision %s (%s) locks (%s); not waiting for long transactions",
+                            revision, direction, short_error(exc))
+                self._tables[key] = []
+        return self._tables[key]
 
     async def _observer_conn(self) -> Any:
         """The monitoring connection when configured (it can read every session's query), else the lock's."""
@@ -238,7 +240,7 @@ class Migrator:
     async def _wait_for_long_holders(self, revision: str, direction: str) -> None:
         """Do not queue behind a transaction that has held the revision's tables for longer than
         the lock budget: wait for it to end, within the retry budget, then give up naming it."""
-        tables = self.tables_of(revision)
+        tables = self.tables_of(revision, direction)
         if not tables:
             return
         budget = self.budget
@@ -247,7 +249,7 @@ class Migrator:
         while True:
             observer = await self._observer_conn()
             try:
-                holders = await long_holders(observer if observer is not None else self.lock.conn, tables, older_than)
+                holders = await long_holders(observer.fetch if observer is not None else self.lock.fetch, tables, older_than)
             except Exception as exc:  # noqa: BLE001 - looking is best effort; lock_timeout still bounds the wait
                 log.debug("could not look for long transactions: %s", exc)
                 return

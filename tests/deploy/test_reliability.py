@@ -272,3 +272,21 @@ async def test_max_downtime_cancels_a_revision_that_holds_the_tables_too_long(de
     migrate = next(s for s in outcome.steps if s.name == "migrate")
     assert migrate.seconds < 3, migrate.detail
     assert await env.revision() == "0008"
+
+
+async def test_downtime_is_write_blocking_lock_time_not_revision_time(deploy_env_factory, project_factory) -> None:  # type: ignore[no-untyped-def]
+    """A revision that works for two seconds without a strong lock, then holds players
+    exclusively for about a second: --max-downtime 1.8 lets it through (the long work blocks
+    nobody), and the summary names players and about how long it was held."""
+    env: DeployEnv = deploy_env_factory(deploy__gate_suites=[])
+    worker = ("0009", "Works 2 s without blocking writes, then holds players exclusively for 1 s.",
+              "op.execute('SELECT pg_sleep(2)')\nop.execute('LOCK TABLE players IN ACCESS EXCLUSIVE MODE')\n"
+              "op.execute('SELECT pg_sleep(1)')", "pass")
+    env.use_project(project_factory([worker]))
+    outcome = await run_deploy(DeployOptions("testing", str(env.config_dir), max_downtime_s=1.8))
+    assert outcome.exit_code == ExitCode.OK, outcome.message
+    migrate = next(s for s in outcome.steps if s.name == "migrate")
+    assert "longest write-blocking lock: players" in migrate.detail and "(AccessExclusive)" in migrate.detail, migrate.detail
+    assert 0.8 <= outcome.longest_locks["players"] <= 1.6, outcome.longest_locks
+    inside = float(migrate.detail.split("s inside the database")[0].rsplit(" ", 1)[-1])
+    assert inside >= 2.9, migrate.detail  # the revision ran 3 s; 1 s of it counted as downtime

@@ -153,7 +153,7 @@ async def template(cluster: EmbeddedCluster, games: int) -> str:
     await _admin(cluster, f"CREATE DATABASE {building} OWNER {ROLE}")
     url = URL.create("postgresql+asyncpg", ROLE, PASSWORD, cluster.host, cluster.port, building)
     t0 = time.monotonic()
-    await aupgrade(url, "head")
+    await aupgrade(url, "head", project_root=ROOT)
     conn = await asyncpg.connect(**kwargs(cluster, building))
     try:
         report = await seed(conn, players=max(200, games // 5), games=games, random_seed=5, clear=False)
@@ -161,7 +161,7 @@ async def template(cluster: EmbeddedCluster, games: int) -> str:
         await conn.close()
     print(f"  seeded {games} games ({report.rows.get('moves', 0):,} moves) in {time.monotonic() - t0:.0f}s")
     # 0007's downgrade rebuilds moves.card exactly; nobody plays here, so in large batches.
-    cfg = alembic_config(url)
+    cfg = alembic_config(url, project_root=ROOT)
     cfg.attributes[ATTRIBUTE] = BackfillSettings(batch_size=50_000, pause_ms=0, max_batch_ms=60_000)
     await asyncio.to_thread(command.downgrade, cfg, "0004")
     conn = await asyncpg.connect(**kwargs(cluster, building))
@@ -322,9 +322,9 @@ async def main_async(args: argparse.Namespace) -> None:
                 t0 = time.monotonic()
                 await _admin(cluster, f"CREATE DATABASE {db} TEMPLATE {base} OWNER {ROLE}")
                 clone_s = time.monotonic() - t0
-                project = old_root if run.endswith("-old") else None
+                project = old_root if run.endswith("-old") else ROOT
 
-                async def plain(db: str = db, project: Path | None = project) -> str:
+                async def plain(db: str = db, project: Path = project) -> str:
                     target = Target(environment="testing", host=cluster.host, port=cluster.port, dbname=db, user=ROLE,
                                     password=PASSWORD, sslmode="disable", lock_timeout_ms=args.plain_lock_timeout_ms,
                                     statement_timeout_ms=0, application_name="alembic")
@@ -335,14 +335,13 @@ async def main_async(args: argparse.Namespace) -> None:
                         text = str(exc)
                         return f"alembic upgrade head FAILED: {text.splitlines()[0].split(') ', 1)[-1][:90]}"
 
-                async def deploy(db: str = db, project: Path | None = project) -> str:
+                async def deploy(db: str = db, project: Path = project) -> str:
                     os.environ["DB_NAME"] = db
-                    if project is not None:
-                        os.environ["HOKMDB_PROJECT_ROOT"] = str(project)
-                    else:
-                        os.environ.pop("HOKMDB_PROJECT_ROOT", None)
-                    # --force only for the old history, whose 0005 today's lint refuses.
-                    outcome = await run_deploy(DeployOptions("testing", str(config_dir), force=project is not None))
+                    os.environ["HOKMDB_PROJECT_ROOT"] = str(project)
+                    old = project != ROOT
+                    # For the old history only: --force past the lint that now refuses its 0005, and
+                    # --skip-backup past the backup its not-online downgrade now requires.
+                    outcome = await run_deploy(DeployOptions("testing", str(config_dir), force=old, skip_backup=old))
                     step = next((s for s in outcome.steps if s.name == "migrate"), None)
                     detail = step.detail.split(";")[0] if step else outcome.message[:90]
                     return f"exit {outcome.exit_code}; {detail}"

@@ -123,7 +123,10 @@ def upgrade() -> None:
     op.execute(SYNC_FUNCTION)
     op.execute(SYNC_TRIGGER)
     backfill("moves", set_=SPLIT_CARDS, where=f"card_suit IS NULL AND card ~ '{CARD_PATTERN}'")
-    op.execute(REFUSE_UNPARSED)
+    with op.get_context().autocommit_block():
+        # A read-only scan of the whole table: outside the transaction that takes the locks
+        # below, so a retry after a lock timeout does not repeat it under a held lock.
+        op.execute(REFUSE_UNPARSED)
     for name, condition in CONSTRAINTS.items():
         op.execute(f"ALTER TABLE moves ADD CONSTRAINT {name} CHECK ({condition}) NOT VALID")
 

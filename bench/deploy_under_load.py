@@ -305,13 +305,15 @@ async def main_async(args: argparse.Namespace) -> None:
         old_root = old_history_project(work)
         config_dir = work / "config"
         write_config_dir(config_dir, "testing", deploy__gate_suites=[], deploy__log_dir=str(work / "logs"),
-                         database__lock_timeout_ms=args.lock_timeout_ms, deploy__lock_retry_budget_s=120.0)
+                         database__lock_timeout_ms=args.lock_timeout_ms, deploy__lock_retry_budget_s=120.0,
+                         deploy__backfill_batch_size=args.backfill_batch_size, deploy__backfill_max_batch_ms=args.backfill_max_batch_ms)
         os.environ.update({"DB_HOST": cluster.host, "DB_PORT": str(cluster.port), "DB_USER": ROLE,
                            "DB_PASSWORD_TEST": PASSWORD, "HOKMDB_ENV_FILE": str(work / "none.env"),
                            "HOKMDB_CACHE_DIR": str(cache / "snapshots"), "HOKMDB_DEPLOY_ACTOR": "bench"})
         print(f"{args.clients} game clients (statement_timeout {args.game_statement_timeout_ms} ms), a report holding moves "
               f"{args.report_hold:g}s of every {args.report_every:g}s; deploy lock_timeout {args.lock_timeout_ms} ms, "
-              f"plain alembic lock_timeout {args.plain_lock_timeout_ms or 'none'}")
+              f"plain alembic lock_timeout {args.plain_lock_timeout_ms or 'none'}; deploy backfill batches of "
+              f"{args.backfill_batch_size} (halved above {args.backfill_max_batch_ms} ms)")
         for games in args.sizes:
             print(f"\n{games} games")
             base = await template(cluster, games)
@@ -369,6 +371,8 @@ def main() -> None:
     p.add_argument("--lock-timeout-ms", type=int, default=1000, help="the deploy's database.lock_timeout_ms")
     p.add_argument("--plain-lock-timeout-ms", type=int, default=0,
                    help="session lock_timeout of the plain alembic runs (default 0: none, as stock alembic)")
+    p.add_argument("--backfill-batch-size", type=int, default=1000, help="the deploy's deploy.backfill_batch_size")
+    p.add_argument("--backfill-max-batch-ms", type=int, default=200, help="the deploy's deploy.backfill_max_batch_ms")
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--cooldown", type=float, default=2.0)
     p.add_argument("--cache-dir", type=Path, default=ROOT / ".hokmdb" / "bench",

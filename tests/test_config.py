@@ -168,3 +168,14 @@ def test_config_check_command_exit_codes(tmp_path: Path) -> None:
     strict = subprocess.run([hokmdb, "config", "check", "--environment", "staging"], capture_output=True, text=True, env=env)
     assert strict.returncode == 2
     assert "DB_HOST_STAGING is not set" in strict.stderr and "Traceback" not in strict.stderr
+
+
+def test_staging_and_production_ship_a_max_downtime() -> None:
+    """The deploy's bound on write-blocking lock time is on where a game is played."""
+    from pytest_hokmdb.config import load_config
+
+    bounds = {}
+    for name in ("development", "testing", "staging", "production"):
+        loaded = load_config(name, stand_in_missing=True, environ={})
+        bounds[name] = loaded.config.deploy.max_downtime_s
+    assert bounds == {"development": None, "testing": None, "staging": 10.0, "production": 5.0}

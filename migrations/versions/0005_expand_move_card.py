@@ -44,9 +44,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # A backfill of 0006 killed before it was recorded leaves its trigger behind; it reads
+    # A backfill of 0006 killed before it was recorded leaves its triggers behind; it reads
     # these columns, so it goes first (IF EXISTS: usually it is already gone).
-    op.execute("DROP TRIGGER IF EXISTS moves_sync_card ON moves")
+    op.execute("DROP TRIGGER IF EXISTS moves_sync_card_insert ON moves")
+    op.execute("DROP TRIGGER IF EXISTS moves_sync_card_update ON moves")
     op.execute("DROP FUNCTION IF EXISTS moves_sync_card()")
     op.drop_column("moves", "card_rank")
     op.drop_column("moves", "card_suit")

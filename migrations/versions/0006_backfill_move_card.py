@@ -1,7 +1,7 @@
 """Backfill: keep ``card`` and ``card_suit``/``card_rank`` in step, and fill the old rows.
 
 Why: 0005 added the columns; this revision makes them hold the truth without ever locking
-``moves`` for longer than a batch. First a trigger (``moves_sync_card``) fills whichever
+``moves`` for longer than a batch. First a trigger (``moves_sync_card_*``) fills whichever
 form a write leaves out, so both the game server that writes ``card`` and the release
 that writes suit and rank work while the deploy runs. Then the existing rows are
 converted in committed batches (``pytest_hokmdb.migration.online.backfill``: resumable,
@@ -76,8 +76,16 @@ BEGIN
 END
 $$
 """
-SYNC_TRIGGER = ("CREATE OR REPLACE TRIGGER moves_sync_card BEFORE INSERT OR UPDATE ON moves "
-                "FOR EACH ROW EXECUTE FUNCTION moves_sync_card()")
+# Two triggers on one function. The UPDATE one's WHEN clause keeps the backfill's own updates
+# (an old-form row getting its suit and rank, card unchanged) out of plpgsql: one function
+# call per row less over the whole table.
+TRIGGERS = ("moves_sync_card_insert", "moves_sync_card_update")
+SYNC_TRIGGERS = (
+    "CREATE OR REPLACE TRIGGER moves_sync_card_insert BEFORE INSERT ON moves FOR EACH ROW "
+    "EXECUTE FUNCTION moves_sync_card()",
+    "CREATE OR REPLACE TRIGGER moves_sync_card_update BEFORE UPDATE ON moves FOR EACH ROW "
+    "WHEN (NEW.card IS DISTINCT FROM OLD.card OR OLD.card_suit IS NOT NULL) EXECUTE FUNCTION moves_sync_card()",
+)
 
 _SUIT, _RANK = split("card")
 SPLIT_CARDS = f"card_suit = {_SUIT}, card_rank = {_RANK}"
@@ -121,7 +129,8 @@ CONSTRAINTS = {
 
 def upgrade() -> None:
     op.execute(SYNC_FUNCTION)
-    op.execute(SYNC_TRIGGER)
+    for trigger in SYNC_TRIGGERS:
+        op.execute(trigger)
     backfill("moves", set_=SPLIT_CARDS, where=f"card_suit IS NULL AND card ~ '{CARD_PATTERN}'")
     with op.get_context().autocommit_block():
         # A read-only scan of the whole table: outside the transaction that takes the locks
@@ -134,5 +143,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     for name in reversed(CONSTRAINTS):
         op.execute(f"ALTER TABLE moves DROP CONSTRAINT {name}")
-    op.execute("DROP TRIGGER moves_sync_card ON moves")
+    for trigger in TRIGGERS:
+        op.execute(f"DROP TRIGGER {trigger} ON moves")
     op.execute("DROP FUNCTION moves_sync_card()")

@@ -58,7 +58,8 @@ def upgrade() -> None:
             op.execute(f"ALTER TABLE moves VALIDATE CONSTRAINT {name}")
     op.execute("ALTER TABLE moves ALTER COLUMN card_suit SET NOT NULL")
     op.execute("ALTER TABLE moves DROP CONSTRAINT ck_moves_card_suit_not_null")
-    op.execute("DROP TRIGGER moves_sync_card ON moves")
+    for trigger in _backfill_revision().TRIGGERS:
+        op.execute(f"DROP TRIGGER {trigger} ON moves")
     op.execute("DROP FUNCTION moves_sync_card()")
     op.drop_column("moves", "card")
 
@@ -67,7 +68,8 @@ def downgrade() -> None:
     previous = _backfill_revision()
     op.execute("ALTER TABLE moves ADD COLUMN IF NOT EXISTS card varchar(3)")
     op.execute(previous.SYNC_FUNCTION)
-    op.execute(previous.SYNC_TRIGGER)
+    for trigger in previous.SYNC_TRIGGERS:
+        op.execute(trigger)
     op.execute("ALTER TABLE moves ALTER COLUMN card_suit DROP NOT NULL")
     # 0006 left the checks NOT VALID; so does this downgrade (dropped and added again, at once).
     for name, condition in previous.CONSTRAINTS.items():

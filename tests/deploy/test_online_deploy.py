@@ -179,7 +179,7 @@ async def test_a_deploy_killed_during_its_backfill_is_continued_by_the_next(depl
         if proc.poll() is None:
             proc.kill()
     assert await env.revision() == "0005"
-    assert await env.fetchval("SELECT count(*) FROM pg_trigger WHERE tgname = 'moves_sync_card'") == 1
+    assert await env.fetchval("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'moves_sync_card_%'") == 2
 
     outcome = await run_deploy(DeployOptions("testing", str(env.config_dir)))
     assert outcome.exit_code == ExitCode.OK, outcome.message

@@ -189,3 +189,28 @@ def _conn(db: ThrowawayDatabase):  # type: ignore[no-untyped-def]
     return opened()
 
 
+
+
+async def test_a_slow_batch_halves_the_next_and_the_backfill_still_finishes(hokmdb_empty_db: ThrowawayDatabase) -> None:
+    """Throttling: with a batch budget no batch can meet, every batch halves the next one down
+    to the minimum, and the data ends exactly as one plain UPDATE would leave it."""
+    from pytest_hokmdb.db.engine import create_engine
+    from pytest_hokmdb.migration.online import MIN_BATCH_SIZE, BackfillSettings, run_backfill
+
+    async with _conn(hokmdb_empty_db) as conn:
+        await conn.execute("CREATE TABLE t (id bigint PRIMARY KEY, v int, w int); "
+                           "INSERT INTO t SELECT g, g, NULL FROM generate_series(1, 3000) g")
+    engine = create_engine(hokmdb_empty_db.target)
+    try:
+        async with engine.connect() as conn:
+            autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            report = await autocommit.run_sync(lambda bind: run_backfill(
+                bind, "t", set_="w = v * 2, v = v", where="w IS NULL",
+                settings=BackfillSettings(batch_size=800, pause_ms=0, max_batch_ms=0.0001)))  # type: ignore[arg-type]
+    finally:
+        await engine.dispose()
+    assert report.rows == 3000 and report.throttled >= 4, report
+    assert report.batches > 3000 // 800 + 1  # smaller batches than configured: it throttled
+    assert report.batches >= (3000 - 800 - 400 - 200 - 100) // MIN_BATCH_SIZE
+    async with _conn(hokmdb_empty_db) as conn:
+        assert await conn.fetchval("SELECT count(*) FROM t WHERE w IS DISTINCT FROM v * 2") == 0

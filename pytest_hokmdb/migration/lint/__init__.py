@@ -26,7 +26,18 @@ and linted twice over:
       revision creates itself are invisible to other sessions until it commits, so they need
       none, and alembic's own ``alembic_version`` is not the project's business. Replaces
       squawk's rule of the same name, which counts a new table's index too. Only checked when
-      ``require_lock_timeout`` is true.
+      ``require_lock_timeout`` is true (off by default: hokmdb's deploy sets lock_timeout for
+      every statement, so projects it deploys do not repeat it per revision).
+  ``raises-timeout``
+      A revision that sets ``lock_timeout`` or ``statement_timeout`` above the deploy's budget
+      (``max_lock_timeout_ms`` / ``max_statement_timeout_ms``; a deploy checks against its own
+      environment's values), or switches one off, makes every query queued behind its locks
+      wait that long. A revision may lower them, never raise them without a waiver.
+  ``unbatched-data-change``
+      An ``UPDATE``/``DELETE`` of a table that existed before the revision, inside the
+      revision: every row stays locked until it commits. The online way is a backfill in a
+      revision of its own (``pytest_hokmdb.migration.online.backfill``), whose offline SQL
+      carries the ``-- hokmdb:backfill`` marker and is not flagged.
   ``lock-timeout-not-reset``
       A session-level ``SET lock_timeout`` (or ``statement_timeout``) not reset by the end of
       the revision leaks into every later revision of the same ``alembic upgrade`` run, so
@@ -42,7 +53,7 @@ Severity comes from the project's ``LintPolicy`` (``[tool.hokmdb.migrations.lint
 dropped. A revision may waive a rule for itself, with a reason, in its own file::
 
     hokmdb_lint_waivers = {
-        "constraint-missing-not-valid": "moves is rewritten in a maintenance window anyway (see docstring)",
+        "ban-drop-column": "contract phase: the release that stopped reading it is live (see docstring)",
     }
 
 A waiver whose reason is missing or too short to explain anything does not waive and is

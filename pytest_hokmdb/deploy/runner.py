@@ -329,7 +329,8 @@ class Migrator:
                 rows = await self._observe(_BLOCKERS, state.pid)
                 if rows:
                     state.blockers = [
-                        f"pid {r['pid']} (role {r['role']}, application {r['app'] or '-'}, {r['state']}"
+                        f"pid {r['pid']} (role {r['role']}, application {r['app'] or '-'}, "
+                        f"{r['state'] or 'state hidden: no monitoring connection'}"
                         + (f", transaction open {r['age_s']:.1f}s" if r["age_s"] is not None else "")
                         + f", query: {redact(r['query'])!r})"
                         for r in rows

@@ -290,3 +290,35 @@ async def test_downtime_is_write_blocking_lock_time_not_revision_time(deploy_env
     assert 0.8 <= outcome.longest_locks["players"] <= 1.6, outcome.longest_locks
     inside = float(migrate.detail.split("s inside the database")[0].rsplit(" ", 1)[-1])
     assert inside >= 2.9, migrate.detail  # the revision ran 3 s; 1 s of it counted as downtime
+
+
+async def test_blockers_are_named_through_the_monitoring_connection(deploy_env_factory, project_factory, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A deploy role without pg_read_all_stats sees neither another role's query nor how old its
+    transaction is; through the monitoring connection the deploy sees both, waits instead of
+    queueing, and names the query. Without one it falls back to lock_timeout and retries."""
+    from deploy_support import DEPLOY_ROLE, admin
+
+    env: DeployEnv = deploy_env_factory(deploy__gate_suites=[], database__lock_timeout_ms=300, deploy__lock_retry_budget_s=1.5)
+    env.use_project(project_factory([LOCKER]))
+    cluster = env.db.cluster
+    await admin(cluster, f"REVOKE pg_monitor FROM {DEPLOY_ROLE}")
+    holder = await env.connect()  # the cluster's superuser: another role than the deploy's
+    try:
+        tx = holder.transaction()
+        await tx.start()
+        await holder.fetchval("SELECT count(*) FROM players /* the nightly report */")
+        await asyncio.sleep(0.5)
+        seen = await run_deploy(DeployOptions("testing", str(env.config_dir)))
+        monkeypatch.delenv("DB_MONITOR_USER")
+        blind = await run_deploy(DeployOptions("testing", str(env.config_dir)))
+        await tx.rollback()
+    finally:
+        await holder.close()
+        await admin(cluster, f"GRANT pg_monitor TO {DEPLOY_ROLE}")
+    assert "did not start" in seen.message and "role postgres" in seen.message, seen.message
+    assert "SELECT count(*) FROM players /* the nightly report */" in seen.message
+    # Blind, the deploy cannot even see how old the other role's transaction is: it falls back
+    # to lock_timeout and retries, and can only say that it was blocked, not by what query.
+    assert "could not get its locks" in blind.message and "<insufficient privilege>" in blind.message, blind.message
+    assert "state hidden" in blind.message
+    assert await env.revision() == "0008"

@@ -454,7 +454,9 @@ class Migrator:
                         if is_lock_conflict(exc):
                             lock_timeouts += 1
                             budget.lock_timeouts += 1
-                            budget.retry_spent_s += time.monotonic() - t0
+                            # Only the lock wait is lost to the conflict, not the work before it (a
+                            # backfill of an hour that then meets one lock timeout costs one timeout).
+                            budget.retry_spent_s += min(time.monotonic() - t0, (state.lock_timeout_ms or self.lock_timeout_ms) / 1000)
                         raise
         except RevisionFailed:
             raise

@@ -11,6 +11,12 @@ Before a revision asks for such a lock, the deploy looks for sessions that hold 
 the tables the revision touches inside a transaction older than the lock budget: queueing
 behind one would make every game query on that table queue behind the deploy. It waits for
 them to finish (within the retry budget) instead, and names them when it gives up.
+
+Autovacuum is the exception: a worker that is not preventing wraparound cancels itself when a
+lock request waits on it (the waiter's deadlock check signals it), so the deploy does not wait
+for one; its first attempt cancels it. Waiting would be forever on a big table: the 100k-game
+bench's clone spent the whole retry budget behind a 3-minute autovacuum of ``moves``. A
+wraparound vacuum is never cancelled and is waited for like any long transaction.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ WHERE l.pid = $1 AND l.locktype = 'relation' AND l.mode = ANY($2::text[]) AND c.
 _LONG_HOLDERS = """
 SELECT DISTINCT a.pid, coalesce(a.usename::text, '?') AS role, coalesce(a.application_name, '') AS app,
        a.state, extract(epoch FROM now() - a.xact_start)::float8 AS age_s, left(coalesce(a.query, ''), 160) AS query,
-       c.relname AS table
+       c.relname AS table, coalesce(a.backend_type, '') AS backend_type
 FROM pg_locks l
 JOIN pg_class c ON c.oid = l.relation
 JOIN pg_stat_activity a ON a.pid = l.pid
@@ -58,6 +64,14 @@ class Holder:
     age_s: float
     query: str
     table: str
+    backend_type: str = "client backend"
+
+    @property
+    def yields_to_locks(self) -> bool:
+        """An autovacuum worker that a waiting lock request cancels (all but wraparound ones).
+        Without pg_read_all_stats its query reads '<insufficient privilege>': treated as
+        yielding, so the deploy tries, and a wraparound vacuum then costs one lock timeout."""
+        return self.backend_type == "autovacuum worker" and "to prevent wraparound" not in self.query
 
     def describe(self) -> str:
         return (f"pid {self.pid} (role {self.role}, application {self.application or '-'}, {self.state}, "
@@ -66,13 +80,16 @@ class Holder:
 
 async def long_holders(fetch: Callable[..., Awaitable[list[Any]]], tables: list[str], older_than_s: float,
                        ignore_pids: list[int] | None = None) -> list[Holder]:
-    """Sessions holding a lock on ``tables`` in a transaction older than ``older_than_s``.
+    """Sessions holding a lock on ``tables`` in a transaction older than ``older_than_s``, but
+    for autovacuum workers that a lock request cancels.
     ``fetch(sql, *args)`` should query through the monitoring connection: others' query text
     needs pg_read_all_stats."""
     if not tables:
         return []
     rows = await fetch(_LONG_HOLDERS, tables, older_than_s, ignore_pids or [])
-    return [Holder(r["pid"], r["role"], r["app"], r["state"] or "?", r["age_s"], r["query"], r["table"]) for r in rows]
+    holders = [Holder(r["pid"], r["role"], r["app"], r["state"] or "?", r["age_s"], r["query"], r["table"], r["backend_type"])
+               for r in rows]
+    return [h for h in holders if not h.yields_to_locks]
 
 
 @dataclass

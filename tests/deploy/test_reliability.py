@@ -322,3 +322,18 @@ async def test_blockers_are_named_through_the_monitoring_connection(deploy_env_f
     assert "could not get its locks" in blind.message and "<insufficient privilege>" in blind.message, blind.message
     assert "state hidden" in blind.message
     assert await env.revision() == "0008"
+
+
+def test_an_autovacuum_that_a_lock_request_cancels_is_not_waited_for() -> None:
+    """The 100k-game bench: an autovacuum of ``moves`` (3 minutes) made the deploy wait out its
+    whole retry budget, though PostgreSQL cancels such a worker as soon as a lock waits on it.
+    A wraparound vacuum is never cancelled and stays a holder to wait for."""
+    from pytest_hokmdb.deploy.locks import Holder
+
+    plain = Holder(1, "?", "", "active", 194.3, "autovacuum: VACUUM public.moves", "moves", "autovacuum worker")
+    hidden = Holder(2, "?", "", "active", 194.3, "<insufficient privilege>", "moves", "autovacuum worker")
+    wraparound = Holder(3, "?", "", "active", 194.3, "autovacuum: VACUUM public.moves (to prevent wraparound)", "moves",
+                        "autovacuum worker")
+    manual = Holder(4, "ops", "psql", "active", 194.3, "VACUUM moves", "moves", "client backend")
+    assert plain.yields_to_locks and hidden.yields_to_locks
+    assert not wraparound.yields_to_locks and not manual.yields_to_locks

@@ -16,7 +16,7 @@ ALLURE_REPORT ?= allure-report
 ALLURE_MAX_FAILURES ?= 0
 
 
-.PHONY: demo test install lock postgres pgbackrest report-tools browser report cluster-stop clean
+.PHONY: demo test install lock postgres pgbackrest topology report-tools browser report cluster-stop clean
 
 LOCK := requirements/lock.txt
 PIP := $(BIN)/python -m pip --disable-pip-version-check
@@ -55,6 +55,10 @@ browser:
 pgbackrest:
 	@./scripts/ensure-pgbackrest.sh
 
+## PgBouncer, Patroni and etcd for the topology tests (Debian packages, as root)
+topology:
+	@./scripts/ensure-topology.sh
+
 ## Allure Report 3 (single HTML file) from the last run's results, then Allure's quality gate
 report: report-tools
 	$(ALLURE_ENV) $(ALLURE) generate $(ALLURE_RESULTS) -o $(ALLURE_REPORT) -c allurerc.json
@@ -65,7 +69,7 @@ demo: install postgres
 	$(BIN)/hokmdb demo --environment development
 
 ## Every test: the project's own tests and the migration suite, in parallel workers
-test: install postgres pgbackrest report-tools browser
+test: install postgres pgbackrest topology report-tools browser
 	$(BIN)/pytest -n $(PYTEST_WORKERS) -p no:cacheprovider
 
 cluster-stop: install

@@ -17,6 +17,7 @@ from typing import Any
 from pytest_hokmdb.checks.base import CheckContext, CheckResult
 from pytest_hokmdb.config import LoadedConfig, load_config
 from pytest_hokmdb.db import Target, connect, resolve_monitor_target, resolve_target
+from pytest_hokmdb.db.topology import resolve_topology
 from pytest_hokmdb.errors import ConfigError, HokmdbError
 
 
@@ -72,6 +73,7 @@ class DatabaseSmokeTests:
                 window=None if self.full_scan else timedelta(days=settings.integrity_window_days),
                 monitor=monitor,
                 monitor_error=monitor_error,
+                topology=resolve_topology(self.loaded, target, monitor_target),
             )
             results: list[CheckResult] = [await check(ctx) for check in known[group]]
         finally:
@@ -97,6 +99,9 @@ class DatabaseSmokeTests:
 
     async def test_health(self) -> dict[str, Any]:
         return await self.run_group("health")
+
+    async def test_topology(self) -> dict[str, Any]:
+        return await self.run_group("topology")
 
     async def test_data_integrity(self) -> dict[str, Any]:
         return await self.run_group("integrity")

@@ -179,3 +179,25 @@ def test_staging_and_production_ship_a_max_downtime() -> None:
         loaded = load_config(name, stand_in_missing=True, environ={})
         bounds[name] = loaded.config.deploy.max_downtime_s
     assert bounds == {"development": None, "testing": None, "staging": 10.0, "production": 5.0}
+
+
+def test_a_topology_is_validated_before_anything_connects(tmp_path: Path) -> None:
+    """A deploy through PgBouncer loses its session lock; a local topology needs hokmdb's cluster."""
+    data = _minimal("staging", host="db.internal", port=5432, sslmode="verify-full", password="x")
+    data["topology"] = {"pgbouncer": {"host": "db.internal", "port": 5432, "admin_user": "stats"}}
+    with pytest.raises(ConfigError) as bouncer:
+        load_config("staging", _write(tmp_path / "a", "staging", data), environ={})
+    assert "database.host/port point at PgBouncer" in str(bouncer.value)
+    assert "point database at the primary itself" in str(bouncer.value)
+
+    data["topology"] = {"local": True}
+    with pytest.raises(ConfigError) as local:
+        load_config("staging", _write(tmp_path / "b", "staging", data), environ={})
+    assert "topology.local: hokmdb runs a local topology only beside its embedded cluster" in str(local.value)
+
+    data["topology"] = {"standbys": [{"host": "replica.internal"}],
+                        "pgbouncer": {"host": "pool.internal", "admin_user": "stats", "admin_password": "s3cr3t-pool"}}
+    loaded = load_config("staging", _write(tmp_path / "c", "staging", data), environ={})
+    assert loaded.config.topology is not None and loaded.config.topology.pgbouncer is not None
+    assert "s3cr3t-pool" in loaded.config.secrets()
+    assert "s3cr3t-pool" not in repr(loaded.config)

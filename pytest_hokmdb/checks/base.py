@@ -30,6 +30,7 @@ from pytest_hokmdb.config import HokmdbConfig
 from pytest_hokmdb.config.model import HotQuery, SmokeSettings
 from pytest_hokmdb.config.profile import Profile, project_profile
 from pytest_hokmdb.db.target import Target
+from pytest_hokmdb.db.topology import Topology
 from pytest_hokmdb.errors import HokmdbError
 from pytest_hokmdb.redaction import redact
 
@@ -63,6 +64,9 @@ class CheckResult:
     waiver: dict[str, str] | None = None
     # False when the check could not look (a "not verified" failure or a waived skip).
     verified: bool = True
+    # False when the environment's config says the component the check looks at does not
+    # exist (no standby, no PgBouncer): a skip that is a fact, not a failure to look.
+    applicable: bool = True
 
     @classmethod
     def passed(cls, message: str, **kwargs: Any) -> CheckResult:
@@ -75,6 +79,11 @@ class CheckResult:
     @classmethod
     def skipped(cls, message: str, **kwargs: Any) -> CheckResult:
         return cls("skipped", message, **kwargs)
+
+    @classmethod
+    def not_applicable(cls, message: str, **kwargs: Any) -> CheckResult:
+        """Skipped because the config says there is nothing to look at; never fails the gate."""
+        return cls("skipped", message, applicable=False, **kwargs)
 
     @property
     def ok(self) -> bool:
@@ -105,6 +114,8 @@ class CheckContext:
     # None when the environment has none configured.
     monitor: asyncpg.Connection | None = None
     monitor_error: str | None = None  # why a configured monitoring connection is missing
+    # The environment's standbys and PgBouncer (``topology`` in its config); empty: none.
+    topology: Topology = field(default_factory=Topology)
 
     @property
     def settings(self) -> SmokeSettings:
@@ -224,7 +235,7 @@ def judge_unverified(spec: CheckSpec, result: CheckResult, settings: SmokeSettin
 
     A waiver only accepts "could not verify": a check that looked and failed stays failed.
     """
-    if result.status != "skipped" or spec.severity not in GATING_SEVERITIES:
+    if result.status != "skipped" or spec.severity not in GATING_SEVERITIES or not result.applicable:
         return result
     waiver = settings.waivers.get(spec.name)
     if waiver is not None and not waiver.expired():

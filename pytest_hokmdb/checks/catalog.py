@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pytest_hokmdb.checks import connection, health, performance, pool, schema, security
+from pytest_hokmdb.checks import connection, health, performance, pool, schema, security, topology
 from pytest_hokmdb.checks.base import GATING_SEVERITIES, REGISTRY, CheckFunction
 from pytest_hokmdb.config.model import SmokeSettings
 from pytest_hokmdb.config.profile import project_profile
@@ -20,6 +20,7 @@ CORE_GROUPS: dict[str, list[CheckFunction]] = {
     "performance": performance.CHECKS,
     "pool": pool.CHECKS,
     "health": health.CHECKS,
+    "topology": topology.CHECKS,
     "integrity": [],  # the application's data invariants: its profile's
 }
 

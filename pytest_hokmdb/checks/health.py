@@ -373,7 +373,8 @@ async def replication(ctx: CheckContext) -> CheckResult:
         Replica(r["application_name"], r["client"], r["state"], r["sync_state"], r["replay_lag_s"], r["behind_bytes"])
         for r in rows
     ]
-    return judge_replicas(replicas, ctx.settings.max_replication_lag_s, expected=ctx.settings.expected_replicas,
+    expected = max(ctx.settings.expected_replicas, ctx.topology.expected_standbys)
+    return judge_replicas(replicas, ctx.settings.max_replication_lag_s, expected=expected,
                           max_lag_bytes=ctx.settings.max_replication_lag_bytes, hint=ctx.monitor_hint())
 
 

@@ -1,6 +1,7 @@
 """``hokmdb``: manage the embedded cluster and run the end-to-end demo.
 
     hokmdb cluster start|stop|status [--environment development]
+    hokmdb topology start|stop|status [--environment development]
     hokmdb demo [--environment development] [--players N --games M]
 """
 
@@ -31,6 +32,13 @@ def _parser() -> argparse.ArgumentParser:
     cluster.add_argument("action", choices=("start", "stop", "status"))
     cluster.add_argument("--environment", default=os.environ.get("HOKMDB_ENVIRONMENT", "development"), choices=EMBEDDED_ENVIRONMENTS)
     cluster.add_argument("--config", dest="config_path", default=None, metavar="PATH")
+
+    topology = sub.add_parser(
+        "topology", help="start, stop or inspect the local topology: the embedded cluster as primary, a streaming "
+        "standby and PgBouncer (topology.local in the environment's config)")
+    topology.add_argument("action", choices=("start", "stop", "status"))
+    topology.add_argument("--environment", default=os.environ.get("HOKMDB_ENVIRONMENT", "development"), choices=EMBEDDED_ENVIRONMENTS)
+    topology.add_argument("--config", dest="config_path", default=None, metavar="PATH")
 
     config = sub.add_parser("config", help="validate environment configs")
     config.add_argument("action", choices=("check",))
@@ -79,6 +87,35 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         print("stopped" if cluster.stop() else "was not running", "-", cluster.status().describe())
     else:
         print(cluster.status().describe())
+    return 0
+
+
+def cmd_topology(args: argparse.Namespace) -> int:
+    from pytest_hokmdb.aio import run_sync
+    from pytest_hokmdb.cluster.topology import LocalTopology
+    from pytest_hokmdb.db import embedded_cluster_for, resolve_target
+    from pytest_hokmdb.db.resolve import EMBEDDED_MONITOR_USER
+
+    loaded = _load_embedded(args.environment, args.config_path)
+    settings = loaded.config.topology
+    if settings is None or not settings.local:
+        raise ConfigError(
+            f"{loaded.path}: {args.environment} has no local topology",
+            hint='add "topology": {"local": true} to it (README "The production topology")',
+        )
+    db = loaded.config.database
+    topology = LocalTopology(embedded_cluster_for(loaded), pooler_roles=(db.user, db.monitor_user or EMBEDDED_MONITOR_USER))
+    if args.action == "start":
+        # Setup, like `cluster start`: roles and database first, so PgBouncer knows them.
+        target = run_sync(resolve_target(loaded, provision_embedded=True))
+        status = topology.start()
+        print(status.describe())
+        print(f"the game connects through PgBouncer: postgresql://{target.user}@127.0.0.1:{topology.pooler_port}/{target.dbname}")
+        print(f"the deploy connects to the primary: {target.dsn()}")
+    elif args.action == "stop":
+        print(topology.stop().describe())
+    else:
+        print(topology.status().describe())
     return 0
 
 
@@ -194,6 +231,8 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(args.verbose)
     if args.command == "cluster":
         run_cli(lambda: cmd_cluster(args))
+    if args.command == "topology":
+        run_cli(lambda: cmd_topology(args))
     if args.command == "config":
         run_cli(lambda: cmd_config(args))
     if args.command == "notify":

@@ -354,6 +354,16 @@ class EmbeddedCluster:
         return result.stdout.strip()
 
 
+def _destroy_scratch(path: Path) -> None:
+    """A scratch cluster's server, or the PgBouncer of a scratch topology (``cluster.topology``)."""
+    if (path / "pgbouncer.ini").exists():
+        from pytest_hokmdb.cluster.pgbouncer import PgBouncer
+
+        PgBouncer(path, resolve_os_user(None)).stop()
+        return
+    EmbeddedCluster(path).destroy()
+
+
 def sweep_orphan_clusters() -> list[Path]:
-    """Stop and remove the scratch clusters of processes that are gone (``cluster.scratch``)."""
-    return sweep_orphans(lambda path: EmbeddedCluster(path).destroy())
+    """Stop and remove the scratch clusters (and topologies) of processes that are gone (``cluster.scratch``)."""
+    return sweep_orphans(_destroy_scratch)

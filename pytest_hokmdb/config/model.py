@@ -163,6 +163,45 @@ class PhysicalBackupSettings(_Strict):
         return [v.get_secret_value() for v in values if v is not None]
 
 
+class StandbySettings(_Strict):
+    """A streaming standby of the database's primary: the smoke suite checks it and the deploy
+    waits for it to replay each revision. The monitoring role connects to it (read-only)."""
+
+    host: str
+    port: int = Field(5432, ge=1, le=65535)
+    name: str | None = Field(None, description="its application_name in the primary's pg_stat_replication")
+
+
+class PgBouncerSettings(_Strict):
+    """The game's connection pooler. The smoke suite reads its pools from the admin console as
+    ``admin_user`` (listed in PgBouncer's stats_users or admin_users)."""
+
+    host: str
+    port: int = Field(6432, ge=1, le=65535)
+    admin_user: str
+    admin_password: SecretStr | None = None
+    database: str | None = Field(None, description="the pool's database name; default database.name")
+
+
+class TopologySettings(_Strict):
+    """What stands between the game and its data: standbys and PgBouncer. Absent: a single server.
+
+    ``local`` (development and testing): hokmdb runs a streaming standby and PgBouncer beside
+    the embedded cluster (``hokmdb topology start``); their endpoints come from it.
+    """
+
+    local: bool = False
+    standbys: list[StandbySettings] = Field(default_factory=list)
+    pgbouncer: PgBouncerSettings | None = None
+    replay_timeout_s: float = Field(
+        60.0, gt=0, description="after each revision the deploy waits this long for every standby to replay it"
+    )
+    max_slot_retained_bytes: int = Field(
+        1024 * 1024 * 1024, gt=0, description="WAL a replication slot may hold back on the primary"
+    )
+    max_pool_wait_s: float = Field(1.0, gt=0, description="longest a client may have waited for a server connection")
+
+
 class DeploySettings(_Strict):
     """How deploy.py and rollback.py move a database between revisions."""
 
@@ -305,6 +344,7 @@ class HokmdbConfig(_Strict):
     smoke: SmokeSettings = SmokeSettings()
     deploy: DeploySettings = DeploySettings()
     physical: PhysicalBackupSettings | None = None
+    topology: TopologySettings | None = None
 
     @model_validator(mode="after")
     def _environment_rules(self) -> HokmdbConfig:
@@ -330,6 +370,19 @@ class HokmdbConfig(_Strict):
                 raise ValueError(
                     f"physical: {', '.join(unset)} default to the embedded cluster's, but {self.environment} "
                     "uses a server hokmdb does not run; set them"
+                )
+        if self.topology is not None:
+            if self.topology.local and not self.uses_embedded:
+                raise ValueError("topology.local: hokmdb runs a local topology only beside its embedded cluster; "
+                                 "list the real standbys and PgBouncer instead")
+            if self.topology.local and (self.topology.standbys or self.topology.pgbouncer):
+                raise ValueError("topology: a local topology's standby and PgBouncer are hokmdb's own; "
+                                 "remove standbys/pgbouncer or set local to false")
+            bouncer = self.topology.pgbouncer
+            if bouncer is not None and (bouncer.host, bouncer.port) == (self.database.host, self.database.port):
+                raise ValueError(
+                    "database.host/port point at PgBouncer: the deploy's session-level locks and settings do not "
+                    "survive a transaction-mode pooler; point database at the primary itself"
                 )
         if self.environment == "production" and self.seed.allowed:
             raise ValueError("seed.allowed: production can never be seeded; remove the key or set it to false")
@@ -374,6 +427,7 @@ class HokmdbConfig(_Strict):
             self.backup.admin_password,
             self.notifications.slack_webhook_url,
             self.notifications.smtp_password,
+            self.topology.pgbouncer.admin_password if self.topology and self.topology.pgbouncer else None,
         ]
         physical = self.physical.secrets() if self.physical is not None else []
         return [v.get_secret_value() for v in values if v is not None] + physical

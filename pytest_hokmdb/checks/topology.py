@@ -1,0 +1,213 @@
+"""Checks of what stands between the game and its data: the primary the deploy writes to, the
+standbys that must follow it, the slots that hold WAL for them, and PgBouncer's pools.
+
+Each looks at the real component named by the environment's ``topology`` (or hokmdb's local
+topology); each skips, saying so, only where the config says there is no such component. A
+configured component that cannot be reached has not passed: it fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from pytest_hokmdb.checks.base import Category, CheckContext, CheckFunction, CheckResult, check, sample
+from pytest_hokmdb.db import connect
+from pytest_hokmdb.db.target import Target
+from pytest_hokmdb.db.topology import pooler_show
+from pytest_hokmdb.errors import HokmdbError
+
+FEATURE = "Topology"
+CATEGORY: Category = "infrastructure"
+
+
+def _unconfigured(what: str) -> CheckResult:
+    return CheckResult.not_applicable(
+        f"{what}: this environment's config lists none (topology.standbys / topology.pgbouncer / topology.local), "
+        "so there is nothing to check; add them where the game runs behind one"
+    )
+
+
+@check("topology.target_is_primary", title="The target is the writable primary", feature=FEATURE, category=CATEGORY,
+       severity="blocker")
+async def target_is_primary(ctx: CheckContext) -> CheckResult:
+    """A deploy or a game pointed at a standby (or at a node Patroni demoted) writes nothing:
+    every write fails with 'read-only transaction'."""
+    if await ctx.conn.fetchval("SELECT pg_is_in_recovery()"):
+        return CheckResult.failed(
+            f"{ctx.target.host}:{ctx.target.port} is a standby (in recovery), not the primary: writes fail there. "
+            "Point database.host/port at the primary (with Patroni, at the leader)"
+        )
+    return CheckResult.passed(f"{ctx.target.host}:{ctx.target.port} is the primary (not in recovery)")
+
+
+@dataclass(frozen=True)
+class StandbyState:
+    where: str
+    in_recovery: bool
+    receiver: str | None
+    timeline: int | None
+    behind_bytes: int | None
+    lag_s: float | None
+    paused: bool
+
+
+_STANDBY = """
+SELECT pg_is_in_recovery() AS in_recovery,
+       (SELECT status FROM pg_stat_wal_receiver) AS receiver,
+       (SELECT received_tli FROM pg_stat_wal_receiver) AS timeline,
+       pg_last_wal_replay_lsn()::text AS replay_lsn,
+       CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() <> 'not paused' ELSE false END AS paused,
+       extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 AS since_replay_s
+"""
+
+
+async def _standby_state(target: Target, primary_lsn: str) -> StandbyState:
+    conn = await connect(target)
+    try:
+        row = await conn.fetchrow(_STANDBY)
+        assert row is not None
+        behind = None
+        if row["replay_lsn"] is not None:
+            behind = await conn.fetchval("SELECT greatest(pg_wal_lsn_diff($1::text::pg_lsn, $2::text::pg_lsn), 0)::bigint",
+                                         primary_lsn, row["replay_lsn"])
+    finally:
+        await conn.close()
+    # Seconds since the last replayed commit mean lag only while WAL waits to be replayed.
+    lag = row["since_replay_s"] if behind else 0.0
+    return StandbyState(f"{target.host}:{target.port}", row["in_recovery"], row["receiver"], row["timeline"], behind, lag,
+                        bool(row["paused"]))
+
+
+@check("topology.standbys_follow", title="Standbys are in recovery, streaming on the primary's timeline and keep up",
+       feature=FEATURE, category=CATEGORY, severity="critical")
+async def standbys_follow(ctx: CheckContext) -> CheckResult:
+    """Asked of each standby itself, not only of the primary's view: a standby that was promoted
+    (split brain), fell to another timeline after a failover, paused replay or stopped
+    streaming serves stale or diverging reads and cannot take over."""
+    topo = ctx.topology
+    if topo.problem:
+        return CheckResult.failed(f"standbys: {topo.problem}")
+    if not topo.standbys:
+        return _unconfigured("standbys")
+    primary_lsn = await ctx.observer.fetchval("SELECT pg_current_wal_lsn()::text")
+    timeline = int((await ctx.observer.fetchval("SELECT pg_walfile_name(pg_current_wal_lsn())"))[:8], 16)
+    max_s, max_bytes = ctx.settings.max_replication_lag_s, ctx.settings.max_replication_lag_bytes
+    problems, described = [], []
+    worst = 0.0
+    for target in topo.standbys:
+        where = f"{target.host}:{target.port}"
+        try:
+            state = await _standby_state(target, primary_lsn)
+        except HokmdbError as exc:
+            problems.append(f"standby {where} cannot be reached: {exc.message}")
+            continue
+        worst = max(worst, state.lag_s or 0.0)
+        described.append(f"{where}: recovery={state.in_recovery}, receiver={state.receiver}, timeline={state.timeline}, "
+                         f"{state.behind_bytes or 0} bytes behind, lag {state.lag_s or 0:.1f} s, paused={state.paused}")
+        if not state.in_recovery:
+            problems.append(f"standby {where} is not in recovery: it was promoted or is a separate server, and now takes "
+                            "writes of its own (split brain); rebuild it from the primary")
+            continue
+        if state.receiver != "streaming":
+            problems.append(f"standby {where} is not streaming (WAL receiver: {state.receiver or 'none'}): check its log, "
+                            "primary_conninfo and the primary's pg_hba.conf replication lines")
+        if state.timeline is not None and state.timeline != timeline:
+            problems.append(f"standby {where} is on timeline {state.timeline}, the primary on {timeline}: it follows an old "
+                            "primary after a failover; rewind or rebuild it")
+        if state.paused:
+            problems.append(f"standby {where} has WAL replay paused: run SELECT pg_wal_replay_resume() on it")
+        if (state.behind_bytes or 0) > max_bytes:
+            problems.append(f"standby {where} has {state.behind_bytes} bytes of WAL not replayed, over {max_bytes} "
+                            "(smoke.max_replication_lag_bytes)")
+        elif (state.lag_s or 0.0) > max_s:
+            problems.append(f"standby {where} replays {state.lag_s:.1f} s behind, over {max_s:g} s "
+                            "(smoke.max_replication_lag_s): long queries on it (max_standby_streaming_delay) or slow I/O")
+    evidence = {"standbys": "\n".join(described)} if described else {}
+    if problems:
+        return CheckResult.failed("; ".join(problems), measured=round(worst, 2), threshold=max_s, evidence=evidence)
+    return CheckResult.passed(f"{len(topo.standbys)} standby(s) in recovery, streaming on timeline {timeline}, worst lag "
+                              f"{worst:.1f} s", measured=round(worst, 2), threshold=max_s, evidence=evidence)
+
+
+@check("topology.replication_slots", title="No replication slot holds back WAL", feature=FEATURE, category=CATEGORY,
+       severity="critical")
+async def replication_slots(ctx: CheckContext) -> CheckResult:
+    """A slot keeps every WAL segment its consumer has not confirmed: a slot whose standby or
+    subscriber is gone fills the primary's disk until the server stops."""
+    if await ctx.observer.fetchval("SELECT pg_is_in_recovery()"):
+        return CheckResult.skipped("replication slots: the target is a standby; judge slots on the primary")
+    limit = ctx.topology.max_slot_retained_bytes
+    rows = await ctx.observer.fetch(
+        """
+        SELECT slot_name, slot_type, active, wal_status,
+               pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint AS retained
+        FROM pg_replication_slots ORDER BY retained DESC NULLS LAST
+        """
+    )
+    offenders = []
+    for r in rows:
+        retained = r["retained"] or 0
+        if retained > limit:
+            state = "active" if r["active"] else "inactive, nobody consumes it"
+            offenders.append(f"{r['slot_name']} ({r['slot_type']}, {state}) retains {retained} bytes")
+        elif r["wal_status"] == "lost":
+            offenders.append(f"{r['slot_name']} ({r['slot_type']}) has lost WAL its consumer still needed")
+    worst = max((r["retained"] or 0 for r in rows), default=0)
+    evidence = {"slots": "\n".join(f"{r['slot_name']} active={r['active']} retained={r['retained']}" for r in rows)}
+    if offenders:
+        return CheckResult.failed(
+            f"{len(offenders)} replication slot(s) hold back WAL over {limit} bytes (topology.max_slot_retained_bytes): "
+            f"{sample(offenders)}. Reconnect the consumer, or drop a slot nobody needs: "
+            "SELECT pg_drop_replication_slot('<name>')",
+            measured=worst, threshold=limit, evidence=evidence,
+        )
+    return CheckResult.passed(f"{len(rows)} replication slot(s), none retains more than {limit} bytes",
+                              measured=worst, threshold=limit, evidence=evidence)
+
+
+@check("topology.pgbouncer_pools", title="PgBouncer's pools serve without waiting", feature=FEATURE, category=CATEGORY,
+       severity="critical")
+async def pgbouncer_pools(ctx: CheckContext) -> CheckResult:
+    """From PgBouncer's admin console (SHOW POOLS / SHOW DATABASES): clients waiting for a
+    server connection longer than the budget, or a database left paused (a maintenance window
+    nobody resumed), are game requests that hang."""
+    topo = ctx.topology
+    if topo.problem:
+        return CheckResult.failed(f"PgBouncer: {topo.problem}")
+    if topo.pooler is None:
+        return _unconfigured("PgBouncer")
+    endpoint = topo.pooler
+    pools, databases = await asyncio.gather(pooler_show(endpoint, "POOLS"), pooler_show(endpoint, "DATABASES"))
+    limit = topo.max_pool_wait_s
+    ours = [p for p in pools if p.get("database") == endpoint.database]
+    problems = []
+    for db in databases:
+        if db.get("name") == endpoint.database and db.get("paused") == "1":
+            problems.append(f"database {endpoint.database} is PAUSED in {endpoint.describe()}: every new transaction waits; "
+                            f"run RESUME {endpoint.database}; on its admin console (or `hokmdb topology resume`)")
+        if db.get("name") == endpoint.database and db.get("disabled") == "1":
+            problems.append(f"database {endpoint.database} is DISABLEd in {endpoint.describe()}: new clients are refused; "
+                            f"run ENABLE {endpoint.database};")
+    worst = 0.0
+    described = []
+    for p in ours:
+        wait = float(p.get("maxwait", "0") or 0) + float(p.get("maxwait_us", "0") or 0) / 1e6
+        waiting = int(p.get("cl_waiting", "0") or 0)
+        worst = max(worst, wait)
+        described.append(f"{p.get('database')}/{p.get('user')}: {p.get('cl_active')} active, {waiting} waiting "
+                         f"(longest {wait:.2f} s), {p.get('sv_active')} server active, {p.get('sv_idle')} idle, "
+                         f"mode {p.get('pool_mode')}")
+        if waiting and wait > limit:
+            problems.append(f"pool {p.get('database')}/{p.get('user')} has {waiting} client(s) waiting, the longest "
+                            f"{wait:.2f} s, over {limit:g} s (topology.max_pool_wait_s): the pool is too small for the "
+                            "load or server connections are held by long transactions; raise default_pool_size or "
+                            "find the long transactions")
+    evidence = {"SHOW POOLS": "\n".join(described)} if described else {}
+    if problems:
+        return CheckResult.failed("; ".join(problems), measured=round(worst, 3), threshold=limit, evidence=evidence)
+    return CheckResult.passed(f"{endpoint.describe()}: {len(ours)} pool(s) for {endpoint.database}, longest client wait "
+                              f"{worst:.2f} s", measured=round(worst, 3), threshold=limit, evidence=evidence)
+
+
+CHECKS: list[CheckFunction] = [target_is_primary, standbys_follow, replication_slots, pgbouncer_pools]

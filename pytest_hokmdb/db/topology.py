@@ -1,0 +1,149 @@
+"""Where an environment's standbys and PgBouncer are, and how to read PgBouncer's pools.
+
+A ``Topology`` is resolved once per run from ``topology`` in the environment's config: the
+real endpoints listed there, or, for ``topology.local``, the standby and PgBouncer that
+hokmdb runs beside the embedded cluster (``cluster/topology.py``). Standbys are reached as the
+monitoring role (physical replicas have the primary's roles); PgBouncer's admin console as
+its configured stats user, through ``psql`` because the console speaks only the simple query
+protocol (asyncpg always uses the extended one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pytest_hokmdb.config import LoadedConfig
+from pytest_hokmdb.db.target import Target
+from pytest_hokmdb.errors import HokmdbError
+from pytest_hokmdb.redaction import redact, register_secret
+
+if TYPE_CHECKING:
+    from pytest_hokmdb.cluster.topology import LocalTopology
+
+# Unit separator: never inside a pool name or a number.
+_FIELD_SEP = "\x1f"
+
+
+@dataclass(frozen=True)
+class PoolerEndpoint:
+    host: str
+    port: int
+    user: str
+    password: str | None = field(default=None, repr=False)
+    database: str = ""
+
+    def __post_init__(self) -> None:
+        register_secret(self.password)
+
+    def describe(self) -> str:
+        return f"PgBouncer at {self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Topology:
+    """The environment's standbys (as monitoring-role targets) and its PgBouncer, if any.
+    ``problem`` says why a configured component could not be resolved (checks fail on it)."""
+
+    configured: bool = False
+    standbys: tuple[Target, ...] = ()
+    standby_names: tuple[str | None, ...] = ()
+    pooler: PoolerEndpoint | None = None
+    problem: str | None = None
+    replay_timeout_s: float = 60.0
+    max_slot_retained_bytes: int = 1024 * 1024 * 1024
+    max_pool_wait_s: float = 1.0
+
+    @property
+    def expected_standbys(self) -> int:
+        return len(self.standbys) if self.problem is None else max(len(self.standbys), 1)
+
+
+def resolve_topology(loaded: LoadedConfig, target: Target, monitor: Target | None) -> Topology:
+    """The topology of ``loaded``'s environment; an empty one when it has no ``topology``."""
+    settings = loaded.config.topology
+    if settings is None:
+        return Topology()
+    limits = dict(replay_timeout_s=settings.replay_timeout_s, max_slot_retained_bytes=settings.max_slot_retained_bytes,
+                  max_pool_wait_s=settings.max_pool_wait_s)
+    observer = monitor or target
+    if settings.local:
+        from pytest_hokmdb.cluster.topology import LocalTopology
+        from pytest_hokmdb.db.resolve import embedded_cluster_for
+
+        local = LocalTopology(embedded_cluster_for(loaded))
+        status = local.status()
+        if not (status.standby.initialized and status.pooler.port):
+            return Topology(configured=True, problem=(
+                f"the local topology of {loaded.config.environment} has not been set up "
+                f"(run `hokmdb topology start --environment {loaded.config.environment}`)"), **limits)  # type: ignore[arg-type]
+        return local_view(local, observer, target.dbname, **limits)  # type: ignore[arg-type]
+    standbys = tuple(replace(observer, host=s.host, port=s.port, read_only=True) for s in settings.standbys)
+    pooler = None
+    if settings.pgbouncer is not None:
+        b = settings.pgbouncer
+        pooler = PoolerEndpoint(b.host, b.port, b.admin_user,
+                                b.admin_password.get_secret_value() if b.admin_password else None,
+                                b.database or loaded.config.database.name)
+    return Topology(configured=True, standbys=standbys, standby_names=tuple(s.name for s in settings.standbys),
+                    pooler=pooler, **limits)  # type: ignore[arg-type]
+
+
+def local_view(local: LocalTopology, observer: Target, dbname: str, **limits: float | int) -> Topology:
+    """The endpoints of hokmdb's own topology, reached as ``observer`` (the monitoring role)."""
+    from pytest_hokmdb.cluster.topology import STANDBY_NAME
+
+    standby = replace(observer, host="127.0.0.1", port=local.standby_port, read_only=True)
+    pooler = PoolerEndpoint("127.0.0.1", local.pooler_port, observer.user, observer.password, dbname)
+    return Topology(configured=True, standbys=(standby,), standby_names=(STANDBY_NAME,), pooler=pooler,
+                    **limits)  # type: ignore[arg-type]
+
+
+class PoolerError(HokmdbError):
+    """PgBouncer's admin console could not be read."""
+
+
+def _psql() -> str:
+    found = shutil.which("psql")
+    if found is None:
+        for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin/psql"), reverse=True):
+            return str(candidate)
+        raise PoolerError("psql is not installed; it reads PgBouncer's admin console",
+                          hint="install the PostgreSQL client (Debian: apt-get install postgresql-client)")
+    return found
+
+
+async def pooler_show(endpoint: PoolerEndpoint, what: str, *, timeout_s: float = 10.0) -> list[dict[str, str]]:
+    """``SHOW <what>`` on PgBouncer's admin console, as rows of column -> text. The password
+    goes through the environment, never the command line."""
+    if what.upper() not in ("POOLS", "STATS", "CLIENTS", "SERVERS", "DATABASES", "CONFIG", "LISTS", "STATE"):
+        raise ValueError(f"not a PgBouncer SHOW command: {what}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(PGHOST=endpoint.host, PGPORT=str(endpoint.port), PGUSER=endpoint.user, PGDATABASE="pgbouncer",
+               PGCONNECT_TIMEOUT=str(max(1, int(timeout_s))), PGSSLMODE="prefer", PGAPPNAME="hokmdb-smoke")
+    if endpoint.password:
+        env["PGPASSWORD"] = endpoint.password
+    proc = await asyncio.create_subprocess_exec(
+        _psql(), "-X", "-A", "-q", "-w", "-F", _FIELD_SEP, "-P", "footer=off", "-c", f"SHOW {what.upper()}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+    except TimeoutError:
+        proc.kill()
+        raise PoolerError(f"{endpoint.describe()} did not answer SHOW {what.upper()} within {timeout_s:g} s",
+                          hint="check that PgBouncer runs and listens there") from None
+    if proc.returncode != 0:
+        reason = redact(err.decode(errors="replace").strip().splitlines()[-1] if err.strip() else f"exit {proc.returncode}")
+        raise PoolerError(f"{endpoint.describe()}: cannot read its admin console as {endpoint.user!r}: {reason}",
+                          hint="list the role in PgBouncer's stats_users (or admin_users) and its auth file, and check "
+                               "topology.pgbouncer's host, port and admin_user")
+    lines = out.decode(errors="replace").splitlines()
+    if not lines:
+        return []
+    header = lines[0].split(_FIELD_SEP)
+    return [dict(zip(header, line.split(_FIELD_SEP), strict=False)) for line in lines[1:] if line]

@@ -217,6 +217,9 @@ class DeploySettings(_Strict):
     backfill_batch_size: int = Field(1000, ge=1, description="rows per committed batch of an online backfill")
     backfill_pause_ms: int = Field(10, ge=0, description="pause between an online backfill's batches")
     backfill_max_batch_ms: int = Field(200, gt=0, description="a slower batch halves the next one (throttling)")
+    backfill_max_replica_lag_bytes: int = Field(
+        64 * 1024 * 1024, ge=0, description="a backfill pauses while a standby has more WAL than this to replay (0: never)"
+    )
     gate_suites: list[str] = Field(default_factory=lambda: ["smoke"])
     gate_timeout_s: float = Field(900.0, gt=0)
     log_dir: Path = Path("database/logs")

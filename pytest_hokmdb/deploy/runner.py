@@ -98,6 +98,8 @@ class Budget:
     in_database_s: float = 0.0  # time revisions spent inside the database (backfills included)
     lock_timeouts: int = 0
     waited_for_holders_s: float = 0.0
+    replay_wait_s: float = 0.0  # waiting for standbys to replay applied revisions
+    replay_peak_bytes: int = 0  # the most WAL a standby had left to replay when a revision committed
     watch: LockWatch = field(default_factory=LockWatch)  # write-blocking locks: the downtime
 
     def downtime_s(self) -> float:
@@ -107,8 +109,27 @@ class Budget:
         return None if self.max_downtime_s is None else self.max_downtime_s - self.downtime_s()
 
 
+@dataclass(frozen=True)
+class ReplicaPolicy:
+    """After each revision, wait until ``expected`` standbys (and every other streaming one)
+    have replayed it, for at most ``timeout_s``: a revision the standbys have not replayed is
+    not deployed where the game reads, and the next one would pile more WAL on a lagging one."""
+
+    expected: int
+    timeout_s: float
+
+
+_REPLAY = """
+SELECT coalesce(application_name, '') AS name, coalesce(client_addr::text, 'local') AS client, state,
+       replay_lsn IS NOT NULL AS visible,
+       coalesce(replay_lsn >= $1::text::pg_lsn, false) AS replayed,
+       greatest(pg_wal_lsn_diff($1::text::pg_lsn, replay_lsn), 0)::bigint AS behind
+FROM pg_stat_replication
+"""
+
+
 class RevisionFailed(Exception):
-    """A revision did not apply; ``kind`` says why (error, lock-budget, downtime)."""
+    """A revision did not apply; ``kind`` says why (error, lock-budget, downtime, replica)."""
 
     def __init__(self, revision: str, direction: str, kind: str, message: str, *, attempts: int, sqlstate: str | None) -> None:
         self.revision = revision
@@ -179,6 +200,7 @@ class Migrator:
         on_applied: Callable[[Any, str], Any] | None = None,
         monitor_target: Target | None = None,
         backfill: BackfillSettings | None = None,
+        replicas: ReplicaPolicy | None = None,
     ) -> None:
         self.target = target
         self.lock = lock
@@ -191,6 +213,7 @@ class Migrator:
         self.on_applied = on_applied
         self.monitor_target = monitor_target
         self.backfill = backfill or BackfillSettings()
+        self.replicas = replicas
         self.cfg = alembic_config(project_root=project_root)
         self.script = ScriptDirectory.from_config(self.cfg)
         self._tables: dict[str, list[str]] = {}
@@ -481,4 +504,51 @@ class Migrator:
             "revision %s %s in %.2fs (%d attempt%s)", revision, "applied" if direction == "upgrade" else "reverted",
             seconds, attempts, "s" if attempts != 1 else "",
         )
+        await self.wait_for_replay(revision, direction)
         return StepReport(revision, direction, seconds, attempts, lock_timeouts)
+
+    async def wait_for_replay(self, revision: str, direction: str) -> None:
+        """Wait until the standbys have replayed what ``revision`` wrote (see ``ReplicaPolicy``).
+
+        On the way up a standby that does not catch up in time fails the revision (the deploy
+        then rolls back, as for any failure); on the way down (a rollback) it is only logged:
+        stopping a rollback halfway would leave the database between revisions."""
+        policy = self.replicas
+        if policy is None:
+            return
+        lsn = (await self.lock.fetch("SELECT pg_current_wal_lsn()::text AS lsn"))[0]["lsn"]
+        started = time.monotonic()
+        deadline = started + policy.timeout_s
+        rows: list[Any] = []
+        first = True
+        while True:
+            rows = await self._observe(_REPLAY, lsn)
+            if first:
+                self.budget.replay_peak_bytes = max(self.budget.replay_peak_bytes, *(r["behind"] or 0 for r in rows), 0)
+                first = False
+            if rows and not all(r["visible"] for r in rows if r["state"] == "streaming"):
+                problem = ("this role cannot see the standbys' replay position (pg_stat_replication needs "
+                           "pg_read_all_stats): configure the monitoring connection (database.monitor_user)")
+                break
+            streaming = [r for r in rows if r["state"] == "streaming"]
+            if len(streaming) >= policy.expected and all(r["replayed"] for r in streaming):
+                waited = time.monotonic() - started
+                self.budget.replay_wait_s += waited
+                if streaming:
+                    log.info("revision %s replayed by %d standby(s) in %.2fs", revision, len(streaming), waited)
+                return
+            if time.monotonic() >= deadline:
+                lagging = [f"{r['name'] or r['client']} ({r['state']}, {r['behind']} bytes behind)"
+                           for r in rows if not r["replayed"]]
+                missing = policy.expected - len(streaming)
+                problem = (f"{', '.join(lagging) or 'no standby'} had not replayed it within {policy.timeout_s:g}s "
+                           f"(topology.replay_timeout_s)" + (f"; {missing} expected standby(s) not streaming" if missing > 0 else ""))
+                break
+            await asyncio.sleep(0.1)
+        self.budget.replay_wait_s += time.monotonic() - started
+        message = (f"revision {revision} ({direction}) committed on the primary, but {problem}: the game's reads from "
+                   "the standbys would not see it. Check the standbys (pytest smoke/ -k topology)")
+        if direction != "upgrade":
+            log.warning("%s; the rollback goes on", message)
+            return
+        raise RevisionFailed(revision, direction, "replica", message, attempts=1, sqlstate=None)

@@ -25,7 +25,7 @@ from pytest_hokmdb.config import LoadedConfig
 from pytest_hokmdb.db.target import Target
 from pytest_hokmdb.deploy import history
 from pytest_hokmdb.deploy.lock import Actor, DeployLock
-from pytest_hokmdb.deploy.runner import Budget, Migrator, RevisionFailed
+from pytest_hokmdb.deploy.runner import Budget, Migrator, ReplicaPolicy, RevisionFailed
 from pytest_hokmdb.errors import ConfigError, ExitCode, HokmdbError
 from pytest_hokmdb.gate import GateResult, run_gate
 from pytest_hokmdb.migrate import alembic_config, current_revision
@@ -72,6 +72,10 @@ class Outcome:
     sql: dict[str, str] = field(default_factory=dict)
     # table -> the longest time (s) the migration held it under a lock that blocks writes
     longest_locks: dict[str, float] = field(default_factory=dict)
+    # Standbys: time spent waiting for them to replay each revision, and the most WAL one had
+    # left to replay when a revision committed (None: no standby is configured).
+    replay_wait_s: float | None = None
+    replay_peak_bytes: int | None = None
 
     @property
     def result(self) -> str:
@@ -228,8 +232,25 @@ class DeploySession:
             base_delay_s=deploy.lock_retry_base_delay_s,
             budget=Budget(retry_budget_s=deploy.lock_retry_budget_s, max_downtime_s=max_downtime_s),
             monitor_target=self.monitor_target,
-            backfill=BackfillSettings(deploy.backfill_batch_size, deploy.backfill_pause_ms, deploy.backfill_max_batch_ms),
+            backfill=BackfillSettings(deploy.backfill_batch_size, deploy.backfill_pause_ms, deploy.backfill_max_batch_ms,
+                                      max_replica_lag_bytes=deploy.backfill_max_replica_lag_bytes),
+            replicas=self.replica_policy(),
         )
+
+    def replica_policy(self) -> ReplicaPolicy | None:
+        """Standbys to wait for after each revision: those the topology lists (or the local
+        one), at least smoke.expected_replicas; None for a single server."""
+        topology = self.config.topology
+        listed = 0 if topology is None else (1 if topology.local else len(topology.standbys))
+        expected = max(listed, self.config.smoke.expected_replicas)
+        if topology is None and expected == 0:
+            return None
+        return ReplicaPolicy(expected=expected, timeout_s=topology.replay_timeout_s if topology else 60.0)
+
+    async def in_recovery(self) -> bool:
+        assert self.lock.conn is not None
+        async with self.lock._use:
+            return bool(await self.lock.conn.fetchval("SELECT pg_is_in_recovery()"))
 
     async def start_history(self, *, from_revision: str | None, to_revision: str | None, options: dict[str, object]) -> None:
         assert self.lock.conn is not None

@@ -59,6 +59,11 @@ async def preflight(session: DeploySession, options: DeployOptions, outcome: Out
     revisions applied before hokmdb tracked them."""
     config, force = session.config, options.force
     async with session.step("pre-flight") as info:
+        if await session.in_recovery():
+            raise Refused(
+                f"{session.target.host}:{session.target.port} is a standby (in recovery): a deploy there can write nothing",
+                hint="point database.host/port at the primary (with Patroni, the leader: patronictl list)",
+            )
         start = await session.current_revision()
         outcome.from_revision = start
         outcome.final_revision = start
@@ -399,10 +404,14 @@ async def migrate(session: DeploySession, options: DeployOptions, plan: Plan, ou
                 + f"; {b.lock_timeouts} lock timeout(s), {b.retry_spent_s:.1f}s of {b.retry_budget_s:g}s retry budget"
                 + (f" ({b.waited_for_holders_s:.1f}s waiting for long transactions)" if b.waited_for_holders_s else "")
                 + f"; {b.in_database_s:.1f}s inside the database, {b.downtime_s():.2f}s holding locks that block writes"
+                + (f"; {b.replay_wait_s:.1f}s waiting for standbys to replay (peak {b.replay_peak_bytes} bytes behind)"
+                   if migrator.replicas is not None else "")
                 + (f" of {b.max_downtime_s:g}s max downtime" if b.max_downtime_s is not None else "")
                 + f"; {b.watch.summary()}"
             )
             outcome.longest_locks = {t: round(sec, 3) for t, (sec, _mode) in b.watch.longest.items()}
+            if migrator.replicas is not None:
+                outcome.replay_wait_s, outcome.replay_peak_bytes = round(b.replay_wait_s, 3), b.replay_peak_bytes
     outcome.final_revision = await session.current_revision()
     if plan.applied and plan.failure is None:
         await session.tidy(before)

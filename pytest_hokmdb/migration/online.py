@@ -24,7 +24,10 @@ What makes it safe to kill and run again:
 
 Throttling: a batch that takes longer than ``max_batch_ms`` halves the batch (down to
 ``min_batch_size``), a quick one lets it grow back, and while other sessions wait for a
-lock the helper pauses before its next batch. Settings come from the deploy
+lock the helper pauses before its next batch. While a streaming standby has more than
+``max_replica_lag_bytes`` of WAL left to replay it waits for the standby to come back to
+half that (a backfill writes WAL far faster than a busy standby replays it); a standby that
+replays nothing for ``REPLICA_STALL_S`` fails the backfill, naming it. Settings come from the deploy
 (``deploy.backfill_batch_size`` / ``deploy.backfill_pause_ms``, passed in the alembic
 config's attributes), else from the call, else the defaults below.
 
@@ -51,6 +54,8 @@ DEFAULT_PAUSE_MS = 10
 DEFAULT_MAX_BATCH_MS = 200
 MIN_BATCH_SIZE = 50
 FINAL_PASSES = 3
+DEFAULT_MAX_REPLICA_LAG_BYTES = 64 * 1024 * 1024
+REPLICA_STALL_S = 120.0
 MARKER = "-- hokmdb:backfill"
 ATTRIBUTE = "hokmdb_backfill"  # alembic Config.attributes key the deploy sets
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
@@ -61,6 +66,7 @@ class BackfillSettings:
     batch_size: int = DEFAULT_BATCH_SIZE
     pause_ms: int = DEFAULT_PAUSE_MS
     max_batch_ms: int = DEFAULT_MAX_BATCH_MS
+    max_replica_lag_bytes: int = DEFAULT_MAX_REPLICA_LAG_BYTES  # 0: do not wait for standbys
 
 
 @dataclass
@@ -71,6 +77,9 @@ class BackfillReport:
     seconds: float = 0.0
     throttled: int = 0
     resumed_at: Any = None
+    replica_waits: int = 0
+    replica_wait_s: float = 0.0
+    replica_peak_bytes: int = 0
 
 
 class BackfillError(RuntimeError):
@@ -90,6 +99,7 @@ def _settings(batch_size: int | None, pause_ms: int | None) -> BackfillSettings:
         batch_size=batch_size if batch_size is not None else base.batch_size,
         pause_ms=pause_ms if pause_ms is not None else base.pause_ms,
         max_batch_ms=base.max_batch_ms,
+        max_replica_lag_bytes=base.max_replica_lag_bytes,
     )
 
 
@@ -113,6 +123,49 @@ def backfill(
     settings = _settings(batch_size, pause_ms)
     with op.get_context().autocommit_block():
         return run_backfill(op.get_bind(), table, set_=set_, where=where, key=key, settings=settings)
+
+
+_REPLICA_LAG = sa.text(
+    "SELECT coalesce(application_name, '') AS name, pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint AS behind "
+    "FROM pg_stat_replication WHERE state = 'streaming'"
+)
+
+
+def _wait_for_standbys(bind: Any, table: str, limit: int, report: BackfillReport) -> None:
+    """Pause while a standby is more than ``limit`` bytes behind, until it is under half of it."""
+    rows = bind.execute(_REPLICA_LAG).all()
+    if not rows:
+        return
+    if any(r.behind is None for r in rows):
+        if not report.replica_waits:
+            log.warning("backfill %s: this role cannot see the standbys' replay position (pg_read_all_stats), so it "
+                        "cannot wait for them; the deploy's replay wait after the revision still checks them", table)
+            report.replica_waits = -1
+        return
+    worst = max(r.behind for r in rows)
+    report.replica_peak_bytes = max(report.replica_peak_bytes, worst)
+    if worst <= limit:
+        return
+    report.replica_waits += 1
+    started = last_progress = time.monotonic()
+    best = worst
+    log.info("backfill %s: a standby is %d bytes behind (over %d): waiting for it to replay", table, worst, limit)
+    while worst > limit // 2:
+        time.sleep(0.1)
+        rows = bind.execute(_REPLICA_LAG).all()
+        if not rows:
+            break
+        worst = max(r.behind or 0 for r in rows)
+        if worst < best:
+            best, last_progress = worst, time.monotonic()
+        elif time.monotonic() - last_progress > REPLICA_STALL_S:
+            laggard = max(rows, key=lambda r: r.behind or 0)
+            raise BackfillError(
+                f"backfill of {table} stopped: standby {laggard.name or '(no application_name)'} replayed nothing for "
+                f"{REPLICA_STALL_S:.0f}s and is {worst} bytes behind; check it (replay paused? disk full?), then deploy "
+                "again: the backfill continues where it stopped"
+            )
+    report.replica_wait_s += time.monotonic() - started
 
 
 def run_backfill(bind: Any, table: str, *, set_: str, where: str, key: str = "id",
@@ -160,6 +213,8 @@ def run_backfill(bind: Any, table: str, *, set_: str, where: str, key: str = "id
                     report.throttled += 1
                 if pause > 0:
                     time.sleep(pause)
+                if settings.max_replica_lag_bytes:
+                    _wait_for_standbys(bind, table, settings.max_replica_lag_bytes, report)
             left = int(bind.execute(pending).scalar() or 0)
             if left == 0:
                 break
@@ -171,6 +226,8 @@ def run_backfill(bind: Any, table: str, *, set_: str, where: str, key: str = "id
                 "application writing both forms) before the backfill runs"
             )
     report.seconds = time.monotonic() - started
-    log.info("backfill %s: %d rows in %d batches, %.1fs (%d throttled)", table, report.rows, report.batches,
-             report.seconds, report.throttled)
+    log.info("backfill %s: %d rows in %d batches, %.1fs (%d throttled)%s", table, report.rows, report.batches,
+             report.seconds, report.throttled,
+             f"; waited {report.replica_wait_s:.1f}s for standbys ({report.replica_waits} time(s), peak "
+             f"{report.replica_peak_bytes} bytes behind)" if report.replica_waits > 0 else "")
     return report

@@ -1,0 +1,150 @@
+"""The deploy on a real topology: it waits for the standby to replay each revision, fails (and
+rolls back) when the standby does not, refuses a standby as its target; the online backfill
+waits for a lagging standby."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+import pytest
+from helpers import PROJECT_ROOT, write_config_dir
+from topology_support import TopologyEnv
+
+from pytest_hokmdb.cluster import EmbeddedCluster
+from pytest_hokmdb.cluster.topology import LocalTopology
+from pytest_hokmdb.migration import online
+
+HOKMDB = Path(sys.executable).parent / "hokmdb"
+DEPLOY = PROJECT_ROOT / "database" / "deploy.py"
+
+
+def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=600, check=False, cwd=PROJECT_ROOT)
+
+
+class DevTopology:
+    def __init__(self, base: Path) -> None:
+        self.config_dir = base / "config"
+        write_config_dir(self.config_dir, "development", embedded__data_dir=str(base / "primary"),
+                         topology={"local": True, "replay_timeout_s": 3}, deploy__gate_suites=[],
+                         deploy__log_dir=str(base / "logs"))
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("DB_") and k != "HOKMDB_ENVIRONMENT"}
+        self.env["HOKMDB_ENV_FILE"] = str(base / "no-such.env")
+        self.cluster = EmbeddedCluster(base / "primary")
+        self.topology = LocalTopology(self.cluster)
+        self.base = base
+
+    def deploy(self, *args: str, config_dir: Path | None = None) -> subprocess.CompletedProcess[str]:
+        return _run([sys.executable, str(DEPLOY), "--environment", "development", "--config",
+                     str(config_dir or self.config_dir), *args], self.env)
+
+    async def standby_sql(self, sql: str, dbname: str = "hokm_dev") -> object:
+        conn = await asyncpg.connect(host="127.0.0.1", port=self.topology.standby_port, user="postgres",
+                                     password=self.cluster.superuser_password, database=dbname)
+        try:
+            return await conn.fetchval(sql)
+        finally:
+            await conn.close()
+
+
+@pytest.fixture(scope="module")
+def dev_topology(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    dev = DevTopology(tmp_path_factory.mktemp("topo-deploy"))
+    started = _run([str(HOKMDB), "topology", "start", "--environment", "development", "--config", str(dev.config_dir)], dev.env)
+    assert started.returncode == 0, started.stdout + started.stderr
+    yield dev
+    dev.topology.destroy()
+    dev.cluster.destroy()
+
+
+async def test_a_standby_that_does_not_replay_fails_the_revision_and_the_deploy_rolls_back(dev_topology: DevTopology) -> None:
+    await dev_topology.standby_sql("SELECT pg_wal_replay_pause()", dbname="postgres")
+    try:
+        proc = dev_topology.deploy("--target-revision", "0002")
+    finally:
+        await dev_topology.standby_sql("SELECT pg_wal_replay_resume()", dbname="postgres")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 10, output
+    assert "revision 0001 (upgrade) committed on the primary, but hokmdb_standby (streaming" in output
+    assert "had not replayed it within 3s (topology.replay_timeout_s)" in output
+    assert "rolled back to an empty database" in output or "rolled back to base" in output
+
+
+async def test_the_deploy_waits_for_the_standby_to_replay_every_revision(dev_topology: DevTopology) -> None:
+    proc = dev_topology.deploy()
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert "waiting for standbys to replay (peak" in output
+    log = next((dev_topology.base / "logs").glob("deployment_development_*.log"))
+    assert log.exists()
+    # What the primary has, the standby has: the revision is there the moment the deploy ends.
+    head = await dev_topology.standby_sql("SELECT version_num FROM alembic_version")
+    assert head == "0008"
+
+
+def test_a_deploy_pointed_at_the_standby_is_refused(dev_topology: DevTopology) -> None:
+    state = json.loads(dev_topology.cluster.state_file.read_text())
+    config_dir = dev_topology.base / "standby-config"
+    write_config_dir(config_dir, "development", database__host="127.0.0.1",
+                     database__port=dev_topology.topology.standby_port, database__password=state["app_passwords"]["hokm_app"],
+                     database__sslmode="disable", deploy__gate_suites=[], deploy__log_dir=str(dev_topology.base / "logs"))
+    proc = dev_topology.deploy(config_dir=config_dir)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 4, output
+    assert f"127.0.0.1:{dev_topology.topology.standby_port} is a standby (in recovery)" in output
+    assert "point database.host/port at the primary" in output
+    assert state["app_passwords"]["hokm_app"] not in output
+
+
+async def _backfill(env: TopologyEnv, table: str, rows: int, settings: online.BackfillSettings) -> online.BackfillReport:
+    """Make ``table`` with ``rows`` rows needing ``v = 1`` and backfill it on the primary."""
+    from pytest_hokmdb.db.engine import create_engine
+
+    conn = await asyncpg.connect(**env.primary.asyncpg_kwargs())  # type: ignore[arg-type]
+    try:
+        await conn.execute(f"DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id bigint PRIMARY KEY, pad text, v int); "
+                           f"INSERT INTO {table} SELECT g, repeat('x', 300), NULL FROM generate_series(1, {rows}) g")
+    finally:
+        await conn.close()
+    engine = create_engine(env.primary)
+    try:
+        async with engine.connect() as bind:
+            autocommit = await bind.execution_options(isolation_level="AUTOCOMMIT")
+            return await autocommit.run_sync(
+                lambda sync: online.run_backfill(sync, table, set_="v = 1", where="v IS NULL", settings=settings))
+    finally:
+        await engine.dispose()
+
+
+async def test_a_backfill_waits_for_a_lagging_standby_then_finishes(topology_env: TopologyEnv) -> None:
+    await topology_env.on_standby("SELECT pg_wal_replay_pause()")
+    settings = online.BackfillSettings(batch_size=2000, pause_ms=0, max_replica_lag_bytes=256 * 1024)
+    task = asyncio.create_task(_backfill(topology_env, "lagging_backfill", 20000, settings))
+    try:
+        await asyncio.sleep(2.0)
+        assert not task.done(), "the backfill did not wait for the paused standby"
+    finally:
+        await topology_env.on_standby("SELECT pg_wal_replay_resume()")
+    report = await asyncio.wait_for(task, 60)
+    assert report.rows == 20000
+    assert report.replica_waits >= 1 and report.replica_wait_s >= 1.5
+    assert report.replica_peak_bytes > 256 * 1024
+
+
+async def test_a_backfill_behind_a_standby_that_replays_nothing_fails_naming_it(topology_env: TopologyEnv, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(online, "REPLICA_STALL_S", 1.0)
+    await topology_env.on_standby("SELECT pg_wal_replay_pause()")
+    settings = online.BackfillSettings(batch_size=1000, pause_ms=0, max_replica_lag_bytes=64 * 1024)
+    try:
+        with pytest.raises(online.BackfillError) as failed:
+            await _backfill(topology_env, "stalled_backfill", 5000, settings)
+    finally:
+        await topology_env.on_standby("SELECT pg_wal_replay_resume()")
+    assert "backfill of stalled_backfill stopped: standby hokmdb_standby replayed nothing for 1s" in str(failed.value)
+    assert "the backfill continues where it stopped" in str(failed.value)

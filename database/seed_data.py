@@ -71,6 +71,7 @@ def _refuse(environment: str, reason: str) -> Refused:
 async def _main(args: argparse.Namespace) -> int:
     from pytest_hokmdb.config.profile import project_profile
     from pytest_hokmdb.db import connect, resolve_target
+    from pytest_hokmdb.db.resolve import resolve_owner_target
 
     if args.environment == "production":
         # Decided before reading any config: no setting can make production seedable.
@@ -84,7 +85,8 @@ async def _main(args: argparse.Namespace) -> int:
     games = config.seed.games if args.games is None else args.games
     random_seed = config.seed.random_seed if args.random_seed is None else args.random_seed
 
-    target = (await resolve_target(loaded)).writable()
+    # Seeding is setup: it writes as the owner role, like migrations.
+    target = await resolve_owner_target(loaded, await resolve_target(loaded))
     log.info("seeding %s (%s): %d players, %d games, seed %d%s", config.environment, target.dsn(), players,
              games, random_seed, ", clearing every game table first" if args.clear else "")
     conn = await connect(target)

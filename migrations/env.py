@@ -42,6 +42,7 @@ def _resolve_target() -> Any:
         return url
     from pytest_hokmdb.config import load_config
     from pytest_hokmdb.db import resolve_target
+    from pytest_hokmdb.db.resolve import resolve_owner_target
 
     x_args = context.get_x_argument(as_dictionary=True)
     environment = x_args.get("environment") or os.environ.get("HOKMDB_ENVIRONMENT")
@@ -49,7 +50,8 @@ def _resolve_target() -> Any:
         sys.exit("error: no database selected: pass -x environment=NAME or set HOKMDB_ENVIRONMENT")
     try:
         loaded = load_config(environment, x_args.get("config"))
-        return run_sync(resolve_target(loaded)).writable()
+        # Migrations run as the owner role (database.owner_user; hokm_owner on an embedded cluster).
+        return run_sync(resolve_owner_target(loaded, run_sync(resolve_target(loaded))))
     except HokmdbError as exc:
         sys.exit(f"error: {exc}")
 

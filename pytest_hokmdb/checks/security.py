@@ -156,6 +156,98 @@ async def app_role_not_schema_owner(ctx: CheckContext) -> CheckResult:
     )
 
 
+_OWNED_BY_APP = """
+SELECT kind, name FROM (
+    SELECT CASE c.relkind WHEN 'r' THEN 'table' WHEN 'p' THEN 'table' WHEN 'S' THEN 'sequence' WHEN 'v' THEN 'view'
+                          WHEN 'm' THEN 'materialized view' WHEN 'i' THEN 'index' ELSE 'relation' END AS kind,
+           n.nspname || '.' || c.relname AS name
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+      AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+    UNION ALL
+    SELECT 'function', n.nspname || '.' || p.proname || '()' FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+    WHERE p.proowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+      AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+    UNION ALL
+    SELECT 'type', n.nspname || '.' || t.typname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+    WHERE t.typowner = (SELECT oid FROM pg_roles WHERE rolname = current_user) AND t.typtype IN ('e', 'd', 'c', 'r', 'm')
+      AND (t.typrelid = 0 OR (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c')
+      AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+    UNION ALL
+    SELECT 'schema', nspname FROM pg_namespace
+    WHERE nspowner = (SELECT oid FROM pg_roles WHERE rolname = current_user) AND nspname NOT LIKE 'pg_temp%'
+      AND nspname NOT LIKE 'pg_toast_temp%'
+    UNION ALL
+    SELECT 'database', datname FROM pg_database WHERE datname = current_database()
+      AND datdba = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+) owned ORDER BY kind, name
+"""
+
+
+@check("security.app_role_owns_no_objects", title="Application role owns no table, sequence, function or type",
+       feature=FEATURE, category=CATEGORY, severity="critical")
+async def app_role_owns_no_objects(ctx: CheckContext) -> CheckResult:
+    """An object's owner can drop it, alter it and grant it away, whatever its grants say: a
+    game server role that owns a table (because it ran the migration that created it) can drop
+    the table through a single injected statement. The owner role owns; the game reads and
+    writes through grants (README "The three roles")."""
+    role = await ctx.conn.fetchval("SELECT current_user")
+    rows = await ctx.conn.fetch(_OWNED_BY_APP)
+    owned = [f"{r['kind']} {r['name']}" for r in rows]
+    evidence = {"owned by the application role": "\n".join(owned)} if owned else {}
+    if not owned:
+        return CheckResult.passed(f"application role {role} owns no object in this database", measured=0, threshold=0)
+    if ctx.settings.app_role_may_own_schema:
+        return CheckResult.passed(f"application role {role} owns {len(owned)} object(s); allowed by "
+                                  "smoke.app_role_may_own_schema (a single-role setup)", measured=len(owned), evidence=evidence)
+    return CheckResult.failed(
+        f"application role {role} owns {len(owned)} object(s): {sample(owned)}. It can drop or alter them whatever its "
+        f"grants say. Hand them to the owner role: REASSIGN OWNED BY {quote_ident(role)} TO {OWNER_PLACEHOLDER} (as a "
+        "superuser), run migrations as the owner (database.owner_user), and grant the application role DML only",
+        measured=len(owned), threshold=0, evidence=evidence,
+    )
+
+
+_DDL_PATHS = """
+SELECT 'CREATE on schema ' || nspname AS path FROM pg_namespace
+WHERE nspname NOT IN ('pg_catalog', 'information_schema') AND nspname NOT LIKE 'pg_toast%' AND nspname NOT LIKE 'pg_temp%'
+  AND has_schema_privilege(current_user, oid, 'CREATE')
+UNION ALL
+SELECT 'CREATE on database ' || current_database() WHERE has_database_privilege(current_user, current_database(), 'CREATE')
+UNION ALL
+SELECT privilege || ' on table ' || n.nspname || '.' || c.relname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+CROSS JOIN unnest(ARRAY['TRUNCATE', 'TRIGGER', 'REFERENCES']) AS privilege
+WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND (privilege <> 'TRUNCATE' OR NOT $1) AND has_table_privilege(current_user, c.oid, privilege)
+ORDER BY 1
+"""
+
+
+@check("security.app_role_cannot_run_ddl", title="Application role cannot create objects or truncate tables",
+       feature=FEATURE, category=CATEGORY, severity="critical")
+async def app_role_cannot_run_ddl(ctx: CheckContext) -> CheckResult:
+    """DDL from the game's role is how a bug or an injection becomes a schema change: CREATE
+    in a schema (or the database) lets it add objects it then owns; TRUNCATE empties a table
+    in one statement, past row-level triggers; TRIGGER and REFERENCES change how others' writes
+    behave. The application needs none of them."""
+    role = await ctx.conn.fetchval("SELECT current_user")
+    paths = [r["path"] for r in await ctx.conn.fetch(_DDL_PATHS, ctx.settings.app_role_may_truncate)]
+    evidence = {"privileges beyond DML": "\n".join(paths)} if paths else {}
+    if not paths:
+        return CheckResult.passed(f"application role {role} can only read and write rows", measured=0, threshold=0)
+    if ctx.settings.app_role_may_own_schema:
+        return CheckResult.passed(f"application role {role} holds {len(paths)} privilege(s) beyond DML; allowed by "
+                                  "smoke.app_role_may_own_schema (a single-role setup)", measured=len(paths), evidence=evidence)
+    return CheckResult.failed(
+        f"application role {role} holds {len(paths)} privilege(s) beyond reading and writing rows: {sample(paths)}. "
+        f"Revoke them (e.g. REVOKE CREATE ON SCHEMA public FROM {quote_ident(role)}, PUBLIC; REVOKE TRUNCATE, TRIGGER, "
+        f"REFERENCES ON ALL TABLES IN SCHEMA public FROM {quote_ident(role)}); if truncating on purpose, set "
+        "smoke.app_role_may_truncate",
+        measured=len(paths), threshold=0, evidence=evidence,
+    )
+
+
 @check("security.password_encryption_scram", title="Passwords are hashed with SCRAM", feature=FEATURE, category=CATEGORY, severity="normal")
 async def password_encryption_scram(ctx: CheckContext) -> CheckResult:
     """MD5 password hashes are replayable and deprecated; every password set while the server
@@ -348,6 +440,8 @@ CHECKS: list[CheckFunction] = [
     app_role_cannot_create_roles,
     app_role_cannot_create_databases,
     app_role_not_schema_owner,
+    app_role_owns_no_objects,
+    app_role_cannot_run_ddl,
     password_encryption_scram,
     no_remote_trust_auth,
     public_cannot_create_in_schema,

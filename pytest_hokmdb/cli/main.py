@@ -199,7 +199,9 @@ async def _demo(args: argparse.Namespace) -> int:
     report.add("migrate", t, (f"already at head {head}" if before == head else f"{before or 'empty'} -> {head}") + f" (deploy.py, {log_name})")
 
     t = time.monotonic()
-    conn = await connect(target)
+    from pytest_hokmdb.db.resolve import resolve_owner_target
+
+    conn = await connect(await resolve_owner_target(loaded, target))  # seeding is setup: as the owner
     try:
         seeded = await seed(
             conn,

@@ -48,6 +48,12 @@ class DatabaseSettings(_Strict):
     # cluster: the hokm_monitor role its setup creates.
     monitor_user: str | None = Field(None, description="role with pg_monitor for the checks the app role may not run")
     monitor_password: SecretStr | None = None
+    # The owner role: runs migrations (deploy, rollback, alembic), seeds, and owns the schema's
+    # objects; ``user`` (the game's role) then only reads and writes rows through grants. Unset
+    # on an embedded cluster: the hokm_owner role its setup creates. Unset on another server:
+    # ``user`` migrates, which staging and production deploys refuse.
+    owner_user: str | None = Field(None, description="role that runs migrations and owns the objects")
+    owner_password: SecretStr | None = None
 
 
 class EmbeddedSettings(_Strict):
@@ -308,7 +314,10 @@ class SmokeSettings(_Strict):
     max_connect_s: float = Field(5.0, gt=0)
     max_latency_ms: float = Field(50.0, gt=0)
     require_ssl: bool | None = Field(None, description="default: on for staging and production")
-    app_role_may_own_schema: bool = False
+    app_role_may_own_schema: bool = Field(
+        False, description="a single-role setup: the application role may own the schema and its objects and run DDL",
+    )
+    app_role_may_truncate: bool = Field(False, description="the application truncates tables on purpose")
     log_connections: bool | None = Field(None, description="expected value of log_connections; unset: not checked")
     min_cache_hit_ratio: float = Field(0.90, ge=0, le=1)
     cache_hit_min_reads: int = Field(10_000, ge=0, description="below this many block reads the ratio means nothing")
@@ -426,6 +435,7 @@ class HokmdbConfig(_Strict):
         values = [
             self.database.password,
             self.database.monitor_password,
+            self.database.owner_password,
             self.backup.encryption_key,
             self.backup.admin_password,
             self.notifications.slack_webhook_url,

@@ -11,6 +11,7 @@ before the security checks would repair the very thing they are about to judge.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from dataclasses import replace
 
@@ -22,6 +23,8 @@ from pytest_hokmdb.config.model import EmbeddedSettings
 from pytest_hokmdb.db.target import Target
 from pytest_hokmdb.errors import ConnectionFailed
 from pytest_hokmdb.redaction import register_secret
+
+log = logging.getLogger(__name__)
 
 
 def embedded_cluster_for(loaded: LoadedConfig) -> EmbeddedCluster:
@@ -67,6 +70,18 @@ def _app_password(cluster: EmbeddedCluster, user: str, configured: str | None) -
 
 
 EMBEDDED_MONITOR_USER = "hokm_monitor"
+EMBEDDED_OWNER_USER = "hokm_owner"
+# What the application role gets on the owner's objects: rows, never structure (no TRUNCATE,
+# REFERENCES or TRIGGER), now and for every object the owner creates later.
+APP_GRANTS = (
+    "GRANT CONNECT ON DATABASE {db} TO {app}",
+    "GRANT USAGE ON SCHEMA public TO {app}",
+    "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {app}",
+    "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {app}",
+    "ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {app}",
+    "ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA public GRANT USAGE, SELECT ON SEQUENCES TO {app}",
+    "REVOKE CREATE ON SCHEMA public FROM PUBLIC",
+)
 # What the monitoring role needs beyond pg_monitor (README "Monitoring connection").
 MONITOR_GRANTS = (
     "GRANT pg_monitor TO {role}",
@@ -92,32 +107,58 @@ async def provision_monitor(conn: asyncpg.Connection, *, user: str, password: st
         await conn.execute(grant.format(role=role))
 
 
+async def _login_role(conn: asyncpg.Connection, user: str, password: str) -> None:
+    exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", user)
+    verb = "ALTER" if exists else "CREATE"
+    # format() quotes identifier and literal server-side; nothing is spliced by hand.
+    statement = await conn.fetchval(
+        f"SELECT format('{verb} ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD %L', $1::text, $2::text)",
+        user,
+        password,
+    )
+    await conn.execute(statement)
+
+
 async def provision(cluster: EmbeddedCluster, *, dbname: str, user: str, password: str,
-                    monitor: tuple[str, str] | None = None) -> None:
-    """Create (or align) a non-superuser login role and a database it owns, and the
-    monitoring role when given; idempotent."""
+                    monitor: tuple[str, str] | None = None, owner: tuple[str, str] | None = None) -> None:
+    """Create (or align) the roles and the database; idempotent.
+
+    With ``owner``: the owner role owns the database and everything in it, and ``user`` (the
+    application role) gets DML through grants and default privileges. A database from before
+    the split (the application role owned it) is handed over: ``REASSIGN OWNED``. Without it,
+    ``user`` owns the database (the single-role setup)."""
+    owner_name = owner[0] if owner else user
     conn = await asyncpg.connect(**cluster.admin_connect_kwargs())  # type: ignore[arg-type]
     try:
-        exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", user)
-        verb = "ALTER" if exists else "CREATE"
-        # format() quotes identifier and literal server-side; nothing is spliced by hand.
-        statement = await conn.fetchval(
-            f"SELECT format('{verb} ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD %L', $1::text, $2::text)",
-            user,
-            password,
-        )
-        await conn.execute(statement)
+        await _login_role(conn, user, password)
+        if owner is not None:
+            await _login_role(conn, owner[0], owner[1])
         if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", dbname):
-            statement = await conn.fetchval("SELECT format('CREATE DATABASE %I OWNER %I', $1::text, $2::text)", dbname, user)
+            statement = await conn.fetchval("SELECT format('CREATE DATABASE %I OWNER %I', $1::text, $2::text)", dbname, owner_name)
             await conn.execute(statement)
     finally:
         await conn.close()
-    if monitor is not None:
-        conn = await asyncpg.connect(**cluster.admin_connect_kwargs(dbname))  # type: ignore[arg-type]
-        try:
+    conn = await asyncpg.connect(**cluster.admin_connect_kwargs(dbname))  # type: ignore[arg-type]
+    try:
+        if owner is not None:
+            quoted = await conn.fetchrow("SELECT format('%I', $1::text) AS app, format('%I', $2::text) AS owner, "
+                                         "format('%I', $3::text) AS db", user, owner[0], dbname)
+            assert quoted is not None
+            owns = await conn.fetchval(
+                "SELECT (SELECT count(*) FROM pg_class c WHERE c.relowner = r.oid) + "
+                "(SELECT count(*) FROM pg_proc p WHERE p.proowner = r.oid) + "
+                "(SELECT count(*) FROM pg_database d WHERE d.datdba = r.oid AND d.datname = current_database()) "
+                "FROM pg_roles r WHERE r.rolname = $1", user)
+            if owns:
+                log.info("handing %d object(s) the application role %s owns over to %s", owns, user, owner[0])
+                await conn.execute(f"ALTER DATABASE {quoted['db']} OWNER TO {quoted['owner']}")
+                await conn.execute(f"REASSIGN OWNED BY {quoted['app']} TO {quoted['owner']}")
+            for grant in APP_GRANTS:
+                await conn.execute(grant.format(app=quoted["app"], owner=quoted["owner"], db=quoted["db"]))
+        if monitor is not None:
             await provision_monitor(conn, user=monitor[0], password=monitor[1])
-        finally:
-            await conn.close()
+    finally:
+        await conn.close()
 
 
 async def _require_provisioned(cluster: EmbeddedCluster, *, environment: str, dbname: str, user: str) -> None:
@@ -174,7 +215,10 @@ async def resolve_target(loaded: LoadedConfig, *, start: bool = True, provision_
     if start and provision_embedded:
         monitor_user = db.monitor_user or EMBEDDED_MONITOR_USER
         monitor_password = _app_password(cluster, monitor_user, db.monitor_password.get_secret_value() if db.monitor_password else None)
-        await provision(cluster, dbname=db.name, user=db.user, password=password, monitor=(monitor_user, monitor_password))
+        owner_user = db.owner_user or EMBEDDED_OWNER_USER
+        owner_password = _app_password(cluster, owner_user, db.owner_password.get_secret_value() if db.owner_password else None)
+        await provision(cluster, dbname=db.name, user=db.user, password=password, monitor=(monitor_user, monitor_password),
+                        owner=(owner_user, owner_password))
     elif start:
         await _require_provisioned(cluster, environment=config.environment, dbname=db.name, user=db.user)
     return Target(
@@ -185,6 +229,33 @@ async def resolve_target(loaded: LoadedConfig, *, start: bool = True, provision_
         embedded=True,
         **common,  # type: ignore[arg-type]
     )
+
+
+async def resolve_owner_target(loaded: LoadedConfig, target: Target) -> Target:
+    """The target migrations, seeding and deploys write through: the owner role
+    (``database.owner_user``; on an embedded cluster the ``hokm_owner`` its setup created),
+    else the application role itself. Writable."""
+    db = loaded.config.database
+    user, password = db.owner_user, (db.owner_password.get_secret_value() if db.owner_password else None)
+    if user is None and target.embedded:
+        user = EMBEDDED_OWNER_USER
+        if password is None:
+            password = _stored_password(embedded_cluster_for(loaded), user)
+            if password is None:
+                raise ConnectionFailed(
+                    f"the owner role {user} of the embedded cluster of {loaded.config.environment} has not been created",
+                    hint=f"run setup once: `python database/deploy.py --environment {loaded.config.environment} --setup` "
+                         f"(or `hokmdb cluster start --environment {loaded.config.environment}`)",
+                )
+    if user is None:
+        return target.writable()
+    return replace(target, user=user, password=password, read_only=False)
+
+
+def runs_ddl_as_app_role(loaded: LoadedConfig, target: Target) -> bool:
+    """Whether migrations would run as the application role (no separate owner)."""
+    owner = loaded.config.database.owner_user or (EMBEDDED_OWNER_USER if target.embedded else None)
+    return owner is None or owner == loaded.config.database.user
 
 
 async def resolve_monitor_target(loaded: LoadedConfig, target: Target) -> Target | None:

@@ -62,10 +62,12 @@ async def state(conn: asyncpg.Connection) -> MaintenanceState | None:
     return MaintenanceState(row["enabled"], row["limited"], row["saved_connection_limit"], row["actor"], row["deploy_id"])
 
 
-async def _limit_role(conn: asyncpg.Connection, reserve: int) -> tuple[str, int]:
-    role = await conn.fetchval("SELECT current_user")
-    saved = await conn.fetchval("SELECT rolconnlimit FROM pg_roles WHERE rolname = current_user")
-    open_now = await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE usename = current_user")
+async def _limit_role(conn: asyncpg.Connection, reserve: int, role: str | None) -> tuple[str, int]:
+    role = role or await conn.fetchval("SELECT current_user")
+    saved = await conn.fetchval("SELECT rolconnlimit FROM pg_roles WHERE rolname = $1", role)
+    if saved is None:
+        raise asyncpg.InsufficientPrivilegeError(f"role {role} is not visible")
+    open_now = await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", role)
     limit = int(open_now) + reserve
     await conn.execute(await conn.fetchval("SELECT format('ALTER ROLE %I CONNECTION LIMIT %s', $1::text, $2::int)", role, limit))
     return f"role:{role}", int(saved)
@@ -80,8 +82,10 @@ async def _limit_database(conn: asyncpg.Connection, reserve: int) -> tuple[str, 
     return f"database:{db}", int(saved)
 
 
-async def enable(conn: asyncpg.Connection, *, reason: str, actor: str, deploy_id: int | None, reserve: int) -> MaintenanceState:
-    """Switch maintenance on; ``reserve`` is how many new sessions the deploy and its gate may still open."""
+async def enable(conn: asyncpg.Connection, *, reason: str, actor: str, deploy_id: int | None, reserve: int,
+                 app_role: str | None = None) -> MaintenanceState:
+    """Switch maintenance on; ``reserve`` is how many new sessions the deploy and its gate may
+    still open. ``app_role``: the game's role, when the deploy runs as the owner role."""
     await conn.execute(DDL)
     leftover = await state(conn)
     if leftover is not None and leftover.enabled:
@@ -91,7 +95,7 @@ async def enable(conn: asyncpg.Connection, *, reason: str, actor: str, deploy_id
         # Try the application role first; fall back to the database when the role may not alter itself.
         try:
             async with conn.transaction():
-                limited, saved = await _limit_role(conn, reserve)
+                limited, saved = await _limit_role(conn, reserve, app_role)
         except asyncpg.InsufficientPrivilegeError:
             limited, saved = await _limit_database(conn, reserve)
         await conn.execute(

@@ -35,6 +35,7 @@ import time
 
 from pytest_hokmdb.config import LoadedConfig, load_config
 from pytest_hokmdb.db import connect, embedded_cluster_for, resolve_target
+from pytest_hokmdb.db.resolve import resolve_owner_target, runs_ddl_as_app_role
 from pytest_hokmdb.db.target import Target
 from pytest_hokmdb.deploy import history, steps
 from pytest_hokmdb.deploy.drift import check_drift
@@ -86,7 +87,9 @@ def check_rules(loaded: LoadedConfig, options: DeployOptions) -> list[str]:
 
 
 async def resolve_deploy_target(loaded: LoadedConfig, options: DeployOptions) -> tuple[Target, str]:
-    """The writable target; ``--setup`` starts the embedded cluster and creates role and database."""
+    """The writable target the deploy migrates through: the owner role (``database.owner_user``;
+    the embedded cluster's ``hokm_owner``), never the game's role on staging and production.
+    ``--setup`` starts the embedded cluster and creates roles and database."""
     config = loaded.config
     if config.uses_embedded:
         cluster = embedded_cluster_for(loaded)
@@ -97,13 +100,23 @@ async def resolve_deploy_target(loaded: LoadedConfig, options: DeployOptions) ->
             )
         # A dry run touches nothing: it may start the cluster, never create or alter roles.
         target = await resolve_target(loaded, start=True, provision_embedded=options.setup and not options.dry_run)
-        detail = "embedded cluster running; role and database ensured" if options.setup else "embedded cluster"
-        return target.writable(), detail
-    target = await resolve_target(loaded, start=False)
-    detail = "external server"
-    if options.setup:
-        detail += " (--setup: hokmdb creates roles and databases only on its embedded cluster; this one must exist)"
-    return target.writable(), detail
+        detail = "embedded cluster running; roles and database ensured" if options.setup else "embedded cluster"
+    else:
+        target = await resolve_target(loaded, start=False)
+        detail = "external server"
+        if options.setup:
+            detail += " (--setup: hokmdb creates roles and databases only on its embedded cluster; this one must exist)"
+    if runs_ddl_as_app_role(loaded, target):
+        if config.is_protected and not options.dry_run:
+            raise Refused(
+                f"{config.environment}: the deploy would run DDL as the application role {config.database.user}, which "
+                "would then own the tables the game only needs to read and write",
+                hint="set database.owner_user/owner_password (DB_OWNER_USER, DB_OWNER_PASSWORD_*) to the role that owns "
+                     "the schema (README \"The three roles\")",
+            )
+        return target.writable(), detail + f"; migrating as {target.user} (no separate owner role)"
+    owner = await resolve_owner_target(loaded, target)
+    return owner, detail + f"; migrating as owner {owner.user}"
 
 
 # -- dry run ---------------------------------------------------------------------------------------

@@ -340,6 +340,7 @@ async def maintenance(session: DeploySession, options: DeployOptions, plan: Plan
                 state = await flag.enable(
                     session.lock.conn, reason=f"deploy #{session.run_id} to {plan.target}", actor=str(session.actor),
                     deploy_id=session.run_id, reserve=session.config.pool.max_size + 4,
+                    app_role=session.config.database.user,
                 )
             session.maintenance_on = True
             info["detail"] = f"flag row set, connection limit on {state.limited}"

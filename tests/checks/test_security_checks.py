@@ -356,3 +356,58 @@ async def test_log_connections_mismatch_fails(hokmdb_fresh_db: ThrowawayDatabase
     result = await security.log_connections(await check_context_factory(hokmdb_fresh_db, smoke={"log_connections": True}))
     assert result.status == "failed"
     assert "log_connections is off" in result.message and "expected on (smoke.log_connections)" in result.message
+
+
+# -- least privilege: owns nothing, no DDL -------------------------------------------------------
+
+
+async def test_a_dml_only_app_role_owns_nothing_and_cannot_run_ddl(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    ctx = await _as_app(check_context_factory, app_role)
+    owns = await security.app_role_owns_no_objects(ctx)
+    assert owns.status == "passed", owns.message
+    assert f"application role {app_role.name} owns no object" in owns.message
+    ddl = await security.app_role_cannot_run_ddl(ctx)
+    assert ddl.status == "passed", ddl.message
+    assert f"application role {app_role.name} can only read and write rows" in ddl.message
+
+
+async def test_an_app_role_that_owns_a_table_and_a_function_fails_naming_them(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    """What happens when the game's role ran the migration: it owns what it created."""
+    await run_statements(
+        app_role.db,
+        f"ALTER TABLE players OWNER TO {app_role.name}",
+        "CREATE FUNCTION public.score_bonus() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+        f"ALTER FUNCTION public.score_bonus() OWNER TO {app_role.name}",
+    )
+    result = await security.app_role_owns_no_objects(await _as_app(check_context_factory, app_role))
+    assert result.status == "failed", result.message
+    assert f"application role {app_role.name} owns " in result.message
+    assert "table public.players" in result.message and "function public.score_bonus()" in result.message
+    assert f"REASSIGN OWNED BY {app_role.name} TO <owner role>" in result.message
+    allowed = await security.app_role_owns_no_objects(
+        await _as_app(check_context_factory, app_role, smoke={"app_role_may_own_schema": True}))
+    assert allowed.status == "passed" and "allowed by smoke.app_role_may_own_schema" in allowed.message
+
+
+async def test_create_on_the_schema_and_truncate_fail_the_ddl_check(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    await run_statements(
+        app_role.db,
+        f"GRANT CREATE ON SCHEMA public TO {app_role.name}",
+        f"GRANT TRUNCATE ON moves TO {app_role.name}",
+    )
+    result = await security.app_role_cannot_run_ddl(await _as_app(check_context_factory, app_role))
+    assert result.status == "failed", result.message
+    assert "CREATE on schema public" in result.message and "TRUNCATE on table public.moves" in result.message
+    assert f"REVOKE CREATE ON SCHEMA public FROM {app_role.name}, PUBLIC" in result.message
+    on_purpose = await security.app_role_cannot_run_ddl(
+        await _as_app(check_context_factory, app_role, smoke={"app_role_may_truncate": True}))
+    assert on_purpose.status == "failed"
+    assert "TRUNCATE" not in on_purpose.message.split(". Revoke")[0] and "CREATE on schema public" in on_purpose.message
+    # The check's verdict is real: the role can create a table, which it then owns.
+    conn = await asyncpg.connect(**Target(environment="testing", host=app_role.db.cluster.host, port=app_role.db.cluster.port,
+                                          dbname=app_role.db.name, user=app_role.name, password=app_role.password,
+                                          sslmode="disable").asyncpg_kwargs())
+    try:
+        await conn.execute("CREATE TABLE public.smuggled (id int)")
+    finally:
+        await conn.close()

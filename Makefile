@@ -70,7 +70,7 @@ demo: install postgres
 
 ## Every test: the project's own tests and the migration suite, in parallel workers
 test: install postgres pgbackrest topology report-tools browser
-	$(BIN)/pytest -n $(PYTEST_WORKERS) -p no:cacheprovider
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup -p no:cacheprovider
 
 cluster-stop: install
 	$(BIN)/hokmdb cluster stop --environment development

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from pytest_hokmdb.cli.common import run_cli, setup_logging
 from pytest_hokmdb.config import ENVIRONMENTS, LoadedConfig, load_config
-from pytest_hokmdb.errors import ConfigError, ExitCode, Refused
+from pytest_hokmdb.errors import ConfigError, ExitCode, HokmdbError, Refused
 
 log = logging.getLogger("hokmdb")
 
@@ -36,8 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     topology = sub.add_parser(
         "topology", help="start, stop or inspect the local topology: the embedded cluster as primary, a streaming "
         "standby and PgBouncer (topology.local in the environment's config)")
-    topology.add_argument("action", choices=("start", "stop", "status"))
-    topology.add_argument("--environment", default=os.environ.get("HOKMDB_ENVIRONMENT", "development"), choices=EMBEDDED_ENVIRONMENTS)
+    topology.add_argument("action", choices=("start", "stop", "status", "resume"),
+                          help="resume: RESUME the game's database in PgBouncer after a deploy that paused it was killed "
+                               "(any environment with a PgBouncer)")
+    topology.add_argument("--environment", default=os.environ.get("HOKMDB_ENVIRONMENT", "development"), choices=ENVIRONMENTS)
     topology.add_argument("--config", dest="config_path", default=None, metavar="PATH")
 
     config = sub.add_parser("config", help="validate environment configs")
@@ -96,6 +98,10 @@ def cmd_topology(args: argparse.Namespace) -> int:
     from pytest_hokmdb.db import embedded_cluster_for, resolve_target
     from pytest_hokmdb.db.resolve import EMBEDDED_MONITOR_USER
 
+    if args.action == "resume":
+        return run_sync(_resume_pool(args))
+    if args.environment not in EMBEDDED_ENVIRONMENTS:
+        raise ConfigError(f"hokmdb runs a local topology only for {' and '.join(EMBEDDED_ENVIRONMENTS)}, not {args.environment}")
     loaded = _load_embedded(args.environment, args.config_path)
     settings = loaded.config.topology
     if settings is None or not settings.local:
@@ -116,6 +122,39 @@ def cmd_topology(args: argparse.Namespace) -> int:
         print(topology.stop().describe())
     else:
         print(topology.status().describe())
+    return 0
+
+
+async def _resume_pool(args: argparse.Namespace) -> int:
+    """RESUME the game's database in PgBouncer and clear the deploy's record of the pause."""
+    from pytest_hokmdb.db import connect, resolve_monitor_target, resolve_target
+    from pytest_hokmdb.db.resolve import resolve_owner_target, runs_ddl_as_app_role
+    from pytest_hokmdb.db.topology import pooler_command, resolve_topology
+    from pytest_hokmdb.deploy import maintenance
+
+    loaded = load_config(args.environment, args.config_path)
+    target = await resolve_target(loaded, start=False)
+    topology = resolve_topology(loaded, target, await resolve_monitor_target(loaded, target))
+    if topology.problem:
+        raise ConfigError(topology.problem)
+    admin = topology.pooler_admin
+    if admin is None:
+        raise ConfigError(f"{loaded.path}: {args.environment} has no PgBouncer (topology.pgbouncer)")
+    try:
+        await pooler_command(admin, f"RESUME {admin.database}", timeout_s=10)
+        print(f"resumed {admin.database} in {admin.describe()}")
+    except HokmdbError as exc:
+        if "is not paused" not in exc.message:
+            raise
+        print(f"{admin.database} was not paused in {admin.describe()}")
+    writer = target if runs_ddl_as_app_role(loaded, target) else await resolve_owner_target(loaded, target)
+    conn = await connect(writer.writable())
+    try:
+        if await maintenance.paused_pool(conn):
+            await maintenance.record_pause(conn, None)
+            print("cleared the deploy's record of the pause (hokmdb_maintenance.paused_pool)")
+    finally:
+        await conn.close()
     return 0
 
 

@@ -226,6 +226,10 @@ class DeploySettings(_Strict):
     backfill_max_replica_lag_bytes: int = Field(
         64 * 1024 * 1024, ge=0, description="a backfill pauses while a standby has more WAL than this to replay (0: never)"
     )
+    maintenance_pause_pooler: bool = Field(
+        False, description="with --maintenance-mode, PAUSE the game's database in PgBouncer while migrating (always RESUMEd)",
+    )
+    pause_timeout_s: float = Field(10.0, gt=0, description="how long PAUSE may wait for the game's transactions to end")
     gate_suites: list[str] = Field(default_factory=lambda: ["smoke"])
     gate_timeout_s: float = Field(900.0, gt=0)
     log_dir: Path = Path("database/logs")
@@ -396,6 +400,9 @@ class HokmdbConfig(_Strict):
                     "database.host/port point at PgBouncer: the deploy's session-level locks and settings do not "
                     "survive a transaction-mode pooler; point database at the primary itself"
                 )
+        if self.deploy.maintenance_pause_pooler and (self.topology is None or not (self.topology.local or self.topology.pgbouncer)):
+            raise ValueError("deploy.maintenance_pause_pooler: the environment has no PgBouncer to pause "
+                             "(set topology.pgbouncer, or topology.local)")
         if self.environment == "production" and self.seed.allowed:
             raise ValueError("seed.allowed: production can never be seeded; remove the key or set it to false")
         return self

@@ -53,6 +53,9 @@ class Topology:
     standbys: tuple[Target, ...] = ()
     standby_names: tuple[str | None, ...] = ()
     pooler: PoolerEndpoint | None = None
+    # PgBouncer's admin console as a role in its admin_users (PAUSE/RESUME); the configured
+    # admin_user, or the local topology's superuser.
+    pooler_admin: PoolerEndpoint | None = None
     problem: str | None = None
     replay_timeout_s: float = 60.0
     max_slot_retained_bytes: int = 1024 * 1024 * 1024
@@ -90,17 +93,18 @@ def resolve_topology(loaded: LoadedConfig, target: Target, monitor: Target | Non
                                 b.admin_password.get_secret_value() if b.admin_password else None,
                                 b.database or loaded.config.database.name)
     return Topology(configured=True, standbys=standbys, standby_names=tuple(s.name for s in settings.standbys),
-                    pooler=pooler, **limits)  # type: ignore[arg-type]
+                    pooler=pooler, pooler_admin=pooler, **limits)  # type: ignore[arg-type]
 
 
 def local_view(local: LocalTopology, observer: Target, dbname: str, **limits: float | int) -> Topology:
     """The endpoints of hokmdb's own topology, reached as ``observer`` (the monitoring role)."""
-    from pytest_hokmdb.cluster.topology import STANDBY_NAME
+    from pytest_hokmdb.cluster.topology import POOLER_ADMIN, STANDBY_NAME
 
     standby = replace(observer, host="127.0.0.1", port=local.standby_port, read_only=True)
     pooler = PoolerEndpoint("127.0.0.1", local.pooler_port, observer.user, observer.password, dbname)
+    admin = PoolerEndpoint("127.0.0.1", local.pooler_port, POOLER_ADMIN, local.primary.superuser_password, dbname)
     return Topology(configured=True, standbys=(standby,), standby_names=(STANDBY_NAME,), pooler=pooler,
-                    **limits)  # type: ignore[arg-type]
+                    pooler_admin=admin, **limits)  # type: ignore[arg-type]
 
 
 class PoolerError(HokmdbError):
@@ -147,3 +151,28 @@ async def pooler_show(endpoint: PoolerEndpoint, what: str, *, timeout_s: float =
         return []
     header = lines[0].split(_FIELD_SEP)
     return [dict(zip(header, line.split(_FIELD_SEP), strict=False)) for line in lines[1:] if line]
+
+
+async def pooler_command(endpoint: PoolerEndpoint, command: str, *, timeout_s: float) -> None:
+    """PAUSE/RESUME (and the like) on PgBouncer's admin console. asyncpg's ``execute`` without
+    arguments uses the simple query protocol, which the console accepts."""
+    import asyncpg
+
+    verb = command.split()[0].upper()
+    if verb not in ("PAUSE", "RESUME", "RELOAD", "ENABLE", "DISABLE", "WAIT_CLOSE"):
+        raise ValueError(f"not a PgBouncer admin command hokmdb sends: {command}")
+    try:
+        conn = await asyncpg.connect(host=endpoint.host, port=endpoint.port, user=endpoint.user, password=endpoint.password,
+                                     database="pgbouncer", statement_cache_size=0, timeout=timeout_s, ssl="prefer")
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise PoolerError(f"{endpoint.describe()}: cannot log into its admin console as {endpoint.user!r}: "
+                          f"{redact(str(exc))}", hint="list the role in PgBouncer's admin_users and its auth file") from None
+    try:
+        await asyncio.wait_for(conn.execute(command), timeout_s)
+    except TimeoutError:
+        raise PoolerError(f"{endpoint.describe()}: {verb} did not finish within {timeout_s:g} s (transactions still "
+                          "hold server connections)") from None
+    except asyncpg.PostgresError as exc:
+        raise PoolerError(f"{endpoint.describe()}: {command} failed: {redact(str(exc))}") from None
+    finally:
+        conn.terminate()

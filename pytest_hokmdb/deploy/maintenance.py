@@ -12,6 +12,13 @@ Switching it on (one transaction):
    servers pile on while the schema changes. Existing sessions are never killed. The
    previous limit is saved in the row.
 
+3. with ``deploy.maintenance_pause_pooler``, the game's database is PAUSEd in PgBouncer
+   (``topology.pgbouncer`` or the local one) for the migration itself: new game transactions
+   wait in PgBouncer's queue instead of meeting a lock, and are served on RESUME. The pause
+   is recorded in the row (``paused_pool``) and RESUMEd right after the migration, failure or
+   not; a deploy killed while paused leaves the row saying so, and the next deploy, or
+   ``hokmdb topology resume``, resumes it.
+
 Switching it off restores the saved limit and clears the flag. The deploy always switches
 it off at the end, failure or not; a deploy killed while it was on leaves the row enabled,
 and the next deploy (or ``rollback.py migration``) switches it off first and says so.
@@ -40,7 +47,8 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     ended_at timestamptz,
     limited text,
     saved_connection_limit integer
-)
+);
+ALTER TABLE hokmdb_maintenance ADD COLUMN IF NOT EXISTS paused_pool text
 """
 
 
@@ -108,6 +116,23 @@ async def enable(conn: asyncpg.Connection, *, reason: str, actor: str, deploy_id
         await conn.execute(f"SELECT pg_notify('{CHANNEL}', 'on')")
     log.info("maintenance mode on: flag row %s set, connection limit on %s (was %s)", TABLE, limited, saved)
     return MaintenanceState(True, limited, saved, actor, deploy_id)
+
+
+async def record_pause(conn: asyncpg.Connection, where: str | None) -> None:
+    """Remember (``where``: host:port/db) or forget that the deploy paused the game's pool."""
+    await conn.execute(f"UPDATE {TABLE} SET paused_pool = $1", where)
+
+
+async def paused_pool(conn: asyncpg.Connection) -> str | None:
+    """The pool a deploy paused and did not resume (killed?), if any."""
+    if not await conn.fetchval(f"SELECT to_regclass('{TABLE}') IS NOT NULL"):
+        return None
+    if not await conn.fetchval(
+        "SELECT 1 FROM information_schema.columns WHERE table_name = $1 AND column_name = 'paused_pool'", TABLE
+    ):
+        return None
+    value = await conn.fetchval(f"SELECT paused_pool FROM {TABLE}")
+    return str(value) if value else None
 
 
 async def disable(conn: asyncpg.Connection) -> bool:

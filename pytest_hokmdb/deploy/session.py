@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alembic.script import ScriptDirectory
 
@@ -31,6 +31,9 @@ from pytest_hokmdb.gate import GateResult, run_gate
 from pytest_hokmdb.migrate import alembic_config, current_revision
 from pytest_hokmdb.migration.online import BackfillSettings
 from pytest_hokmdb.redaction import RedactingFilter, redact
+
+if TYPE_CHECKING:
+    from pytest_hokmdb.db.topology import Topology
 
 log = logging.getLogger("hokmdb.deploy")
 
@@ -162,6 +165,14 @@ class DeploySession:
         self.unverified: list[str] = []
         # The monitoring connection's target: the migrator names blockers through it.
         self.monitor_target: Target | None = None
+        # The game's database paused in PgBouncer (maintenance mode with deploy.maintenance_pause_pooler).
+        self.pool_paused = False
+
+    def topology(self) -> Topology:
+        """The environment's standbys and PgBouncer (``topology`` in its config)."""
+        from pytest_hokmdb.db.topology import resolve_topology
+
+        return resolve_topology(self.loaded, self.target, self.monitor_target)
 
     async def find_monitor(self) -> None:
         """Resolve the monitoring connection (None when the environment has none)."""

@@ -31,7 +31,7 @@ from pytest_hokmdb.deploy.drift import check_drift
 from pytest_hokmdb.deploy.options import DeployOptions, backup_wanted
 from pytest_hokmdb.deploy.runner import RevisionFailed
 from pytest_hokmdb.deploy.session import DeploySession, Outcome, Step, StepFailed
-from pytest_hokmdb.errors import ExitCode, HokmdbError, Refused
+from pytest_hokmdb.errors import ConfigError, ExitCode, HokmdbError, Refused
 from pytest_hokmdb.redaction import redact
 
 log = logging.getLogger("hokmdb.deploy")
@@ -344,17 +344,89 @@ async def maintenance(session: DeploySession, options: DeployOptions, plan: Plan
                 )
             session.maintenance_on = True
             info["detail"] = f"flag row set, connection limit on {state.limited}"
+            await resume_leftover_pause(session)
+            if session.config.deploy.maintenance_pause_pooler:
+                info["detail"] += "; " + await pause_pool(session)
         return
     async with session.lock._use:
         leftover = await flag.state(session.lock.conn)
         if leftover is not None and leftover.enabled:
             log.warning("maintenance mode was left on by deploy #%s (killed?): switching it off", leftover.deploy_id)
             await flag.disable(session.lock.conn)
+    await resume_leftover_pause(session)
+
+
+def _pool_admin(session: DeploySession) -> tuple[Any, str]:
+    topology = session.topology()
+    if topology.problem:
+        raise HokmdbError(f"cannot pause the game's pool: {topology.problem}")
+    admin = topology.pooler_admin
+    if admin is None:
+        raise ConfigError("deploy.maintenance_pause_pooler is set but the environment has no PgBouncer (topology.pgbouncer)")
+    return admin, f"{admin.host}:{admin.port}/{admin.database}"
+
+
+async def pause_pool(session: DeploySession) -> str:
+    """PAUSE the game's database in PgBouncer; recorded first, so a kill leaves a trace to resume."""
+    from pytest_hokmdb.db.topology import pooler_command
+    from pytest_hokmdb.deploy import maintenance as flag
+
+    admin, where = _pool_admin(session)
+    async with session.lock._use:
+        await flag.record_pause(session.lock.conn, where)
+    session.pool_paused = True
+    try:
+        await pooler_command(admin, f"PAUSE {admin.database}", timeout_s=session.config.deploy.pause_timeout_s)
+    except HokmdbError:
+        await resume_pool(session)  # a PAUSE that timed out is still pending: cancel it
+        raise
+    log.warning("the game's database %s is PAUSED in PgBouncer for the migration: new transactions wait there", where)
+    return f"PgBouncer paused {where}"
+
+
+async def resume_pool(session: DeploySession) -> None:
+    """RESUME what ``pause_pool`` paused; safe to call twice. Failing to resume is loud: the game waits."""
+    from pytest_hokmdb.db.topology import pooler_command
+    from pytest_hokmdb.deploy import maintenance as flag
+
+    if not session.pool_paused:
+        return
+    admin, where = _pool_admin(session)
+    t0 = time.monotonic()
+    try:
+        await pooler_command(admin, f"RESUME {admin.database}", timeout_s=10)
+    except HokmdbError as exc:
+        if "is not paused" not in exc.message:
+            session.steps.append(Step("pool-resume", time.monotonic() - t0, "failed", redact(exc.message)))
+            log.error("could not RESUME %s in PgBouncer: %s; the game's transactions wait. Run `hokmdb topology resume "
+                      "--environment %s` now", where, exc.message, session.config.environment)
+            return
+    session.pool_paused = False
+    conn = session.lock.conn
+    if conn is not None and not conn.is_closed():
+        async with session.lock._use:
+            await flag.record_pause(conn, None)
+    session.steps.append(Step("pool-resume", time.monotonic() - t0, "ok", f"PgBouncer resumed {where}"))
+    log.info("PgBouncer resumed %s", where)
+
+
+async def resume_leftover_pause(session: DeploySession) -> None:
+    """A deploy killed while the pool was paused: resume it before anything else."""
+    from pytest_hokmdb.deploy import maintenance as flag
+
+    async with session.lock._use:
+        leftover = await flag.paused_pool(session.lock.conn)
+    if leftover is None:
+        return
+    log.warning("PgBouncer pool %s was left paused by a deploy that did not finish (killed?): resuming it", leftover)
+    session.pool_paused = True
+    await resume_pool(session)
 
 
 async def maintenance_off(session: DeploySession) -> None:
     from pytest_hokmdb.deploy import maintenance
 
+    await resume_pool(session)
     t0 = time.monotonic()
     try:
         conn = session.lock.conn
@@ -398,6 +470,8 @@ async def migrate(session: DeploySession, options: DeployOptions, plan: Plan, ou
                 log.exception("unexpected error while migrating")
                 plan.failure = f"unexpected error while migrating: {type(exc).__name__}: {redact(str(exc))}"
                 info["status"] = "failed"
+            finally:
+                await resume_pool(session)  # the pause covers the migration only; the gate sees the pool serving
             b = migrator.budget
             info["detail"] = (
                 f"{plan.start or 'empty'} -> {' -> '.join(plan.applied) or '(none)'}"
@@ -405,9 +479,9 @@ async def migrate(session: DeploySession, options: DeployOptions, plan: Plan, ou
                 + f"; {b.lock_timeouts} lock timeout(s), {b.retry_spent_s:.1f}s of {b.retry_budget_s:g}s retry budget"
                 + (f" ({b.waited_for_holders_s:.1f}s waiting for long transactions)" if b.waited_for_holders_s else "")
                 + f"; {b.in_database_s:.1f}s inside the database, {b.downtime_s():.2f}s holding locks that block writes"
+                + (f" of {b.max_downtime_s:g}s max downtime" if b.max_downtime_s is not None else "")
                 + (f"; {b.replay_wait_s:.1f}s waiting for standbys to replay (peak {b.replay_peak_bytes} bytes behind)"
                    if migrator.replicas is not None else "")
-                + (f" of {b.max_downtime_s:g}s max downtime" if b.max_downtime_s is not None else "")
                 + f"; {b.watch.summary()}"
             )
             outcome.longest_locks = {t: round(sec, 3) for t, (sec, _mode) in b.watch.longest.items()}

@@ -20,6 +20,9 @@ from pytest_hokmdb.cluster import EmbeddedCluster
 from pytest_hokmdb.cluster.topology import LocalTopology
 from pytest_hokmdb.migration import online
 
+# One worker runs these in file order: they share one topology and build on each other's state.
+pytestmark = pytest.mark.xdist_group("topology-deploy")
+
 HOKMDB = Path(sys.executable).parent / "hokmdb"
 DEPLOY = PROJECT_ROOT / "database" / "deploy.py"
 
@@ -76,11 +79,46 @@ async def test_a_standby_that_does_not_replay_fails_the_revision_and_the_deploy_
     assert "rolled back to an empty database" in output or "rolled back to base" in output
 
 
-async def test_the_deploy_waits_for_the_standby_to_replay_every_revision(dev_topology: DevTopology) -> None:
-    proc = dev_topology.deploy()
+async def _game_through_pgbouncer(dev: DevTopology, stop: asyncio.Event) -> tuple[int, list[str]]:
+    """The game's role reading through PgBouncer in a loop: (transactions, errors)."""
+    password = json.loads(dev.cluster.state_file.read_text())["app_passwords"]["hokm_app"]
+    done, errors = 0, []
+    conn = await asyncpg.connect(host="127.0.0.1", port=dev.topology.pooler_port, user="hokm_app", password=password,
+                                 database="hokm_dev", statement_cache_size=0)
+    try:
+        while not stop.is_set():
+            try:
+                await conn.fetchval("SELECT count(*) FROM pg_class")
+                done += 1
+            except asyncpg.PostgresError as exc:
+                errors.append(str(exc))
+            await asyncio.sleep(0.02)
+    finally:
+        await conn.close()
+    return done, errors
+
+
+async def test_the_deploy_waits_for_the_standby_and_pauses_the_game_in_pgbouncer(dev_topology: DevTopology) -> None:
+    """Maintenance mode through PgBouncer: the game's transactions wait in PgBouncer's queue while
+    the revisions run and are served after RESUME; none fails. Every revision reaches the standby."""
+    paused_config = dev_topology.base / "paused-config"
+    write_config_dir(paused_config, "development", embedded__data_dir=str(dev_topology.base / "primary"),
+                     topology={"local": True, "replay_timeout_s": 10}, deploy__gate_suites=["smoke"],
+                     deploy__maintenance_pause_pooler=True, deploy__log_dir=str(dev_topology.base / "logs"))
+    stop = asyncio.Event()
+    game = asyncio.create_task(_game_through_pgbouncer(dev_topology, stop))
+    await asyncio.sleep(0.5)
+    proc = await asyncio.to_thread(dev_topology.deploy, "--maintenance-mode", config_dir=paused_config)
+    stop.set()
+    served, errors = await game
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
     assert "waiting for standbys to replay (peak" in output
+    assert f"PgBouncer paused 127.0.0.1:{dev_topology.topology.pooler_port}/hokm_dev" in output
+    assert "pool-resume" in output and f"PgBouncer resumed 127.0.0.1:{dev_topology.topology.pooler_port}/hokm_dev" in output
+    assert served > 10 and errors == []
+    # The gate ran with the pool serving (topology.pgbouncer_pools would fail on a paused one).
+    assert "smoke: passed" in output
     log = next((dev_topology.base / "logs").glob("deployment_development_*.log"))
     assert log.exists()
     # What the primary has, the standby has: the revision is there the moment the deploy ends.
@@ -148,3 +186,31 @@ async def test_a_backfill_behind_a_standby_that_replays_nothing_fails_naming_it(
         await topology_env.on_standby("SELECT pg_wal_replay_resume()")
     assert "backfill of stalled_backfill stopped: standby hokmdb_standby replayed nothing for 1s" in str(failed.value)
     assert "the backfill continues where it stopped" in str(failed.value)
+
+
+async def test_a_pool_a_killed_deploy_left_paused_is_resumed_by_one_command(dev_topology: DevTopology) -> None:
+    """What SIGKILL during the pause leaves: the pool PAUSEd and the deploy's record of it.
+    ``hokmdb topology resume`` resumes it and clears the record; games waiting in the queue go on."""
+    from pytest_hokmdb.db.topology import PoolerEndpoint, pooler_command, pooler_show
+
+    port = dev_topology.topology.pooler_port
+    admin = PoolerEndpoint("127.0.0.1", port, "postgres", dev_topology.cluster.superuser_password, "hokm_dev")
+    await pooler_command(admin, "PAUSE hokm_dev", timeout_s=10)
+    owner_pw = json.loads(dev_topology.cluster.state_file.read_text())["app_passwords"]["hokm_owner"]
+    owner = await asyncpg.connect(host="127.0.0.1", port=dev_topology.cluster.port, user="hokm_owner", password=owner_pw,
+                                  database="hokm_dev")
+    try:
+        await owner.execute("UPDATE hokmdb_maintenance SET paused_pool = $1", f"127.0.0.1:{port}/hokm_dev")
+        assert [d["paused"] for d in await pooler_show(admin, "DATABASES") if d["name"] == "hokm_dev"] == ["1"]
+        proc = _run([str(HOKMDB), "topology", "resume", "--environment", "development", "--config", str(dev_topology.config_dir)],
+                    dev_topology.env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert f"resumed hokm_dev in PgBouncer at 127.0.0.1:{port}" in proc.stdout
+        assert "cleared the deploy's record of the pause" in proc.stdout
+        assert [d["paused"] for d in await pooler_show(admin, "DATABASES") if d["name"] == "hokm_dev"] == ["0"]
+        assert await owner.fetchval("SELECT paused_pool FROM hokmdb_maintenance") is None
+        again = _run([str(HOKMDB), "topology", "resume", "--environment", "development", "--config", str(dev_topology.config_dir)],
+                     dev_topology.env)
+        assert again.returncode == 0 and "hokm_dev was not paused" in again.stdout, again.stdout + again.stderr
+    finally:
+        await owner.close()

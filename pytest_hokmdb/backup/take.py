@@ -91,6 +91,37 @@ def _pipeline(proc: subprocess.Popen[bytes], storage: Storage, name: str, recipi
     return {"plain_size": plain.size, "plain_sha256": plain.hexdigest, "size": stored.size, "sha256": stored.hexdigest}
 
 
+async def _standby_source(loaded: LoadedConfig, target: Target) -> tuple[Target, str]:
+    """The first standby of the environment's topology that is streaming, reached as the
+    backup's own role (a physical standby has the primary's roles and grants). A backup asked
+    of a standby never falls back to the primary silently: no usable standby is an error."""
+    from pytest_hokmdb.db.topology import resolve_topology
+
+    topology = resolve_topology(loaded, target, None)
+    if topology.problem:
+        raise BackupError(f"backup.from_standby: {topology.problem}")
+    if not topology.standbys:
+        raise BackupError("backup.from_standby is set but the environment lists no standby (topology.standbys or topology.local)",
+                          hint="list the standbys, or unset backup.from_standby to back up from the primary")
+    problems = []
+    for standby in topology.standbys:
+        candidate = replace(standby, user=target.user, password=target.password, read_only=True)
+        try:
+            conn = await connect(candidate)
+        except HokmdbError as exc:
+            problems.append(f"{candidate.host}:{candidate.port}: {exc.message}")
+            continue
+        try:
+            in_recovery = await conn.fetchval("SELECT pg_is_in_recovery()")
+        finally:
+            await conn.close()
+        if in_recovery:
+            return candidate, f"standby {candidate.host}:{candidate.port}"
+        problems.append(f"{candidate.host}:{candidate.port} is not in recovery (promoted?)")
+    raise BackupError("backup.from_standby: no standby can serve the backup: " + "; ".join(problems),
+                      hint="fix the standby (pytest smoke/ -k topology), or unset backup.from_standby for this run")
+
+
 async def take_backup(
     loaded: LoadedConfig,
     *,
@@ -112,7 +143,11 @@ async def take_backup(
         raise BackupError(f"unknown verification depth {verify!r}", hint="use none, quick or full")
     key = load_key(loaded)  # before anything runs: no key, no backup
     storage = destination_storage(loaded, destination)
-    target = target or await resolve_target(loaded)
+    source = "primary"
+    if target is None:
+        target = await resolve_target(loaded)
+        if settings.from_standby:
+            target, source = await _standby_source(loaded, target)
     bins = bin_dir(loaded)
     started = utcnow()
     t0 = time.monotonic()
@@ -134,6 +169,12 @@ async def take_backup(
             # The counts run beside pg_dump: one backend, not a parallel scan that takes every core from it.
             await conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
             snapshot = await conn.fetchval("SELECT pg_export_snapshot()")
+            if source != "primary":
+                lag = await conn.fetchval(
+                    "SELECT extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 "
+                    "WHERE pg_last_wal_receive_lsn() IS DISTINCT FROM pg_last_wal_replay_lsn()")
+                source += f", {lag:.1f}s behind the primary" if lag else ", caught up with the primary"
+                log.info("backup taken from the standby (%s)", source)
             server_version = await conn.fetchval("SHOW server_version")
             server_version_num = int(await conn.fetchval("SHOW server_version_num"))
             revision = await current_revision(conn)
@@ -185,6 +226,7 @@ async def take_backup(
         "environment": config.environment,
         "reason": reason,
         "database": {"name": target.dbname, "host": target.host, "port": target.port, "user": target.user},
+        "source": source,
         "server_version": server_version,
         "server_version_num": server_version_num,
         "pg_dump_version": tool_version(bins / "pg_dump"),

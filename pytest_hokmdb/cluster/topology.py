@@ -200,7 +200,10 @@ class LocalTopology:
         because the primary's port may change."""
         conninfo = (f"host=127.0.0.1 port={self.primary.port} user={REPLICATION_ROLE} passfile={self._passfile} "
                     f"application_name={STANDBY_NAME} sslmode=disable")
-        self.standby.settings.update(primary_conninfo=conninfo, primary_slot_name=SLOT, hot_standby="on")
+        # hot_standby_feedback: the primary keeps the rows the standby's queries still read (a
+        # backup taken from the standby is one long query), rather than cancelling them.
+        self.standby.settings.update(primary_conninfo=conninfo, primary_slot_name=SLOT, hot_standby="on",
+                                     hot_standby_feedback="on")
 
     def _clone_standby(self, password: str) -> None:
         """``pg_basebackup`` of the running primary into the standby's data directory, creating

@@ -81,6 +81,9 @@ class BackupSettings(_Strict):
     """Logical backups (pg_dump), their storage, encryption and verification."""
 
     required_before_deploy: bool = False
+    from_standby: bool = Field(
+        False, description="dump from a standby of the topology (topology.standbys / topology.local), not the primary",
+    )
     local_dir: Path = Path("database/backups")
     s3_bucket: str | None = None
     s3_prefix: str = "hokmdb"

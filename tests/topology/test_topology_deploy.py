@@ -214,3 +214,33 @@ async def test_a_pool_a_killed_deploy_left_paused_is_resumed_by_one_command(dev_
         assert again.returncode == 0 and "hokm_dev was not paused" in again.stdout, again.stdout + again.stderr
     finally:
         await owner.close()
+
+
+async def test_a_backup_from_the_standby_loads_not_the_primary_and_restores(dev_topology: DevTopology) -> None:
+    """backup.from_standby: pg_dump connects to the standby (the manifest records the server it
+    dumped and says it was a standby, caught up or how far behind), and the quick verification
+    restores it into a scratch database."""
+    config = dev_topology.base / "standby-backup-config"
+    write_config_dir(config, "development", embedded__data_dir=str(dev_topology.base / "primary"), topology={"local": True},
+                     backup__from_standby=True, backup__local_dir=str(dev_topology.base / "backups"))
+    env = {**dev_topology.env, "BACKUP_ENCRYPTION_KEY": "standby-backup-passphrase-1234"}
+    proc = _run([sys.executable, str(PROJECT_ROOT / "database" / "backup.py"), "--environment", "development", "--db-config",
+                 str(config), "--verify", "quick", "--json"], env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    manifest_path = next((dev_topology.base / "backups").rglob("*.manifest.json"))
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["source"].startswith(f"standby 127.0.0.1:{dev_topology.topology.standby_port}")
+    assert manifest["database"]["port"] == dev_topology.topology.standby_port
+    assert manifest["alembic_revision"] == "0008" and manifest["total_rows"] >= 0
+    assert manifest["verifications"] and manifest["verifications"][-1]["passed"] is True
+
+    # With the standby down, a backup asked of the standby fails; it never silently loads the primary.
+    dev_topology.topology.standby.stop()
+    try:
+        down = _run([sys.executable, str(PROJECT_ROOT / "database" / "backup.py"), "--environment", "development",
+                     "--db-config", str(config), "--verify", "none"], env)
+    finally:
+        dev_topology.topology.start()
+    assert down.returncode == 7, down.stdout + down.stderr
+    assert "backup.from_standby: no standby can serve the backup" in down.stderr
+    assert "standby-backup-passphrase-1234" not in down.stdout + down.stderr

@@ -188,3 +188,43 @@ async def test_a_deploy_killed_during_its_backfill_is_continued_by_the_next(depl
     assert await env.revision() == "0008"
     assert await env.fetchval("SELECT count(*) FROM moves WHERE card_suit IS NULL") == 0
     assert await env.fetchval("SELECT count(*) FROM moves") == expected
+
+
+BACKFILL_THEN_DDL_0009 = (
+    "0009", "Backfill players, then DDL that meets a lock timeout once (the shape of 0006).",
+    """
+    from pathlib import Path
+
+    from alembic import context
+
+    from pytest_hokmdb.migration.online import backfill
+
+    backfill("players", set_="rating = rating", where="rating < -1000000")
+    flag = Path(os.environ["HOKMDB_TEST_FLAG"])
+    if flag.exists() and not context.is_offline_mode():  # the lint renders this revision offline first
+        flag.unlink()
+        op.execute("DO $$ BEGIN RAISE EXCEPTION USING ERRCODE = '55P03', MESSAGE = 'simulated lock timeout'; END $$")
+    op.execute("COMMENT ON TABLE players IS 'probe 0009'")
+    """,
+    "op.execute('COMMENT ON TABLE players IS NULL')",
+)
+
+
+async def test_a_retry_after_a_lock_timeout_does_not_scan_a_finished_backfill_again(deploy_env_factory, project_factory,  # type: ignore[no-untyped-def]
+                                                                                     tmp_path, monkeypatch) -> None:
+    """At 100k games the backfill's final check scans 40.9M rows (50 s): a retry of 0006's DDL
+    that re-ran it gave the next long report the time to take the retry's chance, again and
+    again. A backfill finished earlier in the same deploy is not scanned again."""
+    flag = tmp_path / "first-attempt"
+    flag.write_text("")
+    monkeypatch.setenv("HOKMDB_TEST_FLAG", str(flag))
+    env: DeployEnv = deploy_env_factory(deploy__gate_suites=[], deploy__lock_retry_base_delay_s=0.1)
+    env.use_project(project_factory([BACKFILL_THEN_DDL_0009]))
+    outcome = await run_deploy(DeployOptions("testing", str(env.config_dir)))
+    assert outcome.exit_code == ExitCode.OK, outcome.message
+    migrate = next(s for s in outcome.steps if s.name == "migrate")
+    assert " 1 lock timeout(s)" in migrate.detail, migrate.detail
+    log = outcome.log_path.read_text()  # type: ignore[union-attr]
+    assert log.count("backfill players: nothing to do") == 1, log
+    assert "backfill players: finished earlier in this deploy; not scanning again" in log
+    assert not flag.exists() and await env.revision() == "0009"

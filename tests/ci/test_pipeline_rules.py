@@ -102,6 +102,18 @@ def rule_rollbacks_have_admin_credentials(wf: Workflow) -> list[str]:
     return findings
 
 
+def rule_deploys_migrate_as_the_owner_role(wf: Workflow) -> list[str]:
+    """Staging and production refuse to migrate as the application role (README "The three roles")."""
+    findings = []
+    for name in DEPLOYS:
+        env = wf["jobs"][name].get("env", {})
+        suffix = "STAGING" if "DB_HOST_STAGING" in env else "PRODUCTION"
+        for var in ("DB_OWNER_USER", f"DB_OWNER_PASSWORD_{suffix}"):
+            if f"secrets.{var}" not in str(env.get(var, "")):
+                findings.append(f"{name}: {var} is not set from the secret; the deploy would refuse to migrate as the app role")
+    return findings
+
+
 def rule_deploys_and_rollbacks_record_the_actor(wf: Workflow) -> list[str]:
     return [f"{name}: HOKMDB_DEPLOY_ACTOR is not ${{{{ github.actor }}}}; history would record the runner's OS user"
             for name in (*DEPLOYS, *ROLLBACKS)
@@ -190,6 +202,7 @@ RULES: list[Callable[[Workflow], list[str]]] = [
     rule_no_run_can_cancel_a_pending_rollback,
     rule_one_approval_per_production_deploy,
     rule_rollbacks_have_admin_credentials,
+    rule_deploys_migrate_as_the_owner_role,
     rule_deploys_and_rollbacks_record_the_actor,
     rule_notify_hears_every_job_and_can_read_its_secret,
     rule_pull_requests_are_validated_but_never_deploy,
@@ -258,6 +271,8 @@ MISTAKES = [
      "smoke-production: names the `production` environment"),
     (rule_one_approval_per_production_deploy, _set("jobs/emergency-rollback-production/environment", {"name": "production"}),
      "emergency-rollback-production: names the `production` environment"),
+    (rule_deploys_migrate_as_the_owner_role, _set("jobs/deploy-production/env/DB_OWNER_PASSWORD_PRODUCTION", _DELETE),
+     "deploy-production: DB_OWNER_PASSWORD_PRODUCTION is not set from the secret"),
     (rule_rollbacks_have_admin_credentials, _set("jobs/rollback-staging/env/DB_ADMIN_PASSWORD", _DELETE),
      "rollback-staging: DB_ADMIN_PASSWORD is not set"),
     (rule_deploys_and_rollbacks_record_the_actor, _set("jobs/deploy-production/env/HOKMDB_DEPLOY_ACTOR", _DELETE),

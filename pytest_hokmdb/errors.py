@@ -23,6 +23,7 @@ class ExitCode(IntEnum):
     BACKUP_ERROR = 7
     ROLLED_BACK = 10
     ROLLBACK_FAILED = 11
+    PRIMARY_CHANGED = 12
     INTERRUPTED = 130
 
 

@@ -210,4 +210,56 @@ async def pgbouncer_pools(ctx: CheckContext) -> CheckResult:
                               f"{worst:.2f} s", measured=round(worst, 3), threshold=limit, evidence=evidence)
 
 
-CHECKS: list[CheckFunction] = [target_is_primary, standbys_follow, replication_slots, pgbouncer_pools]
+@check("topology.patroni_members", title="Patroni has one running leader and every member follows it",
+       feature=FEATURE, category=CATEGORY, severity="critical")
+async def patroni_members(ctx: CheckContext) -> CheckResult:
+    """From Patroni's REST API (``/cluster``): no leader means no writes; a paused cluster means
+    no automatic failover; a member not running or lagging past the failover limit cannot take
+    over; and the target the game and the deploy use must be the leader."""
+    from pytest_hokmdb.cluster.patroni import rest_get
+
+    topo = ctx.topology
+    if not topo.patroni_rest_urls:
+        return _unconfigured("Patroni")
+    body = None
+    for base in topo.patroni_rest_urls:
+        status, answer = await asyncio.to_thread(rest_get, base.rstrip("/") + "/cluster")
+        if status == 200 and isinstance(answer, dict):
+            body = answer
+            break
+    if body is None:
+        return CheckResult.failed(f"Patroni: no REST API answered ({', '.join(topo.patroni_rest_urls)}); check that Patroni "
+                                  "runs on the members and topology.patroni.rest_urls")
+    members = body.get("members", [])
+    described = [f"{m.get('name')} {m.get('role')} {m.get('state')} {m.get('host')}:{m.get('port')} timeline "
+                 f"{m.get('timeline')} lag {m.get('lag')}" for m in members]
+    problems = []
+    leaders = [m for m in members if m.get("role") == "leader"]
+    if len(leaders) != 1 or leaders[0].get("state") != "running":
+        problems.append(f"{len(leaders)} leader(s) ({', '.join(str(m.get('name')) for m in leaders) or 'none'}), not one "
+                        "running leader: writes fail until Patroni elects one (patronictl list)")
+    if body.get("pause"):
+        problems.append("the cluster is in maintenance mode (paused): Patroni will not fail over; run `patronictl resume`")
+    running = [m for m in members if m.get("state") in ("running", "streaming")]
+    if len(running) < topo.patroni_expected_members:
+        problems.append(f"{len(running)} of {topo.patroni_expected_members} expected member(s) running "
+                        "(topology.patroni.expected_members)")
+    limit = ctx.settings.max_replication_lag_bytes
+    for m in members:
+        if m.get("role") != "leader" and isinstance(m.get("lag"), int) and m["lag"] > limit:
+            problems.append(f"member {m.get('name')} lags {m['lag']} bytes, over {limit} (smoke.max_replication_lag_bytes): "
+                            "it cannot take over without losing writes")
+        elif m.get("role") != "leader" and m.get("lag") == "unknown":
+            problems.append(f"member {m.get('name')} reports an unknown lag (not replicating)")
+    if leaders and (leaders[0].get("host"), leaders[0].get("port")) != (ctx.target.host, ctx.target.port):
+        problems.append(f"the target {ctx.target.host}:{ctx.target.port} is not the leader "
+                        f"{leaders[0].get('host')}:{leaders[0].get('port')}")
+    evidence = {"patroni /cluster": "\n".join(described)}
+    if problems:
+        return CheckResult.failed("Patroni: " + "; ".join(problems), measured=len(running),
+                                  threshold=topo.patroni_expected_members, evidence=evidence)
+    return CheckResult.passed(f"Patroni: leader {leaders[0].get('name')}, {len(running)} member(s) running",
+                              measured=len(running), threshold=topo.patroni_expected_members, evidence=evidence)
+
+
+CHECKS: list[CheckFunction] = [target_is_primary, standbys_follow, replication_slots, pgbouncer_pools, patroni_members]

@@ -192,6 +192,14 @@ class PgBouncerSettings(_Strict):
     database: str | None = Field(None, description="the pool's database name; default database.name")
 
 
+class PatroniSettings(_Strict):
+    """A Patroni-managed cluster: the deploy, the smoke suite and backups find the current leader
+    through Patroni's REST API instead of trusting database.host/port."""
+
+    rest_urls: list[str] = Field(min_length=1, description="each member's REST API, e.g. http://db1:8008")
+    expected_members: int = Field(2, ge=1, description="members the smoke suite expects running")
+
+
 class TopologySettings(_Strict):
     """What stands between the game and its data: standbys and PgBouncer. Absent: a single server.
 
@@ -202,6 +210,7 @@ class TopologySettings(_Strict):
     local: bool = False
     standbys: list[StandbySettings] = Field(default_factory=list)
     pgbouncer: PgBouncerSettings | None = None
+    patroni: PatroniSettings | None = None
     replay_timeout_s: float = Field(
         60.0, gt=0, description="after each revision the deploy waits this long for every standby to replay it"
     )

@@ -161,6 +161,22 @@ async def provision(cluster: EmbeddedCluster, *, dbname: str, user: str, passwor
         await conn.close()
 
 
+def patroni_leader(rest_urls: list[str]) -> tuple[str, int]:
+    """The running leader's host and port, as Patroni reports it (``topology.patroni``)."""
+    from pytest_hokmdb.cluster.patroni import cluster_members
+
+    members = cluster_members(rest_urls)
+    if members is None:
+        raise ConnectionFailed(f"no Patroni REST API answered ({', '.join(rest_urls)})",
+                               hint="check topology.patroni.rest_urls and that Patroni runs on the members")
+    leader = next((m for m in members if m.role in ("leader", "standby_leader") and m.state == "running"), None)
+    if leader is None:
+        listed = ", ".join(f"{m.name} {m.role} {m.state}" for m in members) or "no members"
+        raise ConnectionFailed(f"Patroni reports no running leader ({listed}): a failover may be in progress",
+                               hint="wait for `patronictl list` to show a leader, then run again")
+    return leader.host, leader.port
+
+
 async def _require_provisioned(cluster: EmbeddedCluster, *, environment: str, dbname: str, user: str) -> None:
     """Name a missing role or database (read-only catalog look-up): the server itself only
     says "password authentication failed" for a role that does not exist."""
@@ -200,9 +216,12 @@ async def resolve_target(loaded: LoadedConfig, *, start: bool = True, provision_
         application_name=db.application_name,
     )
     if not config.uses_embedded:
+        host, port = db.host or "127.0.0.1", db.port
+        if config.topology is not None and config.topology.patroni is not None:
+            host, port = patroni_leader(config.topology.patroni.rest_urls)
         return Target(
-            host=db.host or "127.0.0.1",
-            port=db.port,
+            host=host,
+            port=port,
             password=db.password.get_secret_value() if db.password else None,
             sslmode=db.sslmode,
             sslrootcert=loaded.resolve(db.sslrootcert) if db.sslrootcert else None,

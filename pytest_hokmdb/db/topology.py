@@ -57,6 +57,8 @@ class Topology:
     # admin_user, or the local topology's superuser.
     pooler_admin: PoolerEndpoint | None = None
     problem: str | None = None
+    patroni_rest_urls: tuple[str, ...] = ()
+    patroni_expected_members: int = 0
     replay_timeout_s: float = 60.0
     max_slot_retained_bytes: int = 1024 * 1024 * 1024
     max_pool_wait_s: float = 1.0
@@ -92,8 +94,11 @@ def resolve_topology(loaded: LoadedConfig, target: Target, monitor: Target | Non
         pooler = PoolerEndpoint(b.host, b.port, b.admin_user,
                                 b.admin_password.get_secret_value() if b.admin_password else None,
                                 b.database or loaded.config.database.name)
+    patroni = settings.patroni
     return Topology(configured=True, standbys=standbys, standby_names=tuple(s.name for s in settings.standbys),
-                    pooler=pooler, pooler_admin=pooler, **limits)  # type: ignore[arg-type]
+                    pooler=pooler, pooler_admin=pooler,
+                    patroni_rest_urls=tuple(patroni.rest_urls) if patroni else (),
+                    patroni_expected_members=patroni.expected_members if patroni else 0, **limits)  # type: ignore[arg-type]
 
 
 def local_view(local: LocalTopology, observer: Target, dbname: str, **limits: float | int) -> Topology:

@@ -33,6 +33,8 @@ import logging
 import os
 import time
 
+import asyncpg
+
 from pytest_hokmdb.config import LoadedConfig, load_config
 from pytest_hokmdb.db import connect, embedded_cluster_for, resolve_target
 from pytest_hokmdb.db.resolve import resolve_owner_target, runs_ddl_as_app_role
@@ -246,7 +248,15 @@ async def _deploy(loaded: LoadedConfig, options: DeployOptions, config_step: Ste
             info["detail"] = f"advisory lock held by {session.actor.application_name('deploy')}" + (
                 f"; terminated orphaned migration session(s) {terminated}" if terminated else ""
             )
-        outcome = await _locked(session, options, outcome, suites)
+        try:
+            outcome = await _locked(session, options, outcome, suites)
+        except (HokmdbError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # A lost deploy-lock session or a dead connection mid-step may be a switchover.
+            why = await steps.primary_changed(session)
+            if why is None:
+                raise
+            log.warning("the deploy stopped: %s", redact(str(exc)))
+            outcome = await steps.stop_for_new_primary(session, outcome, why, [])
     except HokmdbError as exc:
         outcome.exit_code = int(exc.exit_code)
         outcome.message = exc.message + (f" (hint: {exc.hint})" if exc.hint else "")
@@ -286,6 +296,8 @@ async def _locked(session: DeploySession, options: DeployOptions, outcome: Outco
     await steps.restore_point(session, plan)                            # 4. named restore point (pgBackRest)
     await steps.maintenance(session, options, plan)                     # 5. off again in _deploy's finally
     await steps.migrate(session, options, plan, outcome)                # 6. a failure is kept for step 8
+    if plan.failure is not None and (why := await steps.primary_changed(session)):
+        return await steps.stop_for_new_primary(session, outcome, why, plan.applied)  # switchover: re-run
     if plan.failure is None and await steps.gate(session, options, plan, outcome, suites):  # 7.
         return outcome
     return await steps.recover(session, plan, outcome, suites)          # 8. downgrade, else restore

@@ -41,6 +41,7 @@ RESULTS = {
     ExitCode.OK: "succeeded",
     ExitCode.ROLLED_BACK: "rolled_back",
     ExitCode.ROLLBACK_FAILED: "rollback_failed",
+    ExitCode.PRIMARY_CHANGED: "primary_changed",
     ExitCode.DEPLOY_LOCKED: "locked",
     ExitCode.REFUSED: "refused",
     ExitCode.BACKUP_ERROR: "backup_failed",

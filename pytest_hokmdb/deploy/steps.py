@@ -526,6 +526,88 @@ async def gate(session: DeploySession, options: DeployOptions, plan: Plan, outco
 # -- 8. recovery -----------------------------------------------------------------------------------
 
 
+async def _target_is_writable_primary(target: Any) -> bool | None:
+    """True/False when the target answers (in recovery or not); None when it does not."""
+    import asyncpg
+
+    try:
+        conn = await connect(replace(target, connect_timeout_s=3))
+    except HokmdbError:
+        return None
+    try:
+        return not await conn.fetchval("SELECT pg_is_in_recovery()")
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        return None
+    finally:
+        await conn.close()
+
+
+async def primary_changed(session: DeploySession, *, settle_s: float = 30.0) -> str | None:
+    """Why the deploy's target is no longer the writable primary (a Patroni switchover or
+    failover, a demotion), or None. Asked after a failure, before any rollback: rolling back
+    through a lost or demoted session cannot work and would page someone for a routine
+    switchover. While the target does not answer, Patroni is given ``settle_s`` to name the
+    new leader (a switchover stops the old primary before the new one is promoted)."""
+    import asyncio
+
+    from pytest_hokmdb.db.resolve import patroni_leader
+
+    target = session.target
+    topology = session.config.topology
+    patroni = topology.patroni if topology is not None else None
+    deadline = time.monotonic() + (settle_s if patroni is not None else 0.0)
+    while True:
+        writable = await _target_is_writable_primary(target)
+        if writable is False:
+            return f"{target.host}:{target.port} is now a standby (demoted)"
+        if patroni is not None:
+            try:
+                host, port = patroni_leader(patroni.rest_urls)
+            except HokmdbError as exc:
+                host, port, reason = None, None, exc.message
+            else:
+                reason = ""
+            if host is not None and (host, port) != (target.host, target.port):
+                return f"Patroni's leader is now {host}:{port}, not {target.host}:{target.port}"
+            if writable and host is not None:
+                return None  # the target is still the leader and answers: not a switchover
+            if time.monotonic() >= deadline:
+                return reason or None
+            await asyncio.sleep(0.5)
+            continue
+        return None
+
+
+async def stop_for_new_primary(session: DeploySession, outcome: Outcome, why: str, applied: list[str]) -> Outcome:
+    """Stop at a revision boundary: each revision is one transaction, so the one in flight died
+    with its session; the new primary holds exactly the revisions that committed before."""
+    current: str | None = None
+    try:
+        from pytest_hokmdb.db.resolve import resolve_target
+
+        fresh = await resolve_target(session.loaded, start=False)
+        conn = await connect(replace(fresh, user=session.target.user, password=session.target.password, read_only=True))
+        try:
+            from pytest_hokmdb.migrate import current_revision
+
+            current = await current_revision(conn)
+        finally:
+            await conn.close()
+    except Exception as exc:  # noqa: BLE001 - the message still says what to do
+        log.warning("could not read the new primary's revision: %s", redact(str(exc)))
+    outcome.exit_code = int(ExitCode.PRIMARY_CHANGED)
+    outcome.final_revision = current
+    at = f"at revision {current}" if current else "at the revision it reached"
+    outcome.message = (
+        f"the primary changed during the deploy ({why}); the revision in flight was rolled back with its session and "
+        f"the database is {at}, a revision boundary{f' (applied before the change: {chr(44).join(applied)})' if applied else ''}. "
+        "Nothing was rolled back on purpose. Run the deploy again: it continues on the new primary and applies "
+        "only what is missing"
+    )
+    log.error("%s", outcome.message)
+    return outcome
+
+
 async def recover(session: DeploySession, plan: Plan, outcome: Outcome, suites: list[str]) -> Outcome:
     """Back to the start revision (downgrade, gate; else the pre-deploy backup, gate)."""
     assert plan.failure is not None

@@ -8,9 +8,9 @@ proves the result with pytest (see ``pytest_hokmdb.deploy.orchestrator`` for the
 
 Production needs approval: ``--approve``, or ``HOKMDB_DEPLOY_APPROVED=production`` in the
 environment (set by the CI job that holds the approval). Exit codes: 0 deployed; 10 failed
-and rolled back cleanly; 11 failed and the rollback failed (page someone); 1 the gate failed
-with nothing to roll back; 2 config; 3 connection; 4 refused; 6 another deploy holds the
-lock; 7 no verified backup.
+and rolled back cleanly; 11 failed and the rollback failed (page someone); 12 the primary
+changed mid-deploy (switchover/failover: run again); 1 the gate failed with nothing to roll
+back; 2 config; 3 connection; 4 refused; 6 another deploy holds the lock; 7 no verified backup.
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ def render(outcome: Outcome, *, title: str, out=None) -> None:  # type: ignore[n
         print(f"-- ===== revision {revision} =====", file=out)
         print(redact(sql).rstrip(), file=out)
         print(file=out)
-    verdict = {ExitCode.OK: "OK", ExitCode.ROLLED_BACK: "ROLLED BACK", ExitCode.ROLLBACK_FAILED: "ROLLBACK FAILED"}.get(
+    verdict = {ExitCode.OK: "OK", ExitCode.ROLLED_BACK: "ROLLED BACK", ExitCode.ROLLBACK_FAILED: "ROLLBACK FAILED",
+               ExitCode.PRIMARY_CHANGED: "STOPPED: PRIMARY CHANGED"}.get(
         outcome.exit_code, "FAILED")
     print(f"{title} on {outcome.environment}: {verdict} (exit {outcome.exit_code}) in {outcome.duration_s:.1f}s", file=out)
     for step in outcome.steps:

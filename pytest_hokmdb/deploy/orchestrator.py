@@ -282,6 +282,7 @@ async def _deploy(loaded: LoadedConfig, options: DeployOptions, config_step: Ste
             ExitCode.OK: f"{config.environment} deployed to {outcome.final_revision}",
             ExitCode.ROLLED_BACK: f"{config.environment} deploy failed and was rolled back to {outcome.final_revision or 'empty'}",
             ExitCode.ROLLBACK_FAILED: f"{config.environment} deploy failed and the ROLLBACK FAILED: act now",
+            ExitCode.PRIMARY_CHANGED: f"{config.environment} deploy stopped: the primary changed (switchover/failover); run it again",
         }.get(outcome.exit_code, f"{config.environment} deploy did not run ({outcome.result})")
         outcome.notification_problems = await session.notify(outcome, title=title)
         outcome.steps.append(Step("notify", time.monotonic() - t0, "failed" if outcome.notification_problems else "ok",

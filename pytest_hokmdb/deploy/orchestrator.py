@@ -43,7 +43,7 @@ from pytest_hokmdb.deploy import history, steps
 from pytest_hokmdb.deploy.drift import check_drift
 from pytest_hokmdb.deploy.options import DeployOptions, backup_wanted, gate_suites  # noqa: F401 - part of this module's API
 from pytest_hokmdb.deploy.session import DeployLogFile, DeploySession, Outcome, Step
-from pytest_hokmdb.errors import ConnectionFailed, ExitCode, HokmdbError, Refused
+from pytest_hokmdb.errors import ConfigError, ConnectionFailed, ExitCode, HokmdbError, Refused
 from pytest_hokmdb.migrate import current_revision
 from pytest_hokmdb.redaction import redact
 
@@ -251,7 +251,10 @@ async def _deploy(loaded: LoadedConfig, options: DeployOptions, config_step: Ste
         try:
             outcome = await _locked(session, options, outcome, suites)
         except (HokmdbError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            # A lost deploy-lock session or a dead connection mid-step may be a switchover.
+            # A lost deploy-lock session or a dead connection mid-step may be a switchover;
+            # a refusal (e.g. a standby as the target) is what it says.
+            if isinstance(exc, (Refused, ConfigError)):
+                raise
             why = await steps.primary_changed(session)
             if why is None:
                 raise

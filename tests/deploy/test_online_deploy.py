@@ -122,8 +122,10 @@ async def test_deploying_0004_to_head_and_rolling_back_under_game_traffic_fails_
     assert during_deploy > 50, "the game did not play during the deploy"
     steps = {s.name: s for s in outcome.steps}
     assert "0004 -> 0005 -> 0006 -> 0007 -> 0008" in steps["migrate"].detail
-    # The backfill left dead rows in moves; the deploy vacuumed exactly those before its gate.
-    assert "VACUUM public.moves" in steps["vacuum"].detail, steps["vacuum"].detail
+    # The backfill left dead rows in moves; the deploy tidied moves before its gate: VACUUM, or
+    # only ANALYZE when autovacuum (awake during the game's traffic) got to the dead rows first.
+    assert "VACUUM public.moves" in steps["vacuum"].detail or "ANALYZE public.moves" in steps["vacuum"].detail, \
+        steps["vacuum"].detail
     assert steps["gate"].status == "ok", steps["gate"].detail
     # The rollback goes through the same online machinery backwards, and passes its gate too.
     assert code == 0, rollback_out

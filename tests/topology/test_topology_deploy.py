@@ -20,7 +20,8 @@ from pytest_hokmdb.cluster import EmbeddedCluster
 from pytest_hokmdb.cluster.topology import LocalTopology
 from pytest_hokmdb.migration import online
 
-# One worker runs these in file order: they share one topology and build on each other's state.
+# One worker runs these (they share one topology); each sets up the state it needs, as xdist
+# may interleave other modules and rebuild the module's topology in between.
 pytestmark = pytest.mark.xdist_group("topology-deploy")
 
 HOKMDB = Path(sys.executable).parent / "hokmdb"
@@ -127,6 +128,7 @@ async def test_the_deploy_waits_for_the_standby_and_pauses_the_game_in_pgbouncer
 
 
 def test_a_deploy_pointed_at_the_standby_is_refused(dev_topology: DevTopology) -> None:
+    assert dev_topology.deploy().returncode == 0  # roles and passwords exist, whatever ran before
     state = json.loads(dev_topology.cluster.state_file.read_text())
     config_dir = dev_topology.base / "standby-config"
     write_config_dir(config_dir, "development", database__host="127.0.0.1",
@@ -200,6 +202,11 @@ async def test_a_pool_a_killed_deploy_left_paused_is_resumed_by_one_command(dev_
     owner = await asyncpg.connect(host="127.0.0.1", port=dev_topology.cluster.port, user="hokm_owner", password=owner_pw,
                                   database="hokm_dev")
     try:
+        from pytest_hokmdb.deploy.maintenance import DDL
+
+        # Independent of the other tests' order (xdist may rebuild this module's topology).
+        await owner.execute(DDL)
+        await owner.execute("INSERT INTO hokmdb_maintenance (id, enabled) VALUES (true, true) ON CONFLICT (id) DO NOTHING")
         await owner.execute("UPDATE hokmdb_maintenance SET paused_pool = $1", f"127.0.0.1:{port}/hokm_dev")
         assert [d["paused"] for d in await pooler_show(admin, "DATABASES") if d["name"] == "hokm_dev"] == ["1"]
         proc = _run([str(HOKMDB), "topology", "resume", "--environment", "development", "--config", str(dev_topology.config_dir)],
@@ -220,6 +227,7 @@ async def test_a_backup_from_the_standby_loads_not_the_primary_and_restores(dev_
     """backup.from_standby: pg_dump connects to the standby (the manifest records the server it
     dumped and says it was a standby, caught up or how far behind), and the quick verification
     restores it into a scratch database."""
+    assert dev_topology.deploy().returncode == 0  # at head, whatever ran before on this topology
     config = dev_topology.base / "standby-backup-config"
     write_config_dir(config, "development", embedded__data_dir=str(dev_topology.base / "primary"), topology={"local": True},
                      backup__from_standby=True, backup__local_dir=str(dev_topology.base / "backups"))

@@ -30,6 +30,7 @@ from typing import Any
 
 from pytest_hokmdb.cluster.binaries import find_bin_dir
 from pytest_hokmdb.cluster.osuser import OsUser, resolve_os_user
+from pytest_hokmdb.cluster.process import pid_alive
 from pytest_hokmdb.cluster.scratch import reserved_port
 from pytest_hokmdb.errors import ClusterError
 from pytest_hokmdb.redaction import register_secret
@@ -159,13 +160,7 @@ class LocalPatroni:
 
     def _alive(self, key: str) -> bool:
         pid = self._state().get("pids", {}).get(key)
-        if not isinstance(pid, int):
-            return False
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return False
-        return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+        return pid_alive(pid if isinstance(pid, int) else None)
 
     def _node_yaml(self, node: str, pg_port: int, rest_port: int, etcd_port: int) -> Path:
         data_dir = self.base_dir / node / "data"

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_hokmdb.cluster.osuser import OsUser
-from pytest_hokmdb.cluster.process import run_as
+from pytest_hokmdb.cluster.process import pid_alive, run_as
 from pytest_hokmdb.cluster.scratch import reserved_port
 from pytest_hokmdb.errors import ClusterError
 
@@ -163,13 +163,7 @@ class PgBouncer:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return None
-        if stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X") or "pgbouncer" not in stat.split(")", 1)[0]:
-            return None
-        return pid
+        return pid if pid_alive(pid, "pgbouncer") else None
 
     def status(self) -> PoolerStatus:
         pid = self.pid()

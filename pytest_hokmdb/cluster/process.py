@@ -35,13 +35,20 @@ def postmaster_pid(data_dir: Path) -> int | None:
         return None
 
 
-def postmaster_alive(data_dir: Path) -> bool:
-    """Whether the postmaster of ``data_dir`` runs; a zombie (nobody reaped it) counts as gone."""
-    pid = postmaster_pid(data_dir)
+def pid_alive(pid: int | None, name: str | None = None) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (and, given ``name``, that its command
+    name contains it, so a reused pid is not mistaken for ours)."""
     if pid is None:
         return False
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
+    if name is not None and name not in stat.split(")", 1)[0]:
+        return False
     return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
+def postmaster_alive(data_dir: Path) -> bool:
+    """Whether the postmaster of ``data_dir`` runs; a zombie (nobody reaped it) counts as gone."""
+    return pid_alive(postmaster_pid(data_dir))

@@ -203,11 +203,15 @@ class PatroniSettings(_Strict):
 class TopologySettings(_Strict):
     """What stands between the game and its data: standbys and PgBouncer. Absent: a single server.
 
-    ``local`` (development and testing): hokmdb runs a streaming standby and PgBouncer beside
-    the embedded cluster (``hokmdb topology start``); their endpoints come from it.
+    ``local`` (development and testing): hokmdb runs the topology itself (``hokmdb topology
+    start``) and its endpoints come from it. ``true``: the embedded cluster as primary, a
+    ``pg_basebackup`` standby and PgBouncer. ``"patroni"``: two Patroni-managed nodes with a
+    one-node etcd, and PgBouncer in front of the current leader.
     """
 
-    local: bool = False
+    local: bool | Literal["patroni"] = Field(
+        False, description='true: primary + pg_basebackup standby + PgBouncer; "patroni": two Patroni nodes, etcd, PgBouncer'
+    )
     standbys: list[StandbySettings] = Field(default_factory=list)
     pgbouncer: PgBouncerSettings | None = None
     patroni: PatroniSettings | None = None

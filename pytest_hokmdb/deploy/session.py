@@ -2,7 +2,7 @@
 recovery, history and notification.
 
 ``deploy.py`` (``orchestrator.run_deploy``) and ``rollback.py migration``
-(``cli.rollback_migration.run_migration``) both drive a ``DeploySession``, so the two paths take the
+(``deploy.rollback.rollback_migration``) both drive a ``DeploySession``, so the two paths take the
 same lock, use the same timeouts, write the same kind of log and history row, gate with the
 same pytest suites and notify the same way.
 """

@@ -8,6 +8,7 @@ tool must not know.
 ``seed``            bulk seeding of development and testing databases through COPY
 ``invariants``      one SQL check per data invariant of hokm-domain.md (the integrity group)
 ``hot_queries``     the game server's hot path and how to sample realistic parameters
+``workload``        the game server's traffic, which rehearsals and the benchmark play while migrating
 ==================  =======================================================================
 
 A project chooses it with ``[tool.hokmdb] profile = "hokm"`` (the ``hokmdb.profiles`` entry
@@ -36,4 +37,5 @@ profile = Profile(
     no_data="no games yet",
     check_groups={"integrity": "hokm_profile.invariants:CHECKS"},
     seeder="hokm_profile.seed:seed",
+    workload="hokm_profile.workload:WORKLOAD",
 )

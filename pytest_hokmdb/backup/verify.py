@@ -219,14 +219,19 @@ async def check_restored(db: Target, manifest: dict[str, Any], details: dict[str
     return problems
 
 
-def _verification_config(loaded: LoadedConfig, db: Target, directory: Path) -> Path:
-    """A config for the smoke gate against the restored copy: the environment's smoke
-    thresholds, the copy as database (password through an environment variable)."""
+def scratch_smoke_settings(loaded: LoadedConfig) -> dict[str, Any]:
+    """The environment's smoke settings for a restored copy on a scratch server: properties of
+    the original *server* (TLS, connection logging, its replicas) are not the copy's to check."""
     smoke = loaded.config.smoke.model_dump(mode="json")
-    # Properties of the original *server*, not of the backup: not checked on a scratch copy.
     smoke["require_ssl"] = False
     smoke["log_connections"] = None
     smoke["expected_replicas"] = 0
+    return {k: v for k, v in smoke.items() if v is not None}
+
+
+def _verification_config(loaded: LoadedConfig, db: Target, directory: Path) -> Path:
+    """A config for the smoke gate against the restored copy: the environment's smoke
+    thresholds, the copy as database (password through an environment variable)."""
     data = {
         "environment": "testing",
         "description": f"verification of a backup of {loaded.config.environment}",
@@ -241,7 +246,7 @@ def _verification_config(loaded: LoadedConfig, db: Target, directory: Path) -> P
             "sslmode": "disable",
         },
         "embedded": {"enabled": False},
-        "smoke": {k: v for k, v in smoke.items() if v is not None},
+        "smoke": scratch_smoke_settings(loaded),
     }
     path = directory / "testing.json"
     path.write_text(json.dumps(data, indent=2))

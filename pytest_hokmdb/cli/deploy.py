@@ -5,12 +5,15 @@ proves the result with pytest (see ``pytest_hokmdb.deploy.orchestrator`` for the
     python database/deploy.py --environment staging --backup-before-deploy --maintenance-mode
     python database/deploy.py --environment production --approve --max-downtime 30
     python database/deploy.py --environment staging --dry-run          # SQL per revision; touches nothing
+    python database/deploy.py --environment production --rehearse      # on a restored copy under game load
 
 Production needs approval: ``--approve``, or ``HOKMDB_DEPLOY_APPROVED=production`` in the
 environment (set by the CI job that holds the approval). Exit codes: 0 deployed; 10 failed
 and rolled back cleanly; 11 failed and the rollback failed (page someone); 12 the primary
 changed mid-deploy (switchover/failover: run again); 1 the gate failed with nothing to roll
 back; 2 config; 3 connection; 4 refused; 6 another deploy holds the lock; 7 no verified backup.
+A rehearsal exits with the deploy's code on the copy when that failed, 11 when its rollback
+failed, 1 when game transactions failed, 0 when production can expect none of these.
 """
 
 from __future__ import annotations
@@ -42,8 +45,46 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-downtime", type=float, default=None, metavar="SECONDS", help="bound on the time revisions may hold the game's tables")
     p.add_argument("--force", action="store_true", help="deploy despite pre-flight findings (changed files, drift, lint); never on production")
     p.add_argument("--approve", action="store_true", help="approve a deploy that needs approval (production)")
+    r = p.add_argument_group("rehearsal (deploy.rehearsal): nothing touches the environment's database")
+    r.add_argument("--rehearse", action="store_true",
+                   help="restore the newest verified backup into a local topology, deploy it under simulated game "
+                        "load, roll it back, and print what production should expect")
+    r.add_argument("--rehearsal-backup", default="latest-verified", metavar="ID",
+                   help="the verified backup to rehearse on (default: the newest verified one)")
+    r.add_argument("--rehearsal-clients", type=int, default=8, metavar="N", help="simulated game sessions (0: no load)")
+    r.add_argument("--game-statement-timeout", type=int, default=3000, metavar="MS",
+                   help="the game sessions' statement_timeout during the rehearsal")
+    r.add_argument("--keep-rehearsal", action="store_true", help="keep the copy, its standby and PgBouncer afterwards")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
+
+
+def rehearse(args: argparse.Namespace) -> int:
+    """Run a rehearsal and print its report; the exit code is its verdict's."""
+    import asyncio
+
+    from pytest_hokmdb.deploy.rehearsal import RehearsalOptions, run_rehearsal
+
+    rejected = [flag for flag, on in (("--dry-run", args.dry_run), ("--validate-config", args.validate_config),
+                                      ("--setup", args.setup), ("--backup-before-deploy", args.backup_before_deploy))
+                if on]
+    if rejected:
+        from pytest_hokmdb.errors import Refused
+
+        raise Refused(f"--rehearse runs on a restored copy; {', '.join(rejected)} does not apply to it",
+                      hint="drop it, or run the real deploy without --rehearse")
+    options = RehearsalOptions(
+        environment=args.environment, config_path=args.config_path, target_revision=args.target_revision,
+        backup=args.rehearsal_backup, clients=args.rehearsal_clients,
+        game_statement_timeout_ms=args.game_statement_timeout, maintenance_mode=args.maintenance_mode,
+        max_downtime_s=args.max_downtime, keep=args.keep_rehearsal,
+    )
+    report = asyncio.run(run_rehearsal(options))
+    print(f"rehearsal of the {report.environment} deploy on a restored copy: exit {report.exit_code}")
+    for line in report.lines():
+        print(redact(line))
+    print(f"  verdict      {redact(report.verdict())}")
+    return report.exit_code
 
 
 def options_from(args: argparse.Namespace) -> DeployOptions:
@@ -87,6 +128,9 @@ def render(outcome: Outcome, *, title: str, out=None) -> None:  # type: ignore[n
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     setup_logging(args.verbose)
+    if args.rehearse:
+        run_cli(lambda: rehearse(args))
+        return
 
     async def run() -> int:
         outcome = await run_deploy(options_from(args))

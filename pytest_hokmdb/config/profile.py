@@ -98,6 +98,9 @@ class Profile:
     # module:function, ``async (conn, *, players, games, random_seed, clear, progress, anchor)``
     # returning a report with ``rows``, ``seconds`` and ``summary_lines()``.
     seeder: str | None = None
+    # module:attribute of a ``deploy.load.Workload``: the application's traffic, which deploy
+    # rehearsals and the benchmark run while they migrate.
+    workload: str | None = None
 
     def load_metadata(self) -> Any:
         return load_object(self.metadata, f"profile {self.name}: metadata") if self.metadata else None
@@ -108,6 +111,9 @@ class Profile:
     def load_checks(self) -> dict[str, list[Any]]:
         return {group: list(load_object(spec, f"profile {self.name}: check group {group}"))
                 for group, spec in self.check_groups.items()}
+
+    def load_workload(self) -> Any:
+        return load_object(self.workload, f"profile {self.name}: workload") if self.workload else None
 
     def load_seeder(self) -> Callable[..., Awaitable[Any]]:
         if not self.seeder:

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Deploy 0004 -> head while the game is played: what each way of migrating costs the game.
 
-    .venv/bin/python bench/deploy_under_load.py [--sizes 1000,100000] [--clients 16]
-        [--runs plain-old,deploy-old,plain-online,deploy-online] [--lock-timeout-ms 1000]
+    .venv/bin/python bench/deploy_under_load.py [--sizes 1000,100000] [--clients 16] [--topology]
+        [--runs plain-old,deploy-old,plain-online,deploy-online,rehearse] [--lock-timeout-ms 1000]
         [--game-statement-timeout-ms 3000] [--report-every 5 --report-hold 4]
 
 Per size (games; players = games / 5, at least 200), one database is seeded at head and taken
@@ -30,12 +30,23 @@ The runs, one after the other in this process, on identical clones and load:
   discipline alone, without online revisions;
 * ``plain-online``: ``alembic upgrade head`` over today's history (expand 0005, batched
   backfill 0006, contract 0007, index 0008), without the deploy's lock discipline;
-* ``deploy-online``: ``deploy.py`` over today's history: the new deploy.
+* ``deploy-online``: ``deploy.py`` over today's history: the new deploy;
+* ``rehearse``: a verified backup of the clone, then ``deploy.py --rehearse`` on it (restore
+  into its own local topology, deploy under the same game load, roll back): its wall time is
+  printed against the ``deploy-online`` run's of the same size, as a ratio.
+
+``--topology`` runs the same with the production topology: a streaming standby of the bench
+cluster (``pg_basebackup``; at 100k games a 9 GB copy) and PgBouncer in transaction mode in
+front of it; the game clients go through PgBouncer, the deploy waits for the standby to replay
+each revision and its backfill throttles on replica lag. Printed also: the standby's peak replay
+lag (bytes and seconds) and PgBouncer's longest client wait during the migration.
 
 Printed per run: game transactions, failed ones and why, the longest stall, p50 and p99, the
 migration's wall time, and the longest write-blocking lock per table (sampled every 50 ms
-from pg_locks, for any session that is not the game, the report or the bench itself). No
-test asserts these figures.
+from pg_locks, for any session that is not the game, the report or the bench itself). The
+game's transactions are the Hokm profile's workload (``hokm_profile/workload.py``), run and
+measured by ``pytest_hokmdb/deploy/load.py``, the same code a rehearsal runs. No test asserts
+these figures.
 """
 
 from __future__ import annotations
@@ -43,15 +54,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import random
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
@@ -61,60 +68,14 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from helpers import write_config_dir  # noqa: E402  (tests/ is put on sys.path above)
 
+from hokm_profile.workload import WORKLOAD  # noqa: E402
 from pytest_hokmdb.cluster.embedded import THROWAWAY_SETTINGS, EmbeddedCluster  # noqa: E402
-from pytest_hokmdb.deploy.locks import STRONG_MODES  # noqa: E402
+from pytest_hokmdb.db.topology import PoolerEndpoint  # noqa: E402
+from pytest_hokmdb.deploy.load import LockTimes, Peaks, Traffic, run_traffic, sample_locks, sample_topology  # noqa: E402
 
 ROLE, PASSWORD = "hokm_bench", "bench-pw-3Kx9-secret"
 OLD_HISTORY_COMMIT = "f7349e0"  # the last commit whose 0005 rewrote moves in one transaction
-OURS = ("game-server", "nightly-report", "bench-sampler")
-
-READS = {
-    "game_with_participants": (
-        "SELECT g.id, g.status, p.seat, p.player_id FROM game_sessions g JOIN game_participants p ON p.game_id = g.id "
-        "WHERE g.id = $1", "game"),
-    "player_recent_games": (
-        "SELECT g.id, g.created_at FROM game_participants p JOIN game_sessions g ON g.id = p.game_id "
-        "WHERE p.player_id = $1 ORDER BY g.created_at DESC LIMIT 20", "player"),
-    "leaderboard": ("SELECT id, username, rating FROM players WHERE is_active ORDER BY rating DESC LIMIT 100", None),
-    "game_moves_in_order": (
-        "SELECT id, sequence_number, player_id, move_type FROM moves WHERE game_id = $1 ORDER BY sequence_number", "game"),
-}
-WRITES = ("rating_update", "websocket_connect")
-
-_LOCKS = """
-SELECT c.relname AS table, l.mode, l.granted, l.pid
-FROM pg_locks l JOIN pg_class c ON c.oid = l.relation JOIN pg_stat_activity a ON a.pid = l.pid
-WHERE l.locktype = 'relation' AND l.mode = ANY($1::text[]) AND c.relkind IN ('r', 'p')
-  AND a.datname = current_database() AND NOT (coalesce(a.application_name, '') = ANY($2::text[]))
-"""
-
-
-@dataclass
-class Traffic:
-    latencies: list[float] = field(default_factory=list)
-    failures: Counter[str] = field(default_factory=Counter)
-    reports: int = 0
-
-
-@dataclass
-class LockTimes:
-    """Longest continuous write-blocking lock per table, any non-game session (sampled)."""
-
-    longest: dict[str, float] = field(default_factory=dict)
-    since: dict[str, float] = field(default_factory=dict)
-
-    def observe(self, tables: set[str], now: float) -> None:
-        for table in tables:
-            self.since.setdefault(table, now)
-        for table in list(self.since):
-            if table not in tables:
-                held = now - self.since.pop(table)
-                self.longest[table] = max(self.longest.get(table, 0.0), held)
-
-    def text(self) -> str:
-        if not self.longest:
-            return "none seen"
-        return ", ".join(f"{t} {s:.2f}s" for t, s in sorted(self.longest.items(), key=lambda kv: -kv[1])[:3])
+REPORT_APP = "nightly-report"
 
 
 async def _admin(cluster: EmbeddedCluster, sql: str, db: str = "postgres") -> None:
@@ -191,114 +152,80 @@ def old_history_project(work: Path) -> Path:
     return root
 
 
-async def run_traffic(kw: dict, stop: asyncio.Event, traffic: Traffic, args: argparse.Namespace) -> None:  # type: ignore[type-arg]
-    probe = await asyncpg.connect(**kw)
-    game_ids = [r[0] for r in await probe.fetch("SELECT id FROM game_sessions ORDER BY random() LIMIT 2000")]
-    player_ids = [r[0] for r in await probe.fetch("SELECT id FROM players ORDER BY random() LIMIT 2000")]
-    await probe.close()
-    settings = {"statement_timeout": str(args.game_statement_timeout_ms), "application_name": "game-server"}
-
-    async def client(n: int) -> None:
-        rng = random.Random(n)
-        conn = await asyncpg.connect(**kw, server_settings=settings)
-        try:
-            while not stop.is_set():
-                name = rng.choice([*READS, *WRITES])
-                t0 = time.monotonic()
-                try:
-                    async with conn.transaction():
-                        if name == "rating_update":
-                            await conn.execute("UPDATE players SET rating = least(rating + 1, 3000), last_seen_at = now() "
-                                               "WHERE id = $1", rng.choice(player_ids))
-                        elif name == "websocket_connect":
-                            row = await conn.fetchval(
-                                "INSERT INTO websocket_connections (connection_id, player_id) VALUES ($1, $2) RETURNING id",
-                                uuid.uuid4(), rng.choice(player_ids))
-                            await conn.execute("UPDATE websocket_connections SET last_heartbeat_at = now() WHERE id = $1", row)
-                        else:
-                            sql, param = READS[name]
-                            await conn.fetch(sql, *([rng.choice(game_ids if param == "game" else player_ids)] if param else []))
-                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-                    traffic.failures[f"{name}: {type(exc).__name__}"] += 1
-                    if conn.is_closed():
-                        conn = await asyncpg.connect(**kw, server_settings=settings)
-                traffic.latencies.append(time.monotonic() - t0)
-                await asyncio.sleep(rng.uniform(0.002, 0.01))
-        finally:
-            await conn.close()
-
-    async def report() -> None:
-        conn = await asyncpg.connect(**kw, server_settings={"application_name": "nightly-report"})
-        try:
-            while not stop.is_set():
-                try:
-                    async with conn.transaction():
-                        await conn.fetchval("SELECT count(*) FROM moves WHERE id % 97 = 0")
-                        traffic.reports += 1
-                        await asyncio.sleep(args.report_hold)
-                except (asyncpg.PostgresError, asyncpg.InterfaceError):
-                    pass
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=max(0.0, args.report_every - args.report_hold))
-                except TimeoutError:
-                    pass
-        finally:
-            await conn.close()
-
-    await asyncio.gather(*(client(i) for i in range(args.clients)), report())
-
-
-async def sample_locks(kw: dict, stop: asyncio.Event, locks: LockTimes) -> None:  # type: ignore[type-arg]
-    conn = await asyncpg.connect(**kw, server_settings={"application_name": "bench-sampler"})
+async def report_client(kw: dict, stop: asyncio.Event, args: argparse.Namespace) -> None:  # type: ignore[type-arg]
+    """The long transaction every production has: reads moves, then holds it open."""
+    conn = await asyncpg.connect(**kw, server_settings={"application_name": REPORT_APP}, statement_cache_size=0)
     try:
         while not stop.is_set():
-            rows = await conn.fetch(_LOCKS, list(STRONG_MODES), list(OURS))
-            locks.observe({r["table"] for r in rows}, time.monotonic())
-            await asyncio.sleep(0.05)
-        locks.observe(set(), time.monotonic())
+            try:
+                async with conn.transaction():
+                    await conn.fetchval("SELECT count(*) FROM moves WHERE id % 97 = 0")
+                    await asyncio.sleep(args.report_hold)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError):
+                pass
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=max(0.0, args.report_every - args.report_hold))
+            except TimeoutError:
+                pass
     finally:
         await conn.close()
 
 
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * share))] if ordered else 0.0
-
-
-async def one_run(label: str, kw: dict, migrate, args: argparse.Namespace) -> str:  # type: ignore[no-untyped-def,type-arg]
+async def one_run(label: str, game_kw: dict, primary_kw: dict, pooler: PoolerEndpoint | None, migrate,  # type: ignore[no-untyped-def,type-arg]
+                  args: argparse.Namespace) -> tuple[str, float]:
     stop, sampler_stop = asyncio.Event(), asyncio.Event()
-    traffic, locks = Traffic(), LockTimes()
-    load = asyncio.create_task(run_traffic(kw, stop, traffic, args))
-    sampler = asyncio.create_task(sample_locks(kw, sampler_stop, locks))
+    traffic, locks, peaks = Traffic(), LockTimes(), Peaks()
+    load = asyncio.gather(
+        run_traffic(game_kw, WORKLOAD, stop, traffic, clients=args.clients, statement_timeout_ms=args.game_statement_timeout_ms),
+        report_client(game_kw, stop, args))
+    samplers = asyncio.gather(sample_locks(primary_kw, sampler_stop, locks, ignore_apps=(REPORT_APP,)),
+                              sample_topology(primary_kw if args.topology else None, pooler, sampler_stop, peaks))
     await asyncio.sleep(args.warmup)
     t0 = time.monotonic()
     result = await migrate()
     migrate_s = time.monotonic() - t0
     sampler_stop.set()
-    await sampler
+    await samplers
     await asyncio.sleep(args.cooldown)
     stop.set()
     await load
-    lat = traffic.latencies
-    failed = sum(traffic.failures.values())
-    line = (f"{label:<14} {len(lat):>7} {failed:>6} {max(lat, default=0) * 1000:>9.0f} {percentile(lat, 0.5) * 1000:>7.1f} "
-            f"{percentile(lat, 0.99) * 1000:>8.1f} {migrate_s:>9.1f}  {locks.text():<44} {result}")
+    line = (f"{label:<14} {traffic.count:>7} {traffic.failed:>6} {traffic.stall_s * 1000:>9.0f} "
+            f"{traffic.percentile(0.5) * 1000:>7.1f} {traffic.percentile(0.99) * 1000:>8.1f} {migrate_s:>9.1f}  "
+            f"{locks.text():<44} ")
+    if args.topology:
+        line += f"{peaks.lag_text():<22} {peaks.pool_text():<9} "
+    line += result
     for kind, count in traffic.failures.most_common(4):
-        line += f"\n{'':<14}   {count} x {kind}"
-    return line
+        line += f"\n{'':<14}   {count} x {kind}: {traffic.examples.get(kind, '')[:120]}"
+    for problem in peaks.problems:
+        line += f"\n{'':<14}   sampler: {problem}"
+    return line, migrate_s
+
+
+async def take_verified_backup(config_dir: Path) -> str:
+    from pytest_hokmdb.backup.take import take_backup
+    from pytest_hokmdb.config import load_config
+
+    record = await take_backup(load_config("testing", config_dir), reason="bench rehearsal", verify="quick")
+    return record.id
 
 
 async def main_async(args: argparse.Namespace) -> None:
     import logging
 
+    from pyrage import x25519
+
+    from pytest_hokmdb.cluster.topology import POOLER_ADMIN, LocalTopology
     from pytest_hokmdb.db.target import Target
     from pytest_hokmdb.deploy.orchestrator import DeployOptions, run_deploy
+    from pytest_hokmdb.deploy.rehearsal import RehearsalOptions, run_rehearsal
     from pytest_hokmdb.migrate import aupgrade
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cache = args.cache_dir.resolve()
     cluster = EmbeddedCluster(cache / "cluster", settings={**THROWAWAY_SETTINGS, "max_connections": "100"})
     cluster.start()
+    topology = LocalTopology(cluster, pooler_roles=(ROLE,)) if args.topology else None
     work = Path(tempfile.mkdtemp(prefix="hokmdb-bench-deploy-"))
     try:
         if not await _admin_val(cluster, f"SELECT count(*) FROM pg_roles WHERE rolname = '{ROLE}'"):
@@ -306,20 +233,36 @@ async def main_async(args: argparse.Namespace) -> None:
             await _admin(cluster, f"GRANT pg_monitor TO {ROLE}")
         old_root = old_history_project(work)
         config_dir = work / "config"
-        write_config_dir(config_dir, "testing", deploy__gate_suites=[], deploy__log_dir=str(work / "logs"),
-                         database__lock_timeout_ms=args.lock_timeout_ms, deploy__lock_retry_budget_s=120.0,
-                         deploy__backfill_batch_size=args.backfill_batch_size, deploy__backfill_max_batch_ms=args.backfill_max_batch_ms)
-        os.environ.update({"DB_HOST": cluster.host, "DB_PORT": str(cluster.port), "DB_USER": ROLE,
-                           "DB_PASSWORD_TEST": PASSWORD, "HOKMDB_ENV_FILE": str(work / "none.env"),
-                           "HOKMDB_CACHE_DIR": str(cache / "snapshots"), "HOKMDB_DEPLOY_ACTOR": "bench"})
-        print(f"{args.clients} game clients (statement_timeout {args.game_statement_timeout_ms} ms), a report holding moves "
+        settings: dict[str, object] = dict(
+            deploy__gate_suites=[], deploy__log_dir=str(work / "logs"), database__lock_timeout_ms=args.lock_timeout_ms,
+            deploy__lock_retry_budget_s=120.0, deploy__backfill_batch_size=args.backfill_batch_size,
+            deploy__backfill_max_batch_ms=args.backfill_max_batch_ms, backup__local_dir=str(work / "backups"),
+            backup__required_before_deploy=False,
+        )
+        env = {"DB_HOST": cluster.host, "DB_PORT": str(cluster.port), "DB_USER": ROLE,
+               "DB_PASSWORD_TEST": PASSWORD, "HOKMDB_ENV_FILE": str(work / "none.env"),
+               "HOKMDB_CACHE_DIR": str(cache / "snapshots"), "HOKMDB_DEPLOY_ACTOR": "bench",
+               "BACKUP_ENCRYPTION_KEY": str(x25519.Identity.generate())}
+        if topology is not None:
+            t0 = time.monotonic()
+            await asyncio.to_thread(topology.start)
+            print(f"topology: standby on {topology.standby_port}, PgBouncer on {topology.pooler_port} "
+                  f"(started in {time.monotonic() - t0:.0f}s)")
+            settings.update(topology__standbys=[{"host": "127.0.0.1", "port": topology.standby_port}],
+                            topology__pgbouncer={"host": "127.0.0.1", "port": topology.pooler_port,
+                                                 "admin_user": POOLER_ADMIN, "admin_password": "${BENCH_POOLER_PASSWORD}"})
+            env["BENCH_POOLER_PASSWORD"] = cluster.superuser_password
+        write_config_dir(config_dir, "testing", **settings)
+        os.environ.update(env)
+        print(f"{args.clients} game clients (statement_timeout {args.game_statement_timeout_ms} ms"
+              f"{', through PgBouncer' if topology else ''}), a report holding moves "
               f"{args.report_hold:g}s of every {args.report_every:g}s; deploy lock_timeout {args.lock_timeout_ms} ms, "
               f"plain alembic lock_timeout {args.plain_lock_timeout_ms or 'none'}; deploy backfill batches of "
               f"{args.backfill_batch_size} (halved above {args.backfill_max_batch_ms} ms)")
         for games in args.sizes:
             print(f"\n{games} games")
             base = await template(cluster, games)
-            lines = []
+            lines, walls = [], {}
             for run in args.runs:
                 db = f"bench_run_{run.replace('-', '_')}"
                 await _admin(cluster, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
@@ -327,6 +270,30 @@ async def main_async(args: argparse.Namespace) -> None:
                 await _admin(cluster, f"CREATE DATABASE {db} TEMPLATE {base} OWNER {ROLE}")
                 clone_s = time.monotonic() - t0
                 project = old_root if run.endswith("-old") else ROOT
+                primary_kw = kwargs(cluster, db)
+                game_kw = dict(primary_kw, host="127.0.0.1", port=topology.pooler_port) if topology else primary_kw
+                bouncer = (PoolerEndpoint("127.0.0.1", topology.pooler_port, POOLER_ADMIN, cluster.superuser_password, db)
+                           if topology else None)
+                os.environ["DB_NAME"] = db
+                os.environ["HOKMDB_PROJECT_ROOT"] = str(project)
+
+                if run == "rehearse":
+                    backup_id = await take_verified_backup(config_dir)
+                    t0 = time.monotonic()
+                    report = await run_rehearsal(RehearsalOptions(
+                        "testing", str(config_dir), backup=backup_id, clients=args.clients,
+                        game_statement_timeout_ms=args.game_statement_timeout_ms))
+                    wall = time.monotonic() - t0
+                    real = walls.get("deploy-online")
+                    ratio = f"{wall / real:.2f}x the real deploy's {real:.0f}s" if real else "no deploy-online run to compare"
+                    lines.append(f"rehearse       {report.transactions:>7} {report.failed:>6} {report.stall_ms:>9.0f} "
+                                 f"{'':>7} {report.p99_ms:>8.1f} {report.deploy_s:>9.1f}  exit {report.exit_code}; wall "
+                                 f"{wall:.0f}s (restore {report.restore_s:.0f}s, deploy {report.deploy_s:.0f}s, rollback "
+                                 f"{report.rollback_s:.0f}s) = {ratio}; standby lag peak "
+                                 f"{(report.lag_peak_bytes or 0) / 1024 / 1024:.1f} MiB")
+                    await _admin(cluster, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+                    print(f"  {run}: done (clone {clone_s:.0f}s)", flush=True)
+                    continue
 
                 async def plain(db: str = db, project: Path = project) -> str:
                     target = Target(environment="testing", host=cluster.host, port=cluster.port, dbname=db, user=ROLE,
@@ -339,9 +306,7 @@ async def main_async(args: argparse.Namespace) -> None:
                         text = str(exc)
                         return f"alembic upgrade head FAILED: {text.splitlines()[0].split(') ', 1)[-1][:90]}"
 
-                async def deploy(db: str = db, project: Path = project) -> str:
-                    os.environ["DB_NAME"] = db
-                    os.environ["HOKMDB_PROJECT_ROOT"] = str(project)
+                async def deploy(project: Path = project) -> str:
                     old = project != ROOT
                     # For the old history only: --force past the lint that now refuses its 0005, and
                     # --skip-backup past the backup its not-online downgrade now requires.
@@ -350,14 +315,19 @@ async def main_async(args: argparse.Namespace) -> None:
                     detail = step.detail.split(";")[0] if step else outcome.message[:90]
                     return f"exit {outcome.exit_code}; {detail}"
 
-                lines.append(await one_run(run, kwargs(cluster, db), plain if run.startswith("plain") else deploy, args))
+                line, walls[run] = await one_run(run, game_kw, primary_kw, bouncer,
+                                                 plain if run.startswith("plain") else deploy, args)
+                lines.append(line)
                 await _admin(cluster, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
                 print(f"  {run}: done (clone {clone_s:.0f}s)", flush=True)
+            topo = f"{'standby lag peak':<22} {'pool wait':<9} " if topology else ""
             print(f"\n{'run':<14} {'txns':>7} {'failed':>6} {'stall ms':>9} {'p50 ms':>7} {'p99 ms':>8} {'migrate s':>9}  "
-                  f"{'longest write-blocking lock':<44} result")
+                  f"{'longest write-blocking lock':<44} {topo}result")
             for line in lines:
                 print(line)
     finally:
+        if topology is not None:
+            topology.destroy()
         cluster.stop()
         shutil.rmtree(work, ignore_errors=True)
 
@@ -366,7 +336,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=lambda t: [int(x) for x in t.split(",")], default=[1000, 100_000])
     p.add_argument("--clients", type=int, default=16)
-    p.add_argument("--runs", type=lambda t: t.split(","), default=["plain-old", "deploy-old", "plain-online", "deploy-online"])
+    p.add_argument("--runs", type=lambda t: t.split(","), default=["plain-old", "deploy-old", "plain-online", "deploy-online"],
+                   help="any of plain-old, deploy-old, plain-online, deploy-online, rehearse (after deploy-online for the ratio)")
     p.add_argument("--game-statement-timeout-ms", type=int, default=3000)
     p.add_argument("--report-every", type=float, default=5.0)
     p.add_argument("--report-hold", type=float, default=4.0)
@@ -375,6 +346,8 @@ def main() -> None:
                    help="session lock_timeout of the plain alembic runs (default 0: none, as stock alembic)")
     p.add_argument("--backfill-batch-size", type=int, default=1000, help="the deploy's deploy.backfill_batch_size")
     p.add_argument("--backfill-max-batch-ms", type=int, default=200, help="the deploy's deploy.backfill_max_batch_ms")
+    p.add_argument("--topology", action="store_true",
+                   help="a streaming standby and PgBouncer: the game goes through PgBouncer, the deploy waits for replay")
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--cooldown", type=float, default=2.0)
     p.add_argument("--cache-dir", type=Path, default=ROOT / ".hokmdb" / "bench",

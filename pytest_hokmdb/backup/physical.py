@@ -7,9 +7,13 @@ it in. The swap mirrors the logical restore's: the running data directory is kep
 beside the new one (``data.before-pitr-<stamp>``) until the operator removes it.
 
 What hokmdb records of its own lives in the stanza's private work directory next to the
-restore-point ledger: ``backups.json`` (per backup label: revision, reason, and the last
-verification), so ``list-backups`` shows physical backups with the same columns as
-logical ones.
+restore-point ledger: ``backups.json`` (per backup label: revision, reason, source (the
+primary, or which standby and how current it was) and the last verification), so
+``list-backups`` shows physical backups with the same columns as logical ones.
+
+With ``physical.backup_standby`` pgBackRest copies the data files from the streaming
+standby (``standby_pg_*``, else the local topology's); hokmdb checks that standby first
+(``pitr.standby``) and never falls back to the primary.
 """
 
 from __future__ import annotations
@@ -43,7 +47,9 @@ from pytest_hokmdb.pitr import (
     create_restore_point,
     resolve_setup,
     restore_to_point,
+    standby_state,
 )
+from pytest_hokmdb.pitr.standby import FALLBACK_HINT, StandbyNotReady
 
 log = logging.getLogger("hokmdb.backup.physical")
 
@@ -67,6 +73,43 @@ def _cluster(loaded: LoadedConfig) -> EmbeddedCluster | None:
     return embedded_cluster_for(loaded) if loaded.config.uses_embedded else None
 
 
+def _uses_local_standby(loaded: LoadedConfig) -> bool:
+    """Whether the standby to copy backups from is the local topology's: ``backup_standby``
+    without ``standby_pg_*``, beside an embedded primary with ``topology.local: true``."""
+    physical, topology = loaded.config.physical, loaded.config.topology
+    return (
+        physical is not None and physical.backup_standby and physical.standby_pg_data is None
+        and loaded.config.uses_embedded and topology is not None and topology.local is True
+    )
+
+
+def _local_standby(loaded: LoadedConfig, cluster: EmbeddedCluster | None) -> EmbeddedCluster | None:
+    """The local topology's standby (it may not exist yet), when backups are copied from it."""
+    if cluster is None or not _uses_local_standby(loaded):
+        return None
+    from pytest_hokmdb.cluster.topology import LocalTopology
+
+    return LocalTopology(cluster).standby
+
+
+def _require_standby_config(loaded: LoadedConfig) -> None:
+    """``backup_standby`` needs a standby pgBackRest can reach on this host; checked before anything
+    starts. ``topology.standbys`` does not do: pgBackRest copies from the standby's data directory."""
+    physical = loaded.config.physical
+    if physical is None or not physical.backup_standby or physical.standby_pg_data is not None:
+        return
+    if _uses_local_standby(loaded):
+        return
+    env = loaded.config.environment
+    raise ConfigError(
+        f"physical.backup_standby is set but {env} has no standby for pgBackRest to copy the backup from: "
+        f"physical.standby_pg_data is unset and {loaded.path} has no local topology with a standby "
+        "(\"topology\": {\"local\": true})",
+        hint="set physical.standby_pg_data, standby_pg_port and standby_pg_socket_dir to a standby on this host, or "
+        f"run hokmdb's local topology (development/testing), {FALLBACK_HINT}",
+    )
+
+
 async def _archive_mode(cluster: EmbeddedCluster) -> str:
     conn = await asyncpg.connect(**cluster.admin_connect_kwargs())  # type: ignore[arg-type]
     try:
@@ -80,15 +123,17 @@ async def physical_engine(loaded: LoadedConfig, *, start: bool = True) -> tuple[
     one that was started before ``physical`` was configured is restarted once to archive."""
     physical = _require_physical(loaded)
     cluster = _cluster(loaded)
+    standby = _local_standby(loaded, cluster)
     if cluster is not None and start:
         # The config file first: the server's archive_command reads it from its first WAL switch.
-        PgBackRest(resolve_setup(physical, cluster=cluster, project_root=loaded.project_root))
+        PgBackRest(resolve_setup(physical, cluster=cluster, standby=standby, project_root=loaded.project_root))
         cluster.start()
         if await _archive_mode(cluster) != "on":
             log.warning("the embedded cluster was started without WAL archiving: restarting it to archive")
             cluster.stop()
             cluster.start()
-    setup = resolve_setup(physical, cluster=cluster, project_root=loaded.project_root)  # with the port, once started
+    # With the port, once started.
+    setup = resolve_setup(physical, cluster=cluster, standby=standby, project_root=loaded.project_root)
     return PgBackRest(setup), cluster
 
 
@@ -134,19 +179,62 @@ async def _current_revision(loaded: LoadedConfig) -> str | None:
 # --- backups -----------------------------------------------------------------------------------------
 
 
+def _standby_source(loaded: LoadedConfig, engine: PgBackRest, cluster: EmbeddedCluster | None) -> str:
+    """The standby the backup is copied from, described for the record; ``BackupError`` (exit 7)
+    when there is none fit for it (the local topology's: not created, not running; any: see
+    ``pitr.standby``)."""
+    env = loaded.config.environment
+    start = f"hokmdb topology start --environment {env}"
+    local = _local_standby(loaded, cluster)
+    if local is not None and engine.setup.standby is None:
+        raise StandbyNotReady(
+            f"physical.backup_standby: the local topology of {env} has not been set up, so there is no standby "
+            "to copy the backup from",
+            hint=f"run `{start}`, {FALLBACK_HINT}",
+        )
+    if local is not None and not local.is_running():
+        raise StandbyNotReady(
+            f"physical.backup_standby: the local topology's standby ({local.data_dir}) is not running",
+            hint=f"start it with `{start}`, {FALLBACK_HINT}",
+        )
+    return standby_state(engine.setup).describe()
+
+
 async def take_physical_backup(loaded: LoadedConfig, kind: str, *, reason: str = "manual") -> BackupSet:
-    """Stanza (created when missing), ``check`` (the server archives), then the backup."""
+    """Stanza (created when missing), ``check`` (the server archives), then the backup.
+
+    With ``physical.backup_standby`` the standby is checked first (before the stanza is
+    touched) and pgBackRest copies the data files from it; the record's ``source`` says so.
+    """
     from pytest_hokmdb.console import progress
 
-    engine, _ = await physical_engine(loaded)
+    physical = _require_physical(loaded)
+    _require_standby_config(loaded)
+    engine, cluster = await physical_engine(loaded)
+    source = "primary"
+    if physical.backup_standby:
+        source = await asyncio.to_thread(_standby_source, loaded, engine, cluster)
     await asyncio.to_thread(engine.stanza_create)
     await asyncio.to_thread(engine.check)
     revision = await _current_revision(loaded)
-    with progress(f"pgBackRest {kind} backup of stanza {engine.setup.stanza}", None):
+    with progress(f"pgBackRest {kind} backup of stanza {engine.setup.stanza} from the {source.split()[0]}", None):
         backup = await asyncio.to_thread(engine.backup, kind)  # type: ignore[arg-type]
-    _update_record(engine.setup, backup.label, revision=revision, reason=reason, environment=loaded.config.environment)
-    log.info("pgBackRest %s backup %s taken", backup.type, backup.label)
+    _update_record(engine.setup, backup.label, revision=revision, reason=reason, environment=loaded.config.environment,
+                   source=source)
+    log.info("pgBackRest %s backup %s taken from the %s", backup.type, backup.label, source)
     return backup
+
+
+def backup_source(loaded: LoadedConfig, label: str) -> str | None:
+    """Where hokmdb recorded that backup ``label`` was copied from (``primary`` or ``standby ...``)."""
+    physical = _require_physical(loaded)
+    setup = resolve_setup(physical, cluster=_cluster(loaded), project_root=loaded.project_root)
+    return _source(read_records(setup).get(label, {}))
+
+
+def _source(record: dict[str, Any]) -> str | None:
+    """A record's source; records of backups hokmdb took before it recorded sources were the primary's."""
+    return record.get("source") or ("primary" if "reason" in record else None)
 
 
 def _summary(loaded: LoadedConfig, setup: PitrSetup, backup: BackupSet, record: dict[str, Any]) -> dict[str, Any]:
@@ -162,6 +250,7 @@ def _summary(loaded: LoadedConfig, setup: PitrSetup, backup: BackupSet, record: 
         "verification": verification,
         "location": f"pgbackrest:{setup.stanza}/{backup.label}",
         "reason": record.get("reason"),
+        "source": _source(record),
     }
 
 
@@ -169,7 +258,9 @@ async def list_physical(loaded: LoadedConfig) -> list[dict[str, Any]]:
     """The stanza's backups (newest first) as ``list-backups`` rows; [] without a physical engine."""
     if loaded.config.physical is None:
         return []
-    setup = resolve_setup(loaded.config.physical, cluster=_cluster(loaded), project_root=loaded.project_root)
+    cluster = _cluster(loaded)
+    standby = _local_standby(loaded, cluster)  # the config file it (re)writes keeps pg2
+    setup = resolve_setup(loaded.config.physical, cluster=cluster, standby=standby, project_root=loaded.project_root)
     if not setup.config_file.exists():
         return []  # hokmdb never took a physical backup from here
     engine = PgBackRest(setup)

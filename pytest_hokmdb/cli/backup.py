@@ -11,6 +11,8 @@ on stdout (``--json``: its summary), and an exit code to alert on: 0 stored and 
 Physical backups (environments with a ``physical`` section, pgBackRest): ``--type full|diff|incr``
 takes one (the stanza is created and archiving checked first); ``--verify-repository`` runs
 ``pgbackrest verify`` and restores the newest backup into a copy that must pass the smoke suite.
+With ``physical.backup_standby`` the data files are copied from the streaming standby (checked
+first; no usable standby is exit 7, never a silent backup of the primary), and the output says so.
 
     0 2 * * 0  ... database/backup.py --environment production --type full
     0 2 * * 1-6 ... database/backup.py --environment production --type diff
@@ -91,12 +93,13 @@ async def _physical(loaded: object, args: argparse.Namespace) -> int:
                 print(f"  - {problem}")
         return int(ExitCode.OK) if result["passed"] else int(ExitCode.BACKUP_ERROR)
     backup = await physical.take_physical_backup(loaded, args.type, reason=args.reason)  # type: ignore[arg-type]
+    source = physical.backup_source(loaded, backup.label)  # type: ignore[arg-type]
     if args.json:
         print(json.dumps({"id": backup.label, "kind": f"physical {backup.type}", "stopped_at": backup.stopped_at,
-                          "lsn_stop": str(backup.lsn_stop), "size": backup.size, "repo_size": backup.repo_size},
-                         indent=2, default=str))
+                          "lsn_stop": str(backup.lsn_stop), "size": backup.size, "repo_size": backup.repo_size,
+                          "source": source}, indent=2, default=str))
     else:
-        print(f"pgBackRest {backup.type} backup {backup.label}")
+        print(f"pgBackRest {backup.type} backup {backup.label} (from the {source})")
     return int(ExitCode.OK)
 
 

@@ -146,9 +146,20 @@ class PhysicalBackupSettings(_Strict):
     start_fast: bool = Field(True, description="backups begin with an immediate checkpoint instead of waiting")
     archive_timeout_s: int = Field(60, ge=0, le=86400, description="server forces a WAL switch this often (0 = never)")
     recovery_timeout_s: float = Field(3600.0, gt=0, description="how long a restored copy may take to recover")
+    backup_standby: bool = Field(
+        False,
+        description="pgBackRest copies the data files from the streaming standby (its backup-standby); the primary only "
+        "starts and stops the backup and archives the WAL",
+    )
+    standby_pg_data: Path | None = Field(
+        None, description="the standby's data directory, on this host; unset: the local topology's standby"
+    )
+    standby_pg_port: int | None = Field(None, ge=1, le=65535, description="unset: the local topology's standby port")
+    standby_pg_socket_dir: Path | None = Field(None, description="unset: the local topology's standby socket directory")
 
     @model_validator(mode="after")
     def _consistent(self) -> PhysicalBackupSettings:
+        self._standby_consistent()
         if self.repo_path is None and self.repo_s3_bucket is None:
             raise ValueError("set repo_path (a directory) or repo_s3_bucket (an S3 bucket) for the pgBackRest repository")
         if self.repo_path is not None and self.repo_s3_bucket is not None:
@@ -166,6 +177,20 @@ class PhysicalBackupSettings(_Strict):
         if self.cipher_type == "none" and self.cipher_pass is not None:
             raise ValueError("cipher_pass is set but cipher_type is none: set cipher_type to aes-256-cbc or remove cipher_pass")
         return self
+
+    def _standby_consistent(self) -> None:
+        """The standby's location comes whole or not at all, and only with ``backup_standby``: a
+        half-given location would silently mix a configured standby with the local topology's."""
+        given = [name for name in ("standby_pg_data", "standby_pg_port", "standby_pg_socket_dir") if getattr(self, name) is not None]
+        if given and not self.backup_standby:
+            raise ValueError(f"{', '.join(given)} set but backup_standby is false: set backup_standby to true or remove them")
+        if given and (self.standby_pg_data is None or self.standby_pg_socket_dir is None):
+            raise ValueError(
+                "a standby hokmdb does not run needs standby_pg_data and standby_pg_socket_dir (and standby_pg_port "
+                "unless it is 5432); leave all three unset for the local topology's standby"
+            )
+        if self.standby_pg_data is not None and self.standby_pg_data == self.pg_data:
+            raise ValueError("standby_pg_data is the primary's pg_data: point it at the standby's data directory")
 
     def secrets(self) -> list[str]:
         values = [self.cipher_pass, self.repo_s3_key_secret]

@@ -73,13 +73,38 @@ def explain(command: str, output: str, *, exit_code: int, cipher_type: str, log_
     line = redact(line)
     if looks_undecryptable(output) or (code == 37 and "cipher-pass" in line):
         return cipher_error(command, cipher_type, code=code)
-    hint = _HINTS.get(code or -1, log_hint)
+    hint = _standby_hint(line) or _HINTS.get(code or -1, log_hint)
     if code == 37 and "pg1-path" in line:
         hint = "the stanza is not configured for this server; check physical.stanza and physical.pg_data"
     if code == 55 and "info" in line:
         hint = "the stanza has not been created in this repository yet: run stanza-create first"
     label = f"[{code:03d}] " if code is not None else f"(exit {exit_code}) "
     return PgBackRestError(f"pgbackrest {command} failed: {label}{line}", hint=hint, code=code, command=command)
+
+
+_STANDBY_REBUILD = "rebuild the standby from the primary (hokmdb topology start re-clones a missing one)"
+_STANDBY_OR_PRIMARY = "or set physical.backup_standby to false to back up from the primary"
+# What pgBackRest says about the standby of a backup-standby backup (2.45's db/helper.c, db/db.c),
+# and what the operator should do about each.
+_STANDBY_HINTS: tuple[tuple[str, str], ...] = (
+    ("unable to find standby cluster",
+     "pgBackRest could not reach the standby it copies from (pg2): start it (hokmdb topology start for the local "
+     f"topology) and check physical.standby_pg_port and standby_pg_socket_dir, {_STANDBY_OR_PRIMARY}"),
+    ("more than one primary cluster found",
+     f"the standby (pg2) is not in recovery any more (promoted?): {_STANDBY_REBUILD}, {_STANDBY_OR_PRIMARY}"),
+    ("standby replayed to",
+     "the standby did not replay the WAL up to the backup's start in time (replay paused, streaming broken, or far "
+     f"behind): pg_stat_wal_receiver on the standby says which; {_STANDBY_OR_PRIMARY}"),
+    ("standby checkpoint",
+     f"the standby is ahead of the primary, so it is not following it (another timeline or primary): {_STANDBY_REBUILD}"),
+    ("replay lsn on the standby",
+     f"pg2 is not a standby (promoted?): {_STANDBY_REBUILD}, {_STANDBY_OR_PRIMARY}"),
+)
+
+
+def _standby_hint(line: str) -> str | None:
+    """The hint for a failure of the standby pgBackRest copies from; None for any other failure."""
+    return next((hint for marker, hint in _STANDBY_HINTS if marker in line), None)
 
 
 def cipher_error(command: str, cipher_type: str, *, code: int | None = None) -> CipherPassWrong:

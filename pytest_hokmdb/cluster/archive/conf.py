@@ -91,7 +91,31 @@ def render_config(setup: PitrSetup) -> str:
         f"pg1-socket-path={setup.socket_dir}",
         f"pg1-user={s.pg_user}",
     ]
+    lines += _standby_lines(setup)
     return "\n".join(lines) + "\n"
+
+
+def _standby_lines(setup: PitrSetup) -> list[str]:
+    """pg2 and ``backup-standby`` when backups are copied from the standby.
+
+    pgBackRest tells primary from standby by asking each server, starts and stops the backup
+    on the primary (whose archive_command keeps pushing the WAL), waits until the standby has
+    replayed up to the backup's start and copies the replicated files from it. The other
+    commands need only the primary (``stanza-create`` and ``check`` warn when pg2 is down), so
+    archiving, restore points and restores do not depend on the standby being up.
+    """
+    standby = setup.standby
+    if standby is None:
+        return []
+    return [
+        "",
+        "# Backups copy the data files from pg2, the streaming standby (physical.backup_standby).",
+        f"pg2-path={standby.pg_data}",
+        f"pg2-port={standby.port}",
+        f"pg2-socket-path={standby.socket_dir}",
+        f"pg2-user={setup.settings.pg_user}",
+        "backup-standby=y",
+    ]
 
 
 def secret_environment(setup: PitrSetup) -> dict[str, str]:

@@ -28,8 +28,25 @@ _SHELL_SAFE_RE = re.compile(r"^[A-Za-z0-9_./+,:@%=-]+$")
 
 
 @dataclass(frozen=True)
+class StandbyLocation:
+    """Where pgBackRest reaches the streaming standby it copies a backup from (its ``pg2``):
+    a data directory on this host and the server's unix socket, like the primary's ``pg1``."""
+
+    pg_data: Path
+    port: int
+    socket_dir: Path
+
+    def describe(self) -> str:
+        return f"standby {self.pg_data} (port {self.port})"
+
+
+@dataclass(frozen=True)
 class PitrSetup:
-    """Where the server, its pgBackRest config and its private state are; who runs them."""
+    """Where the server, its pgBackRest config and its private state are; who runs them.
+
+    ``standby`` is set when backups are to be copied from a standby (``backup_standby``) and
+    one was found; the backup refuses to run without it rather than fall back to the primary.
+    """
 
     settings: PhysicalBackupSettings
     pg_data: Path
@@ -38,6 +55,7 @@ class PitrSetup:
     work_dir: Path
     user: OsUser
     bin_dir: Path
+    standby: StandbyLocation | None = None
 
     def __post_init__(self) -> None:
         register_secrets(self.settings.secrets())
@@ -96,10 +114,38 @@ def shell_safe(path: Path, what: str) -> Path:
     return path
 
 
+def resolve_standby(
+    settings: PhysicalBackupSettings,
+    *,
+    standby: EmbeddedCluster | None = None,
+    project_root: Path | None = None,
+) -> StandbyLocation | None:
+    """The standby pgBackRest copies from: the configured ``standby_pg_*``, else ``standby``
+    (the local topology's, when it has been created and started once); None without
+    ``backup_standby`` or when there is none, which the backup turns into its refusal."""
+    if not settings.backup_standby:
+        return None
+    if settings.standby_pg_data is not None:
+        assert settings.standby_pg_socket_dir is not None  # the settings' validator pairs them
+        return StandbyLocation(
+            pg_data=_absolute(settings.standby_pg_data, project_root),
+            port=settings.standby_pg_port or DEFAULT_PG_PORT,
+            socket_dir=_absolute(settings.standby_pg_socket_dir, project_root),
+        )
+    if standby is None or not standby.initialized():
+        return None
+    try:
+        port = standby.port
+    except ClusterError:
+        return None  # created but never started: no port to connect to
+    return StandbyLocation(pg_data=standby.data_dir, port=port, socket_dir=standby.socket_dir)
+
+
 def resolve_setup(
     settings: PhysicalBackupSettings,
     *,
     cluster: EmbeddedCluster | None = None,
+    standby: EmbeddedCluster | None = None,
     project_root: Path | None = None,
 ) -> PitrSetup:
     """Fill the unset locations from ``cluster`` (the embedded one) and make paths absolute.
@@ -107,6 +153,8 @@ def resolve_setup(
     Relative paths are taken from ``project_root`` (the config loader's ``project_root``),
     like every other path of the config. The embedded cluster's port is read from its
     state, so resolve after starting it when pgBackRest must connect (backup, check).
+    ``standby`` is the local topology's standby, for ``backup_standby`` without
+    ``standby_pg_*`` (see ``resolve_standby``).
     """
     if cluster is None and (settings.pg_data is None or settings.work_dir is None or settings.pg_socket_dir is None):
         raise ConfigError(
@@ -155,4 +203,5 @@ def resolve_setup(
         work_dir=work_dir,
         user=user,
         bin_dir=bin_dir,
+        standby=resolve_standby(settings, standby=standby, project_root=project_root),
     )

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from alembic import op
 
-from pytest_hokmdb.migration.online import backfill
+from pytest_hokmdb.migration.online import backfill, check_once
 
 revision: str = "0006"
 down_revision: str | Sequence[str] | None = "0005"
@@ -132,10 +132,9 @@ def upgrade() -> None:
     for trigger in SYNC_TRIGGERS:
         op.execute(trigger)
     backfill("moves", set_=SPLIT_CARDS, where=f"card_suit IS NULL AND card ~ '{CARD_PATTERN}'")
-    with op.get_context().autocommit_block():
-        # A read-only scan of the whole table: outside the transaction that takes the locks
-        # below, so a retry after a lock timeout does not repeat it under a held lock.
-        op.execute(REFUSE_UNPARSED)
+    # A read-only scan of the whole table: outside the transaction that takes the locks below,
+    # and once per deploy, so a retry after a lock timeout goes straight to the constraints.
+    check_once(REFUSE_UNPARSED)
     for name, condition in CONSTRAINTS.items():
         op.execute(f"ALTER TABLE moves ADD CONSTRAINT {name} CHECK ({condition}) NOT VALID")
 

@@ -71,6 +71,7 @@ class BackfillSettings:
     # after the backfill meets a lock timeout, the retry re-runs upgrade(), and a finished
     # backfill must not re-scan the table (40.9M rows: 50 s, long enough for the next long
     # transaction to start and take the retry's chance). The expand phase keeps new rows right.
+    # Checks that passed (``check_once``) are kept here too, by ("check", database, sql, "").
     finished: set[tuple[str, str, str, str]] = field(default_factory=set, compare=False, repr=False)
 
 
@@ -136,6 +137,31 @@ def backfill(
         report = run_backfill(bind, table, set_=set_, where=where, key=key, settings=settings)
     settings.finished.add(done_key)
     return report
+
+
+def check_once(sql: str) -> None:
+    """Run a read-only check of the data (e.g. "every row was converted") outside the
+    revision's transaction, once per deploy.
+
+    The check belongs between a backfill and the DDL that needs its result; when that DDL
+    meets a lock timeout the retry re-runs ``upgrade()``, and a check that scans the whole
+    table (50 s at 40.9M rows) must not run again: the next long transaction would start and
+    take the retry's chance every time. Once it passed it stays true, because the expand
+    phase's trigger keeps new rows right. Offline mode prints it."""
+    from alembic import context, op
+
+    if context.is_offline_mode():
+        op.execute(sql)
+        return
+    settings = _settings(None, None)
+    bind = op.get_bind()
+    done_key = ("check", str(bind.exec_driver_sql("SELECT current_database()").scalar()), sql, "")
+    if done_key in settings.finished:
+        log.info("check passed earlier in this deploy; not scanning again")
+        return
+    with op.get_context().autocommit_block():
+        op.execute(sql)
+    settings.finished.add(done_key)
 
 
 _REPLICA_LAG = sa.text(

@@ -199,9 +199,11 @@ BACKFILL_THEN_DDL_0009 = (
 
     from alembic import context
 
-    from pytest_hokmdb.migration.online import backfill
+    from pytest_hokmdb.migration.online import backfill, check_once
 
+    op.execute("CREATE SEQUENCE IF NOT EXISTS probe_check_runs")
     backfill("players", set_="rating = rating", where="rating < -1000000")
+    check_once("SELECT nextval('probe_check_runs')")  # counts its runs: a sequence is not rolled back
     flag = Path(os.environ["HOKMDB_TEST_FLAG"])
     if flag.exists() and not context.is_offline_mode():  # the lint renders this revision offline first
         flag.unlink()
@@ -216,7 +218,8 @@ async def test_a_retry_after_a_lock_timeout_does_not_scan_a_finished_backfill_ag
                                                                                      tmp_path, monkeypatch) -> None:
     """At 100k games the backfill's final check scans 40.9M rows (50 s): a retry of 0006's DDL
     that re-ran it gave the next long report the time to take the retry's chance, again and
-    again. A backfill finished earlier in the same deploy is not scanned again."""
+    again. A backfill finished earlier in the same deploy is not scanned again, nor is a check
+    of its result that passed (``check_once``, 0006's REFUSE_UNPARSED)."""
     flag = tmp_path / "first-attempt"
     flag.write_text("")
     monkeypatch.setenv("HOKMDB_TEST_FLAG", str(flag))
@@ -229,4 +232,6 @@ async def test_a_retry_after_a_lock_timeout_does_not_scan_a_finished_backfill_ag
     log = outcome.log_path.read_text()  # type: ignore[union-attr]
     assert log.count("backfill players: nothing to do") == 1, log
     assert "backfill players: finished earlier in this deploy; not scanning again" in log
+    assert "check passed earlier in this deploy; not scanning again" in log
+    assert await env.fetchval("SELECT last_value FROM probe_check_runs") == 1
     assert not flag.exists() and await env.revision() == "0009"

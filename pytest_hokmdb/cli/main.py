@@ -1,7 +1,7 @@
 """``hokmdb``: manage the embedded cluster and run the end-to-end demo.
 
     hokmdb cluster start|stop|status [--environment development]
-    hokmdb topology start|stop|status [--environment development]
+    hokmdb topology start|stop|status|resume [--environment development]
     hokmdb demo [--environment development] [--players N --games M]
 """
 
@@ -34,8 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     cluster.add_argument("--config", dest="config_path", default=None, metavar="PATH")
 
     topology = sub.add_parser(
-        "topology", help="start, stop or inspect the local topology: the embedded cluster as primary, a streaming "
-        "standby and PgBouncer (topology.local in the environment's config)")
+        "topology", help="start, stop or inspect the local topology (topology.local in the environment's config): "
+        "true: the embedded cluster as primary, a streaming standby and PgBouncer; \"patroni\": two Patroni-managed "
+        "nodes with a one-node etcd, and PgBouncer following the leader")
     topology.add_argument("action", choices=("start", "stop", "status", "resume"),
                           help="resume: RESUME the game's database in PgBouncer after a deploy that paused it was killed "
                                "(any environment with a PgBouncer)")
@@ -107,8 +108,11 @@ def cmd_topology(args: argparse.Namespace) -> int:
     if settings is None or not settings.local:
         raise ConfigError(
             f"{loaded.path}: {args.environment} has no local topology",
-            hint='add "topology": {"local": true} to it (README "The production topology")',
+            hint='add "topology": {"local": true} to it, or {"local": "patroni"} for Patroni and etcd '
+                 '(README "The production topology")',
         )
+    if settings.local == "patroni":
+        return _patroni_topology(args, loaded)
     db = loaded.config.database
     topology = LocalTopology(embedded_cluster_for(loaded), pooler_roles=(db.user, db.monitor_user or EMBEDDED_MONITOR_USER))
     if args.action == "start":
@@ -122,6 +126,33 @@ def cmd_topology(args: argparse.Namespace) -> int:
         print(topology.stop().describe())
     else:
         print(topology.status().describe())
+    return 0
+
+
+def _patroni_topology(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    """``topology.local: "patroni"``: etcd, two Patroni nodes and PgBouncer in front of the leader."""
+    from pytest_hokmdb.aio import run_sync
+    from pytest_hokmdb.db import resolve_target
+    from pytest_hokmdb.db.resolve import local_patroni_for
+
+    topology = local_patroni_for(loaded)
+    assert topology is not None  # an embedded environment whose topology.local is "patroni"
+    if args.action == "start":
+        # Setup: the servers, then roles and database on the leader, so PgBouncer knows them.
+        target = run_sync(resolve_target(loaded, provision_embedded=True))
+        status = topology.start()
+        print(status.describe())
+        leader = status.leader
+        print(f"the game connects through PgBouncer: postgresql://{target.user}@127.0.0.1:{topology.pooler_port}/{target.dbname}")
+        print(f"the deploy connects to the leader{f' {leader.name}' if leader else ''}: {target.dsn()} "
+              f"(found through Patroni's REST API: {', '.join(topology.rest_urls)})")
+    elif args.action == "stop":
+        print(topology.stop().describe())
+    else:
+        status = topology.status()
+        print(status.describe())
+        if not status.created:
+            print(f"  hint: start it with `hokmdb topology start --environment {args.environment}`")
     return 0
 
 

@@ -7,8 +7,10 @@ server it manages, it runs as the server's account. The superuser and replicatio
 reach Patroni through its environment (``PATRONI_SUPERUSER_PASSWORD``, ...), never its YAML
 file or command line; the file holds only topology.
 
-Used by the tests and rehearsals that need failover; ``cluster/topology.py`` is the lighter
-mode (a pg_basebackup standby, no Patroni).
+Used by the tests and rehearsals that need failover, and by ``hokmdb topology start`` for
+``topology.local: "patroni"`` (``cluster/patroni_topology.py`` adds PgBouncer in front of the
+leader, following it through a Patroni callback); ``cluster/topology.py`` is the lighter mode
+(a pg_basebackup standby, no Patroni).
 """
 
 from __future__ import annotations
@@ -18,28 +20,35 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pytest_hokmdb.cluster.binaries import find_bin_dir
+from pytest_hokmdb.cluster.embedded import SUPERUSER, socket_dir_for
 from pytest_hokmdb.cluster.osuser import OsUser, resolve_os_user
 from pytest_hokmdb.cluster.process import pid_alive
 from pytest_hokmdb.cluster.scratch import reserved_port
 from pytest_hokmdb.errors import ClusterError
-from pytest_hokmdb.redaction import register_secret
+from pytest_hokmdb.redaction import redact, register_secret
 
 log = logging.getLogger(__name__)
 
 SCOPE = "hokmdb"
 NODES = ("node1", "node2")
 _STATE = "hokmdb-patroni.json"
+# Fast and unsafe on a crash: for the tests' throwaway clusters only (``durable=False``).
+_THROWAWAY = '    fsync: "off"\n    synchronous_commit: "off"\n    full_page_writes: "off"\n'
+# What each process's /proc/PID/stat names it: a reused pid is not taken for ours.
+_COMMAND = {"etcd": "etcd", **{n: "patroni" for n in NODES}}
 
 
 @dataclass(frozen=True)
@@ -87,12 +96,20 @@ def cluster_members(rest_urls: list[str], timeout_s: float = 3.0) -> list[Member
 
 
 class LocalPatroni:
-    """etcd + two Patroni-managed PostgreSQL nodes in ``base_dir``."""
+    """etcd + two Patroni-managed PostgreSQL nodes in ``base_dir``.
 
-    def __init__(self, base_dir: Path, *, os_user: str | None = None, bin_dir: Path | None = None) -> None:
+    ``callback``: a command Patroni runs, as the server's account, when a node starts or changes
+    role (``on_start``, ``on_role_change``); the node's PostgreSQL port is appended to it, then
+    Patroni appends ``<action> <role> <scope>``. ``durable``: keep fsync and full-page writes on
+    (an environment's data); off, the throwaway settings the tests' clusters run with."""
+
+    def __init__(self, base_dir: Path, *, os_user: str | None = None, bin_dir: Path | None = None,
+                 callback: Sequence[str] | None = None, durable: bool = False) -> None:
         self.base_dir = Path(base_dir)
         self.user: OsUser = resolve_os_user(os_user)
         self.bin_dir = find_bin_dir(bin_dir)
+        self.callback = tuple(callback) if callback else None
+        self.durable = durable
 
     # -- state --------------------------------------------------------------------------------
 
@@ -106,6 +123,15 @@ class LocalPatroni:
         path = self.base_dir / _STATE
         path.write_text(json.dumps({**self._state(), **values}, indent=2))
         path.chmod(0o600)
+
+    @property
+    def state_file(self) -> Path:
+        """0600: the generated passwords (superuser, replication, and the roles hokmdb provisions)."""
+        return self.base_dir / _STATE
+
+    def created(self) -> bool:
+        """Whether a first start has chosen the ports (so ``ports``/``rest_urls`` answer)."""
+        return "nodes" in self._state()
 
     @property
     def superuser_password(self) -> str:
@@ -125,10 +151,30 @@ class LocalPatroni:
         return [f"http://127.0.0.1:{self.ports(n)[1]}" for n in NODES]
 
     def members(self) -> list[Member] | None:
-        return cluster_members(self.rest_urls)
+        """As Patroni's REST API lists them; None when none answers (or none was ever started)."""
+        return cluster_members(self.rest_urls) if self.created() else None
 
     def leader(self) -> Member | None:
         return next((m for m in self.members() or [] if m.role == "leader" and m.state == "running"), None)
+
+    def admin_connect_kwargs(self, dbname: str = "postgres") -> dict[str, object]:
+        """asyncpg keyword arguments for the superuser on the current leader (what provisioning
+        needs, like ``EmbeddedCluster.admin_connect_kwargs``)."""
+        leader = self.leader()
+        if leader is None:
+            raise ClusterError(f"the Patroni cluster in {self.base_dir} has no running leader",
+                               hint=f"logs: {self.base_dir}/*.log")
+        return {"host": leader.host, "port": leader.port, "user": SUPERUSER, "password": self.superuser_password,
+                "database": dbname, "ssl": False}
+
+    def processes(self) -> dict[str, int | None]:
+        """etcd's and each node's Patroni pid, None for those not running."""
+        pids = self._state().get("pids", {})
+        return {key: pids.get(key) if self._alive(key) else None for key in ("etcd", *NODES)}
+
+    def running(self) -> bool:
+        """Whether etcd and both Patroni processes run (not whether they are healthy)."""
+        return all(pid is not None for pid in self.processes().values())
 
     # -- processes --------------------------------------------------------------------------------
 
@@ -140,7 +186,10 @@ class LocalPatroni:
 
     def _env(self) -> dict[str, str]:
         state = self._state()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "PATRONI"))}
+        # Patroni is the system's Python program: a PYTHONPATH or virtualenv of the caller's
+        # (hokmdb's own) would shadow its libraries.
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("PG", "PATRONI", "PYTHON")) and k != "VIRTUAL_ENV"}
         env.update(self.user.env())
         env.update(LC_ALL="C.UTF-8", LANG="C.UTF-8",
                    PATRONI_SUPERUSER_USERNAME="postgres", PATRONI_SUPERUSER_PASSWORD=state["superuser_password"],
@@ -160,7 +209,25 @@ class LocalPatroni:
 
     def _alive(self, key: str) -> bool:
         pid = self._state().get("pids", {}).get(key)
-        return pid_alive(pid if isinstance(pid, int) else None)
+        return pid_alive(pid if isinstance(pid, int) else None, _COMMAND.get(key))
+
+    def _fast_settings(self) -> str:
+        """The throwaway settings (``durable=False``), indented for ``postgresql.parameters``."""
+        return "" if self.durable else _THROWAWAY
+
+    def _callbacks_yaml(self, pg_port: int) -> str:
+        """The ``postgresql.callbacks`` section (JSON strings are YAML strings)."""
+        if not self.callback:
+            return ""
+        command = json.dumps(shlex.join([*self.callback, str(pg_port)]))
+        return f"  callbacks:\n    on_start: {command}\n    on_role_change: {command}\n"
+
+    def _socket_dir(self, node: str) -> Path:
+        """The node's directory, or a short one under the temp dir when a socket path there
+        would be too long (107 bytes)."""
+        path = socket_dir_for(self.base_dir / node)
+        self._own(path)
+        return path
 
     def _node_yaml(self, node: str, pg_port: int, rest_port: int, etcd_port: int) -> Path:
         data_dir = self.base_dir / node / "data"
@@ -204,12 +271,9 @@ postgresql:
   bin_dir: {self.bin_dir}
   pgpass: {self.base_dir / node / "pgpass"}
   parameters:
-    unix_socket_directories: {self.base_dir / node}
-    fsync: "off"
-    synchronous_commit: "off"
-    full_page_writes: "off"
+    unix_socket_directories: {self._socket_dir(node)}
     jit: "off"
-"""
+{self._fast_settings()}{self._callbacks_yaml(pg_port)}"""
         path = self.base_dir / f"{node}.yml"
         path.write_text(text)
         path.chmod(0o600)
@@ -243,8 +307,9 @@ postgresql:
                     "--initial-cluster", f"hokmdb=http://127.0.0.1:{peer}",
                 ], "etcd.log")
                 self._write_state(pids=pids)
-                self._wait(lambda: rest_get(f"http://127.0.0.1:{client}/health")[0] == 200, 30, "etcd did not become healthy")
-            for i, node in enumerate(NODES):
+                self._wait(lambda: rest_get(f"http://127.0.0.1:{client}/health")[0] == 200, 30, "etcd did not become healthy",
+                           ("etcd",))
+            for i, node in enumerate(self._start_order()):
                 if self._alive(node):
                     continue
                 self._own(self.base_dir / node)
@@ -253,20 +318,35 @@ postgresql:
                 pids[node] = self._spawn([_binary("patroni"), str(yaml)], f"{node}.log")
                 self._write_state(pids=pids)
                 if i == 0:
-                    self._wait(lambda: self.leader() is not None, timeout_s, "Patroni elected no leader")
+                    self._wait(lambda: self.leader() is not None, timeout_s, "Patroni elected no leader", ("etcd", node))
         self._wait(self._healthy, timeout_s, "the Patroni cluster did not get a leader and a streaming replica")
         return self.members() or []
+
+    def _exited(self, watched: Sequence[str]) -> str | None:
+        """A started process of ``watched`` that is gone, with the last line of its log: no use
+        waiting for it."""
+        for key in watched:
+            if key in self._state().get("pids", {}) and not self._alive(key):
+                try:
+                    last = (self.base_dir / f"{key}.log").read_text(errors="replace").strip().splitlines()[-1]
+                except (OSError, IndexError):
+                    last = "no log"
+                return f"{key} exited ({redact(last[-200:])})"
+        return None
 
     def _healthy(self) -> bool:
         members = self.members() or []
         return (any(m.role == "leader" and m.state == "running" for m in members)
                 and any(m.role in ("replica", "sync_standby") and m.state in ("running", "streaming") for m in members))
 
-    def _wait(self, probe: Any, timeout_s: float, what: str) -> None:
+    def _wait(self, probe: Any, timeout_s: float, what: str, watched: Sequence[str] = ("etcd", *NODES)) -> None:
+        """Until ``probe()``; fails at once when a ``watched`` process has exited."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if probe():
                 return
+            if (gone := self._exited(watched)) is not None:
+                raise ClusterError(f"{what}: {gone}", hint=f"logs: {self.base_dir}/*.log")
             time.sleep(0.2)
         raise ClusterError(f"{what} within {timeout_s:.0f} s", hint=f"logs: {self.base_dir}/*.log")
 
@@ -286,10 +366,28 @@ postgresql:
         assert new is not None
         return new
 
+    def _stop_order(self) -> list[str]:
+        """Replicas before the leader: a replica still running when the leader stops would take
+        over (failover) just before it is stopped itself. The leader is remembered for the next
+        start (``_start_order``)."""
+        leader = self.leader()
+        if leader is not None:
+            self._write_state(last_leader=leader.name)
+        nodes = sorted(NODES, key=lambda n: leader is not None and n == leader.name)
+        return [*nodes, "etcd"]
+
+    def _start_order(self) -> list[str]:
+        """The last leader first: it stopped last and has the newest WAL. The node started first
+        wins the leader race (the second starts once there is a leader); were it the old replica,
+        the old leader could not follow it (its last WAL, the shutdown checkpoint, is not on the
+        new timeline, and there is no pg_rewind here)."""
+        last = self._state().get("last_leader")
+        return sorted(NODES, key=lambda n: n != last)
+
     def stop(self) -> None:
-        """Stop both nodes (Patroni stops its PostgreSQL), then etcd."""
+        """Stop the replica, then the leader (Patroni stops its PostgreSQL), then etcd."""
         pids = self._state().get("pids", {})
-        for key in (*NODES, "etcd"):
+        for key in self._stop_order():
             pid = pids.get(key)
             if isinstance(pid, int) and self._alive(key):
                 with contextlib.suppress(ProcessLookupError):

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pytest_hokmdb.cluster import pgbouncer_follow as follow
 from pytest_hokmdb.cluster.osuser import OsUser
 from pytest_hokmdb.cluster.process import pid_alive, run_as
 from pytest_hokmdb.cluster.scratch import reserved_port
@@ -96,9 +97,11 @@ class PgBouncer:
             return {}
 
     def _write_state(self, **values: object) -> None:
+        """0600, owned by the server's account: Patroni's callback (``pgbouncer_follow``), which
+        runs as that account, records the backend it points PgBouncer at here too."""
         path = self.base_dir / _STATE_FILE
         path.write_text(json.dumps({**self._state(), **values}, indent=2))
-        path.chmod(0o600)
+        self._own(path, 0o600)
 
     @property
     def port(self) -> int:
@@ -213,6 +216,13 @@ class PgBouncer:
                 return
             time.sleep(0.05)
         raise ClusterError(f"pgbouncer did not listen on {self.host}:{port} within 10 s", hint=f"PgBouncer's log: {self.log_file}")
+
+    def retarget(self, backend_port: int) -> None:
+        """Point the running (or next) PgBouncer at ``backend_port`` and RELOAD it: what Patroni's
+        callback does on a new leader, done by hokmdb when it finds the leader elsewhere."""
+        if not follow.retarget(self.base_dir, backend_port):
+            raise ClusterError(f"pgbouncer in {self.base_dir} has no config yet; start the topology first")
+        log.info("pgbouncer in %s now points at port %s", self.base_dir, backend_port)
 
     def reload(self, verifiers: Iterable[tuple[str, str]]) -> None:
         """New roles or passwords: rewrite the auth file and have PgBouncer re-read it."""

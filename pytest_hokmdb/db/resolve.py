@@ -6,6 +6,11 @@ provisioning: only the explicit setup commands ask for it (``deploy.py --setup``
 ``hokmdb cluster start``, ``hokmdb demo``, plain ``alembic upgrade``). A verification run
 (``pytest smoke/``, ``smoke_tests.py``, the API) never does: an ``ALTER ROLE ... NOSUPERUSER``
 before the security checks would repair the very thing they are about to judge.
+
+With ``topology.local: "patroni"`` the environment's server is hokmdb's local Patroni cluster
+(``cluster/patroni_topology.py``) instead of the embedded cluster: the target is its current
+leader, found through Patroni's REST API as for a configured ``topology.patroni``, and the same
+provisioning creates the roles and database there (on the leader; the replica follows).
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import json
 import logging
 import secrets
 from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import asyncpg
 
@@ -24,7 +31,21 @@ from pytest_hokmdb.db.target import Target
 from pytest_hokmdb.errors import ConnectionFailed
 from pytest_hokmdb.redaction import register_secret
 
+if TYPE_CHECKING:
+    from pytest_hokmdb.cluster.patroni_topology import LocalPatroniTopology
+
 log = logging.getLogger(__name__)
+
+
+class LocalServer(Protocol):
+    """A server hokmdb runs and provisions: the embedded cluster, or the local Patroni cluster
+    (whose ``admin_connect_kwargs`` reach the current leader). Generated passwords are kept in
+    its 0600 ``state_file``."""
+
+    @property
+    def state_file(self) -> Path: ...
+
+    def admin_connect_kwargs(self, dbname: str = "postgres") -> dict[str, object]: ...
 
 
 def embedded_cluster_for(loaded: LoadedConfig) -> EmbeddedCluster:
@@ -46,7 +67,35 @@ def embedded_cluster_for(loaded: LoadedConfig) -> EmbeddedCluster:
     return cluster
 
 
-def _stored_password(cluster: EmbeddedCluster, user: str) -> str | None:
+def local_patroni_for(loaded: LoadedConfig) -> LocalPatroniTopology | None:
+    """The environment's local Patroni topology (``topology.local: "patroni"``), None in any
+    other mode. It lives beside the embedded cluster's directory (``<dir>-patroni``), like the
+    lighter mode's standby and PgBouncer, so the directory the server account can reach is
+    the one ``EmbeddedCluster`` chose."""
+    config = loaded.config
+    if not config.uses_embedded or config.topology is None or config.topology.local != "patroni":
+        return None
+    from pytest_hokmdb.cluster.patroni_topology import LocalPatroniTopology
+
+    settings = config.embedded or EmbeddedSettings()
+    base = EmbeddedCluster(loaded.resolve(settings.data_dir), bin_dir=settings.bin_dir, os_user=settings.os_user).base_dir
+    db = config.database
+    return LocalPatroniTopology(base.with_name(base.name + "-patroni"), os_user=settings.os_user, bin_dir=settings.bin_dir,
+                                pooler_roles=(db.user, db.monitor_user or EMBEDDED_MONITOR_USER))
+
+
+def _password_store(loaded: LoadedConfig) -> LocalServer:
+    """Where the environment's generated role passwords are kept."""
+    local = local_patroni_for(loaded)
+    return local.patroni if local is not None else embedded_cluster_for(loaded)
+
+
+def _runs_local_server(loaded: LoadedConfig, target: Target) -> bool:
+    """The target is a server hokmdb set up (embedded or local Patroni): its roles are hokmdb's."""
+    return target.embedded or local_patroni_for(loaded) is not None
+
+
+def _stored_password(cluster: LocalServer, user: str) -> str | None:
     """The password setup generated for ``user`` and kept in the cluster's state file, if any."""
     state = json.loads(cluster.state_file.read_text()) if cluster.state_file.is_file() else {}
     password = state.get("app_passwords", {}).get(user)
@@ -55,7 +104,7 @@ def _stored_password(cluster: EmbeddedCluster, user: str) -> str | None:
     return password
 
 
-def _app_password(cluster: EmbeddedCluster, user: str, configured: str | None) -> str:
+def _app_password(cluster: LocalServer, user: str, configured: str | None) -> str:
     """The configured password, else one generated once and kept in the cluster's state file (0600)."""
     if configured:
         return configured
@@ -119,7 +168,7 @@ async def _login_role(conn: asyncpg.Connection, user: str, password: str) -> Non
     await conn.execute(statement)
 
 
-async def provision(cluster: EmbeddedCluster, *, dbname: str, user: str, password: str,
+async def provision(cluster: LocalServer, *, dbname: str, user: str, password: str,
                     monitor: tuple[str, str] | None = None, owner: tuple[str, str] | None = None) -> None:
     """Create (or align) the roles and the database; idempotent.
 
@@ -161,14 +210,15 @@ async def provision(cluster: EmbeddedCluster, *, dbname: str, user: str, passwor
         await conn.close()
 
 
-def patroni_leader(rest_urls: list[str]) -> tuple[str, int]:
-    """The running leader's host and port, as Patroni reports it (``topology.patroni``)."""
+def patroni_leader(rest_urls: list[str], *, unreachable_hint: str | None = None) -> tuple[str, int]:
+    """The running leader's host and port, as Patroni reports it (``topology.patroni``, or the
+    local Patroni topology)."""
     from pytest_hokmdb.cluster.patroni import cluster_members
 
     members = cluster_members(rest_urls)
     if members is None:
         raise ConnectionFailed(f"no Patroni REST API answered ({', '.join(rest_urls)})",
-                               hint="check topology.patroni.rest_urls and that Patroni runs on the members")
+                               hint=unreachable_hint or "check topology.patroni.rest_urls and that Patroni runs on the members")
     leader = next((m for m in members if m.role in ("leader", "standby_leader") and m.state == "running"), None)
     if leader is None:
         listed = ", ".join(f"{m.name} {m.role} {m.state}" for m in members) or "no members"
@@ -177,7 +227,8 @@ def patroni_leader(rest_urls: list[str]) -> tuple[str, int]:
     return leader.host, leader.port
 
 
-async def _require_provisioned(cluster: EmbeddedCluster, *, environment: str, dbname: str, user: str) -> None:
+async def _require_provisioned(cluster: LocalServer, *, environment: str, dbname: str, user: str, location: Path,
+                               where: str = "embedded cluster", setup: str = "cluster") -> None:
     """Name a missing role or database (read-only catalog look-up): the server itself only
     says "password authentication failed" for a role that does not exist."""
     conn = await asyncpg.connect(**cluster.admin_connect_kwargs())  # type: ignore[arg-type]
@@ -189,10 +240,10 @@ async def _require_provisioned(cluster: EmbeddedCluster, *, environment: str, db
     missing = ([f"role {user!r}"] if not has_role else []) + ([f"database {dbname!r}"] if not has_db else [])
     if missing:
         raise ConnectionFailed(
-            f"{' and '.join(missing)} {'do' if len(missing) > 1 else 'does'} not exist on the embedded cluster of {environment} "
-            f"({cluster.data_dir})",
+            f"{' and '.join(missing)} {'do' if len(missing) > 1 else 'does'} not exist on the {where} of {environment} "
+            f"({location})",
             hint=f"verification never creates them; set the environment up with `python database/deploy.py --environment "
-            f"{environment} --setup` (or `hokmdb cluster start --environment {environment}`)",
+            f"{environment} --setup` (or `hokmdb {setup} start --environment {environment}`)",
         )
 
 
@@ -201,7 +252,8 @@ async def resolve_target(loaded: LoadedConfig, *, start: bool = True, provision_
 
     ``provision_embedded`` (setup commands only) creates or aligns the embedded cluster's
     application role and database; without it a missing role or database is reported by the
-    connection with the setup command to run.
+    connection with the setup command to run. With ``topology.local: "patroni"`` the same holds
+    for the local Patroni cluster, whose leader is the target.
     """
     config = loaded.config
     db = config.database
@@ -227,19 +279,18 @@ async def resolve_target(loaded: LoadedConfig, *, start: bool = True, provision_
             sslrootcert=loaded.resolve(db.sslrootcert) if db.sslrootcert else None,
             **common,  # type: ignore[arg-type]
         )
+    local = local_patroni_for(loaded)
+    if local is not None:
+        return await _local_patroni_target(loaded, local, start=start, provision_roles=provision_embedded, common=common)
     cluster = embedded_cluster_for(loaded)
     if start:
         cluster.start()
     password = _app_password(cluster, db.user, db.password.get_secret_value() if db.password else None)
     if start and provision_embedded:
-        monitor_user = db.monitor_user or EMBEDDED_MONITOR_USER
-        monitor_password = _app_password(cluster, monitor_user, db.monitor_password.get_secret_value() if db.monitor_password else None)
-        owner_user = db.owner_user or EMBEDDED_OWNER_USER
-        owner_password = _app_password(cluster, owner_user, db.owner_password.get_secret_value() if db.owner_password else None)
-        await provision(cluster, dbname=db.name, user=db.user, password=password, monitor=(monitor_user, monitor_password),
-                        owner=(owner_user, owner_password))
+        await _provision_local(loaded, cluster, password)
     elif start:
-        await _require_provisioned(cluster, environment=config.environment, dbname=db.name, user=db.user)
+        await _require_provisioned(cluster, environment=config.environment, dbname=db.name, user=db.user,
+                                   location=cluster.data_dir)
     return Target(
         host=cluster.host,
         port=cluster.port,
@@ -250,21 +301,58 @@ async def resolve_target(loaded: LoadedConfig, *, start: bool = True, provision_
     )
 
 
+async def _provision_local(loaded: LoadedConfig, server: LocalServer, password: str) -> None:
+    """The three roles and the database on a server hokmdb runs (setup commands only)."""
+    db = loaded.config.database
+    monitor_user = db.monitor_user or EMBEDDED_MONITOR_USER
+    monitor_password = _app_password(server, monitor_user, db.monitor_password.get_secret_value() if db.monitor_password else None)
+    owner_user = db.owner_user or EMBEDDED_OWNER_USER
+    owner_password = _app_password(server, owner_user, db.owner_password.get_secret_value() if db.owner_password else None)
+    await provision(server, dbname=db.name, user=db.user, password=password, monitor=(monitor_user, monitor_password),
+                    owner=(owner_user, owner_password))
+
+
+async def _local_patroni_target(loaded: LoadedConfig, local: LocalPatroniTopology, *, start: bool, provision_roles: bool,
+                                common: dict[str, object]) -> Target:
+    """The current leader of the environment's local Patroni cluster. Setup (``provision_roles``)
+    starts its servers and provisions the roles on the leader; anything else never starts them
+    (etcd and two nodes are the topology's to start), it says what to run."""
+    config = loaded.config
+    db = config.database
+    start_hint = f"run `hokmdb topology start --environment {config.environment}`"
+    if start and provision_roles:
+        local.start_servers()
+    elif not local.created():
+        raise ConnectionFailed(f"the local Patroni topology of {config.environment} has not been set up ({local.base_dir})",
+                               hint=start_hint)
+    host, port = patroni_leader(local.rest_urls, unreachable_hint=f"the local Patroni topology is not running: {start_hint}")
+    password = _app_password(local.patroni, db.user, db.password.get_secret_value() if db.password else None)
+    if start and provision_roles:
+        await _provision_local(loaded, local.patroni, password)
+    elif start:
+        await _require_provisioned(local.patroni, environment=config.environment, dbname=db.name, user=db.user,
+                                   location=local.base_dir, where="local Patroni cluster", setup="topology")
+    return Target(host=host, port=port, password=password, sslmode="disable", **common)  # type: ignore[arg-type]
+
+
 async def resolve_owner_target(loaded: LoadedConfig, target: Target) -> Target:
     """The target migrations, seeding and deploys write through: the owner role
-    (``database.owner_user``; on an embedded cluster the ``hokm_owner`` its setup created),
+    (``database.owner_user``; on a server hokmdb runs, the ``hokm_owner`` its setup created),
     else the application role itself. Writable."""
     db = loaded.config.database
     user, password = db.owner_user, (db.owner_password.get_secret_value() if db.owner_password else None)
-    if user is None and target.embedded:
+    if user is None and _runs_local_server(loaded, target):
         user = EMBEDDED_OWNER_USER
         if password is None:
-            password = _stored_password(embedded_cluster_for(loaded), user)
+            password = _stored_password(_password_store(loaded), user)
             if password is None:
+                env = loaded.config.environment
+                patroni = local_patroni_for(loaded) is not None
                 raise ConnectionFailed(
-                    f"the owner role {user} of the embedded cluster of {loaded.config.environment} has not been created",
-                    hint=f"run setup once: `python database/deploy.py --environment {loaded.config.environment} --setup` "
-                         f"(or `hokmdb cluster start --environment {loaded.config.environment}`)",
+                    f"the owner role {user} of the {'local Patroni' if patroni else 'embedded'} cluster of {env} has not "
+                    "been created",
+                    hint=f"run setup once: `python database/deploy.py --environment {env} --setup` "
+                         f"(or `hokmdb {'topology' if patroni else 'cluster'} start --environment {env}`)",
                 )
     if user is None:
         return target.writable()
@@ -273,7 +361,7 @@ async def resolve_owner_target(loaded: LoadedConfig, target: Target) -> Target:
 
 def runs_ddl_as_app_role(loaded: LoadedConfig, target: Target) -> bool:
     """Whether migrations would run as the application role (no separate owner)."""
-    owner = loaded.config.database.owner_user or (EMBEDDED_OWNER_USER if target.embedded else None)
+    owner = loaded.config.database.owner_user or (EMBEDDED_OWNER_USER if _runs_local_server(loaded, target) else None)
     return owner is None or owner == loaded.config.database.user
 
 
@@ -282,10 +370,10 @@ async def resolve_monitor_target(loaded: LoadedConfig, target: Target) -> Target
     when the environment has none. An embedded cluster's is the role its setup created."""
     db = loaded.config.database
     user, password = db.monitor_user, (db.monitor_password.get_secret_value() if db.monitor_password else None)
-    if user is None and target.embedded:
+    if user is None and _runs_local_server(loaded, target):
         user = EMBEDDED_MONITOR_USER
         if password is None:
-            password = _stored_password(embedded_cluster_for(loaded), user)
+            password = _stored_password(_password_store(loaded), user)
             if password is None:
                 return None
     if user is None:

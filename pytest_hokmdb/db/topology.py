@@ -2,7 +2,9 @@
 
 A ``Topology`` is resolved once per run from ``topology`` in the environment's config: the
 real endpoints listed there, or, for ``topology.local``, the standby and PgBouncer that
-hokmdb runs beside the embedded cluster (``cluster/topology.py``). Standbys are reached as the
+hokmdb runs beside the embedded cluster (``cluster/topology.py``), or, for ``topology.local:
+"patroni"``, the replicas Patroni lists, the PgBouncer in front of the leader and Patroni's
+REST API (``cluster/patroni_topology.py``). Standbys are reached as the
 monitoring role (physical replicas have the primary's roles); PgBouncer's admin console as
 its configured stats user, through ``psql`` because the console speaks only the simple query
 protocol (asyncpg always uses the extended one).
@@ -23,6 +25,7 @@ from pytest_hokmdb.errors import HokmdbError
 from pytest_hokmdb.redaction import redact, register_secret
 
 if TYPE_CHECKING:
+    from pytest_hokmdb.cluster.patroni_topology import LocalPatroniTopology
     from pytest_hokmdb.cluster.topology import LocalTopology
 
 # Unit separator: never inside a pool name or a number.
@@ -76,6 +79,8 @@ def resolve_topology(loaded: LoadedConfig, target: Target, monitor: Target | Non
     limits = dict(replay_timeout_s=settings.replay_timeout_s, max_slot_retained_bytes=settings.max_slot_retained_bytes,
                   max_pool_wait_s=settings.max_pool_wait_s)
     observer = monitor or target
+    if settings.local == "patroni":
+        return _local_patroni(loaded, observer, target.dbname, limits)
     if settings.local:
         from pytest_hokmdb.cluster.topology import LocalTopology
         from pytest_hokmdb.db.resolve import embedded_cluster_for
@@ -101,15 +106,52 @@ def resolve_topology(loaded: LoadedConfig, target: Target, monitor: Target | Non
                     patroni_expected_members=patroni.expected_members if patroni else 0, **limits)  # type: ignore[arg-type]
 
 
-def local_view(local: LocalTopology, observer: Target, dbname: str, **limits: float | int) -> Topology:
+def _local_patroni(loaded: LoadedConfig, observer: Target, dbname: str, limits: dict[str, float | int]) -> Topology:
+    """The local Patroni topology's endpoints, or the problem that it was never started."""
+    from pytest_hokmdb.db.resolve import local_patroni_for
+
+    local = local_patroni_for(loaded)
+    assert local is not None  # topology.local is "patroni" on an embedded environment (the config says so)
+    environment = loaded.config.environment
+    if not (local.created() and local.pooler.status().port):
+        return Topology(configured=True, problem=(
+            f"the local Patroni topology of {environment} has not been set up "
+            f"(run `hokmdb topology start --environment {environment}`)"), **limits)  # type: ignore[arg-type]
+    return local_view(local, observer, dbname, **limits)
+
+
+def local_view(local: LocalTopology | LocalPatroniTopology, observer: Target, dbname: str, **limits: float | int) -> Topology:
     """The endpoints of hokmdb's own topology, reached as ``observer`` (the monitoring role)."""
-    from pytest_hokmdb.cluster.topology import POOLER_ADMIN, STANDBY_NAME
+    from pytest_hokmdb.cluster.topology import POOLER_ADMIN, STANDBY_NAME, LocalTopology
+
+    if not isinstance(local, LocalTopology):
+        return _patroni_view(local, observer, dbname, **limits)
 
     standby = replace(observer, host="127.0.0.1", port=local.standby_port, read_only=True)
     pooler = PoolerEndpoint("127.0.0.1", local.pooler_port, observer.user, observer.password, dbname)
     admin = PoolerEndpoint("127.0.0.1", local.pooler_port, POOLER_ADMIN, local.primary.superuser_password, dbname)
     return Topology(configured=True, standbys=(standby,), standby_names=(STANDBY_NAME,), pooler=pooler,
                     pooler_admin=admin, **limits)  # type: ignore[arg-type]
+
+
+def _patroni_view(local: LocalPatroniTopology, observer: Target, dbname: str, **limits: float | int) -> Topology:
+    """Standbys are the members Patroni does not name leader (asked now: after a switchover the
+    old leader is one), named as Patroni names them (its ``application_name`` on the leader);
+    PgBouncer is the one in front of the leader; the Patroni check reads the local REST API."""
+    from pytest_hokmdb.cluster.patroni_topology import POOLER_ADMIN
+
+    members = local.patroni.members()
+    patroni = dict(patroni_rest_urls=tuple(local.rest_urls), patroni_expected_members=local.expected_members)
+    if members is None:
+        return Topology(configured=True, problem=(
+            f"the local Patroni topology in {local.base_dir} is not running: no member answers on its REST API "
+            "(run `hokmdb topology start`)"), **patroni, **limits)  # type: ignore[arg-type]
+    replicas = [m for m in members if m.role != "leader"]
+    standbys = tuple(replace(observer, host=m.host, port=m.port, read_only=True) for m in replicas)
+    pooler = PoolerEndpoint("127.0.0.1", local.pooler_port, observer.user, observer.password, dbname)
+    admin = PoolerEndpoint("127.0.0.1", local.pooler_port, POOLER_ADMIN, local.patroni.superuser_password, dbname)
+    return Topology(configured=True, standbys=standbys, standby_names=tuple(m.name for m in replicas), pooler=pooler,
+                    pooler_admin=admin, **patroni, **limits)  # type: ignore[arg-type]
 
 
 class PoolerError(HokmdbError):

@@ -30,12 +30,22 @@ UNDO_FAILS = (
 )
 
 
-def _rehearse(env: DeployEnv, *extra: str) -> subprocess.CompletedProcess[str]:
+class Rehearsed(subprocess.CompletedProcess):  # type: ignore[type-arg]
+    """The finished command, and whether it left a throwaway cluster of its own behind."""
+
+    def left_clusters(self) -> list[str]:
+        # Scratch directories are named <label>-<pid>-<id>: this process's only, not other workers'.
+        return [p.name for p in scratch_root().glob(f"rehearsal-{self.pid}-*")]
+
+
+def _rehearse(env: DeployEnv, *extra: str) -> Rehearsed:
     child = {**os.environ, "HOKMDB_PROJECT_ROOT": str(env.root)}
-    return subprocess.run(
-        [sys.executable, str(DEPLOY), "--environment", "testing", "--config", str(env.config_dir), "--rehearse", *extra],
-        capture_output=True, text=True, env=child, timeout=600,
-    )
+    args = [sys.executable, str(DEPLOY), "--environment", "testing", "--config", str(env.config_dir), "--rehearse", *extra]
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child) as proc:
+        stdout, stderr = proc.communicate(timeout=600)
+    done = Rehearsed(args, proc.returncode, stdout, stderr)
+    done.pid = proc.pid
+    return done
 
 
 async def _verified_backup(env: DeployEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
@@ -47,10 +57,6 @@ async def _verified_backup(env: DeployEnv, tmp_path: Path, monkeypatch: pytest.M
     return record.id
 
 
-def _rehearsal_dirs() -> set[str]:
-    return {p.name for p in scratch_root().glob("rehearsal-*")}
-
-
 async def test_a_rehearsal_deploys_and_rolls_back_a_restored_copy_under_load_and_leaves_the_target_alone(
         deploy_env_factory, project_factory, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     env: DeployEnv = deploy_env_factory(backup__local_dir=str(tmp_path / "backups"))
@@ -58,7 +64,6 @@ async def test_a_rehearsal_deploys_and_rolls_back_a_restored_copy_under_load_and
     backup_id = await _verified_backup(env, tmp_path, monkeypatch)
     history = "SELECT to_regclass('hokmdb_deploy_history') IS NOT NULL"
     assert await env.fetchval(history) is False  # never deployed by hokmdb: no history table yet
-    before = _rehearsal_dirs()
 
     proc = _rehearse(env, "--rehearsal-clients", "4")
     out = proc.stdout + proc.stderr
@@ -85,7 +90,7 @@ async def test_a_rehearsal_deploys_and_rolls_back_a_restored_copy_under_load_and
     assert await env.fetchval("SELECT obj_description('players'::regclass, 'pg_class')") is None
     assert await env.fetchval(history) is False
     # The copy, its standby and PgBouncer are gone.
-    assert _rehearsal_dirs() == before
+    assert proc.left_clusters() == []
 
 
 async def test_a_rehearsal_whose_rollback_fails_says_so_and_exits_11(
@@ -101,16 +106,16 @@ async def test_a_rehearsal_whose_rollback_fails_says_so_and_exits_11(
     assert "rollback     head -> 0008" in out and "FAILED (exit 11)" in out and "division by zero" in out
     assert "verdict      the deploy worked but its rollback FAILED" in out
     assert await env.revision() == "0008"
+    assert proc.left_clusters() == []
 
 
 def test_a_rehearsal_without_a_verified_backup_is_refused_before_any_work(deploy_env_factory, tmp_path) -> None:  # type: ignore[no-untyped-def]
     env: DeployEnv = deploy_env_factory(backup__local_dir=str(tmp_path / "backups"))
-    before = _rehearsal_dirs()
     proc = _rehearse(env)
     assert proc.returncode == ExitCode.BACKUP_ERROR, proc.stdout + proc.stderr
     assert "no verified backup of testing found" in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert _rehearsal_dirs() == before
+    assert proc.left_clusters() == []
 
 
 def test_rehearse_refuses_options_that_do_not_apply_to_a_copy(deploy_env_factory, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -26,20 +26,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
-
-from pytest_hokmdb.aio import run_sync
 from pytest_hokmdb.cluster import pgbouncer_follow
 from pytest_hokmdb.cluster.patroni import NODES, LocalPatroni, Member
-from pytest_hokmdb.cluster.pgbouncer import PgBouncer, PoolerStatus
+from pytest_hokmdb.cluster.pgbouncer import POOLER_ADMIN, PgBouncer, PoolerStatus  # noqa: F401 - part of this module's API
 from pytest_hokmdb.errors import ClusterError
 
 log = logging.getLogger(__name__)
 
 FOLLOW_SCRIPT = "pgbouncer_follow.py"
-# The role PgBouncer lets PAUSE/RESUME (the deploy's maintenance mode): the superuser, as in
-# the lighter mode (``cluster/topology.py``).
-POOLER_ADMIN = "postgres"
 
 
 def _patroni_python() -> str:
@@ -163,11 +157,7 @@ class LocalPatroniTopology:
 
     def refresh_pooler(self) -> None:
         """(Re)start PgBouncer in front of the current leader with the roles' SCRAM verifiers."""
-        roles = tuple(dict.fromkeys((POOLER_ADMIN, *self.pooler_roles)))
-        leader = self.leader()
-        verifiers, databases = run_sync(self._catalog(roles))
-        self.pooler.start(databases=databases, backend_port=leader.port, admin_users=[POOLER_ADMIN],
-                          stats_users=[r for r in roles if r != POOLER_ADMIN], verifiers=verifiers)
+        self.pooler.serve(self.patroni.admin_connect_kwargs(), backend_port=self.leader().port, roles=self.pooler_roles)
         self.follow_leader()
 
     def follow_leader(self) -> Member:
@@ -203,16 +193,3 @@ class LocalPatroniTopology:
         user = self.patroni.user
         if user.switches:
             os.chown(target, user.uid, user.gid)
-
-    async def _catalog(self, roles: tuple[str, ...]) -> tuple[list[tuple[str, str]], list[str]]:
-        """The roles' SCRAM verifiers (for PgBouncer's auth file) and the databases it names."""
-        conn = await asyncpg.connect(**self.patroni.admin_connect_kwargs())  # type: ignore[arg-type]
-        try:
-            rows = await conn.fetch(
-                "SELECT rolname, rolpassword FROM pg_authid WHERE rolname = ANY($1::text[]) AND rolcanlogin "
-                "AND rolpassword LIKE 'SCRAM-SHA-256$%'", list(roles))
-            names = await conn.fetch(
-                "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate AND datname <> 'postgres'")
-        finally:
-            await conn.close()
-        return [(r["rolname"], r["rolpassword"]) for r in rows], [r["datname"] for r in names]

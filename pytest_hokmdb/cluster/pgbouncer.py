@@ -25,6 +25,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
+
+from pytest_hokmdb.aio import run_sync
 from pytest_hokmdb.cluster import pgbouncer_follow as follow
 from pytest_hokmdb.cluster.osuser import OsUser
 from pytest_hokmdb.cluster.process import pid_alive, run_as
@@ -34,6 +37,8 @@ from pytest_hokmdb.errors import ClusterError
 log = logging.getLogger(__name__)
 
 _STATE_FILE = "hokmdb-pgbouncer.json"
+# The role PgBouncer lets PAUSE/RESUME (the deploy's maintenance mode): the server's superuser.
+POOLER_ADMIN = "postgres"
 # asyncpg (and most drivers) send extra_float_digits at startup; PgBouncer does not track it.
 _IGNORED_STARTUP = "extra_float_digits"
 
@@ -175,6 +180,15 @@ class PgBouncer:
         return PoolerStatus(pid is not None, port if isinstance(port, int) else None, pid,
                             backend if isinstance(backend, int) else None)
 
+    def serve(self, admin_connect_kwargs: dict[str, object], *, backend_port: int, roles: Iterable[str]) -> None:
+        """Start (or reload) PgBouncer in front of ``backend_port`` for every database of that
+        server, admitting ``roles`` with their SCRAM verifiers read from it (as the superuser,
+        ``admin_connect_kwargs``): the superuser administers it, the others may read its stats."""
+        admitted = tuple(dict.fromkeys((POOLER_ADMIN, *roles)))
+        verifiers, databases = run_sync(_catalog(admin_connect_kwargs, admitted))
+        self.start(databases=databases, backend_port=backend_port, admin_users=[POOLER_ADMIN],
+                   stats_users=[r for r in admitted if r != POOLER_ADMIN], verifiers=verifiers)
+
     def start(self, *, backend_port: int, admin_users: list[str], stats_users: list[str],
               verifiers: Iterable[tuple[str, str]], databases: list[str] | None = None) -> None:
         """Start PgBouncer in front of ``backend_port`` (idempotent: a running one reloads its
@@ -251,3 +265,18 @@ def _listening(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.2)
         return sock.connect_ex((host, port)) == 0
+
+
+async def _catalog(admin_connect_kwargs: dict[str, object], roles: tuple[str, ...]) -> tuple[list[tuple[str, str]], list[str]]:
+    """The roles' SCRAM verifiers (PgBouncer's auth file never holds a password) and the
+    databases PgBouncer names."""
+    conn = await asyncpg.connect(**admin_connect_kwargs)  # type: ignore[arg-type]
+    try:
+        rows = await conn.fetch(
+            "SELECT rolname, rolpassword FROM pg_authid WHERE rolname = ANY($1::text[]) AND rolcanlogin "
+            "AND rolpassword LIKE 'SCRAM-SHA-256$%'", list(roles))
+        names = await conn.fetch(
+            "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate AND datname <> 'postgres'")
+    finally:
+        await conn.close()
+    return [(r["rolname"], r["rolpassword"]) for r in rows], [r["datname"] for r in names]

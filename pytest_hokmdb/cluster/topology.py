@@ -28,7 +28,7 @@ import asyncpg
 
 from pytest_hokmdb.aio import run_sync
 from pytest_hokmdb.cluster.embedded import ClusterStatus, EmbeddedCluster
-from pytest_hokmdb.cluster.pgbouncer import PgBouncer, PoolerStatus
+from pytest_hokmdb.cluster.pgbouncer import POOLER_ADMIN, PgBouncer, PoolerStatus  # noqa: F401 - POOLER_ADMIN is part of this module's API
 from pytest_hokmdb.cluster.process import run_as
 from pytest_hokmdb.cluster.scratch import OWNER_FILE
 from pytest_hokmdb.errors import ClusterError
@@ -39,10 +39,6 @@ log = logging.getLogger(__name__)
 REPLICATION_ROLE = "hokmdb_replicator"
 SLOT = "hokmdb_standby"
 STANDBY_NAME = "hokmdb_standby"
-# Roles PgBouncer lets into its admin console: SHOW for the monitoring role, PAUSE/RESUME for
-# the superuser (the deploy's maintenance mode).
-POOLER_ADMIN = "postgres"
-
 
 @dataclass(frozen=True)
 class TopologyStatus:
@@ -115,17 +111,7 @@ class LocalTopology:
 
     def refresh_pooler(self) -> None:
         """(Re)start PgBouncer with the current roles' SCRAM verifiers (after roles change)."""
-        roles = tuple(dict.fromkeys((POOLER_ADMIN, *self.pooler_roles)))
-        verifiers = run_sync(self._verifiers(roles))
-        databases = [r["datname"] for r in run_sync(self._admin(
-            "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate AND datname <> 'postgres'"))]
-        self.pooler.start(
-            databases=databases,
-            backend_port=self.primary.port,
-            admin_users=[POOLER_ADMIN],
-            stats_users=[r for r in roles if r != POOLER_ADMIN],
-            verifiers=verifiers,
-        )
+        self.pooler.serve(self.primary.admin_connect_kwargs(), backend_port=self.primary.port, roles=self.pooler_roles)
 
     def stop(self) -> TopologyStatus:
         """Stop PgBouncer, the standby and the primary (in that order); keeps their data."""
@@ -257,10 +243,3 @@ class LocalTopology:
             hint=f"the standby's log: {self.standby.log_file}",
         )
 
-    async def _verifiers(self, roles: tuple[str, ...]) -> list[tuple[str, str]]:
-        rows = await self._admin(
-            "SELECT rolname, rolpassword FROM pg_authid WHERE rolname = ANY($1::text[]) AND rolcanlogin "
-            "AND rolpassword LIKE 'SCRAM-SHA-256$%'",
-            list(roles),
-        )
-        return [(r["rolname"], r["rolpassword"]) for r in rows]

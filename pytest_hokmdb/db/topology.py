@@ -117,15 +117,12 @@ def _local_patroni(loaded: LoadedConfig, observer: Target, dbname: str, limits: 
         return Topology(configured=True, problem=(
             f"the local Patroni topology of {environment} has not been set up "
             f"(run `hokmdb topology start --environment {environment}`)"), **limits)  # type: ignore[arg-type]
-    return local_view(local, observer, dbname, **limits)
+    return _patroni_view(local, observer, dbname, **limits)
 
 
-def local_view(local: LocalTopology | LocalPatroniTopology, observer: Target, dbname: str, **limits: float | int) -> Topology:
+def local_view(local: LocalTopology, observer: Target, dbname: str, **limits: float | int) -> Topology:
     """The endpoints of hokmdb's own topology, reached as ``observer`` (the monitoring role)."""
-    from pytest_hokmdb.cluster.topology import POOLER_ADMIN, STANDBY_NAME, LocalTopology
-
-    if not isinstance(local, LocalTopology):
-        return _patroni_view(local, observer, dbname, **limits)
+    from pytest_hokmdb.cluster.topology import POOLER_ADMIN, STANDBY_NAME
 
     standby = replace(observer, host="127.0.0.1", port=local.standby_port, read_only=True)
     pooler = PoolerEndpoint("127.0.0.1", local.pooler_port, observer.user, observer.password, dbname)

@@ -129,7 +129,7 @@ def backfill(
         return None
     settings = _settings(batch_size, pause_ms)
     bind = op.get_bind()
-    done_key = (str(bind.exec_driver_sql("SELECT current_database()").scalar()), table, set_, where)
+    done_key = (_database(bind), table, set_, where)
     if done_key in settings.finished:
         log.info("backfill %s: finished earlier in this deploy; not scanning again", table)
         return BackfillReport(table)
@@ -137,6 +137,11 @@ def backfill(
         report = run_backfill(bind, table, set_=set_, where=where, key=key, settings=settings)
     settings.finished.add(done_key)
     return report
+
+
+def _database(bind: Any) -> str:
+    """The database a revision runs on: what the per-deploy memo of finished work is keyed by."""
+    return str(bind.exec_driver_sql("SELECT current_database()").scalar())
 
 
 def check_once(sql: str) -> None:
@@ -154,8 +159,7 @@ def check_once(sql: str) -> None:
         op.execute(sql)
         return
     settings = _settings(None, None)
-    bind = op.get_bind()
-    done_key = ("check", str(bind.exec_driver_sql("SELECT current_database()").scalar()), sql, "")
+    done_key = ("check", _database(op.get_bind()), sql, "")
     if done_key in settings.finished:
         log.info("check passed earlier in this deploy; not scanning again")
         return

@@ -195,6 +195,15 @@ def test_a_topology_is_validated_before_anything_connects(tmp_path: Path) -> Non
         load_config("staging", _write(tmp_path / "b", "staging", data), environ={})
     assert "topology.local: hokmdb runs a local topology only beside its embedded cluster" in str(local.value)
 
+    # Two Patronis for one server: the local one hokmdb runs and a configured REST API.
+    mixed = _minimal("development")
+    mixed["embedded"] = {"enabled": True}
+    mixed["topology"] = {"local": "patroni", "patroni": {"rest_urls": ["http://127.0.0.1:8008"]}}
+    with pytest.raises(ConfigError) as both:
+        load_config("development", _write(tmp_path / "d", "development", mixed), environ={})
+    assert "a local topology's standby, PgBouncer and Patroni are hokmdb's own" in str(both.value)
+    assert "remove standbys/pgbouncer/patroni or set local to false" in str(both.value)
+
     data["topology"] = {"standbys": [{"host": "replica.internal"}],
                         "pgbouncer": {"host": "pool.internal", "admin_user": "stats", "admin_password": "s3cr3t-pool"}}
     loaded = load_config("staging", _write(tmp_path / "c", "staging", data), environ={})

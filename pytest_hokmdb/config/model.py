@@ -432,9 +432,9 @@ class HokmdbConfig(_Strict):
             if self.topology.local and not self.uses_embedded:
                 raise ValueError("topology.local: hokmdb runs a local topology only beside its embedded cluster; "
                                  "list the real standbys and PgBouncer instead")
-            if self.topology.local and (self.topology.standbys or self.topology.pgbouncer):
-                raise ValueError("topology: a local topology's standby and PgBouncer are hokmdb's own; "
-                                 "remove standbys/pgbouncer or set local to false")
+            if self.topology.local and (self.topology.standbys or self.topology.pgbouncer or self.topology.patroni):
+                raise ValueError("topology: a local topology's standby, PgBouncer and Patroni are hokmdb's own; "
+                                 "remove standbys/pgbouncer/patroni or set local to false")
             bouncer = self.topology.pgbouncer
             if bouncer is not None and (bouncer.host, bouncer.port) == (self.database.host, self.database.port):
                 raise ValueError(

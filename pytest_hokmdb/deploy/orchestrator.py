@@ -37,7 +37,7 @@ import asyncpg
 
 from pytest_hokmdb.config import LoadedConfig, load_config
 from pytest_hokmdb.db import connect, embedded_cluster_for, resolve_target
-from pytest_hokmdb.db.resolve import resolve_owner_target, runs_ddl_as_app_role
+from pytest_hokmdb.db.resolve import local_patroni_for, resolve_owner_target, runs_ddl_as_app_role
 from pytest_hokmdb.db.target import Target
 from pytest_hokmdb.deploy import history, steps
 from pytest_hokmdb.deploy.drift import check_drift
@@ -95,7 +95,9 @@ async def resolve_deploy_target(loaded: LoadedConfig, options: DeployOptions) ->
     config = loaded.config
     if config.uses_embedded:
         cluster = embedded_cluster_for(loaded)
-        if not options.setup and not cluster.is_running():
+        # In Patroni mode the server is the local Patroni cluster: resolve_target names its
+        # leader, or says that the topology is not running and what to start.
+        if local_patroni_for(loaded) is None and not options.setup and not cluster.is_running():
             raise ConnectionFailed(
                 f"the embedded cluster of {config.environment} is not running ({cluster.data_dir})",
                 hint=f"add --setup to create/start it, or run `hokmdb cluster start --environment {config.environment}`",

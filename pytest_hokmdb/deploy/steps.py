@@ -542,6 +542,18 @@ async def _target_is_writable_primary(target: Any) -> bool | None:
         await conn.close()
 
 
+def _patroni_rest_urls(session: DeploySession) -> list[str]:
+    """Patroni's REST API of the environment: a configured ``topology.patroni``, or the local
+    Patroni topology hokmdb runs (``topology.local: "patroni"``)."""
+    from pytest_hokmdb.db.resolve import local_patroni_for
+
+    topology = session.config.topology
+    if topology is not None and topology.patroni is not None:
+        return list(topology.patroni.rest_urls)
+    local = local_patroni_for(session.loaded)
+    return list(local.rest_urls) if local is not None else []
+
+
 async def primary_changed(session: DeploySession, *, settle_s: float = 30.0) -> str | None:
     """Why the deploy's target is no longer the writable primary (a Patroni switchover or
     failover, a demotion), or None. Asked after a failure, before any rollback: rolling back
@@ -553,16 +565,15 @@ async def primary_changed(session: DeploySession, *, settle_s: float = 30.0) -> 
     from pytest_hokmdb.db.resolve import patroni_leader
 
     target = session.target
-    topology = session.config.topology
-    patroni = topology.patroni if topology is not None else None
-    deadline = time.monotonic() + (settle_s if patroni is not None else 0.0)
+    rest_urls = _patroni_rest_urls(session)
+    deadline = time.monotonic() + (settle_s if rest_urls else 0.0)
     while True:
         writable = await _target_is_writable_primary(target)
         if writable is False:
             return f"{target.host}:{target.port} is now a standby (demoted)"
-        if patroni is not None:
+        if rest_urls:
             try:
-                host, port = patroni_leader(patroni.rest_urls)
+                host, port = patroni_leader(rest_urls)
             except HokmdbError as exc:
                 host, port, reason = None, None, exc.message
             else:

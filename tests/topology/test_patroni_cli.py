@@ -187,6 +187,32 @@ async def test_the_game_writes_through_pgbouncer_and_the_endpoints_come_from_the
     assert "5 passed" in smoke.stdout
 
 
+async def test_a_deploy_finds_the_leader_and_a_lost_primary_names_patronis_new_leader(patroni_env: PatroniEnv) -> None:
+    """In Patroni mode the deploy's server is the topology, not the (never started) embedded
+    cluster: without --setup it still reaches the leader. And when its target stops answering,
+    the switchover check asks the local Patroni who leads now."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from pytest_hokmdb.deploy.steps import primary_changed
+
+    dry = _run([sys.executable, "database/deploy.py", "--environment", ENVIRONMENT, "--config", str(patroni_env.config_dir),
+                "--dry-run", "--force"], patroni_env.env)  # --force: the module's own table is drift
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    leader = patroni_env.topology.leader()
+    assert "embedded cluster of development is not running" not in dry.stdout + dry.stderr
+    assert f"postgresql://hokm_owner:***@127.0.0.1:{leader.port}/hokm_dev?sslmode=disable" in dry.stdout, dry.stdout[-1500:]
+    assert "revision(s) would be applied (empty -> " in dry.stdout and "nothing was changed" in dry.stdout
+
+    loaded = patroni_env.loaded()
+    target = await resolve_target(loaded, start=False)
+    session = SimpleNamespace(target=target, config=loaded.config, loaded=loaded)
+    assert await primary_changed(session, settle_s=5) is None  # type: ignore[arg-type]  # the leader, answering
+    gone = replace(target, port=1)  # the deploy's primary no longer answers (stopped by a switchover)
+    why = await primary_changed(SimpleNamespace(target=gone, config=loaded.config, loaded=loaded), settle_s=5)  # type: ignore[arg-type]
+    assert why == f"Patroni's leader is now {leader.host}:{leader.port}, not {target.host}:1"
+
+
 async def test_pgbouncer_follows_the_new_leader_after_a_switchover(patroni_env: PatroniEnv) -> None:
     topology = patroni_env.topology
     old = topology.leader()

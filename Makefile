@@ -73,7 +73,7 @@ test: install postgres pgbackrest topology report-tools browser
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup -p no:cacheprovider
 
 cluster-stop: install
-	$(BIN)/hokmdb cluster stop --environment development
+	$(BIN)/hokmdb cluster stop --all
 
 clean: cluster-stop
 	rm -rf .hokmdb

@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     cluster.add_argument("action", choices=("start", "stop", "status"))
     cluster.add_argument("--environment", default=os.environ.get("HOKMDB_ENVIRONMENT", "development"), choices=EMBEDDED_ENVIRONMENTS)
     cluster.add_argument("--config", dest="config_path", default=None, metavar="PATH")
+    cluster.add_argument("--all", action="store_true", dest="all_environments",
+                         help="with stop: every environment hokmdb runs (development and testing), topologies included")
 
     topology = sub.add_parser(
         "topology", help="start, stop or inspect the local topology (topology.local in the environment's config): "
@@ -78,8 +80,25 @@ def _load_embedded(environment: str, config_path: str | None) -> LoadedConfig:
 def cmd_cluster(args: argparse.Namespace) -> int:
     from pytest_hokmdb.aio import run_sync
     from pytest_hokmdb.db import embedded_cluster_for, resolve_target
+    from pytest_hokmdb.db.resolve import local_patroni_for
 
+    if args.all_environments:
+        if args.action != "stop":
+            raise ConfigError("--all goes with `hokmdb cluster stop` only")
+        for environment in EMBEDDED_ENVIRONMENTS:
+            print(f"{environment}: {_stop_local(environment, args.config_path)}")
+        return 0
     loaded = _load_embedded(args.environment, args.config_path)
+    if local_patroni_for(loaded) is not None:
+        if args.action == "start":
+            raise ConfigError(
+                f"{args.environment} runs on its local Patroni topology (topology.local: \"patroni\"), not on the "
+                "embedded cluster", hint=f"start it with `hokmdb topology start --environment {args.environment}`")
+        if args.action == "stop":
+            print(_stop_local(args.environment, args.config_path))
+        else:
+            print(local_patroni_for(loaded).status().describe())  # type: ignore[union-attr]
+        return 0
     cluster = embedded_cluster_for(loaded)
     if args.action == "start":
         # `cluster start` is setup: it creates (or aligns) the application role and database.
@@ -87,10 +106,38 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         print(cluster.status().describe())
         print(f"connect: {target.dsn()}  (password: DB_PASSWORD_* or {cluster.state_file})")
     elif args.action == "stop":
-        print("stopped" if cluster.stop() else "was not running", "-", cluster.status().describe())
+        print(_stop_local(args.environment, args.config_path))
     else:
         print(cluster.status().describe())
     return 0
+
+
+def _stop_local(environment: str, config_path: str | None) -> str:
+    """Stop every server hokmdb runs for ``environment``: its local topology's PgBouncer and
+    standby (or its Patroni nodes and etcd), then the embedded cluster. Data is kept. An
+    environment whose config does not load, or that uses an external server, is said so and
+    skipped: stopping the rest must not depend on it (``make clean``)."""
+    from pytest_hokmdb.cluster.topology import LocalTopology
+    from pytest_hokmdb.db import embedded_cluster_for
+    from pytest_hokmdb.db.resolve import EMBEDDED_MONITOR_USER, local_patroni_for
+
+    try:
+        loaded = _load_embedded(environment, config_path)
+    except HokmdbError as exc:
+        return f"skipped: {exc.message}"
+    said: list[str] = []
+    local = local_patroni_for(loaded)
+    if local is not None:
+        said.append(local.stop().describe().replace("\n", "; "))
+    cluster = embedded_cluster_for(loaded)
+    settings = loaded.config.topology
+    if settings is not None and settings.local is True:
+        db = loaded.config.database
+        topology = LocalTopology(cluster, pooler_roles=(db.user, db.monitor_user or EMBEDDED_MONITOR_USER))
+        said.append(topology.stop().describe().replace("\n", "; "))
+    elif local is None or cluster.is_running():
+        said.append(("stopped" if cluster.stop() else "was not running") + " - " + cluster.status().describe())
+    return "; ".join(said)
 
 
 def cmd_topology(args: argparse.Namespace) -> int:

@@ -278,6 +278,14 @@ def test_stop_leaves_no_process_behind_and_start_brings_the_data_back(patroni_en
         time.sleep(0.3)
     assert len({m.timeline for m in members}) == 1 and all(m.state == "running" for m in members), members
 
+    # `hokmdb cluster stop` (and `make clean`'s --all) stops the Patroni topology too.
+    pids = _our_pids(topology)
+    stopped = _run([str(HOKMDB), "cluster", "stop", "--environment", ENVIRONMENT, "--config", str(patroni_env.config_dir)],
+                   patroni_env.env)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert "etcd stopped, node1 stopped, node2 stopped" in stopped.stdout, stopped.stdout
+    assert not {name: pid for name, pid in pids.items() if pid and pid_alive(pid)}
+
 
 def test_topology_commands_say_what_to_run_when_patroni_mode_cannot_serve(tmp_path: Path) -> None:
     config_dir = tmp_path / "config"
@@ -294,6 +302,11 @@ def test_topology_commands_say_what_to_run_when_patroni_mode_cannot_serve(tmp_pa
     assert resume.returncode == 3, resume.stdout + resume.stderr
     assert "the local Patroni topology of development has not been set up" in resume.stderr
     assert "hokmdb topology start --environment development" in resume.stderr and "Traceback" not in resume.stderr
+
+    cluster = _run([str(HOKMDB), "cluster", "start", *common], env)  # the embedded cluster is not this server
+    assert cluster.returncode == 2, cluster.stdout + cluster.stderr
+    assert "development runs on its local Patroni topology" in cluster.stderr
+    assert "start it with `hokmdb topology start --environment development`" in cluster.stderr
 
     staging = _run([str(HOKMDB), "topology", "start", "--environment", "staging", "--config", str(config_dir)], env)
     assert staging.returncode == 2 and "only for development and testing, not staging" in staging.stderr

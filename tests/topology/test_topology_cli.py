@@ -67,6 +67,17 @@ def test_topology_start_serves_the_smoke_suite_and_stop_stops_every_process(topo
     assert not status.primary.running and not status.standby.running and not status.pooler.running
     assert "pgbouncer: stopped" in _run([str(HOKMDB), "topology", "status", *common], env).stdout
 
+    # `make clean` stops what hokmdb runs for every environment, the topology included.
+    assert _run([str(HOKMDB), "topology", "start", *common], env).returncode == 0
+    assert topology.status().standby.running and topology.status().pooler.running
+    every = _run([str(HOKMDB), "cluster", "stop", "--all", "--config", str(config_dir)], env)
+    assert every.returncode == 0, every.stdout + every.stderr
+    assert "development: primary embedded cluster: stopped" in every.stdout, every.stdout
+    assert "standby embedded cluster: stopped" in every.stdout and "pgbouncer: stopped" in every.stdout
+    assert "testing: skipped:" in every.stdout  # this config directory has no testing.json
+    status = topology.status()
+    assert not status.primary.running and not status.standby.running and not status.pooler.running
+
 
 def test_topology_commands_need_a_local_topology_in_the_config(tmp_path: Path) -> None:
     config_dir = tmp_path / "config"

@@ -1,33 +1,7 @@
-"""Every revision undoes itself without a trace: upgrade r, downgrade to r's parent,
-upgrade r again, comparing full ``pg_catalog`` snapshots (see snapshot.py).
+"""hokmdb's own history through the suite's ``test_roundtrip`` (``pytest_hokmdb/migration_suite/test_roundtrip.py``).
 
-One test per revision (the id is the revision), so pytest-xdist spreads them and a
-failure names r. Each worker walks one database up the history (see walker.py); a
-branched history gets a clean clone of the template at r's parent per test instead.
+Another project runs the same tests with ``pytest --hokmdb-migrations``; this repository
+imports them so that ``pytest migration_tests/`` (and its per-file runs) keep working.
 """
 
-from __future__ import annotations
-
-from collections.abc import Callable
-
-import pytest
-
-from pytest_hokmdb.fixtures.throwaway import ThrowawayDatabase
-from pytest_hokmdb.migration.history import History, Revision
-from pytest_hokmdb.migration.runner import round_trip, state_before, with_stepper
-from pytest_hokmdb.migration.walker import Walker
-
-
-def test_revision_round_trips(
-    revision: Revision,
-    migration_history: History,
-    migration_database: Callable[[tuple[str, ...]], ThrowawayDatabase],
-    migration_walker: Walker | None,
-) -> None:
-    if migration_history.is_irreversible(revision.id):
-        pytest.skip(f"revision {revision.id} is listed as irreversible in [tool.hokmdb.migrations]")
-    if migration_walker is not None:
-        migration_walker.round_trip(revision)
-        return
-    db = migration_database(state_before(revision))
-    with_stepper(migration_history, db.url, lambda stepper: round_trip(stepper, revision))
+from pytest_hokmdb.migration_suite.test_roundtrip import *  # noqa: F403

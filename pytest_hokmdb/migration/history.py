@@ -147,12 +147,39 @@ def _alembic_config(settings: MigrationSuiteSettings) -> Config:
     config = Config(str(ini), toml_file=toml_file)
     if settings.script_location is not None:
         config.set_main_option("script_location", str(settings.resolve(settings.script_location)))
+    else:
+        config.set_main_option("script_location", resolve_script_location(config, settings, ini))
     # Read the files now, then hide the file name: the template env.py calls
     # fileConfig(config.config_file_name) on every run, which would replace pytest's log
     # handlers (and disable existing loggers) once per command.
     _ = config.file_config, config.toml_alembic_config
     config.config_file_name = None
     return config
+
+
+def resolve_script_location(config: Config, settings: MigrationSuiteSettings, ini: Path) -> str:
+    """The ini's ``script_location`` as an absolute path. alembic resolves a relative one
+    (its templates' default) against the current directory, which is the project's root
+    when a developer runs ``alembic`` but anything at all under pytest: from another checkout
+    the suite would read *that* checkout's revisions and pass. Relative means relative to the
+    project root (where ``alembic`` is run), else to the ini's directory; ``package:path``
+    locations are left to alembic."""
+    location = config.get_main_option("script_location")
+    if not location:
+        raise HistoryError(f"{ini} has no script_location (in [alembic] or [tool.alembic])")
+    if ":" in location and not Path(location).is_absolute():
+        return location  # a package resource (myapp:migrations)
+    path = Path(location)
+    if path.is_absolute():
+        return location
+    candidates = [settings.root / path, ini.parent / path]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return str(candidate.resolve())
+    raise HistoryError(
+        f"{ini}: script_location {location!r} is not a directory under the project root {settings.root} "
+        f"or beside the ini ({ini.parent}); set it to the script directory (%(here)s/{location} is unambiguous)"
+    )
 
 
 def _revision_of(script: Script) -> Revision:
@@ -170,7 +197,7 @@ class _Loaded:
 
 
 # One entry per project (its paths): the script directory is never rebuilt in a process.
-_LOADED: dict[tuple[Path, Path, Path | None], _Loaded] = {}
+_LOADED: dict[tuple[Path, Path, Path | None, int | None], _Loaded] = {}
 
 
 def _load(settings: MigrationSuiteSettings) -> _Loaded:
@@ -188,7 +215,9 @@ def _load(settings: MigrationSuiteSettings) -> _Loaded:
 def load_history(settings: MigrationSuiteSettings) -> History:
     """The project's history. Alembic's objects are cached per project paths; the rest of
     the settings (``irreversible``, metadata, fixtures) always come from the caller."""
-    key = (settings.root.resolve(), settings.alembic_ini, settings.script_location)
+    ini = settings.resolve(settings.alembic_ini)
+    key = (settings.root.resolve(), settings.alembic_ini, settings.script_location,
+           ini.stat().st_mtime_ns if ini.is_file() else None)
     if key not in _LOADED:
         _LOADED[key] = _load(settings)
     loaded = _LOADED[key]

@@ -3,7 +3,7 @@
 Each test writes a small alembic project of its own (alembic.ini, env.py, versions/, a
 models module, data fixtures and a pyproject.toml with ``[tool.hokmdb.migrations]``),
 built from one healthy three-revision history with exactly one mistake put in, and runs
-the real suite (``migration_tests/``, in a subprocess, with ``--migrations-project``)
+the real suite (``pytest --hokmdb-migrations``, with ``--hokmdb-migrations-project``)
 against it. Each asserts the exact set of failing tests, so a healthy revision is never
 blamed, and the failure message: the revision, the problem and the diff.
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SUITE = REPO / "migration_tests"
+SUITE = REPO / "pytest_hokmdb" / "migration_suite"
 
 ALEMBIC_INI = """\
 [alembic]
@@ -307,10 +307,10 @@ def run_suite(pytester: pytest.Pytester, project: Path, report: str = "-rfE") ->
     """The suite against ``project``, in this process (pytester restores sys.modules and
     sys.path afterwards, so each project's models module is imported afresh)."""
     return pytester.runpytest_inprocess(
-        str(SUITE),
-        f"--migrations-project={project}",
-        "--ignore",
-        str(SUITE / "test_lint.py"),
+        "--hokmdb-migrations",
+        f"--hokmdb-migrations-project={project}",
+        "-k",
+        "not test_revision_is_lock_safe",
         "-p",
         "no:cacheprovider",
         report,
@@ -549,10 +549,35 @@ def test_round_trips_spread_over_workers_pass_and_still_catch_a_trace(pytester: 
     notes = ("a3", "Notes on items.", NOTES)
     project = write_project(pytester.path / "shop", bodies={"a2": body}, extra_revisions={"a4": notes})
     result = pytester.runpytest_inprocess(
-        str(SUITE / "test_roundtrip.py"), f"--migrations-project={project}", "-p", "no:cacheprovider",
+        "--hokmdb-migrations", "hokmdb-migrations/test_roundtrip.py", f"--hokmdb-migrations-project={project}",
+        "-p", "no:cacheprovider",
         "-rfE", "-q", "-n", "2",
     )
     assert_failed(result, {"test_roundtrip.py::test_revision_round_trips[a2]"})
     text = failure_text(result, "test_revision_round_trips[a2]")
     assert "revision a2 (a2_shop.py): its downgrade (to a1) leaves a trace" in text, text
     assert "+sequence public.price_list_seq:" in text, text
+
+
+def test_a_relative_script_location_is_the_projects_own_not_the_current_directorys(pytester: pytest.Pytester) -> None:
+    """alembic resolves a relative ``script_location`` (its templates' default) against the
+    current directory. Run from another checkout that has a ``migrations/`` of its own, the
+    suite used to read *that* history and pass; it must read the project's, and its header
+    must say which script directory and which revisions it read."""
+    write_project(pytester.path)  # the decoy: the current directory's own migrations/ (a1..a3)
+    project = write_project(pytester.path / "shop", extra_revisions={"a4": ("a3", "Notes on items.", NOTES)})
+    (project / "alembic.ini").write_text(ALEMBIC_INI.replace("%(here)s/migrations", "migrations"))
+
+    result = pytester.runpytest_inprocess("--hokmdb-migrations", f"--hokmdb-migrations-project={project}",
+                                          "-k", "test_history", "-p", "no:cacheprovider", "-v")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines([f"hokmdb migration suite: project {project}, alembic {project / 'alembic.ini'}, "
+                                 f"scripts {project / 'migrations'}, 4 revision(s), a1 .. a4"])
+    result.stdout.fnmatch_lines(["*test_revision_has_a_docstring?a4? PASSED*"])
+
+    # Neither under the project root nor beside its ini: said, not guessed.
+    (project / "alembic.ini").write_text(ALEMBIC_INI.replace("%(here)s/migrations", "no_such_dir"))
+    missing = pytester.runpytest_inprocess("--hokmdb-migrations", f"--hokmdb-migrations-project={project}",
+                                           "-k", "test_history", "-p", "no:cacheprovider", "-q")
+    assert missing.ret != 0
+    missing.stdout.fnmatch_lines([f"*script_location 'no_such_dir' is not a directory under the project root {project}*"])

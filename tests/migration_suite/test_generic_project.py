@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from test_broken_histories import SUITE, write_project
+from test_broken_histories import write_project
 
 RECORDER = '''
 import json, os, sys
@@ -29,7 +29,8 @@ def _run(pytester: pytest.Pytester, project: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("HOKM_IMPORTS_FILE", str(record))
     monkeypatch.setenv("PYTHONPATH", str(project))
     result = pytester.runpytest_subprocess(
-        str(SUITE / "test_drift.py"), f"--migrations-project={project}", "-p", "hokm_import_recorder",
+        "--hokmdb-migrations", f"--hokmdb-migrations-project={project}", "-k", "test_drift",
+        "-p", "hokm_import_recorder",
         "-p", "no:cacheprovider", "-rfEs", "-q",
     )
     return result, json.loads(record.read_text())

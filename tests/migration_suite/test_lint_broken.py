@@ -4,7 +4,7 @@ Each test builds a small alembic project of its own in a temporary directory (al
 a stock-style env.py, versions/, a models module and a pyproject.toml with
 ``[tool.hokmdb.migrations]``) whose history holds one lock-safety mistake per revision, then
 lints it with ``pytest_hokmdb.migration.lint`` directly, and end to end by running
-``migration_tests/test_lint.py`` against it with pytester. The lint reads offline SQL only,
+``pytest --hokmdb-migrations hokmdb-migrations/test_lint.py`` in it with pytester. The lint reads offline SQL only,
 so none of this needs a database.
 """
 
@@ -19,7 +19,6 @@ from pytest_hokmdb.migration.lint import MigrationLinter, RevisionLint
 from pytest_hokmdb.migration.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[2]
-LINT_TESTS = REPO / "migration_tests" / "test_lint.py"
 
 ALEMBIC_INI = """\
 [alembic]
@@ -352,7 +351,7 @@ def test_offline_sql_failure_is_a_finding(tmp_path: Path) -> None:
 def test_end_to_end_errors_fail_and_name_revision_and_rule(pytester: pytest.Pytester) -> None:
     make_project(pytester.path)
     result = pytester.runpytest_subprocess(
-        str(LINT_TESTS), "--rootdir", str(pytester.path), "-p", "no:cacheprovider"
+        "--hokmdb-migrations", "hokmdb-migrations/test_lint.py", "-p", "no:cacheprovider"
     )
     outcomes = result.parseoutcomes()
     assert outcomes.get("passed") == 3 and outcomes.get("failed") == 6, result.stdout.str()
@@ -373,7 +372,7 @@ def test_end_to_end_warnings_pass_and_show_in_quiet_output(pytester: pytest.Pyte
     # r01 then r03 (NOT NULL without a default); make_project chains them in this order.
     make_project(pytester.path, rules={"adding-required-field": "warning"}, history=[HISTORY[0], HISTORY[2]])
     result = pytester.runpytest_subprocess(
-        str(LINT_TESTS), "--rootdir", str(pytester.path), "-p", "no:cacheprovider", "-q"
+        "--hokmdb-migrations", "hokmdb-migrations/test_lint.py", "-p", "no:cacheprovider", "-q"
     )
     assert result.ret == 0, result.stdout.str()
     result.stdout.fnmatch_lines(["*2 passed*warning*"])

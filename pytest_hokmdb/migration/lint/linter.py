@@ -12,6 +12,7 @@ from alembic.runtime.environment import EnvironmentContext
 from alembic.script import Script, ScriptDirectory
 
 from pytest_hokmdb.errors import ConfigError
+from pytest_hokmdb.migration.history import resolve_script_location
 from pytest_hokmdb.migration.lint.findings import (
     CONCURRENTLY_RULE,
     LOCK_TIMEOUT_RULE,
@@ -86,6 +87,8 @@ class MigrationLinter:
         cfg.attributes["hokmdb_programmatic"] = True
         if self.settings.script_location is not None:
             cfg.set_main_option("script_location", str(self.settings.resolve(self.settings.script_location)))
+        else:
+            cfg.set_main_option("script_location", resolve_script_location(cfg, self.settings, ini))
         if not cfg.get_main_option("sqlalchemy.url"):
             # Offline rendering only needs the dialect; the stock env.py reads it from here.
             cfg.set_main_option("sqlalchemy.url", "postgresql://")

@@ -1,0 +1,240 @@
+"""The migration verification suite's pytest plugin: which project, its history, and clean
+databases at any revision.
+
+Enabled by ``pytest --hokmdb-migrations`` (or ``hokmdb_migrations = true`` in the project's
+pytest configuration), it adds the suite's test modules (this package) to the run. Which
+project: ``--hokmdb-migrations-project PATH`` (default: pytest's rootdir), whose
+``pyproject.toml`` ``[tool.hokmdb.migrations]`` names the alembic ini, the metadata and the
+data fixtures; a stock alembic project needs no section at all. ``-m hokmdb_migrations``
+runs the suite alone.
+
+Databases: each pytest-xdist worker has its own throwaway cluster (the plugin's
+``hokmdb_cluster``), one walking database for the round trips (``walker.py``), and
+template databases at the states other tests ask for (``templates.py``); such a test
+gets a clean database at any revision with one ``CREATE DATABASE ... TEMPLATE``.
+
+Everything here applies to the suite's own tests only (its functions are defined in this
+package; a module that imports them is theirs too): a project's other tests keep their
+``revision`` parameters, failures and markers as if hokmdb were not installed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from pytest_hokmdb.cluster import EmbeddedCluster
+from pytest_hokmdb.errors import ConfigError
+from pytest_hokmdb.fixtures.throwaway import ThrowawayDatabase, create_database, drop_database
+from pytest_hokmdb.migration.fixtures import DataFixtures, load_data_fixtures
+from pytest_hokmdb.migration.history import History, MigrationFailure, load_history
+from pytest_hokmdb.migration.settings import MigrationSuiteSettings, load_settings
+from pytest_hokmdb.migration.templates import TemplateCache
+from pytest_hokmdb.migration.walker import Walker
+
+SETTINGS_KEY = pytest.StashKey[MigrationSuiteSettings]()
+SUITE_DIR = Path(__file__).resolve().parent
+SUITE_MODULES = ("test_history", "test_lint", "test_upgrade", "test_roundtrip", "test_drift", "test_data")
+MARKER = "hokmdb_migrations"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("hokmdb-migrations", "hokmdb migration suite")
+    group.addoption(
+        "--hokmdb-migrations",
+        dest="hokmdb_migrations",
+        action="store_true",
+        default=None,
+        help="run hokmdb's migration suite on the alembic project at the rootdir (-m hokmdb_migrations: only it)",
+    )
+    group.addoption(
+        "--hokmdb-migrations-project",
+        "--migrations-project",
+        dest="hokmdb_migrations_project",
+        default=None,
+        metavar="PATH",
+        help="root of the alembic project to verify (its pyproject.toml [tool.hokmdb.migrations]); default: rootdir",
+    )
+    parser.addini("hokmdb_migrations", "run hokmdb's migration suite (like --hokmdb-migrations)", type="bool",
+                  default=False)
+
+
+def _enabled(config: pytest.Config) -> bool:
+    option = config.getoption("hokmdb_migrations")
+    return bool(option) if option is not None else bool(config.getini("hokmdb_migrations"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", f"{MARKER}: a test of hokmdb's migration suite (pytest --hokmdb-migrations)")
+    if not _enabled(config):
+        return
+    suite_settings(config)  # a bad [tool.hokmdb.migrations] is a usage error before anything runs
+    # A test id from a report (hokmdb-migrations/test_x.py::test_y[r]) runs that test alone.
+    prefix = "hokmdb-migrations/"
+    named = [i for i, arg in enumerate(config.args) if arg.startswith(prefix)]
+    for i in named:
+        config.args[i] = str(SUITE_DIR / config.args[i].removeprefix(prefix))
+    if named or any(arg.startswith(str(SUITE_DIR)) for arg in config.args):
+        return
+    # Explicit paths: collected whatever the project's python_files says, once even when
+    # xdist hands the controller's arguments (these included) to its workers.
+    for name in SUITE_MODULES:
+        config.args.append(str(SUITE_DIR / f"{name}.py"))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makemodule(module_path: Path, parent: pytest.Collector) -> pytest.Module | None:
+    """The suite's modules live in the installed package, outside the project's rootdir,
+    where pytest would give their tests ids without a file (``::test_x``): name them
+    ``hokmdb-migrations/<module>.py::test_x`` instead."""
+    if module_path.parent != SUITE_DIR or module_path.stem not in SUITE_MODULES:
+        return None
+    return pytest.Module.from_parent(parent, path=module_path, nodeid=f"hokmdb-migrations/{module_path.name}")
+
+
+def suite_settings(config: pytest.Config) -> MigrationSuiteSettings:
+    """The project's settings, read once per process on first use."""
+    if SETTINGS_KEY not in config.stash:
+        root = Path(config.getoption("hokmdb_migrations_project") or config.rootpath).resolve()
+        try:
+            settings = load_settings(root)
+        except ConfigError as exc:
+            raise pytest.UsageError(f"migration suite: {exc}") from None
+        # Like alembic's prepend_sys_path: the project's models and env.py imports resolve from its root.
+        if str(root) not in sys.path:
+            sys.path.insert(0, str(root))
+        config.stash[SETTINGS_KEY] = settings
+    return config.stash[SETTINGS_KEY]
+
+
+def describe_project(config: pytest.Config) -> str:
+    """What the suite reads: the project, the script directory alembic loads, the revisions."""
+    settings = suite_settings(config)
+    try:
+        history = _history(config)
+    except ConfigError as exc:
+        return f"hokmdb migration suite: project {settings.root}: {exc.message}"
+    ids = history.ids
+    span = f"{len(ids)} revision(s), {ids[0]} .. {', '.join(history.heads)}" if ids else "no revisions"
+    return (f"hokmdb migration suite: project {settings.root}, alembic {settings.resolve(settings.alembic_ini)}, "
+            f"scripts {history.script.dir}, {span}")
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    return describe_project(config) if _enabled(config) else None
+
+
+def is_suite_function(function: object) -> bool:
+    return getattr(function, "__module__", "").startswith(__package__ + ".")
+
+
+def _history(config: pytest.Config) -> History:
+    return load_history(suite_settings(config))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    marker = getattr(pytest.mark, MARKER)
+    for item in items:
+        if is_suite_function(getattr(item, "function", None)):
+            item.add_marker(marker)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Per-revision tests get one item per revision, with the revision id as the test id,
+    so pytest-xdist spreads them over the workers."""
+    if not is_suite_function(metafunc.function):
+        return
+    config = metafunc.config
+    if "revision" in metafunc.fixturenames:
+        revisions = _history(config).revisions
+        metafunc.parametrize("revision", revisions, ids=[r.id for r in revisions])
+    if "revision_data" in metafunc.fixturenames:
+        data = load_data_fixtures(suite_settings(config)).revision_data
+        metafunc.parametrize("revision_data", data or [_nothing_declared("REVISION_DATA")],
+                             ids=[d.revision for d in data] or None)
+    if "seeded_data" in metafunc.fixturenames:
+        seeded = load_data_fixtures(suite_settings(config)).seeded
+        metafunc.parametrize("seeded_data", seeded or [_nothing_declared("SEEDED_DATA")],
+                             ids=[s.name for s in seeded] or None)
+
+
+def _nothing_declared(name: str) -> object:
+    return pytest.param(
+        None, id="none", marks=pytest.mark.skip(reason=f"the project's data fixtures declare no {name} "
+                                                "([tool.hokmdb.migrations] data_fixtures)"),
+    )
+
+
+@pytest.fixture(scope="session")
+def migration_settings(pytestconfig: pytest.Config) -> MigrationSuiteSettings:
+    return suite_settings(pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def migration_history(pytestconfig: pytest.Config) -> History:
+    """The project's history (its script directory loaded once per process)."""
+    return _history(pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def migration_data_fixtures(migration_settings: MigrationSuiteSettings) -> DataFixtures:
+    return load_data_fixtures(migration_settings)
+
+
+@pytest.fixture(scope="session")
+def migration_templates(migration_history: History, hokmdb_cluster: EmbeddedCluster) -> TemplateCache:
+    """This worker's template databases, built when first needed."""
+    return TemplateCache(
+        migration_history,
+        lambda name, template: create_database(hokmdb_cluster, name, template),
+        prefix=f"mig_tpl_{os.getpid()}",
+    )
+
+
+@pytest.fixture(scope="session")
+def migration_walker(migration_history: History, hokmdb_cluster: EmbeddedCluster) -> Iterator[Walker | None]:
+    """This worker's walking database for round trips; None for a branched history."""
+    if not migration_history.is_linear:
+        yield None
+        return
+    walker = Walker(
+        migration_history,
+        lambda name: create_database(hokmdb_cluster, name),
+        lambda name: drop_database(hokmdb_cluster, name),
+        prefix=f"mig_walk_{os.getpid()}",
+    )
+    try:
+        yield walker
+    finally:
+        walker.close()
+
+
+@pytest.fixture
+def migration_database(
+    migration_templates: TemplateCache, hokmdb_database_factory: Callable[..., ThrowawayDatabase]
+) -> Callable[[tuple[str, ...]], ThrowawayDatabase]:
+    """``migration_database(state)``: a fresh database whose alembic heads are ``state``
+    (``()`` for an empty database), dropped after the test."""
+
+    def at(state: tuple[str, ...]) -> ThrowawayDatabase:
+        return hokmdb_database_factory(migration_templates.template(state))
+
+    return at
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> object:
+    """A broken migration rule is reported by its message alone (it names the revision
+    and carries the diff); the suite's own stack frames would only bury it."""
+    if not is_suite_function(pyfuncitem.function):
+        return (yield)
+    try:
+        return (yield)
+    except MigrationFailure as exc:
+        failure = str(exc)
+    # Raised outside the except block, so no "during handling of the above exception" chain.
+    pytest.fail(failure, pytrace=False)

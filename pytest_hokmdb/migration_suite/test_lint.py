@@ -1,0 +1,51 @@
+"""Lock-safety lint: every revision's offline SQL, linted on its own (squawk + alembic-level checks).
+
+One test per revision (ids are the revision ids), so a report says which revision is not
+safe to deploy on a live database. Error findings fail the test with the rule, the SQL line
+and what to do; warning findings pass but appear in pytest's warnings summary (as
+``MigrationLintWarning``) and, like the waivers and the linted SQL, in the Allure report.
+Which project is linted (``--migrations-project``, default the rootdir, see conftest.py) and
+the policy per rule come from its ``[tool.hokmdb.migrations]`` (see
+``pytest_hokmdb.migration.lint``). Needs no database, so ``pytest migration_tests/test_lint.py``
+starts no cluster.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import allure
+import pytest
+
+from pytest_hokmdb.migration.history import Revision
+from pytest_hokmdb.migration.lint import MigrationLinter, MigrationLintWarning
+from pytest_hokmdb.migration.settings import MigrationSuiteSettings
+
+
+@pytest.fixture(scope="module")
+def migration_linter(migration_settings: MigrationSuiteSettings) -> MigrationLinter:
+    """One linter per module (per xdist worker): the script directory is loaded once."""
+    return MigrationLinter(migration_settings)
+
+
+@allure.feature("Migration verification")
+@allure.story("Lock-safety lint")
+def test_revision_is_lock_safe(migration_linter: MigrationLinter, revision: Revision) -> None:
+    """``revision`` is parametrized by conftest.py over the history, with the revision ids as test ids."""
+    lint_revision = revision.id
+    result = migration_linter.lint(lint_revision)
+    allure.dynamic.title(f"revision {lint_revision} is lock-safe")
+    allure.attach(
+        result.report(), name=f"lint findings {lint_revision}", attachment_type=allure.attachment_type.TEXT
+    )
+    if result.sql:
+        allure.attach(
+            result.sql,
+            name=f"offline SQL {lint_revision}",
+            attachment_type=allure.attachment_type.TEXT,
+            extension="sql",
+        )
+    for finding in result.warnings:
+        warnings.warn(MigrationLintWarning(finding.render()), stacklevel=1)
+    if result.errors:
+        pytest.fail(result.failure_message(), pytrace=False)

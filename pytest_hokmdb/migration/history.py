@@ -44,6 +44,11 @@ class MigrationFailure(AssertionError):
     check (with this message, which names the revision) rather than a crash."""
 
 
+class EmptyHistory(MigrationFailure):
+    """The history has no revisions: reported once (rule ``empty-history``); every test that
+    needs a revision is skipped saying so instead of failing for the same reason."""
+
+
 class HistoryError(ConfigError):
     """The script directory cannot be loaded at all (bad ini, unknown down_revision, a
     revision file that does not import): nothing else in the suite can run."""
@@ -100,6 +105,8 @@ class History:
     @property
     def head(self) -> str:
         """The single head; a history with several fails here with the same message as the head test."""
+        if not self.revisions:
+            raise EmptyHistory(empty_history_problem(self))
         problem = head_problem(self)
         if problem:
             raise MigrationFailure(problem)
@@ -227,12 +234,16 @@ def load_history(settings: MigrationSuiteSettings) -> History:
 # --- the rules ---------------------------------------------------------------------------
 
 
+def empty_history_problem(history: History) -> str:
+    return (f"the history has no revisions: {history.script.dir} holds no revision file "
+            "(is script_location the project's script directory?)")
+
+
 def head_problem(history: History) -> str | None:
-    """One head, or a message naming every head and where the history forked."""
-    if len(history.heads) == 1:
+    """One head, or a message naming every head and where the history forked (an empty
+    history has no head either: that is ``empty_history_problem``, its own rule)."""
+    if len(history.heads) <= 1:
         return None
-    if not history.heads:
-        return "the history has no revisions at all"
     children: dict[str, list[str]] = {}
     for revision in history.revisions:
         for parent in revision.parents or (BASE,):
@@ -291,8 +302,8 @@ def downgrade_problem(revision: Revision) -> str | None:
     if "downgrade" not in functions:
         return f"{revision.label} has no downgrade() function; write one or list the revision under irreversible"
     body = functions["downgrade"]
-    if len(revision.parents) > 1 and all(_is_noop(s) for s in functions.get("upgrade", [])):
-        return None  # a merge point that changes nothing has nothing to undo (alembic writes `pass` in both)
+    if all(_is_noop(s) for s in functions.get("upgrade", [])):
+        return None  # an upgrade that does nothing (a merge point, a placeholder) has nothing to undo
     if all(_is_noop(statement) for statement in body):
         return (
             f"{revision.label}: downgrade() does nothing (its body is only pass/.../a docstring); "

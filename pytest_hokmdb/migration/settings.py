@@ -27,12 +27,30 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pytest_hokmdb.config.profile import project_profile
 from pytest_hokmdb.errors import ConfigError
 
 Severity = Literal["error", "warning", "ignored"]
+
+# Squawk's advice on schema design and habits, not on what a statement locks: a table that
+# uses varchar or int is not unsafe to deploy. Warnings unless the project says otherwise
+# ([tool.hokmdb.migrations.lint] style, or per rule in lint.rules).
+STYLE_RULES = frozenset({
+    "ban-char-field", "prefer-big-int", "prefer-bigint-over-int", "prefer-bigint-over-smallint", "prefer-identity",
+    "prefer-robust-stmts", "prefer-text-field", "prefer-timestamp-tz", "prefer-timestamptz",
+    "require-statement-timeout",
+})
+
+# The suite's rules about the history itself ([tool.hokmdb.migrations.rules]), with their
+# default severities. Each test that checks one says its id.
+SUITE_RULES: dict[str, Severity] = {
+    "single-head": "error",            # one head, or branches merged explicitly
+    "empty-history": "error",          # no revisions: a wrong script_location looks exactly like this
+    "real-downgrade": "error",         # downgrade() does something, unless the revision is irreversible
+    "revision-docstring": "warning",   # a revision says what it changes and why (an opinion: warns)
+}
 
 
 class LintPolicy(BaseModel):
@@ -49,8 +67,13 @@ class LintPolicy(BaseModel):
         30_000, gt=0, description="the deploy's deploy.migration_statement_timeout_ms (none: not checked)",
     )
 
+    # Severity of the style rules (STYLE_RULES) not listed in ``rules``.
+    style: Severity = "warning"
+
     def severity(self, rule: str) -> Severity:
-        return self.rules.get(rule, self.default)
+        if rule in self.rules:
+            return self.rules[rule]
+        return self.style if rule in STYLE_RULES else self.default
 
 
 class MigrationSuiteSettings(BaseModel):
@@ -66,6 +89,19 @@ class MigrationSuiteSettings(BaseModel):
     irreversible: list[str] = Field(default_factory=list)
     data_fixtures: Path | None = None
     lint: LintPolicy = LintPolicy()
+    rules: dict[str, Severity] = Field(default_factory=dict, description="severity per suite rule (SUITE_RULES)")
+
+    @field_validator("rules")
+    @classmethod
+    def _known_rules(cls, value: dict[str, Severity]) -> dict[str, Severity]:
+        unknown = sorted(set(value) - set(SUITE_RULES))
+        if unknown:
+            raise ValueError(f"unknown rule(s) {', '.join(unknown)}; the suite's rules are {', '.join(SUITE_RULES)} "
+                             "(lint rules go under [tool.hokmdb.migrations.lint.rules])")
+        return value
+
+    def rule_severity(self, rule: str) -> Severity:
+        return self.rules.get(rule, SUITE_RULES[rule])
     root: Path = Field(Path("."), exclude=True)
 
     def resolve(self, path: Path) -> Path:

@@ -90,3 +90,9 @@ def _read_source(path: Path) -> _SourceFacts:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "upgrade":
             concurrent = _concurrent_calls_outside_block(node)
     return _SourceFacts(waivers, problems, concurrent)
+
+
+def revision_waivers(path: Path) -> dict[str, str]:
+    """The revision's waivers (``hokmdb_lint_waivers = {rule: reason}``) that carry a reason:
+    the same dict waives lint rules and the suite's own rules for that revision."""
+    return dict(_read_source(path).waivers)

@@ -129,8 +129,24 @@ class History:
                 pending.extend(self.by_id[current].parents)
         return seen
 
+    def downgrade_exemption(self, revision_id: str) -> str | None:
+        """Why ``revision_id``'s downgrade is not proven, or None: it is listed as
+        irreversible, or it is at or below ``minimum_downgrade_revision``."""
+        if revision_id in self.settings.irreversible:
+            return f"revision {revision_id} is listed as irreversible in [tool.hokmdb.migrations]"
+        minimum = self.settings.minimum_downgrade_revision
+        if minimum and revision_id in self.ancestors(minimum):
+            return (f"revision {revision_id} is at or below minimum_downgrade_revision = {minimum!r} in "
+                    "[tool.hokmdb.migrations]")
+        return None
+
     def is_irreversible(self, revision_id: str) -> bool:
-        return revision_id in self.settings.irreversible
+        return self.downgrade_exemption(revision_id) is not None
+
+    def skip_reason(self, revision_id: str) -> str | None:
+        if revision_id in self.settings.skip_revisions:
+            return f"revision {revision_id} is listed in skip_revisions of [tool.hokmdb.migrations]"
+        return None
 
     @property
     def downgrade_floor(self) -> str:
@@ -318,10 +334,15 @@ def downgrade_problem(revision: Revision) -> str | None:
 
 
 def irreversible_problems(history: History) -> list[str]:
-    """Names in ``irreversible`` that are not revisions: a typo would silently test nothing."""
+    """Names in ``irreversible``, ``skip_revisions`` and ``minimum_downgrade_revision`` that
+    are not revisions: a typo would silently test nothing (or everything)."""
+    settings = history.settings
+    named = [("irreversible lists", name) for name in settings.irreversible]
+    named += [("skip_revisions lists", name) for name in settings.skip_revisions]
+    if settings.minimum_downgrade_revision:
+        named.append(("minimum_downgrade_revision is", settings.minimum_downgrade_revision))
     return [
-        f"[tool.hokmdb.migrations] irreversible lists {name!r}, which is not a revision of the history "
-        f"({', '.join(history.ids)})"
-        for name in history.settings.irreversible
+        f"[tool.hokmdb.migrations] {key} {name!r}, which is not a revision of the history ({', '.join(history.ids)})"
+        for key, name in named
         if name not in history.by_id
     ]

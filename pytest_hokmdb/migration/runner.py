@@ -76,13 +76,23 @@ class _Progress:
     env_ran: bool = False
 
 
+# The version table env.py configures (``version_table``, ``version_table_schema``), per
+# script directory, as learnt from the first env.py run of this process: a Stepper that has
+# not run env.py yet (a snapshot of a template) must leave the same table out of its catalog.
+_VERSION_TABLES: dict[str, str] = {}
+
+
 @dataclass
 class Stepper:
     """Runs alembic commands, snapshots and queries on one open sync ``Connection``."""
 
     history: History
     connection: Connection
-    version_table: str = "alembic_version"
+    version_table: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.version_table:
+            self.version_table = _VERSION_TABLES.get(self.history.script.dir, "alembic_version")
 
     # --- alembic -------------------------------------------------------------------------
 
@@ -105,6 +115,7 @@ class Stepper:
                 )
             schema = context.opts.get("version_table_schema")
             self.version_table = f"{schema}.{context.version_table}" if schema else context.version_table
+            _VERSION_TABLES[script.dir] = self.version_table
             return fn(heads, context)
 
         self.connection.rollback()  # alembic must not find an open transaction (it would not commit)

@@ -87,6 +87,15 @@ class MigrationSuiteSettings(BaseModel):
     metadata: str | Literal[False] | None = Field(None, description="module:attribute of the MetaData, or false")
     model_modules: list[str] = Field(default_factory=list)
     irreversible: list[str] = Field(default_factory=list)
+    # pytest-alembic's: downgrades are proven down to this revision, not below it.
+    minimum_downgrade_revision: str | None = None
+    # Revisions known to be broken and superseded: their own tests are skipped with this
+    # reason; the upgrade path still applies them (they are part of every database's history).
+    skip_revisions: list[str] = Field(default_factory=list)
+    # What must exist before the first revision (a schema for version_table_schema, tables a
+    # project creates with metadata.create_all): a SQL file (path ending in .sql), or
+    # "module:function" called with a SQLAlchemy Connection; run on every empty database.
+    prerequisites: str | None = None
     data_fixtures: Path | None = None
     lint: LintPolicy = LintPolicy()
     rules: dict[str, Severity] = Field(default_factory=dict, description="severity per suite rule (SUITE_RULES)")

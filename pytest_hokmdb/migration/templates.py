@@ -35,8 +35,12 @@ State = tuple[str, ...]
 class TemplateCache:
     """Per-worker templates, keyed by the alembic heads they record."""
 
-    def __init__(self, history: History, create_database: Callable[[str, str | None], Any], prefix: str) -> None:
+    def __init__(self, history: History, create_database: Callable[[str, str | None], Any], prefix: str,
+                 base: str | None = None) -> None:
+        """``base``: the template of an empty database (the project's prerequisites, see
+        ``prerequisites.py``); None: a new database is empty already."""
         self.history = history
+        self._base = base
         self._create = create_database
         self._prefix = prefix
         self._databases: dict[State, Any] = {}
@@ -56,10 +60,11 @@ class TemplateCache:
         return max(candidates, key=lambda s: self._order(s[0]), default=())
 
     def template(self, state: State) -> str | None:
-        """Name of a template at ``state``; None for base (a new database is already empty)."""
+        """Name of a template at ``state``; for base, the prerequisites' template or None (a
+        new database is already empty)."""
         state = tuple(sorted(state))
         if not state:
-            return None
+            return self._base
         if state in self._databases:
             return self._databases[state].name
         if state in self._failures:
@@ -67,7 +72,7 @@ class TemplateCache:
         start = () if state == tuple(self.history.heads) else self._nearest_built(state)
         # Several heads (a merge's parents): upgrade to each in upgrade order.
         targets = [head for head in sorted(state, key=self._order) if head not in start]
-        db = self._create(f"{self._prefix}_{next(self._counter)}", self.template(start) if start else None)
+        db = self._create(f"{self._prefix}_{next(self._counter)}", self.template(start))
 
         def build(stepper: Stepper) -> None:
             for target in targets:

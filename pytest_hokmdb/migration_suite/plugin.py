@@ -32,6 +32,7 @@ from pytest_hokmdb.errors import ConfigError
 from pytest_hokmdb.fixtures.throwaway import ThrowawayDatabase, create_database, drop_database
 from pytest_hokmdb.migration.fixtures import DataFixtures, load_data_fixtures
 from pytest_hokmdb.migration.history import EmptyHistory, History, MigrationFailure, load_history
+from pytest_hokmdb.migration.prerequisites import run_prerequisites
 from pytest_hokmdb.migration.settings import MigrationSuiteSettings, load_settings
 from pytest_hokmdb.migration.templates import TemplateCache
 from pytest_hokmdb.migration.walker import Walker
@@ -133,7 +134,12 @@ def is_suite_function(function: object) -> bool:
 
 
 def _history(config: pytest.Config) -> History:
-    return load_history(suite_settings(config))
+    """The history; one that cannot be loaded fails collection with alembic's reason alone."""
+    try:
+        return load_history(suite_settings(config))
+    except ConfigError as exc:
+        message = exc.message
+    pytest.fail(message, pytrace=False)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -152,14 +158,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "revision" in metafunc.fixturenames:
         revisions = _history(config).revisions
         if revisions:
-            metafunc.parametrize("revision", revisions, ids=[r.id for r in revisions])
+            history = _history(config)
+            metafunc.parametrize("revision", [
+                pytest.param(r, id=r.id, marks=[pytest.mark.skip(reason=reason)] if (reason := history.skip_reason(r.id))
+                             else []) for r in revisions])
         else:
             metafunc.parametrize("revision", [pytest.param(None, id="none", marks=pytest.mark.skip(
                 reason="the history has no revisions (reported once, by test_history_has_one_head: rule empty-history)"))])
     if "revision_data" in metafunc.fixturenames:
         data = load_data_fixtures(suite_settings(config)).revision_data
-        metafunc.parametrize("revision_data", data or [_nothing_declared("REVISION_DATA")],
-                             ids=[d.revision for d in data] or None)
+        history = _history(config)
+        metafunc.parametrize("revision_data", [
+            pytest.param(d, id=d.revision, marks=[pytest.mark.skip(reason=reason)]
+                         if (reason := history.skip_reason(d.revision)) else []) for d in data]
+            or [_nothing_declared("REVISION_DATA")])
     if "seeded_data" in metafunc.fixturenames:
         seeded = load_data_fixtures(suite_settings(config)).seeded
         metafunc.parametrize("seeded_data", seeded or [_nothing_declared("SEEDED_DATA")],
@@ -190,24 +202,38 @@ def migration_data_fixtures(migration_settings: MigrationSuiteSettings) -> DataF
 
 
 @pytest.fixture(scope="session")
-def migration_templates(migration_history: History, hokmdb_cluster: EmbeddedCluster) -> TemplateCache:
+def migration_base(migration_history: History, hokmdb_cluster: EmbeddedCluster) -> str | None:
+    """The template every database "at base" is copied from: empty, plus the project's
+    prerequisites (None without any: a new database is empty already)."""
+    if not migration_history.settings.prerequisites:
+        return None
+    db = create_database(hokmdb_cluster, f"mig_base_{os.getpid()}")
+    run_prerequisites(migration_history, db.url, db.dsn)
+    return db.name
+
+
+@pytest.fixture(scope="session")
+def migration_templates(migration_history: History, hokmdb_cluster: EmbeddedCluster,
+                        migration_base: str | None) -> TemplateCache:
     """This worker's template databases, built when first needed."""
     return TemplateCache(
         migration_history,
         lambda name, template: create_database(hokmdb_cluster, name, template),
         prefix=f"mig_tpl_{os.getpid()}",
+        base=migration_base,
     )
 
 
 @pytest.fixture(scope="session")
-def migration_walker(migration_history: History, hokmdb_cluster: EmbeddedCluster) -> Iterator[Walker | None]:
+def migration_walker(migration_history: History, hokmdb_cluster: EmbeddedCluster,
+                     migration_base: str | None) -> Iterator[Walker | None]:
     """This worker's walking database for round trips; None for a branched history."""
     if not migration_history.is_linear:
         yield None
         return
     walker = Walker(
         migration_history,
-        lambda name: create_database(hokmdb_cluster, name),
+        lambda name: create_database(hokmdb_cluster, name, migration_base),
         lambda name: drop_database(hokmdb_cluster, name),
         prefix=f"mig_walk_{os.getpid()}",
     )

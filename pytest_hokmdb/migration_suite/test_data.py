@@ -28,8 +28,8 @@ def test_data_fixtures_name_revisions_of_the_history(
         if seeded.from_revision in order:
             later = order[order.index(seeded.from_revision) + 1:]
             problems += [
-                f"SEEDED_DATA {seeded.name!r} goes down to {seeded.from_revision}, past revision {r}, which is "
-                "listed as irreversible"
+                f"SEEDED_DATA {seeded.name!r} goes down to {seeded.from_revision}, past revision {r}, whose downgrade "
+                f"is not supported: {migration_history.downgrade_exemption(r)}"
                 for r in later
                 if migration_history.is_irreversible(r)
             ]

@@ -640,3 +640,86 @@ def test_a_relative_script_location_is_the_projects_own_not_the_current_director
                                            "-k", "test_history", "-p", "no:cacheprovider", "-q")
     assert missing.ret != 0
     missing.stdout.fnmatch_lines([f"*script_location 'no_such_dir' is not a directory under the project root {project}*"])
+
+
+LEGACY = ("a3", "A note on the legacy settings table the application created before it used alembic.", """\
+def upgrade():
+    op.add_column("settings", sa.Column("note", sa.Text()), schema="legacy")
+
+
+def downgrade():
+    op.drop_column("settings", "note", schema="legacy")
+""")
+
+PREREQUISITES_SQL = """\
+CREATE SCHEMA audit;   -- env.py keeps alembic's version table there
+CREATE SCHEMA legacy;
+CREATE TABLE legacy.settings (key text PRIMARY KEY, value text);
+"""
+
+PREREQUISITES_PY = '''\
+"""What the shop had before alembic: created with metadata.create_all."""
+import sqlalchemy as sa
+
+legacy = sa.MetaData(schema="legacy")
+sa.Table("settings", legacy, sa.Column("key", sa.Text, primary_key=True), sa.Column("value", sa.Text))
+
+
+def create(connection):
+    connection.exec_driver_sql("CREATE SCHEMA audit")
+    connection.exec_driver_sql("CREATE SCHEMA legacy")
+    legacy.create_all(connection)
+'''
+
+
+def test_prerequisites_run_before_the_first_revision(pytester: pytest.Pytester) -> None:
+    """A history that starts on a database that is not empty (a version table in its own
+    schema, tables made by metadata.create_all) runs with only configuration: a SQL file or
+    a callable, run on every database the suite starts at base."""
+    env = ASYNC_ENV.replace("transaction_per_migration=True", "transaction_per_migration=True, version_table_schema='audit'")
+    project = write_project(pytester.path / "shop", env=env, extra_revisions={"a4": LEGACY})
+    bare = run_suite(pytester, project)
+    assert bare.ret == 1, bare.stdout.str()
+    assert 'schema "audit" does not exist' in bare.stdout.str(), bare.stdout.str()
+
+    (project / "prerequisites.sql").write_text(PREREQUISITES_SQL)
+    pyproject = (project / "pyproject.toml").read_text()
+    (project / "pyproject.toml").write_text(pyproject.replace("[tool.hokmdb.migrations]\n",
+                                                              '[tool.hokmdb.migrations]\nprerequisites = "prerequisites.sql"\n'))
+    with_sql = run_suite(pytester, project)
+    assert with_sql.ret == 0, with_sql.stdout.str()
+
+    (project / "shop_prereq.py").write_text(PREREQUISITES_PY)
+    (project / "pyproject.toml").write_text(pyproject.replace("[tool.hokmdb.migrations]\n",
+                                                              '[tool.hokmdb.migrations]\nprerequisites = "shop_prereq:create"\n'))
+    with_callable = run_suite(pytester, project)
+    assert with_callable.ret == 0, with_callable.stdout.str()
+    assert "test_revision_round_trips" not in with_callable.stdout.str()
+
+
+def test_skip_revisions_and_minimum_downgrade_revision(pytester: pytest.Pytester) -> None:
+    """pytest-alembic's two escape hatches: a revision known to be broken and superseded is
+    skipped (still applied on the way up), and downgrades are proven only above a floor."""
+    broken = A2.replace(
+        '    op.drop_constraint("ck_items_price_nonneg", "items", type_="check")\n    op.drop_column("items", "price")',
+        '    op.drop_column("items", "price")\n    op.execute("CREATE TABLE leftover (id int)")',
+    )  # its downgrade leaves a trace: broken, and superseded by a3
+    project = write_project(pytester.path / "shop", bodies={"a2": broken})
+    assert_failed(run_suite(pytester, project), {"test_roundtrip.py::test_revision_round_trips[a2]",
+                                                 "test_upgrade.py::test_downgrade_from_head_in_one_go"})
+    pyproject = (project / "pyproject.toml").read_text()
+    (project / "pyproject.toml").write_text(pyproject.replace(
+        "[tool.hokmdb.migrations]\n", '[tool.hokmdb.migrations]\nskip_revisions = ["a2"]\nminimum_downgrade_revision = "a2"\n'))
+    result = run_suite(pytester, project, "-rs")
+    assert result.ret == 0, result.stdout.str()
+    text = result.stdout.str()
+    assert "revision a2 is listed in skip_revisions of [tool.hokmdb.migrations]" in text, text
+    assert "revision a1 is at or below minimum_downgrade_revision = 'a2' in [tool.hokmdb.migrations]" in text, text
+
+    (project / "pyproject.toml").write_text(pyproject.replace(
+        "[tool.hokmdb.migrations]\n", '[tool.hokmdb.migrations]\nskip_revisions = ["a9"]\nminimum_downgrade_revision = "zz"\n'))
+    typo = _history_tests(pytester, project, "-k", "irreversible")
+    assert_failed(typo, {"test_history.py::test_irreversible_list_names_revisions"})
+    text = failure_text(typo, "test_irreversible_list_names_revisions")
+    assert "skip_revisions lists 'a9', which is not a revision of the history (a1, a2, a3)" in text, text
+    assert "minimum_downgrade_revision is 'zz', which is not a revision" in text, text

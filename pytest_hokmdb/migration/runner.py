@@ -29,6 +29,7 @@ thread), so a walker database (``walker.py``) pays for connecting once, not once
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool
 
 from pytest_hokmdb.aio import run_sync
+from pytest_hokmdb.migration.envpy import no_file_config
 from pytest_hokmdb.migration.history import History, MigrationFailure, Revision
 from pytest_hokmdb.migration.snapshot import CatalogSnapshot, take_snapshot
 
@@ -82,6 +84,53 @@ class _Progress:
 _VERSION_TABLES: dict[str, str] = {}
 
 
+# Script directories whose env.py runs its own event loop (asyncio.run): run on a thread.
+_THREADED_ENVS: set[str] = set()
+
+
+def _database_of(connection: Connection) -> tuple[Any, ...]:
+    """Which database a connection reaches (server port, database): env.py's own connection
+    is accepted when it reaches the throwaway database under test."""
+    row = connection.exec_driver_sql("SELECT inet_server_port(), current_database()").one()
+    return tuple(row)
+
+
+def _url_for_env(connection: Connection, configured: str | None) -> str:
+    """``sqlalchemy.url`` for an env.py that connects by itself: the throwaway database, with
+    the driver the project configured (its env.py is written for it; sync or async), else the
+    first PostgreSQL driver installed."""
+    from sqlalchemy.engine import make_url
+
+    url = connection.engine.url
+    driver = None
+    if configured:
+        try:
+            driver = make_url(configured).drivername
+        except Exception:  # noqa: BLE001 - an interpolated or placeholder URL: choose a driver below
+            driver = None
+    if not driver or not driver.startswith("postgresql"):
+        driver = next((name for module, name in (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql+psycopg2"))
+                       if importlib.util.find_spec(module) is not None), "postgresql+asyncpg")
+    return url.set(drivername=driver).render_as_string(hide_password=False)
+
+
+def _run_env_on_a_thread(script: Any) -> None:
+    """env.py on a thread without an event loop (it runs its own); ours waits, idle."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            script.run_env()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="hokmdb-env.py")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+
+
 @dataclass
 class Stepper:
     """Runs alembic commands, snapshots and queries on one open sync ``Connection``."""
@@ -101,34 +150,55 @@ class Stepper:
 
         ``fn(current_heads, context)`` returns the steps to run (or ``[]`` to only inspect
         the configured ``context``, as the drift check does).
+
+        A stock env.py needs no edit: it gets our connection in ``config.attributes`` and,
+        for the env.py that opens a connection of its own, ``sqlalchemy.url`` pointing at the
+        same throwaway database (``_url_for_env``). An async env.py of that kind calls
+        ``asyncio.run``, which cannot run inside our event loop: it runs on a thread of its
+        own (remembered per script directory, so it is tried once). ``fileConfig`` is a no-op
+        while env.py runs: pytest's log capture must survive the ini's logging sections.
         """
         config, script = self.history.config, self.history.script
         progress = _Progress()
+        ours = _database_of(self.connection)
 
         def checked(heads: Any, context: MigrationContext) -> Any:
             progress.env_ran = True
-            if context.connection is not self.connection:
+            if context.connection is not self.connection and _database_of(context.connection) != ours:
                 raise MigrationFailure(
-                    f"{script.env_py_location} configured alembic on a connection of its own instead of "
-                    "config.attributes['connection']; the suite hands env.py the connection of the throwaway "
-                    "database under test: use it when present (see docs/migration-suite.md)"
+                    f"{script.env_py_location} configured alembic on a connection to another database than the "
+                    "throwaway one under test; use config.attributes['connection'] when present, or build the "
+                    "engine from config's sqlalchemy.url (see docs/migration-suite.md)"
                 )
             schema = context.opts.get("version_table_schema")
             self.version_table = f"{schema}.{context.version_table}" if schema else context.version_table
             _VERSION_TABLES[script.dir] = self.version_table
             return fn(heads, context)
 
-        self.connection.rollback()  # alembic must not find an open transaction (it would not commit)
+        self.connection.rollback()  # alembic must not find an open transaction (it would not commit); no locks held
         previous = config.attributes.get("connection")
+        previous_url = config.get_main_option("sqlalchemy.url")
         config.attributes["connection"] = self.connection
+        config.set_main_option("sqlalchemy.url", _url_for_env(self.connection, previous_url).replace("%", "%%"))
         try:
-            with EnvironmentContext(config, script, fn=checked, as_sql=False, destination_rev=destination):
-                script.run_env()
+            with EnvironmentContext(config, script, fn=checked, as_sql=False, destination_rev=destination), \
+                    no_file_config():
+                if script.dir in _THREADED_ENVS:
+                    _run_env_on_a_thread(script)
+                else:
+                    try:
+                        script.run_env()
+                    except RuntimeError as exc:
+                        if progress.env_ran or "running event loop" not in str(exc):
+                            raise
+                        _THREADED_ENVS.add(script.dir)  # an async env.py of its own: asyncio.run
+                        _run_env_on_a_thread(script)
         finally:
             if previous is None:
                 config.attributes.pop("connection", None)
             else:
                 config.attributes["connection"] = previous
+            config.set_main_option("sqlalchemy.url", (previous_url or "").replace("%", "%%"))
         if not progress.env_ran:
             raise MigrationFailure(
                 f"{script.env_py_location} never called context.run_migrations(), so nothing was migrated"

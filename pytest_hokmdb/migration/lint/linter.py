@@ -12,6 +12,7 @@ from alembic.runtime.environment import EnvironmentContext
 from alembic.script import Script, ScriptDirectory
 
 from pytest_hokmdb.errors import ConfigError
+from pytest_hokmdb.migration.envpy import no_file_config
 from pytest_hokmdb.migration.history import resolve_script_location
 from pytest_hokmdb.migration.lint.findings import (
     CONCURRENTLY_RULE,
@@ -125,7 +126,7 @@ class MigrationLinter:
 
         with EnvironmentContext(
             cfg, script, fn=steps, as_sql=True, starting_rev=start, destination_rev=rev.revision, tag=None
-        ) as env:
+        ) as env, no_file_config():
             script.run_env()
             self._version_table = env.get_context().version_table or VERSION_TABLE
         return buffer.getvalue()
@@ -148,7 +149,7 @@ class MigrationLinter:
 
         with EnvironmentContext(
             cfg, script, fn=steps, as_sql=True, starting_rev=rev.revision, destination_rev=below, tag=None
-        ):
+        ), no_file_config():
             script.run_env()
         return buffer.getvalue()
 

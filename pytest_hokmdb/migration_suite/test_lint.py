@@ -6,8 +6,8 @@ and what to do; warning findings pass but appear in pytest's warnings summary (a
 ``MigrationLintWarning``) and, like the waivers and the linted SQL, in the Allure report.
 Which project is linted (``--migrations-project``, default the rootdir, see conftest.py) and
 the policy per rule come from its ``[tool.hokmdb.migrations]`` (see
-``pytest_hokmdb.migration.lint``). Needs no database, so ``pytest migration_tests/test_lint.py``
-starts no cluster.
+``pytest_hokmdb.migration.lint``). Needs no database unless a revision cannot be rendered offline
+(then its SQL is recorded online, see ``pytest_hokmdb.migration.capture``).
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ import warnings
 import allure
 import pytest
 
-from pytest_hokmdb.migration.history import Revision
+from pytest_hokmdb.migration.capture import online_sql
+from pytest_hokmdb.migration.history import History, Revision
 from pytest_hokmdb.migration.lint import MigrationLinter, MigrationLintWarning
+from pytest_hokmdb.migration.runner import state_before
 from pytest_hokmdb.migration.settings import MigrationSuiteSettings
 
 
@@ -30,10 +32,18 @@ def migration_linter(migration_settings: MigrationSuiteSettings) -> MigrationLin
 
 @allure.feature("Migration verification")
 @allure.story("Lock-safety lint")
-def test_revision_is_lock_safe(migration_linter: MigrationLinter, revision: Revision) -> None:
-    """``revision`` is parametrized by conftest.py over the history, with the revision ids as test ids."""
+def test_revision_is_lock_safe(migration_linter: MigrationLinter, revision: Revision, migration_history: History,
+                               request: pytest.FixtureRequest) -> None:
+    """``revision`` is parametrized by the plugin over the history, with the revision ids as
+    test ids. Offline SQL needs no database; only a revision that cannot be rendered offline
+    gets a throwaway copy at its parent, upgraded while its SQL is recorded."""
     lint_revision = revision.id
-    result = migration_linter.lint(lint_revision)
+
+    def recorded() -> str:
+        database = request.getfixturevalue("migration_database")(state_before(revision))
+        return online_sql(migration_history, database.url, revision.id)
+
+    result = migration_linter.lint(lint_revision, online=recorded)
     allure.dynamic.title(f"revision {lint_revision} is lock-safe")
     allure.attach(
         result.report(), name=f"lint findings {lint_revision}", attachment_type=allure.attachment_type.TEXT
@@ -41,7 +51,7 @@ def test_revision_is_lock_safe(migration_linter: MigrationLinter, revision: Revi
     if result.sql:
         allure.attach(
             result.sql,
-            name=f"offline SQL {lint_revision}",
+            name=f"{result.rendered} SQL {lint_revision}",
             attachment_type=allure.attachment_type.TEXT,
             extension="sql",
         )

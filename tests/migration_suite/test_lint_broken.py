@@ -476,3 +476,27 @@ def test_a_data_change_inside_a_revision_is_refused_and_the_online_way_is_named(
     assert "unbatched-data-change" not in rules(results["r03"]), results["r03"].report()
     assert "-- hokmdb:backfill accounts: run online in batches of 1000 rows" in results["r03"].sql
     assert "unbatched-data-change" not in rules(results["r04"]), results["r04"].report()
+
+
+def test_a_revision_that_cannot_render_offline_is_linted_from_the_sql_it_runs(pytester: pytest.Pytester) -> None:
+    """In the suite, a revision that queries the database (so alembic cannot write it as
+    offline SQL) is linted from the statements it sends while it upgrades a throwaway copy
+    at its parent: its unsafe index is found, not hidden behind offline-sql-unavailable."""
+    history = HISTORY[:1] + [(
+        "r02",
+        "Index emails only when there are accounts (asks the database first).",
+        "",
+        LOCK_TIMEOUT + '    if op.get_bind().execute(sa.text("SELECT count(*) >= 0 FROM accounts")).scalar():\n'
+        '        op.create_index("ix_accounts_email", "accounts", ["email"])',
+    )]
+    make_project(pytester.path, history=history)
+    result = pytester.runpytest_subprocess(
+        "--hokmdb-migrations", "hokmdb-migrations/test_lint.py", "-p", "no:cacheprovider", "-q"
+    )
+    out = result.stdout.str()
+    assert result.ret == 1, out
+    result.stdout.fnmatch_lines(["*revision r02: ?require-concurrent-index-creation?*",
+                                 "*at recorded SQL line *CREATE INDEX ix_accounts_email ON accounts (email)*"],
+                                consecutive=False)
+    assert "offline-sql-unavailable" not in out, out
+    result.stdout.fnmatch_lines(["*1 failed, 1 passed*"])

@@ -45,8 +45,10 @@ and linted twice over:
   ``waiver-without-reason``
       See waivers below.
   ``offline-sql-unavailable``
-      The revision cannot be rendered offline (e.g. it queries the database unconditionally),
-      so nothing of it can be linted.
+      The revision cannot be rendered offline (e.g. it queries the database unconditionally,
+      or env.py has no offline mode) and, in the migration suite, recording its SQL while it
+      upgrades a throwaway copy failed too (``migration/capture.py``): nothing of it can be
+      linted. The deploy's pre-flight lints offline only.
 
 Severity comes from the project's ``LintPolicy`` (``[tool.hokmdb.migrations.lint]``):
 ``error`` fails the revision's test, ``warning`` is reported and does not fail, ``ignored`` is

@@ -70,6 +70,8 @@ class RevisionLint:
     sql: str
     findings: list[Finding] = field(default_factory=list)
     waived: list[Waived] = field(default_factory=list)
+    # "offline": alembic upgrade --sql; "online": recorded while upgrading a throwaway copy.
+    rendered: Literal["offline", "online"] = "offline"
 
     @property
     def errors(self) -> list[Finding]:

@@ -4,6 +4,7 @@ applies the project's policy and the revision's waivers."""
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -172,33 +173,43 @@ class MigrationLinter:
 
     # -- linting
 
-    def lint(self, revision: str) -> RevisionLint:
+    def lint(self, revision: str, *, online: Callable[[], str] | None = None) -> RevisionLint:
+        """Lint ``revision``'s offline SQL; where it cannot be rendered offline (an env.py
+        without offline mode, a revision that queries the database), the SQL ``online()``
+        records while the revision upgrades a throwaway copy (the migration suite passes it)."""
         rev = self.script.get_revision(revision)
         if rev is None:
             raise ConfigError(f"revision {revision} is not in the alembic history")
         path = Path(rev.path)
         source = _read_source(path)
         raw: list[Finding] = []
+        rendered = "offline"
         try:
             sql = self.offline_sql(revision)
         except Exception as exc:  # noqa: BLE001 - any failure of env.py/the revision offline is this finding
-            sql = ""
-            raw.append(
-                self._finding(
-                    revision,
-                    OFFLINE_RULE,
-                    f"cannot be rendered as offline SQL ({type(exc).__name__}: {exc}), so it cannot be linted",
-                    f"alembic upgrade {self._start_label(rev)}:{revision} --sql",
-                    "in offline mode (context.is_offline_mode()) do not query the database; emit SQL instead",
+            sql, offline_error = "", f"{type(exc).__name__}: {exc}"
+            if online is not None:
+                try:
+                    sql, rendered = online(), "online"
+                except Exception as online_exc:  # noqa: BLE001 - reported with the offline reason
+                    offline_error += f"; recording it online failed too: {type(online_exc).__name__}: {online_exc}"
+            if not sql:
+                raw.append(
+                    self._finding(
+                        revision,
+                        OFFLINE_RULE,
+                        f"cannot be rendered as SQL ({offline_error}), so it cannot be linted",
+                        f"alembic upgrade {self._start_label(rev)}:{revision} --sql",
+                        "in offline mode (context.is_offline_mode()) do not query the database; emit SQL instead",
+                    )
                 )
-            )
         if sql:
-            raw += self._check_sql(rev, sql, source)
+            raw += self._check_sql(rev, sql, source, label="offline SQL" if rendered == "offline" else "recorded SQL")
         raw += [
             self._finding(revision, WAIVER_RULE, problem, f"{path}:{line}", "write the reason as a sentence")
             for _rule, problem, line in source.waiver_problems
         ]
-        result = RevisionLint(revision=revision, path=path, sql=sql)
+        result = RevisionLint(revision=revision, path=path, sql=sql, rendered=rendered)
         for finding in raw:
             if finding.severity == "ignored":
                 continue
@@ -223,7 +234,7 @@ class MigrationLinter:
     ) -> Finding:
         return Finding(revision, rule, self.policy.severity(rule), message, where, help, source)
 
-    def _check_sql(self, rev: Script, sql: str, source: _SourceFacts) -> list[Finding]:
+    def _check_sql(self, rev: Script, sql: str, source: _SourceFacts, *, label: str = "offline SQL") -> list[Finding]:
         revision = rev.revision
         facts = _analyse(sql, self._version_table)
         by_line = {line: s for s in facts.statements for line in range(s.start_line, s.end_line + 1)}
@@ -235,11 +246,11 @@ class MigrationLinter:
             """The line itself, and the statement it belongs to when that starts elsewhere."""
             stmt = by_line.get(line)
             if stmt is None:
-                return f"offline SQL line {line}"
+                return f"{label} line {line}"
             if stmt.start_line == line:
-                return f"offline SQL line {line}: {stmt.snippet()}"
+                return f"{label} line {line}: {stmt.snippet()}"
             text = sql_lines[line - 1].strip() if 0 < line <= len(sql_lines) else ""
-            return f"offline SQL line {line}: {text} (in: {stmt.snippet(70)})"
+            return f"{label} line {line}: {text} (in: {stmt.snippet(70)})"
 
         for item in _run_squawk(self.squawk, sql, f"{revision}.sql", self.settings.root):
             line = int(item.get("line", 0)) + 1  # squawk counts lines from 0

@@ -27,6 +27,11 @@ revisions must do to data::
 
     # The same as a plain dict, if you prefer: {"0005": {"before": ..., "after": ...}}
 
+    # Rows a revision needs to run at all (a data migration that reads a row): inserted at
+    # its parent on *every* upgrade through it (round trips, one-command and stepwise
+    # upgrades, templates), as pytest-alembic's before_revision_data.
+    UPGRADE_PATH_DATA = {"0009": {"settings": [{"key": "season", "value": "1"}]}}
+
     SEEDED_DATA = [
         # a realistic data set at head survives head -> 0004 -> head unchanged, and
         # check() finds no broken invariant afterwards
@@ -92,11 +97,20 @@ class SeededData:
 class DataFixtures:
     revision_data: tuple[RevisionData, ...] = ()
     seeded: tuple[SeededData, ...] = ()
+    # {revision: rows}: inserted at the revision's parent on every upgrade through it.
+    upgrade_path: Mapping[str, Rows] = field(default_factory=dict)
+
+    def path_inserts(self) -> dict[str, Callable[[sa.Connection], None]]:
+        """For ``runner.set_upgrade_path_data``: rows already there (a round trip passes a
+        revision twice) are left as they are."""
+        return {revision: (lambda connection, rows=rows: insert_rows(connection, rows, if_absent=True))
+                for revision, rows in self.upgrade_path.items()}
 
     def unknown_revisions(self, history: History) -> list[str]:
         """Fixtures that name revisions the history does not have (a typo tests nothing)."""
         named = [(f"REVISION_DATA {d.revision!r}", d.revision) for d in self.revision_data]
         named += [(f"SEEDED_DATA {s.name!r} from_revision {s.from_revision!r}", s.from_revision) for s in self.seeded]
+        named += [(f"UPGRADE_PATH_DATA {revision!r}", revision) for revision in self.upgrade_path]
         return [
             f"{what} is not a revision of the history ({', '.join(history.ids)})"
             for what, revision in named
@@ -141,7 +155,11 @@ def load_data_fixtures(settings: MigrationSuiteSettings) -> DataFixtures:
     for item in seeded:
         if not isinstance(item, SeededData):
             raise ConfigError(f"{path}: SEEDED_DATA must hold SeededData items, got {item!r}")
-    return DataFixtures(_revision_data(getattr(module, "REVISION_DATA", ()), path), seeded)
+    upgrade_path = getattr(module, "UPGRADE_PATH_DATA", {})
+    if not isinstance(upgrade_path, Mapping) or not all(isinstance(rows, Mapping) for rows in upgrade_path.values()):
+        raise ConfigError(f"{path}: UPGRADE_PATH_DATA must be a dict of revision -> {{table: [rows]}}")
+    return DataFixtures(_revision_data(getattr(module, "REVISION_DATA", ()), path), seeded,
+                        {str(revision): rows for revision, rows in upgrade_path.items()})
 
 
 # --- rows in and out ---------------------------------------------------------------------------
@@ -159,8 +177,9 @@ def _table(connection: sa.Connection, qualified: str) -> sa.Table:
         raise MigrationFailure(f"table {qualified} does not exist") from None
 
 
-def insert_rows(connection: sa.Connection, rows: Rows) -> None:
-    """Insert ``rows`` table by table, in the given order, and commit.
+def insert_rows(connection: sa.Connection, rows: Rows, *, if_absent: bool = False) -> None:
+    """Insert ``rows`` table by table, in the given order, and commit (``if_absent``: a row
+    that conflicts with one already there is skipped).
 
     Fixture rows usually carry explicit ids (children must point at them); the sequences
     behind identity/serial columns are then moved past them, so a data migration that
@@ -171,7 +190,8 @@ def insert_rows(connection: sa.Connection, rows: Rows) -> None:
             if not table_rows:
                 continue
             table = _table(connection, qualified)
-            connection.execute(table.insert(), [dict(r) for r in table_rows])
+            statement = postgresql.insert(table).on_conflict_do_nothing() if if_absent else table.insert()
+            connection.execute(statement, [dict(r) for r in table_rows])
             preparer = connection.dialect.identifier_preparer
             for column in sorted({c for row in table_rows for c in row}):
                 sequence = connection.execute(

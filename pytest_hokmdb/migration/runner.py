@@ -44,7 +44,7 @@ from sqlalchemy.pool import NullPool
 
 from pytest_hokmdb.aio import run_sync
 from pytest_hokmdb.migration.envpy import no_file_config
-from pytest_hokmdb.migration.history import History, MigrationFailure, Revision
+from pytest_hokmdb.migration.history import BASE, History, MigrationFailure, Revision
 from pytest_hokmdb.migration.snapshot import CatalogSnapshot, take_snapshot
 
 T = TypeVar("T")
@@ -82,6 +82,18 @@ class _Progress:
 # script directory, as learnt from the first env.py run of this process: a Stepper that has
 # not run env.py yet (a snapshot of a template) must leave the same table out of its catalog.
 _VERSION_TABLES: dict[str, str] = {}
+
+
+# Rows to insert just before a revision whenever the suite upgrades through it (the data
+# fixtures' UPGRADE_PATH_DATA), per script directory: {revision: insert(connection)}.
+_PATH_DATA: dict[str, dict[str, Callable[[Connection], None]]] = {}
+
+
+def set_upgrade_path_data(history: History, inserts: dict[str, Callable[[Connection], None]]) -> None:
+    """Every upgrade through a revision of ``inserts`` stops at its parent and inserts
+    there first (pytest-alembic's ``before_revision_data``): a data migration that expects
+    rows can be round-tripped, walked and built like any other revision."""
+    _PATH_DATA[history.script.dir] = dict(inserts)
 
 
 # Script directories whose env.py runs its own event loop (asyncio.run): run on a thread.
@@ -233,7 +245,23 @@ class Stepper:
             raise StepFailed(message + _describe_error(exc), revision_id) from exc
 
     def upgrade(self, target: str) -> None:
+        inserts = _PATH_DATA.get(self.history.script.dir)
+        if inserts:
+            self._upgrade_through(target, inserts)
         self._step("upgrade", target)
+
+    def _upgrade_through(self, target: str, inserts: dict[str, Callable[[Connection], None]]) -> None:
+        """Stop at the parent of each revision with upgrade-path rows on the way to ``target``."""
+        script = self.history.script
+        heads = self.heads()
+        self.connection.rollback()
+        for revision_id in [step.revision.revision for step in script._upgrade_revs(target, heads)]:  # oldest first
+            if revision_id not in inserts:
+                continue
+            parent = self.history.by_id[revision_id].parent_target
+            if parent != BASE and parent not in self.heads():
+                self._step("upgrade", parent)
+            inserts[revision_id](self.connection)
 
     def downgrade(self, target: str) -> None:
         self._step("downgrade", target)

@@ -33,6 +33,7 @@ from pytest_hokmdb.fixtures.throwaway import ThrowawayDatabase, create_database,
 from pytest_hokmdb.migration.fixtures import DataFixtures, load_data_fixtures
 from pytest_hokmdb.migration.history import EmptyHistory, History, MigrationFailure, load_history
 from pytest_hokmdb.migration.prerequisites import run_prerequisites
+from pytest_hokmdb.migration.runner import set_upgrade_path_data
 from pytest_hokmdb.migration.settings import MigrationSuiteSettings, load_settings
 from pytest_hokmdb.migration.templates import TemplateCache
 from pytest_hokmdb.migration.walker import Walker
@@ -192,8 +193,11 @@ def migration_settings(pytestconfig: pytest.Config) -> MigrationSuiteSettings:
 
 @pytest.fixture(scope="session")
 def migration_history(pytestconfig: pytest.Config) -> History:
-    """The project's history (its script directory loaded once per process)."""
-    return _history(pytestconfig)
+    """The project's history (its script directory loaded once per process), with the data
+    fixtures' UPGRADE_PATH_DATA inserted on every upgrade through their revisions."""
+    history = _history(pytestconfig)
+    set_upgrade_path_data(history, load_data_fixtures(history.settings).path_inserts())
+    return history
 
 
 @pytest.fixture(scope="session")

@@ -723,3 +723,40 @@ def test_skip_revisions_and_minimum_downgrade_revision(pytester: pytest.Pytester
     text = failure_text(typo, "test_irreversible_list_names_revisions")
     assert "skip_revisions lists 'a9', which is not a revision of the history (a1, a2, a3)" in text, text
     assert "minimum_downgrade_revision is 'zz', which is not a revision" in text, text
+
+
+FEATURED = ("a3", "Feature the red chair: a data migration that needs its row to exist.", """\
+def upgrade():
+    chair = op.get_bind().execute(sa.text("SELECT min(id) FROM items WHERE slug = 'red-chair'")).scalar()
+    if chair is None:
+        raise RuntimeError("there is no red chair to feature")
+    op.add_column("items", sa.Column("featured", sa.Boolean, nullable=False, server_default=sa.false()))
+    op.execute(sa.text("UPDATE items SET featured = true WHERE id = :id").bindparams(id=chair))
+
+
+def downgrade():
+    op.drop_column("items", "featured")
+""")
+
+
+def test_upgrade_path_data_lets_a_data_migration_that_needs_a_row_be_tested(pytester: pytest.Pytester) -> None:
+    """pytest-alembic's before_revision_data: rows inserted at a revision's parent on every
+    upgrade through it, so the round trips, the one-command upgrade and the templates can
+    run a data migration that fails on empty tables."""
+    project = write_project(pytester.path / "shop", extra_revisions={"a4": FEATURED},
+                            extra_model_columns='\n    sa.Column("featured", sa.Boolean, nullable=False, server_default=sa.false()),')
+    bare = run_suite(pytester, project)
+    assert "test_roundtrip.py::test_revision_round_trips[a4]" in failed_tests(bare), bare.stdout.str()
+    assert "there is no red chair to feature" in failure_text(bare, "test_revision_round_trips[a4]")
+
+    with (project / "shop_data.py").open("a") as data:
+        data.write('\nUPGRADE_PATH_DATA = {"a4": {"items": [{"id": 1, "name": "Red Chair", "status": "draft", '
+                   '"slug": "red-chair"}]}}\n')
+    result = run_suite(pytester, project)
+    assert result.ret == 0, result.stdout.str()
+
+    with (project / "shop_data.py").open("a") as data:
+        data.write('\nUPGRADE_PATH_DATA = {"a9": {"items": []}}\n')
+    typo = run_suite(pytester, project)
+    assert "test_data.py::test_data_fixtures_name_revisions_of_the_history" in failed_tests(typo), typo.stdout.str()
+    assert "UPGRADE_PATH_DATA 'a9' is not a revision of the history" in typo.stdout.str()

@@ -10,12 +10,13 @@ revision lock-safe, with a docstring and a real downgrade) plus a models module 
 head, so every check passes and the timings are of green runs. It then times, as whole
 processes, with the same embedded PostgreSQL (binaries and throwaway settings):
 
-  (a) hokmdb's migration suite, ``pytest <repo>/migration_tests --rootdir <project>``,
-      serial and with ``-n 2``. The suite starts its own throwaway cluster per xdist worker
+  (a) hokmdb's migration suite as a project runs it, ``pytest --hokmdb-migrations -m
+      hokmdb_migrations`` in the project's directory, serial and with ``-n 2``. The suite starts its own throwaway cluster per xdist worker
       (the plugin's ``hokmdb_cluster``; it cannot be pointed at another), and that start-up
       is part of what a user pays, so it is part of the figure;
   (b) pytest-alembic 0.13's built-in tests (``pytest --test-alembic``: single head, upgrade,
-      model/DDL match, up/down consistency) on the same project and the benchmark's cluster
+      model/DDL match, up/down consistency) plus its experimental ``downgrade_leaves_no_trace``
+      (the per-revision check hokmdb's round trips make) on the same project and the benchmark's cluster
       (started once, before timing). pytest-alembic is not a dependency of hokmdb, so it lives
       in a virtualenv of its own (``--alembic-venv``, created when missing with hokmdb's alembic
       and SQLAlchemy versions and pytest 8), with psycopg as its driver and a fresh database
@@ -490,9 +491,9 @@ def bench_size(
             sys.executable,
             "-m",
             "pytest",
-            str(ROOT / "migration_tests"),
-            "--rootdir",
-            str(project),
+            "--hokmdb-migrations",
+            "-m",
+            "hokmdb_migrations",
             "-p",
             "no:cacheprovider",
             "-q",
@@ -510,6 +511,10 @@ def bench_size(
         "--test-alembic",
         "--rootdir",
         str(project),
+        # Its experimental per-revision check, so both columns cover the same ground
+        # (hokmdb's round trips prove every downgrade leaves no trace).
+        "-o",
+        "pytest_alembic_include_experimental=downgrade_leaves_no_trace",
         "-p",
         "no:cacheprovider",
         "-q",

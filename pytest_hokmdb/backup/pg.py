@@ -82,6 +82,13 @@ async def admin_target(loaded: LoadedConfig, target: Target) -> Target:
 
         cluster = embedded_cluster_for(loaded)
         return replace(target, user=SUPERUSER, password=cluster.superuser_password, read_only=False)
+    from pytest_hokmdb.db.resolve import local_patroni_for
+
+    local = local_patroni_for(loaded)
+    if local is not None:  # hokmdb's local Patroni cluster: its superuser, on the leader
+        superuser = local.patroni.admin_connect_kwargs()
+        return replace(target, host=str(superuser["host"]), port=int(superuser["port"]),  # type: ignore[call-overload]
+                       user=str(superuser["user"]), password=str(superuser["password"]), read_only=False)
     backup = loaded.config.backup
     if backup.admin_user:
         password = backup.admin_password.get_secret_value() if backup.admin_password else None

@@ -110,6 +110,8 @@ class BackupRecord:
             "verification": self.last_verification,
             "location": self.location,
             "reason": self.manifest.get("reason"),
+            # Where the dump was read: the primary, or a standby and how far behind it was.
+            "source": self.manifest.get("source") or "primary",
         }
 
     def save_manifest(self) -> None:

@@ -136,11 +136,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table(title="backups, newest first")
-    for column in ("id", "kind", "environment", "time", "revision", "size", "verified", "location"):
+    for column in ("id", "kind", "environment", "time", "revision", "size", "verified", "source", "location"):
         table.add_column(column, overflow="fold")
     for r in rows:
         table.add_row(r["id"], r["kind"], r["environment"], str(r.get("time") or ""), r.get("revision") or "-",
-                      _size(r.get("size") or 0), _verified_label(r), r["location"])
+                      _size(r.get("size") or 0), _verified_label(r), r.get("source") or "?", r["location"])
     Console(width=200).print(table)
     if not rows:
         print("no backups found")

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from alembic.script import ScriptDirectory
 
 from pytest_hokmdb.config import LoadedConfig
+from pytest_hokmdb.db.connect import connect
 from pytest_hokmdb.db.target import Target
 from pytest_hokmdb.deploy import history
 from pytest_hokmdb.deploy.lock import Actor, DeployLock
@@ -275,17 +276,35 @@ class DeploySession:
             )
 
     async def finish_history(self, outcome: Outcome) -> None:
-        if self.run_id is None or self.lock.conn is None or self.lock.conn.is_closed():
+        """Record the result on the deploy's row. When the lock's session is gone or its
+        server was demoted (a switchover mid-deploy), through the current primary instead:
+        the row replicated there, and left 'running' the next deploy would call it killed."""
+        if self.run_id is None:
             return
+        fields = dict(result=outcome.result, exit_code=outcome.exit_code, final_revision=outcome.final_revision,
+                      duration_s=outcome.duration_s,
+                      message=redact(outcome.message + "".join(f"; forced unverified: {u}" for u in self.unverified))[:4000])
+        problem: Exception | None = None
+        if self.lock.conn is not None and not self.lock.conn.is_closed():
+            try:
+                async with self.lock._use:
+                    await history.finish_run(self.lock.conn, self.run_id, **fields)  # type: ignore[arg-type]
+                return
+            except Exception as exc:  # noqa: BLE001 - tried again on the current primary
+                problem = exc
         try:
-            async with self.lock._use:
-                await history.finish_run(
-                    self.lock.conn, self.run_id, result=outcome.result, exit_code=outcome.exit_code,
-                    final_revision=outcome.final_revision, duration_s=outcome.duration_s,
-                    message=redact(outcome.message + "".join(f"; forced unverified: {u}" for u in self.unverified))[:4000],
-                )
+            from pytest_hokmdb.db.resolve import resolve_target
+
+            fresh = await resolve_target(self.loaded, start=False)
+            conn = await connect(replace(fresh, user=self.target.user, password=self.target.password, read_only=False))
+            try:
+                await history.finish_run(conn, self.run_id, **fields)  # type: ignore[arg-type]
+            finally:
+                await conn.close()
+            if problem is not None or outcome.exit_code == ExitCode.PRIMARY_CHANGED:
+                log.info("result of deploy #%d recorded on the current primary %s:%d", self.run_id, fresh.host, fresh.port)
         except Exception as exc:  # noqa: BLE001 - the log file still has everything
-            log.error("could not record the result in %s: %s", history.HISTORY_TABLE, redact(str(exc)))
+            log.error("could not record the result in %s: %s", history.HISTORY_TABLE, redact(str(exc or problem)))
 
     # -- applying and reverting -------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 from pytest_hokmdb.config import LoadedConfig
 from pytest_hokmdb.db.connect import connect
-from pytest_hokmdb.db.resolve import embedded_cluster_for, resolve_target
+from pytest_hokmdb.db.resolve import embedded_cluster_for, local_patroni_for, resolve_target
 from pytest_hokmdb.errors import HokmdbError
 from pytest_hokmdb.redaction import redact
 
@@ -32,7 +32,7 @@ async def probe_server(
     from pytest_hokmdb.migrate import current_revision
 
     try:
-        if loaded.config.uses_embedded:
+        if loaded.config.uses_embedded and local_patroni_for(loaded) is None:  # the Patroni mode names its leader
             status = embedded_cluster_for(loaded).status()
             if not status.running:
                 return ServerFacts(f"embedded cluster ({status.data_dir})", problem="not running: started on first use")

@@ -75,9 +75,11 @@ async def test_list_and_cleanup_commands(backup_setup: BackupSetup) -> None:
     rows = json.loads(listing.stdout)
     assert [r["id"] for r in rows] == [newest.id, old_unverified.id, old_verified.id]
     assert [r["verified"] for r in rows] == [False, False, True]
-    assert set(rows[0]) >= {"id", "environment", "time", "revision", "size", "verified", "location"}
+    assert set(rows[0]) >= {"id", "environment", "time", "revision", "size", "verified", "location", "source"}
+    assert rows[0]["source"] == "primary"
     table = rollback(backup_setup, "list-backups", "--environment", "testing")
     assert newest.id in table.stdout and "quick passed" in table.stdout
+    assert "source" in table.stdout and "primary" in table.stdout
 
     dry = rollback(backup_setup, "cleanup", "--environment", "testing", "--count", "1", "--days", "7", "--dry-run", "--no-databases")
     assert dry.returncode == 0, dry.stderr

@@ -25,7 +25,7 @@ ROLLBACKS = {
 }
 DEPLOYS = ("deploy-staging", "deploy-production")
 # Files CI runs or reads: a change to any of them must run the pipeline.
-CI_PATHS = ("tests/**", "Makefile", "scripts/**", "tools/allure/**", "requirements/**", ".ci/**", "conftest.py",
+CI_PATHS = ("tests/**", "Makefile", "scripts/**", "tools/allure/**", "requirements/**", ".ci/**",
             "pytest.ini", "pyproject.toml", "pytest_hokmdb/**", "hokm_profile/**", "migrations/**", "database/**", "smoke/**",
             "migration_tests/**", "bench/**", ".github/workflows/database.yml")
 

@@ -42,7 +42,7 @@ def test_the_jobs_database_steps_pass_as_written(service: EmbeddedCluster, tmp_p
     workdir = tmp_path / "checkout"
     workdir.mkdir()
     for entry in (".venv", "scripts", "database", "smoke", "migrations", "pytest_hokmdb", "alembic.ini", "pyproject.toml",
-                  "pytest.ini", "conftest.py"):
+                  "pytest.ini"):
         (workdir / entry).symlink_to(PROJECT_ROOT / entry)
     job_env, steps = _steps()
     # The service container's address and superuser become this cluster's.

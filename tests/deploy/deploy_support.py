@@ -112,7 +112,7 @@ def new_database(cluster: EmbeddedCluster, template: str | None) -> ThrowawayDat
 
 # -- copies of the project with extra revisions ---------------------------------------------------
 
-_COPIED = ("alembic.ini", "pyproject.toml", "pytest.ini", "conftest.py", "migrations", "smoke", "database/config")
+_COPIED = ("alembic.ini", "pyproject.toml", "pytest.ini", "migrations", "smoke", "database/config")
 
 REVISION_TEMPLATE = '''"""{doc}
 

@@ -152,6 +152,11 @@ def test_a_switchover_mid_deploy_stops_at_a_revision_boundary_and_a_rerun_comple
     assert "the primary changed during the deploy (Patroni's leader is now" in output
     assert "the database is at revision 0009, a revision boundary" in output
     assert "Run the deploy again" in output and PASSWORD not in output
+    # Recorded on the new leader (the row replicated there), not left 'running' for the next
+    # deploy to call killed.
+    recorded_result = asyncio.run(_on_leader(patroni, "SELECT result || ' ' || final_revision FROM hokmdb_deploy_history "
+                                                      "ORDER BY id DESC LIMIT 1"))
+    assert recorded_result == "primary_changed 0009", output
 
     env["HOKMDB_TEST_SLEEP_S"] = "0"
     rerun = subprocess.run([sys.executable, str(DEPLOY), "--environment", "testing", f"--config={config_dir}"],

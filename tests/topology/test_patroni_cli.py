@@ -213,6 +213,27 @@ async def test_a_deploy_finds_the_leader_and_a_lost_primary_names_patronis_new_l
     assert why == f"Patroni's leader is now {leader.host}:{leader.port}, not {target.host}:1"
 
 
+def test_a_backup_is_taken_and_restored_on_the_leader(patroni_env: PatroniEnv, tmp_path: Path) -> None:
+    """Backups and restores in Patroni mode reach the leader as its superuser (creating,
+    renaming and dropping databases), not the embedded cluster that is not running."""
+    config = patroni_env.config_dir / "development.json"
+    data = json.loads(config.read_text())
+    data.setdefault("backup", {})["local_dir"] = str(tmp_path / "backups")
+    config.write_text(json.dumps(data, indent=2))
+    common = ["--environment", ENVIRONMENT, "--config", str(patroni_env.config_dir)]
+    env = {**patroni_env.env, "BACKUP_ENCRYPTION_KEY": "a passphrase for the patroni test backups"}
+    backup = _run([sys.executable, "database/backup.py", *common, "--verify", "none"], env)
+    assert backup.returncode == 0, backup.stdout + backup.stderr
+    asyncio.run(patroni_env.through_pgbouncer(f"INSERT INTO {TABLE} (note) VALUES ('after the backup') RETURNING true"))
+
+    restore = _run([sys.executable, "database/rollback.py", "restore", *common, "--backup-file", "latest", "--no-smoke"],
+                   env)
+    assert restore.returncode == 0, restore.stdout + restore.stderr
+    notes = asyncio.run(patroni_env.through_pgbouncer(f"SELECT array_agg(note) FROM {TABLE}"))
+    assert "after the backup" not in (notes or []), notes  # type: ignore[operator]
+    assert not any(p in backup.stdout + backup.stderr + restore.stdout + restore.stderr for p in patroni_env.passwords)
+
+
 async def test_pgbouncer_follows_the_new_leader_after_a_switchover(patroni_env: PatroniEnv) -> None:
     topology = patroni_env.topology
     old = topology.leader()

@@ -57,21 +57,36 @@ def _inline(statement: str, parameters: Any) -> str:
 def recording() -> Iterator[list[str]]:
     """Every statement any engine of this process executes, while the block runs."""
     lines: list[str] = []
+    # A transaction is written when its connection first runs a statement of the revision's:
+    # the suite's own connection begins one to ask which database it reaches (a statement
+    # left out above) and rolls it back, while env.py may migrate on a connection of its own.
+    # Written eagerly, that BEGIN and the migration's made "BEGIN; BEGIN;", which squawk
+    # reads as a nested transaction (transaction-nesting) in every recorded revision.
+    pending: set[int] = set()
 
-    def on_execute(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
+    def on_execute(conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
         text = statement.strip()
         if text.startswith(_OURS):
             return
+        if id(conn) in pending:
+            pending.discard(id(conn))
+            lines.append("BEGIN;")
         lines.append(_inline(text, parameters).rstrip().rstrip(";") + ";")
 
-    def on_begin(_conn: Any) -> None:
-        lines.append("BEGIN;")
+    def on_begin(conn: Any) -> None:
+        pending.add(id(conn))
 
-    def on_commit(_conn: Any) -> None:
-        lines.append("COMMIT;")
+    def ending(word: str) -> Callable[[Any], None]:
+        def on_end(conn: Any) -> None:
+            if id(conn) in pending:
+                pending.discard(id(conn))  # nothing of the revision's ran in it
+            else:
+                lines.append(f"{word};")
+        return on_end
 
     listeners: list[tuple[str, Callable[..., None]]] = [
-        ("before_cursor_execute", on_execute), ("begin", on_begin), ("commit", on_commit)]
+        ("before_cursor_execute", on_execute), ("begin", on_begin), ("commit", ending("COMMIT")),
+        ("rollback", ending("ROLLBACK"))]
     for name, fn in listeners:
         event.listen(Engine, name, fn)
     try:

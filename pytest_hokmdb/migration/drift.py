@@ -55,6 +55,8 @@ def autogenerate_drift(stepper: Stepper, metadata: sa.MetaData) -> str:
 
 def _constraint_name(constraint: sa.CheckConstraint, dialect: Any) -> str | None:
     """The name the DDL would use (naming conventions applied), unquoted; None if unnamed."""
+    if constraint.name is None:
+        return None  # unnamed and no naming convention: format_constraint asserts on it (SQLAlchemy 2.x)
     try:
         name = dialect.identifier_preparer.format_constraint(constraint)
     except sa.exc.SQLAlchemyError:
@@ -202,7 +204,9 @@ def tables_of(module):
                 yield table
 
 module_name, _, attribute = sys.argv[1].partition(":")
-metadata = getattr(importlib.import_module(module_name), attribute)
+metadata = importlib.import_module(module_name)
+for part in attribute.split("."):
+    metadata = getattr(metadata, part)
 known = set(metadata.tables)
 report = {}
 for name in sys.argv[2:]:

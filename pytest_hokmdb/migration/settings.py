@@ -5,7 +5,7 @@ suite verifies any alembic project::
 
     [tool.hokmdb.migrations]
     alembic_ini = "alembic.ini"
-    metadata = "myapp.models:metadata"          # module:attribute of the SQLAlchemy MetaData (required
+    metadata = "myapp.models:metadata"          # module:attribute (or module:Base.metadata) of the MetaData (required
                                                 # unless [tool.hokmdb] profile names a profile with
                                                 # models; false: the project has no models)
     model_modules = ["myapp.models"]            # every module that must contribute tables
@@ -131,10 +131,18 @@ class MigrationSuiteSettings(BaseModel):
         if not attribute:
             raise ConfigError(f"[tool.hokmdb.migrations] metadata = {self.metadata!r}: use 'module:attribute'")
         try:
-            module = importlib.import_module(module_name)
-            return getattr(module, attribute)
+            return resolve_attribute(importlib.import_module(module_name), attribute)
         except (ImportError, AttributeError) as exc:
             raise ConfigError(f"[tool.hokmdb.migrations] metadata = {self.metadata!r} cannot be loaded: {exc}") from None
+
+
+def resolve_attribute(module: Any, attribute: str) -> Any:
+    """``attribute`` of ``module``, dotted as in an entry point (``models:Base.metadata``, where
+    most projects keep their MetaData: alembic's own env.py template says ``mymodel.Base.metadata``)."""
+    value = module
+    for part in attribute.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def load_settings(root: Path) -> MigrationSuiteSettings:

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 from alembic.script import Script, ScriptDirectory
+from sqlalchemy.engine import make_url
 
 from pytest_hokmdb.errors import ConfigError
 from pytest_hokmdb.migration.envpy import no_file_config
@@ -42,6 +43,23 @@ from pytest_hokmdb.migration.lint.squawk import (
     find_squawk,
 )
 from pytest_hokmdb.migration.settings import MigrationSuiteSettings
+
+
+def _is_postgresql(url: str | None) -> bool:
+    try:
+        return bool(url) and make_url(str(url)).get_backend_name() == "postgresql"
+    except Exception:  # noqa: BLE001 - a placeholder or interpolated URL is not a PostgreSQL one
+        return False
+
+
+def _offline_url() -> str:
+    """A PostgreSQL URL whose driver is installed: ``postgresql://`` means psycopg under
+    SQLAlchemy 2.1 (psycopg2 before), and a project may have neither; asyncpg is hokmdb's own."""
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") or importlib.util.find_spec("psycopg2"):
+        return "postgresql://"
+    return "postgresql+asyncpg://"
 
 
 def _parents(rev: Script) -> tuple[str, ...]:
@@ -91,9 +109,12 @@ class MigrationLinter:
             cfg.set_main_option("script_location", str(self.settings.resolve(self.settings.script_location)))
         else:
             cfg.set_main_option("script_location", resolve_script_location(cfg, self.settings, ini))
-        if not cfg.get_main_option("sqlalchemy.url"):
-            # Offline rendering only needs the dialect; the stock env.py reads it from here.
-            cfg.set_main_option("sqlalchemy.url", "postgresql://")
+        if not _is_postgresql(cfg.get_main_option("sqlalchemy.url")):
+            # Offline rendering only needs the dialect; the stock env.py reads it from here. The
+            # ini's own URL may name another database (optuna ships sqlite:///alembic.db, buildbot
+            # alembic's driver:// placeholder): rendered for SQLite, batch operations would be
+            # linted as the copy-and-move SQL PostgreSQL never runs, or not rendered at all.
+            cfg.set_main_option("sqlalchemy.url", _offline_url())
         return cfg
 
     @property
@@ -312,7 +333,7 @@ class MigrationLinter:
                     UNBATCHED_RULE,
                     f"changes the rows of existing table {table} in one statement inside the revision: every row it "
                     "touches stays locked until the revision commits (with any ACCESS EXCLUSIVE lock the revision took), "
-                    "which on a table of game size stalls the game for as long as the whole table takes",
+                    "which on a large table stalls every writer for as long as the whole table takes",
                     where(change.statement.start_line),
                     "make it an online backfill in a revision of its own: backfill(table, set_=..., where=<rows that "
                     "still need it>) from pytest_hokmdb.migration.online, committed in batches, after an expand "

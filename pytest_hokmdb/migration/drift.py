@@ -39,10 +39,17 @@ def autogenerate_drift(stepper: Stepper, metadata: sa.MetaData) -> str:
 
     def inspect(heads: Any, context: MigrationContext) -> list[Any]:
         script = produce_migrations(context, metadata)
-        if script.upgrade_ops is not None and not script.upgrade_ops.is_empty():
-            # Without migration_context: given one, alembic 1.20 looks for target_metadata in
-            # the render options and refuses to render. The default dialect renders the same ops.
-            rendered.append(render_python_code(script.upgrade_ops))
+        # env.py's process_revision_directives hook sees (and may edit or veto) the
+        # operations, as it does in `alembic check` and `alembic revision --autogenerate`.
+        directives = [script]
+        hook = context.opts.get("process_revision_directives")
+        if hook:
+            hook(context, heads, directives)
+        for directive in directives:
+            if directive.upgrade_ops is not None and not directive.upgrade_ops.is_empty():
+                # Without migration_context: given one, alembic 1.20 looks for target_metadata in
+                # the render options and refuses to render. The default dialect renders the same ops.
+                rendered.append(render_python_code(directive.upgrade_ops))
         return []  # nothing to run: env.py only had to configure the context
 
     stepper.run_env(inspect)

@@ -177,6 +177,17 @@ def _table(connection: sa.Connection, qualified: str) -> sa.Table:
         raise MigrationFailure(f"table {qualified} does not exist") from None
 
 
+def _has_key(table: sa.Table) -> bool:
+    """A primary key, unique constraint or unique index: what ON CONFLICT can detect."""
+    return bool(table.primary_key.columns) or any(isinstance(c, sa.UniqueConstraint) for c in table.constraints) \
+        or any(index.unique for index in table.indexes)
+
+
+def _present(connection: sa.Connection, table: sa.Table, row: Mapping[str, Any]) -> bool:
+    match = sa.and_(*(table.c[column].is_not_distinct_from(value) for column, value in row.items()))
+    return connection.execute(sa.select(sa.literal(1)).select_from(table).where(match).limit(1)).first() is not None
+
+
 def insert_rows(connection: sa.Connection, rows: Rows, *, if_absent: bool = False) -> None:
     """Insert ``rows`` table by table, in the given order, and commit (``if_absent``: a row
     that conflicts with one already there is skipped).
@@ -191,6 +202,12 @@ def insert_rows(connection: sa.Connection, rows: Rows, *, if_absent: bool = Fals
                 continue
             table = _table(connection, qualified)
             statement = postgresql.insert(table).on_conflict_do_nothing() if if_absent else table.insert()
+            if if_absent and not _has_key(table):
+                # No key for ON CONFLICT to find an existing row by: a row is there when one
+                # equals it on every column it names.
+                table_rows = [r for r in table_rows if not _present(connection, table, r)]
+                if not table_rows:
+                    continue
             connection.execute(statement, [dict(r) for r in table_rows])
             preparer = connection.dialect.identifier_preparer
             for column in sorted({c for row in table_rows for c in row}):
@@ -336,10 +353,10 @@ def _multiset_minus(a: list[str], b: list[str]) -> list[str]:
 def seeded_round_trip(stepper: Stepper, history: History, seeded: SeededData) -> None:
     """At head with seeded data: downgrade to ``from_revision``, upgrade to head; every
     table must hold exactly the rows it held before."""
-    head = history.head
+    head = ", ".join(history.head_state)
     before = table_contents(stepper)
     stepper.downgrade(seeded.from_revision)
-    stepper.upgrade(head)
+    stepper.upgrade(history.head_target)
     problems = contents_diff(before, table_contents(stepper))
     if problems:
         raise MigrationFailure(

@@ -112,6 +112,25 @@ class History:
             raise MigrationFailure(problem)
         return self.heads[0]
 
+    @property
+    def head_state(self) -> tuple[str, ...]:
+        """The heads the tests "at head" build, compare and downgrade from: the single head;
+        or, when the project turned rule ``single-head`` down (warning or ignored), every
+        head, as ``alembic upgrade heads`` does. With the rule at error, several heads fail
+        here with the head test's message."""
+        if not self.revisions:
+            raise EmptyHistory(empty_history_problem(self))
+        problem = head_problem(self)
+        if problem and self.settings.rule_severity("single-head") == "error":
+            raise MigrationFailure(problem)
+        return tuple(sorted(self.heads))
+
+    @property
+    def head_target(self) -> str:
+        """What to upgrade to for ``head_state``: the head, or ``heads``."""
+        state = self.head_state
+        return state[0] if len(state) == 1 else "heads"
+
     @functools.cached_property
     def is_linear(self) -> bool:
         """No branch and no merge: every revision has at most one parent and one child."""

@@ -99,6 +99,16 @@ def set_upgrade_path_data(history: History, inserts: dict[str, Callable[[Connect
 # Script directories whose env.py runs its own event loop (asyncio.run): run on a thread.
 _THREADED_ENVS: set[str] = set()
 
+# Script directories whose env.py wants an *engine* in config.attributes["connection"]
+# (pytest-alembic's setup: ``connectable = config.attributes.get("connection")`` and then
+# ``with connectable.connect() as connection``): given one for the throwaway database.
+_ENGINE_ENVS: set[str] = set()
+
+
+def _wants_an_engine(exc: AttributeError, connection: Connection) -> bool:
+    """env.py called ``connect()`` on the Connection the suite handed over."""
+    return exc.name == "connect" and exc.obj is connection
+
 
 def _database_of(connection: Connection) -> tuple[Any, ...]:
     """Which database a connection reaches (server port, database): env.py's own connection
@@ -195,16 +205,22 @@ class Stepper:
         try:
             with EnvironmentContext(config, script, fn=checked, as_sql=False, destination_rev=destination), \
                     no_file_config():
-                if script.dir in _THREADED_ENVS:
-                    _run_env_on_a_thread(script)
-                else:
+                while True:  # at most three tries: as it is, on a thread, with an engine
+                    config.attributes["connection"] = self._handover(script.dir)
                     try:
-                        script.run_env()
+                        if script.dir in _THREADED_ENVS:
+                            _run_env_on_a_thread(script)
+                        else:
+                            script.run_env()
+                        break
                     except RuntimeError as exc:
-                        if progress.env_ran or "running event loop" not in str(exc):
+                        if progress.env_ran or script.dir in _THREADED_ENVS or "running event loop" not in str(exc):
                             raise
                         _THREADED_ENVS.add(script.dir)  # an async env.py of its own: asyncio.run
-                        _run_env_on_a_thread(script)
+                    except AttributeError as exc:
+                        if progress.env_ran or script.dir in _ENGINE_ENVS or not _wants_an_engine(exc, self.connection):
+                            raise
+                        _ENGINE_ENVS.add(script.dir)  # pytest-alembic's env.py: connectable.connect()
         finally:
             if previous is None:
                 config.attributes.pop("connection", None)
@@ -215,6 +231,17 @@ class Stepper:
             raise MigrationFailure(
                 f"{script.env_py_location} never called context.run_migrations(), so nothing was migrated"
             )
+
+    def _handover(self, script_dir: str) -> Any:
+        """What env.py finds in ``config.attributes["connection"]``: our connection, or, for
+        an env.py that calls ``connect()`` on it as pytest-alembic's setup does, an engine for
+        the same database (an AsyncEngine for one that runs its own event loop on a thread; else
+        the sync face of one, usable on this greenlet). Its connections are env.py's own, which
+        the checks accept because they reach the database under test."""
+        if script_dir not in _ENGINE_ENVS:
+            return self.connection
+        engine = create_async_engine(self.connection.engine.url, poolclass=NullPool, hide_parameters=True)
+        return engine if script_dir in _THREADED_ENVS else engine.sync_engine
 
     def _step(self, direction: str, target: str) -> None:
         script = self.history.script

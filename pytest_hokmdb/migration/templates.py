@@ -69,7 +69,7 @@ class TemplateCache:
             return self._databases[state].name
         if state in self._failures:
             raise MigrationFailure(f"the database at {', '.join(state)} cannot be built: {self._failures[state]}")
-        start = () if state == tuple(self.history.heads) else self._nearest_built(state)
+        start = () if state == tuple(sorted(self.history.heads)) else self._nearest_built(state)
         # Several heads (a merge's parents): upgrade to each in upgrade order.
         targets = [head for head in sorted(state, key=self._order) if head not in start]
         db = self._create(f"{self._prefix}_{next(self._counter)}", self.template(start))

@@ -51,7 +51,7 @@ def test_revision_keeps_its_data(
 def test_seeded_data_survives_a_round_trip(
     seeded_data: SeededData, migration_history: History, migration_database: DatabaseAt
 ) -> None:
-    db = migration_database((migration_history.head,))
+    db = migration_database(migration_history.head_state)
     seeded_data.seed(db.dsn)
     with_stepper(migration_history, db.url, lambda s: seeded_round_trip(s, migration_history, seeded_data))
     if seeded_data.check is not None:

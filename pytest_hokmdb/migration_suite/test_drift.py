@@ -35,13 +35,13 @@ def metadata(migration_settings: MigrationSuiteSettings) -> sa.MetaData:
 @pytest.fixture
 def head_database(migration_history: History, migration_templates: TemplateCache) -> ThrowawayDatabase:
     """The worker's template at head, read in place: these checks only read the catalog."""
-    return migration_templates.read_only((migration_history.head,))
+    return migration_templates.read_only(migration_history.head_state)
 
 
 def test_models_match_the_migrations_at_head(
     migration_history: History, head_database: ThrowawayDatabase, metadata: sa.MetaData
 ) -> None:
-    head, db = migration_history.head, head_database
+    head, db = ", ".join(migration_history.head_state), head_database
     operations = with_stepper(migration_history, db.url, lambda stepper: autogenerate_drift(stepper, metadata))
     if operations:
         raise MigrationFailure(
@@ -58,7 +58,7 @@ def test_every_model_module_contributes_to_the_metadata(migration_settings: Migr
 def test_check_constraints_match_the_models(
     migration_history: History, head_database: ThrowawayDatabase, metadata: sa.MetaData
 ) -> None:
-    head, db = migration_history.head, head_database
+    head, db = ", ".join(migration_history.head_state), head_database
     problems = with_stepper(migration_history, db.url, lambda s: check_constraint_drift(s.connection, metadata))
     if problems:
         raise MigrationFailure(f"CHECK constraints at head ({head}) differ from the models:\n" + "\n".join(problems))
@@ -67,7 +67,7 @@ def test_check_constraints_match_the_models(
 def test_enum_labels_match_the_models(
     migration_history: History, head_database: ThrowawayDatabase, metadata: sa.MetaData
 ) -> None:
-    head, db = migration_history.head, head_database
+    head, db = ", ".join(migration_history.head_state), head_database
     problems = with_stepper(migration_history, db.url, lambda s: enum_drift(s.connection, metadata))
     if problems:
         raise MigrationFailure(f"enum types at head ({head}) differ from the models:\n" + "\n".join(problems))

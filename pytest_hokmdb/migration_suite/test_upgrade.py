@@ -26,9 +26,10 @@ def test_upgrade_from_base_to_head_in_one_go(
     migration_templates: TemplateCache,
     migration_walker: Walker | None,
 ) -> None:
-    head = migration_history.head
+    state = migration_history.head_state
+    head = ", ".join(state)
     # The head template is built from empty by one `upgrade head`, its recorded heads checked.
-    in_one_go = migration_templates.snapshot((head,))
+    in_one_go = migration_templates.snapshot(state)
     assert in_one_go is not None
 
     def upgrade_each(stepper: Stepper) -> CatalogSnapshot:
@@ -50,7 +51,8 @@ def test_upgrade_from_base_to_head_in_one_go(
 def test_downgrade_from_head_in_one_go(
     migration_history: History, migration_database: DatabaseAt, migration_templates: TemplateCache
 ) -> None:
-    head, floor = migration_history.head, migration_history.downgrade_floor
+    state, floor = migration_history.head_state, migration_history.downgrade_floor
+    head = ", ".join(state)
     floor_state: tuple[str, ...] = () if floor == BASE else (floor,)
 
     def downgrade_all(stepper: Stepper) -> CatalogSnapshot:
@@ -58,7 +60,7 @@ def test_downgrade_from_head_in_one_go(
         stepper.expect_heads(floor_state, f"downgrade {head} -> {floor}")
         return stepper.snapshot()
 
-    after = with_stepper(migration_history, migration_database((head,)).url, downgrade_all)
+    after = with_stepper(migration_history, migration_database(state).url, downgrade_all)
     expected = migration_templates.snapshot(floor_state) or with_stepper(
         migration_history, migration_database(()).url, lambda stepper: stepper.snapshot()
     )

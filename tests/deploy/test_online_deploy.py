@@ -129,7 +129,9 @@ async def test_deploying_0004_to_head_and_rolling_back_under_game_traffic_fails_
     assert steps["gate"].status == "ok", steps["gate"].detail
     # The rollback goes through the same online machinery backwards, and passes its gate too.
     assert code == 0, rollback_out
-    assert "VACUUM public.moves" in rollback_out and await env.revision() == "0004"
+    # Its tidy step, too, VACUUMs moves, or only ANALYZEs it when autovacuum got there first.
+    assert "VACUUM public.moves" in rollback_out or "ANALYZE public.moves" in rollback_out, rollback_out
+    assert await env.revision() == "0004"
     assert max(game.latencies) < 1.5, max(game.latencies)
 
 

@@ -352,7 +352,7 @@ class MigrationLinter:
                 self._finding(
                     revision,
                     RAISES_TIMEOUT_RULE,
-                    f"raises {setting.name}: {raised}, above the deploy's {limit:g} ms; every game query queued "
+                    f"raises {setting.name}: {raised}, above the deploy's {limit:g} ms; every query queued "
                     f"behind this revision's locks would wait that long",
                     where(setting.statement.start_line),
                     f"remove the SET: the deploy sets {setting.name} for every statement (a revision may only lower "

@@ -62,6 +62,31 @@ async def test_lifecycle_is_idempotent_and_keeps_data(cluster_dir: Path) -> None
     assert not cluster_dir.exists()
 
 
+async def test_throwaway_clusters_are_copies_with_a_password_of_their_own(tmp_path: Path) -> None:
+    """Throwaway clusters copy a pristine initdb instead of running initdb; each copy's
+    superuser still has its own password (set as a SCRAM verifier: never in the server log),
+    and the pristine directory is made without any (initdb without a password file)."""
+    first = EmbeddedCluster(tmp_path / "one", settings=dict(THROWAWAY_SETTINGS))
+    second = EmbeddedCluster(tmp_path / "two", settings=dict(THROWAWAY_SETTINGS))
+    try:
+        first.start()
+        second.start()
+        assert first.superuser_password != second.superuser_password
+        for cluster in (first, second):
+            assert await admin_fetchval(cluster, "SELECT rolpassword LIKE 'SCRAM-SHA-256$4096:%' FROM pg_authid "
+                                                 "WHERE rolname = current_user") is True
+            assert cluster.superuser_password not in cluster.log_file.read_text()
+            assert "PASSWORD" not in cluster.log_file.read_text()
+        wrong = dict(first.admin_connect_kwargs(), password=second.superuser_password)
+        with pytest.raises(asyncpg.InvalidPasswordError):
+            await asyncpg.connect(**wrong)  # type: ignore[arg-type]
+    finally:
+        first.destroy()
+        second.destroy()
+    pristine = [p for p in Path(tempfile.gettempdir()).glob(f"hokmdb-pristine-{os.getuid()}/*") if p.is_dir()]
+    assert pristine and all((p / "PG_VERSION").is_file() for p in pristine)
+
+
 @pytest.mark.skipif(not IS_ROOT, reason="checks how hokmdb handles being run as root; this run is not root")
 async def test_as_root_the_server_runs_as_an_unprivileged_account(cluster_dir: Path) -> None:
     cluster = EmbeddedCluster(cluster_dir, settings=dict(THROWAWAY_SETTINGS))

@@ -22,9 +22,6 @@ from sqlalchemy.engine import Engine
 from pytest_hokmdb.migration.history import History
 from pytest_hokmdb.migration.runner import with_stepper
 
-# What the suite itself asks on the way (which database env.py's connection reaches).
-_OURS = ("SELECT inet_server_port(), current_database()",)
-
 
 def _literal(value: Any) -> str:
     if value is None:
@@ -57,17 +54,14 @@ def _inline(statement: str, parameters: Any) -> str:
 def recording() -> Iterator[list[str]]:
     """Every statement any engine of this process executes, while the block runs."""
     lines: list[str] = []
-    # A transaction is written when its connection first runs a statement of the revision's:
-    # the suite's own connection begins one to ask which database it reaches (a statement
-    # left out above) and rolls it back, while env.py may migrate on a connection of its own.
-    # Written eagerly, that BEGIN and the migration's made "BEGIN; BEGIN;", which squawk
-    # reads as a nested transaction (transaction-nesting) in every recorded revision.
+    # A transaction is written when its connection first runs a statement: the suite's own
+    # connection may begin one and roll it back unused while env.py migrates on a connection
+    # of its own. Written eagerly, those BEGINs made "BEGIN; BEGIN;", which squawk reads as a
+    # nested transaction (transaction-nesting) in every recorded revision.
     pending: set[int] = set()
 
     def on_execute(conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
         text = statement.strip()
-        if text.startswith(_OURS):
-            return
         if id(conn) in pending:
             pending.discard(id(conn))
             lines.append("BEGIN;")

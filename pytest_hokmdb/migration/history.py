@@ -103,16 +103,6 @@ class History:
             raise MigrationFailure(f"revision {revision_id} is not in the history ({', '.join(self.ids)})") from None
 
     @property
-    def head(self) -> str:
-        """The single head; a history with several fails here with the same message as the head test."""
-        if not self.revisions:
-            raise EmptyHistory(empty_history_problem(self))
-        problem = head_problem(self)
-        if problem:
-            raise MigrationFailure(problem)
-        return self.heads[0]
-
-    @property
     def head_state(self) -> tuple[str, ...]:
         """The heads the tests "at head" build, compare and downgrade from: the single head;
         or, when the project turned rule ``single-head`` down (warning or ignored), every

@@ -29,7 +29,6 @@ thread), so a walker database (``walker.py``) pays for connecting once, not once
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool
 
 from pytest_hokmdb.aio import run_sync
-from pytest_hokmdb.migration.envpy import no_file_config
+from pytest_hokmdb.migration.envpy import installed_postgresql_driver, no_file_config
 from pytest_hokmdb.migration.history import BASE, History, MigrationFailure, Revision
 from pytest_hokmdb.migration.snapshot import CatalogSnapshot, take_snapshot
 
@@ -111,10 +110,11 @@ def _wants_an_engine(exc: AttributeError, connection: Connection) -> bool:
 
 
 def _database_of(connection: Connection) -> tuple[Any, ...]:
-    """Which database a connection reaches (server port, database): env.py's own connection
-    is accepted when it reaches the throwaway database under test."""
-    row = connection.exec_driver_sql("SELECT inet_server_port(), current_database()").one()
-    return tuple(row)
+    """Which database a connection reaches, from its engine's URL (host, port, database):
+    env.py's own connection is accepted when it reaches the throwaway database under test.
+    Read from the URL, not asked of the server: this runs on every env.py run."""
+    url = connection.engine.url
+    return (url.host, url.port or 5432, url.database)
 
 
 def _url_for_env(connection: Connection, configured: str | None) -> str:
@@ -123,7 +123,6 @@ def _url_for_env(connection: Connection, configured: str | None) -> str:
     first PostgreSQL driver installed."""
     from sqlalchemy.engine import make_url
 
-    url = connection.engine.url
     driver = None
     if configured:
         try:
@@ -131,9 +130,8 @@ def _url_for_env(connection: Connection, configured: str | None) -> str:
         except Exception:  # noqa: BLE001 - an interpolated or placeholder URL: choose a driver below
             driver = None
     if not driver or not driver.startswith("postgresql"):
-        driver = next((name for module, name in (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql+psycopg2"))
-                       if importlib.util.find_spec(module) is not None), "postgresql+asyncpg")
-    return url.set(drivername=driver).render_as_string(hide_password=False)
+        driver = installed_postgresql_driver()
+    return connection.engine.url.set(drivername=driver).render_as_string(hide_password=False)
 
 
 def _run_env_on_a_thread(script: Any) -> None:

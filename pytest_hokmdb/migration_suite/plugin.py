@@ -117,7 +117,7 @@ def describe_project(config: pytest.Config) -> str:
     """What the suite reads: the project, the script directory alembic loads, the revisions."""
     settings = suite_settings(config)
     try:
-        history = _history(config)
+        history = load_history(settings)
     except ConfigError as exc:
         return f"hokmdb migration suite: project {settings.root}: {exc.message}"
     ids = history.ids

@@ -14,7 +14,7 @@ from alembic.script import Script, ScriptDirectory
 from sqlalchemy.engine import make_url
 
 from pytest_hokmdb.errors import ConfigError
-from pytest_hokmdb.migration.envpy import no_file_config
+from pytest_hokmdb.migration.envpy import installed_postgresql_driver, no_file_config
 from pytest_hokmdb.migration.history import resolve_script_location
 from pytest_hokmdb.migration.lint.findings import (
     CONCURRENTLY_RULE,
@@ -50,16 +50,6 @@ def _is_postgresql(url: str | None) -> bool:
         return bool(url) and make_url(str(url)).get_backend_name() == "postgresql"
     except Exception:  # noqa: BLE001 - a placeholder or interpolated URL is not a PostgreSQL one
         return False
-
-
-def _offline_url() -> str:
-    """A PostgreSQL URL whose driver is installed: ``postgresql://`` means psycopg under
-    SQLAlchemy 2.1 (psycopg2 before), and a project may have neither; asyncpg is hokmdb's own."""
-    import importlib.util
-
-    if importlib.util.find_spec("psycopg") or importlib.util.find_spec("psycopg2"):
-        return "postgresql://"
-    return "postgresql+asyncpg://"
 
 
 def _parents(rev: Script) -> tuple[str, ...]:
@@ -114,7 +104,7 @@ class MigrationLinter:
             # ini's own URL may name another database (optuna ships sqlite:///alembic.db, buildbot
             # alembic's driver:// placeholder): rendered for SQLite, batch operations would be
             # linted as the copy-and-move SQL PostgreSQL never runs, or not rendered at all.
-            cfg.set_main_option("sqlalchemy.url", _offline_url())
+            cfg.set_main_option("sqlalchemy.url", f"{installed_postgresql_driver()}://")
         return cfg
 
     @property

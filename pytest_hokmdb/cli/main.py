@@ -13,10 +13,14 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pytest_hokmdb.cli.common import run_cli, setup_logging
 from pytest_hokmdb.config import ENVIRONMENTS, LoadedConfig, load_config
 from pytest_hokmdb.errors import ConfigError, ExitCode, HokmdbError, Refused
+
+if TYPE_CHECKING:
+    from pytest_hokmdb.cluster.topology import LocalTopology
 
 log = logging.getLogger("hokmdb")
 
@@ -86,18 +90,24 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         if args.action != "stop":
             raise ConfigError("--all goes with `hokmdb cluster stop` only")
         for environment in EMBEDDED_ENVIRONMENTS:
-            print(f"{environment}: {_stop_local(environment, args.config_path)}")
+            # Stopping the rest must not depend on one environment's config (make clean).
+            try:
+                said = _stop_local(_load_embedded(environment, args.config_path))
+            except HokmdbError as exc:
+                said = f"skipped: {exc.message}"
+            print(f"{environment}: {said}")
         return 0
     loaded = _load_embedded(args.environment, args.config_path)
-    if local_patroni_for(loaded) is not None:
+    if args.action == "stop":
+        print(_stop_local(loaded))
+        return 0
+    patroni = local_patroni_for(loaded)
+    if patroni is not None:
         if args.action == "start":
             raise ConfigError(
                 f"{args.environment} runs on its local Patroni topology (topology.local: \"patroni\"), not on the "
                 "embedded cluster", hint=f"start it with `hokmdb topology start --environment {args.environment}`")
-        if args.action == "stop":
-            print(_stop_local(args.environment, args.config_path))
-        else:
-            print(local_patroni_for(loaded).status().describe())  # type: ignore[union-attr]
+        print(patroni.status().describe())
         return 0
     cluster = embedded_cluster_for(loaded)
     if args.action == "start":
@@ -105,26 +115,17 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         target = run_sync(resolve_target(loaded, provision_embedded=True))
         print(cluster.status().describe())
         print(f"connect: {target.dsn()}  (password: DB_PASSWORD_* or {cluster.state_file})")
-    elif args.action == "stop":
-        print(_stop_local(args.environment, args.config_path))
     else:
         print(cluster.status().describe())
     return 0
 
 
-def _stop_local(environment: str, config_path: str | None) -> str:
-    """Stop every server hokmdb runs for ``environment``: its local topology's PgBouncer and
-    standby (or its Patroni nodes and etcd), then the embedded cluster. Data is kept. An
-    environment whose config does not load, or that uses an external server, is said so and
-    skipped: stopping the rest must not depend on it (``make clean``)."""
-    from pytest_hokmdb.cluster.topology import LocalTopology
+def _stop_local(loaded: LoadedConfig) -> str:
+    """Stop every server hokmdb runs for the environment: its local topology's PgBouncer and
+    standby (or its Patroni nodes and etcd), then the embedded cluster. Data is kept."""
     from pytest_hokmdb.db import embedded_cluster_for
-    from pytest_hokmdb.db.resolve import EMBEDDED_MONITOR_USER, local_patroni_for
+    from pytest_hokmdb.db.resolve import local_patroni_for
 
-    try:
-        loaded = _load_embedded(environment, config_path)
-    except HokmdbError as exc:
-        return f"skipped: {exc.message}"
     said: list[str] = []
     local = local_patroni_for(loaded)
     if local is not None:
@@ -132,19 +133,25 @@ def _stop_local(environment: str, config_path: str | None) -> str:
     cluster = embedded_cluster_for(loaded)
     settings = loaded.config.topology
     if settings is not None and settings.local is True:
-        db = loaded.config.database
-        topology = LocalTopology(cluster, pooler_roles=(db.user, db.monitor_user or EMBEDDED_MONITOR_USER))
-        said.append(topology.stop().describe().replace("\n", "; "))
+        said.append(_light_topology(loaded).stop().describe().replace("\n", "; "))
     elif local is None or cluster.is_running():
         said.append(("stopped" if cluster.stop() else "was not running") + " - " + cluster.status().describe())
     return "; ".join(said)
 
 
+def _light_topology(loaded: LoadedConfig) -> LocalTopology:
+    """``topology.local: true``: the embedded cluster as primary, its standby and PgBouncer."""
+    from pytest_hokmdb.cluster.topology import LocalTopology
+    from pytest_hokmdb.db import embedded_cluster_for
+    from pytest_hokmdb.db.resolve import EMBEDDED_MONITOR_USER
+
+    db = loaded.config.database
+    return LocalTopology(embedded_cluster_for(loaded), pooler_roles=(db.user, db.monitor_user or EMBEDDED_MONITOR_USER))
+
+
 def cmd_topology(args: argparse.Namespace) -> int:
     from pytest_hokmdb.aio import run_sync
-    from pytest_hokmdb.cluster.topology import LocalTopology
-    from pytest_hokmdb.db import embedded_cluster_for, resolve_target
-    from pytest_hokmdb.db.resolve import EMBEDDED_MONITOR_USER
+    from pytest_hokmdb.db import resolve_target
 
     if args.action == "resume":
         return run_sync(_resume_pool(args))
@@ -160,8 +167,7 @@ def cmd_topology(args: argparse.Namespace) -> int:
         )
     if settings.local == "patroni":
         return _patroni_topology(args, loaded)
-    db = loaded.config.database
-    topology = LocalTopology(embedded_cluster_for(loaded), pooler_roles=(db.user, db.monitor_user or EMBEDDED_MONITOR_USER))
+    topology = _light_topology(loaded)
     if args.action == "start":
         # Setup, like `cluster start`: roles and database first, so PgBouncer knows them.
         target = run_sync(resolve_target(loaded, provision_embedded=True))

@@ -223,25 +223,18 @@ class EmbeddedCluster:
         if self.user.switches:
             os.chown(pwfile, self.user.uid, self.user.gid)
         try:
-            self._run(
-                [
-                    str(self.bin_dir / "initdb"),
-                    "-D", str(self.data_dir),
-                    "-U", SUPERUSER,
-                    f"--pwfile={pwfile}",
-                    "--auth-local=trust",
-                    "--auth-host=scram-sha-256",
-                    "--encoding=UTF8",
-                    "--no-locale",
-                    *(["--no-sync"] if self.settings.get("fsync") == "off" else []),
-                ]
-            )
+            self._run(self._initdb(self.data_dir, f"--pwfile={pwfile}"))
         finally:
             pwfile.unlink(missing_ok=True)
         conf = self.data_dir / "postgresql.conf"
         with conf.open("a") as handle:
             handle.write(f"\ninclude_if_exists = '{_CONF_INCLUDE}'\n")
         self._write_state(superuser_password=password, created_by=os.getuid())
+
+    def _initdb(self, data_dir: Path, *extra: str) -> list[str]:
+        """initdb's command line: scram for TCP, trust on the socket, UTF8 without a locale."""
+        return [str(self.bin_dir / "initdb"), "-D", str(data_dir), "-U", SUPERUSER, "--auth-local=trust",
+                "--auth-host=scram-sha-256", "--encoding=UTF8", "--no-locale", *extra]
 
     def _pristine(self) -> Path:
         """The pristine data directory for this installation and server account, made once
@@ -261,8 +254,7 @@ class EmbeddedCluster:
             building = root / f"{key}.building-{os.getpid()}"
             shutil.rmtree(building, ignore_errors=True)
             self._own(building)
-            self._run([str(self.bin_dir / "initdb"), "-D", str(building), "-U", SUPERUSER, "--auth-local=trust",
-                       "--auth-host=scram-sha-256", "--encoding=UTF8", "--no-locale", "--no-sync"])
+            self._run(self._initdb(building, "--no-sync"))
             building.rename(pristine)
         return pristine
 

@@ -12,7 +12,6 @@ downgrade to base all see the same base.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,16 +22,11 @@ from pytest_hokmdb.aio import run_sync
 from pytest_hokmdb.errors import ConfigError
 from pytest_hokmdb.migration.history import History, MigrationFailure
 from pytest_hokmdb.migration.runner import Stepper, with_stepper
+from pytest_hokmdb.migration.settings import load_object
 
 
 def _callable(spec: str) -> Callable[[Any], Any]:
-    module_name, _, attribute = spec.partition(":")
-    if not attribute:
-        raise ConfigError(f"[tool.hokmdb.migrations] prerequisites = {spec!r}: a .sql file or 'module:function'")
-    try:
-        function = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"[tool.hokmdb.migrations] prerequisites = {spec!r} cannot be loaded: {exc}") from None
+    function = load_object("prerequisites", spec, "a .sql file or 'module:function'")
     if not callable(function):
         raise ConfigError(f"[tool.hokmdb.migrations] prerequisites = {spec!r} is not callable")
     return function  # type: ignore[no-any-return]

@@ -127,13 +127,19 @@ class MigrationSuiteSettings(BaseModel):
                 "metadata = false if the project has no models, or choose an application profile that has models "
                 "([tool.hokmdb] profile)"
             )
-        module_name, _, attribute = self.metadata.partition(":")
-        if not attribute:
-            raise ConfigError(f"[tool.hokmdb.migrations] metadata = {self.metadata!r}: use 'module:attribute'")
-        try:
-            return resolve_attribute(importlib.import_module(module_name), attribute)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError(f"[tool.hokmdb.migrations] metadata = {self.metadata!r} cannot be loaded: {exc}") from None
+        return load_object("metadata", self.metadata, "'module:attribute'")
+
+
+def load_object(key: str, spec: str, form: str) -> Any:
+    """What ``[tool.hokmdb.migrations] key = "module:attribute"`` names; ``ConfigError``
+    saying which key when it is malformed or cannot be imported."""
+    module_name, _, attribute = spec.partition(":")
+    if not attribute:
+        raise ConfigError(f"[tool.hokmdb.migrations] {key} = {spec!r}: use {form}")
+    try:
+        return resolve_attribute(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"[tool.hokmdb.migrations] {key} = {spec!r} cannot be loaded: {exc}") from None
 
 
 def resolve_attribute(module: Any, attribute: str) -> Any:

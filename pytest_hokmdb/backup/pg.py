@@ -72,23 +72,15 @@ def subprocess_env(target: Target) -> dict[str, str]:
 async def admin_target(loaded: LoadedConfig, target: Target) -> Target:
     """A role that may create, rename and drop databases on the target's server.
 
-    The embedded cluster's superuser; else ``backup.admin_user``/``admin_password``
+    The superuser of a server hokmdb runs (embedded, or the local Patroni leader); else ``backup.admin_user``/``admin_password``
     (``DB_ADMIN_USER``/``DB_ADMIN_PASSWORD`` in the shipped configs); else the target's own
     role, which then needs CREATEDB (and ownership of the database for a swap).
     """
-    if target.embedded and loaded.config.uses_embedded:
-        from pytest_hokmdb.cluster.embedded import SUPERUSER
-        from pytest_hokmdb.db import embedded_cluster_for
+    from pytest_hokmdb.db.resolve import local_superuser
 
-        cluster = embedded_cluster_for(loaded)
-        return replace(target, user=SUPERUSER, password=cluster.superuser_password, read_only=False)
-    from pytest_hokmdb.db.resolve import local_patroni_for
-
-    local = local_patroni_for(loaded)
-    if local is not None:  # hokmdb's local Patroni cluster: its superuser, on the leader
-        superuser = local.patroni.admin_connect_kwargs()
-        return replace(target, host=str(superuser["host"]), port=int(superuser["port"]),  # type: ignore[call-overload]
-                       user=str(superuser["user"]), password=str(superuser["password"]), read_only=False)
+    superuser = local_superuser(loaded, target)  # the embedded cluster's, or the local Patroni leader's
+    if superuser is not None:
+        return superuser
     backup = loaded.config.backup
     if backup.admin_user:
         password = backup.admin_password.get_secret_value() if backup.admin_password else None

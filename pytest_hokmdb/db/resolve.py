@@ -95,6 +95,16 @@ def _runs_local_server(loaded: LoadedConfig, target: Target) -> bool:
     return target.embedded or local_patroni_for(loaded) is not None
 
 
+def local_superuser(loaded: LoadedConfig, target: Target) -> Target | None:
+    """The superuser of the server hokmdb runs for the environment (the embedded cluster, or
+    the local Patroni cluster's current leader); None for a server hokmdb does not run."""
+    if not _runs_local_server(loaded, target):
+        return None
+    superuser = _password_store(loaded).admin_connect_kwargs()
+    return replace(target, host=str(superuser["host"]), port=int(superuser["port"]),  # type: ignore[call-overload]
+                   user=str(superuser["user"]), password=str(superuser["password"]), read_only=False)
+
+
 def _stored_password(cluster: LocalServer, user: str) -> str | None:
     """The password setup generated for ``user`` and kept in the cluster's state file, if any."""
     state = json.loads(cluster.state_file.read_text()) if cluster.state_file.is_file() else {}

@@ -182,3 +182,29 @@ def test_a_server_that_cannot_start_points_at_its_log(cluster_dir: Path) -> None
         assert "shared_buffers" in cluster.log_file.read_text()
     finally:
         cluster.destroy()
+
+
+def test_ready_means_a_live_postmaster_of_this_start_that_says_ready(tmp_path: Path) -> None:
+    """The start returns as soon as ``postmaster.pid`` says ready (not at pg_ctl's next tenth
+    of a second), so that judgement must not be fooled by a stale file or a server still
+    starting."""
+    import time
+
+    from pytest_hokmdb.cluster.process import postmaster_ready
+
+    def pid_file(pid: int, started: float, status: str) -> None:
+        lines = [str(pid), str(tmp_path), str(int(started)), "5432", "/tmp", "127.0.0.1", "  1234 5678", status]
+        (tmp_path / "postmaster.pid").write_text("\n".join(lines) + "\n")
+
+    launched = time.time()
+    assert not postmaster_ready(tmp_path, launched)  # no file yet
+    pid_file(os.getpid(), launched, "starting")
+    assert not postmaster_ready(tmp_path, launched)
+    pid_file(os.getpid(), launched - 3600, "ready   ")  # a killed server's file, its pid reused
+    assert not postmaster_ready(tmp_path, launched)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    pid_file(dead.pid, launched, "ready   ")  # the server died
+    assert not postmaster_ready(tmp_path, launched)
+    pid_file(os.getpid(), launched, "ready   ")
+    assert postmaster_ready(tmp_path, launched)

@@ -21,12 +21,20 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_hokmdb.cluster.binaries import find_bin_dir
 from pytest_hokmdb.cluster.osuser import OsUser, resolve_os_user
-from pytest_hokmdb.cluster.process import postmaster_alive, postmaster_pid, run_as
+from pytest_hokmdb.cluster.process import (
+    postmaster_alive,
+    postmaster_pid,
+    postmaster_ready,
+    run_as,
+    run_as_until,
+)
 from pytest_hokmdb.cluster.scratch import reserved_port, sweep_orphans
 from pytest_hokmdb.errors import ClusterError
 from pytest_hokmdb.redaction import register_secret
@@ -169,14 +177,23 @@ class EmbeddedCluster:
 
     # -- commands ----------------------------------------------------------------
 
-    def _run(self, args: list[str], *, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def _run(
+        self, args: list[str], *, check: bool = True, timeout: float = 120, done: Callable[[], bool] | None = None
+    ) -> subprocess.CompletedProcess[str] | None:
+        """Run a server program as the server's account; ``done``: return as soon as it
+        holds (see ``run_as_until``), None then."""
         env = {**os.environ, **self.user.env(), "LC_ALL": "C", "LANG": "C"}
         for var in ("PGPASSWORD", "PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGOPTIONS"):
             env.pop(var, None)
         try:
-            result = run_as(self.user, args, env=env, cwd=self.base_dir, timeout=timeout)
+            if done is None:
+                result = run_as(self.user, args, env=env, cwd=self.base_dir, timeout=timeout)
+            else:
+                result = run_as_until(self.user, args, env=env, cwd=self.base_dir, timeout=timeout, done=done)
         except subprocess.TimeoutExpired:
             raise ClusterError(f"{Path(args[0]).name} did not finish within {timeout:.0f}s", hint=self._log_hint()) from None
+        if result is None:
+            return None
         if check and result.returncode != 0:
             output = (result.stderr or result.stdout).strip().splitlines()[-8:]
             raise ClusterError(
@@ -359,6 +376,7 @@ class EmbeddedCluster:
         self.log_file.touch(exist_ok=True)
         if self.user.switches:
             os.chown(self.log_file, self.user.uid, self.user.gid)
+        launched = time.time()
         self._run(
             [
                 str(self.bin_dir / "pg_ctl"),
@@ -367,7 +385,8 @@ class EmbeddedCluster:
                 "-l", str(self.log_file),
                 "-w",
                 "-t", "60",
-            ]
+            ],
+            done=lambda: postmaster_ready(self.data_dir, launched),
         )
         self._set_pending_password(port)
         log.info("embedded PostgreSQL started on %s:%s (data %s)", self.host, port, self.data_dir)
@@ -376,7 +395,8 @@ class EmbeddedCluster:
         """Stop the server; returns False when it was not running."""
         if not self.initialized() or not self.is_running():
             return False
-        self._run([str(self.bin_dir / "pg_ctl"), "stop", "-D", str(self.data_dir), "-m", mode, "-w", "-t", "60"])
+        self._run([str(self.bin_dir / "pg_ctl"), "stop", "-D", str(self.data_dir), "-m", mode, "-w", "-t", "60"],
+                  done=lambda: not postmaster_alive(self.data_dir))
         return True
 
     def destroy(self) -> None:
@@ -409,6 +429,7 @@ class EmbeddedCluster:
 
     def server_version(self) -> str:
         result = self._run([str(self.bin_dir / "postgres"), "--version"])
+        assert result is not None  # no ``done``: the program's own result
         return result.stdout.strip()
 
 

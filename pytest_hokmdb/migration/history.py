@@ -127,6 +127,14 @@ class History:
         parents = [p for revision in self.revisions for p in revision.parents or (BASE,)]
         return all(len(r.parents) <= 1 for r in self.revisions) and len(parents) == len(set(parents))
 
+    @functools.cached_property
+    def is_chain(self) -> bool:
+        """Linear and without ``depends_on``: one revision up or down is exactly one
+        migration step (the runner plans those steps itself, see ``Stepper.plan``)."""
+        return self.is_linear and not any(
+            getattr(self.script.get_revision(revision.id), "dependencies", None) for revision in self.revisions
+        )
+
     def ancestors(self, revision_id: str) -> set[str]:
         """``revision_id`` and every revision it depends on."""
         seen: set[str] = set()

@@ -24,7 +24,7 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
-from pytest_hokmdb.migration.history import History, MigrationFailure, Revision
+from pytest_hokmdb.migration.history import BASE, History, MigrationFailure, Revision
 from pytest_hokmdb.migration.runner import StepFailed, Stepper, StepperSession, round_trip
 from pytest_hokmdb.migration.snapshot import CatalogSnapshot
 
@@ -51,6 +51,11 @@ class Walker:
         self._position = -1  # index in history.ids of the revision the database is at; -1: base
         self._snapshot: CatalogSnapshot | None = None  # the catalog at _position, when known
         self._unreachable: tuple[int, MigrationFailure] | None = None
+        # The downgrade floor (base, or the newest irreversible revision) as an index like
+        # _position, and its catalog once this walker has seen it on the way up.
+        floor = history.downgrade_floor
+        self._floor = -1 if floor == BASE else history.ids.index(floor)
+        self._floor_snapshot: CatalogSnapshot | None = None
 
     def round_trip(self, revision: Revision) -> None:
         index = self.history.ids.index(revision.id)
@@ -68,6 +73,8 @@ class Walker:
                 except MigrationFailure as failure:
                     raise MigrationFailure(f"{revision.label} cannot be tested: {failure}") from None
             before, self._snapshot = self._snapshot, None
+            if parent == self._floor:
+                self._floor_snapshot = before = before or stepper.snapshot()
             return round_trip(stepper, revision, before=before)
 
         try:
@@ -99,6 +106,30 @@ class Walker:
             raise
         return self._snapshot
 
+    def downgrade_from_head(self) -> tuple[CatalogSnapshot, CatalogSnapshot] | None:
+        """Downgrade from head to the floor in one command, when this walker is at head and
+        saw the floor's catalog on its way up: ``(catalog at the floor, catalog after the
+        downgrade)``. None when it cannot say (not at head, floor unseen): the caller then
+        downgrades a clone of the head template instead. Saves that clone and the empty
+        database its "before" was read from; the walker ends at the floor."""
+        head = len(self.history.ids) - 1
+        if self._session is None or self._position != head or self._floor_snapshot is None:
+            return None
+        floor_id = self.history.downgrade_floor
+        floor_state = () if self._floor < 0 else (floor_id,)
+
+        def work(stepper: Stepper) -> CatalogSnapshot:
+            stepper.downgrade(floor_id)
+            return stepper.snapshot_at(floor_state, f"downgrade {self.history.ids[head]} -> {floor_id}")
+
+        try:
+            after = self._session.run(work)
+        except BaseException:
+            self.close()
+            raise
+        self._position, self._snapshot = self._floor, after
+        return self._floor_snapshot, after
+
     def _advance(self, stepper: Stepper, to: int) -> None:
         """Upgrade one revision per command (as a developer does) from here to ``to``."""
         self._snapshot = None
@@ -126,4 +157,4 @@ class Walker:
         if self._db is not None:
             self._drop(self._db.name)
             self._db = None
-        self._position, self._snapshot = -1, None
+        self._position, self._snapshot, self._floor_snapshot = -1, None, None

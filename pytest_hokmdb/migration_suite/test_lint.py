@@ -25,9 +25,10 @@ from pytest_hokmdb.migration.settings import MigrationSuiteSettings
 
 
 @pytest.fixture(scope="module")
-def migration_linter(migration_settings: MigrationSuiteSettings) -> MigrationLinter:
-    """One linter per module (per xdist worker): the script directory is loaded once."""
-    return MigrationLinter(migration_settings)
+def migration_linter(migration_settings: MigrationSuiteSettings, migration_history: History) -> MigrationLinter:
+    """One linter per module (per xdist worker), on the history's script directory (its
+    revision files are imported once per process)."""
+    return MigrationLinter(migration_settings, script=migration_history.script)
 
 
 @allure.feature("Migration verification")

@@ -33,11 +33,13 @@ from pytest_hokmdb.fixtures.live import (  # noqa: F401  (fixtures are registere
 )
 from pytest_hokmdb.fixtures.state import NO_ENVIRONMENT, STATE_KEY, SessionState, session_state
 from pytest_hokmdb.fixtures.throwaway import (  # noqa: F401
+    discard_prestarted,
     hokmdb_cluster,
     hokmdb_database_factory,
     hokmdb_empty_db,
     hokmdb_fresh_db,
     hokmdb_template,
+    prestart_cluster,
 )
 from pytest_hokmdb.redaction import redact
 from pytest_hokmdb.report.json_result import JsonResult
@@ -173,10 +175,19 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[JSON_RESULT_KEY] = JsonResult(Path(json_path).resolve(), environment, target)
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """A run with a test that needs this process's throwaway cluster starts it now, on a
+    thread, while the first tests run (see ``prestart_cluster``)."""
+    if any("hokmdb_cluster" in getattr(item, "fixturenames", ()) for item in session.items):
+        prestart_cluster()
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """The scratch clusters of workers that were killed (their owner is gone) are stopped and
-    removed before the run ends; only hokmdb's own tracked directories are touched."""
+    """A prestarted cluster no test took is removed; the scratch clusters of workers that
+    were killed (their owner is gone) are stopped and removed before the run ends; only
+    hokmdb's own tracked directories are touched."""
+    discard_prestarted()
     if hasattr(session.config, "workerinput"):
         return
     from pytest_hokmdb.cluster.embedded import sweep_orphan_clusters

@@ -3,6 +3,9 @@ clusters and check options, guards, messages, exit codes and redaction."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -230,3 +233,54 @@ def test_a_users_own_async_suite_behaves_the_same_with_and_without_hokmdb(pytest
     without = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:hokmdb", "-p", "no:hokmdb-allure")
     without.assert_outcomes(passed=3)
     with_hokmdb.assert_outcomes(passed=3)
+
+
+PRESTART_TESTS = """
+import os, time
+from pathlib import Path
+
+import pytest
+
+SCRATCH = Path(os.environ["HOKMDB_SCRATCH_DIR"])
+
+
+def clusters():
+    return [p for p in SCRATCH.iterdir() if p.is_dir() and p.name != "ports"] if SCRATCH.is_dir() else []
+
+
+def test_a_no_database_test_runs_while_the_cluster_starts():
+    deadline = time.monotonic() + 30
+    while not clusters() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(clusters()) == 1, "the cluster was not started at the end of collection"
+
+
+def test_the_fixture_takes_the_prestarted_cluster(hokmdb_cluster):
+    assert len(clusters()) == 1 and hokmdb_cluster.base_dir == clusters()[0], (hokmdb_cluster.base_dir, clusters())
+
+
+@pytest.mark.skip(reason="never runs: its cluster is started anyway, and removed at the end")
+def test_skipped(hokmdb_cluster):
+    pass
+"""
+
+
+@pytest.mark.parametrize("taken", [True, False], ids=["taken", "never-taken"])
+def test_the_cluster_starts_during_the_first_tests_and_is_always_removed(
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, taken: bool
+) -> None:
+    """A run with a test that needs the throwaway cluster starts it at the end of collection,
+    on a thread, so it is ready when that test comes; whether a test took it or not (every
+    such test skipped or deselected), nothing is left behind."""
+    # A scratch root the server account can enter (pytest's tmp_path may not be), so the
+    # cluster lives in it rather than in a fallback directory.
+    scratch = Path(tempfile.gettempdir()) / f"hokmdb-scratch-prestart-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("HOKMDB_SCRATCH_DIR", str(scratch))
+    pytester.makepyfile(PRESTART_TESTS)
+    args = ["-p", "no:cacheprovider"] + ([] if taken else ["-k", "not takes"])
+    try:
+        result = pytester.runpytest_subprocess(*args)
+        result.assert_outcomes(passed=2 if taken else 1, skipped=1, deselected=0 if taken else 1)
+        assert [p.name for p in scratch.iterdir()] == ["ports"], list(scratch.iterdir())
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

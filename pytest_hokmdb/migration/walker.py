@@ -131,7 +131,11 @@ class Walker:
         return self._floor_snapshot, after
 
     def _advance(self, stepper: Stepper, to: int) -> None:
-        """Upgrade one revision per command (as a developer does) from here to ``to``."""
+        """Upgrade one revision per command (as a developer does) from here to ``to``,
+        reading the floor's catalog on the way if it is passed unseen (an xdist worker's
+        walker starts below its first revision): the one-command downgrade comes back to it."""
+        if self._position == self._floor and self._floor_snapshot is None:
+            self._floor_snapshot = self._snapshot or stepper.snapshot()
         self._snapshot = None
         for index in range(self._position + 1, to + 1):
             target = self.history.ids[index]
@@ -142,6 +146,8 @@ class Walker:
                 self._unreachable = (index, failure_here)
                 raise failure_here from None
             self._position = index
+            if index == self._floor and self._floor_snapshot is None:
+                self._floor_snapshot = stepper.snapshot()
 
     def _restart(self) -> None:
         self.close()

@@ -16,15 +16,21 @@ processes, with the same embedded PostgreSQL (binaries and throwaway settings):
       is part of what a user pays, so it is part of the figure;
   (b) pytest-alembic 0.13's built-in tests (``pytest --test-alembic``: single head, upgrade,
       model/DDL match, up/down consistency) plus its experimental ``downgrade_leaves_no_trace``
-      (the per-revision check hokmdb's round trips make) on the same project and the benchmark's cluster
-      (started once, before timing). pytest-alembic is not a dependency of hokmdb, so it lives
+      (the per-revision check hokmdb's round trips make) on the benchmark's cluster (started
+      once, before timing). That experimental test runs every revision inside a transaction,
+      where alembic's ``autocommit_block`` raises, so on this history it stops at the first
+      concurrent index (r0003). (b) is therefore its run on a twin project with the same
+      revisions and the same schema at head whose index builds are transactional, where all
+      of its tests pass and every revision is checked; (b') its run on this history, shown
+      as a lower bound only. pytest-alembic is not a dependency of hokmdb, so it lives
       in a virtualenv of its own (``--alembic-venv``, created when missing with hokmdb's alembic
       and SQLAlchemy versions and pytest 8), with psycopg as its driver and a fresh database
       per test, as pytest-mock-resources would give it;
   (c) ``alembic upgrade head`` then ``alembic downgrade base`` on the benchmark's cluster:
       the floor, what merely running the history once each way costs.
 
-and prints seconds per revision for each, and the ratios (a)/(b) and (a)/(c).
+and prints seconds per revision for each, the ratios (a)/(b), (a)/(c) and (a)/(b'), and
+-n 2 against serial.
 """
 
 from __future__ import annotations
@@ -109,8 +115,13 @@ with op.get_context().autocommit_block():
 """
 
 
-def build_history(n: int) -> tuple[list[Step], list[Table]]:
+def build_history(n: int, *, concurrent: bool = True) -> tuple[list[Step], list[Table]]:
     """N revisions and the schema they leave at head.
+
+    ``concurrent=False``: the same revisions and the same schema at head, but the index
+    builds of 3, 6, 9 run inside the revision's transaction (no ``autocommit_block``, no
+    CONCURRENTLY): the twin pytest-alembic's experimental test can run to the end (see
+    ``bench_size``).
 
     Revision i (1-based) by ``i % 10``: 1, 4, 7 (and i = 1) a new table with a foreign key to
     the previous table and an index on it; 2, 5, 8 two new columns on the newest table (one
@@ -172,14 +183,20 @@ def build_history(n: int) -> tuple[list[Step], list[Table]]:
             column = next((c.name for c in reversed(latest.columns) if c.name.startswith("score_")), "name")
             index = f"ix_{latest.name}_{column}_{i:04d}"
             latest.indexes.append((index, column))
-            upgrade = _concurrent_index(
-                f"op.create_index({index!r}, {latest.name!r}, [{column!r}], postgresql_concurrently=True, "
-                "if_not_exists=True)"
-            )
-            downgrade = _concurrent_index(
-                f"op.drop_index({index!r}, table_name={latest.name!r}, postgresql_concurrently=True, if_exists=True)"
-            )
-            doc = f"Index {index}, built concurrently."
+            if concurrent:
+                upgrade = _concurrent_index(
+                    f"op.create_index({index!r}, {latest.name!r}, [{column!r}], postgresql_concurrently=True, "
+                    "if_not_exists=True)"
+                )
+                downgrade = _concurrent_index(
+                    f"op.drop_index({index!r}, table_name={latest.name!r}, postgresql_concurrently=True, "
+                    "if_exists=True)"
+                )
+                doc = f"Index {index}, built concurrently."
+            else:
+                upgrade = f"{LOCK_TIMEOUT}\nop.create_index({index!r}, {latest.name!r}, [{column!r}], if_not_exists=True)\n"
+                downgrade = f"{LOCK_TIMEOUT}\nop.drop_index({index!r}, table_name={latest.name!r}, if_exists=True)\n"
+                doc = f"Index {index}, built in the revision's transaction."
         else:
             # i % 10 == 0 follows an i % 10 == 8 revision, which gave the newest table a note column.
             note = next(c.name for c in reversed(latest.columns) if c.name.startswith("note_"))
@@ -385,13 +402,13 @@ def render_models(tables: list[Table]) -> str:
     return "\n".join(lines)
 
 
-def write_project(root: Path, n: int) -> Path:
+def write_project(root: Path, n: int, *, concurrent: bool = True) -> Path:
     """A complete alembic project of N revisions under ``root`` (replaced if it exists)."""
     if root.exists():
         shutil.rmtree(root)
     versions = root / "migrations" / "versions"
     versions.mkdir(parents=True)
-    steps, tables = build_history(n)
+    steps, tables = build_history(n, concurrent=concurrent)
     (root / "alembic.ini").write_text(ALEMBIC_INI)
     (root / "pyproject.toml").write_text(PYPROJECT)
     (root / "migrations" / "env.py").write_text(ENV_PY)
@@ -454,15 +471,18 @@ class Timing:
     summary: str
 
 
-def timed(label: str, commands: list[list[str]], *, cwd: Path, env: dict[str, str], runs: int) -> Timing:
-    """Median wall time of running ``commands`` one after the other, as new processes."""
+def timed(
+    label: str, commands: list[list[str]], *, cwd: Path, env: dict[str, str], runs: int, expect_failure: bool = False
+) -> Timing:
+    """Median wall time of running ``commands`` one after the other, as new processes
+    (``expect_failure``: a known failure is summarised by its last line only)."""
     times: list[float] = []
     ok, summary = True, ""
     for _ in range(runs):
         started = time.perf_counter()
         for command in commands:
             proc = subprocess.run(command, check=False, cwd=cwd, env=env, capture_output=True, text=True)
-            if proc.returncode != 0:
+            if proc.returncode != 0 and not expect_failure:
                 ok = False
                 tail = (proc.stdout.strip() or proc.stderr.strip()).splitlines()[-15:]
                 print(
@@ -511,22 +531,35 @@ def bench_size(
         )
 
     env = {**base_env, "BENCH_ADMIN_DSN": cluster.admin_dsn("postgres")}
-    command = [
-        str(alembic_python),
-        "-m",
-        "pytest",
-        "--test-alembic",
-        "--rootdir",
-        str(project),
-        # Its experimental per-revision check, so both columns cover the same ground
-        # (hokmdb's round trips prove every downgrade leaves no trace).
-        "-o",
-        "pytest_alembic_include_experimental=downgrade_leaves_no_trace",
-        "-p",
-        "no:cacheprovider",
-        "-q",
-    ]
-    results.append(timed("(b) pytest-alembic --test-alembic", [command], cwd=project, env=env, runs=runs))
+
+    def pytest_alembic(root: Path) -> list[str]:
+        return [
+            str(alembic_python),
+            "-m",
+            "pytest",
+            "--test-alembic",
+            "--rootdir",
+            str(root),
+            # Its experimental per-revision check, so both columns cover the same ground
+            # (hokmdb's round trips prove every downgrade leaves no trace).
+            "-o",
+            "pytest_alembic_include_experimental=downgrade_leaves_no_trace",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+        ]
+
+    # pytest-alembic 0.13 runs downgrade_leaves_no_trace inside a transaction, where alembic's
+    # autocommit_block fails (AssertionError in MigrationContext.autocommit_block): on this
+    # history it stops at r0003, the first concurrent index, having checked two revisions.
+    # That run is timed and shown, but as a lower bound only; the ratios use (b), its run on
+    # the twin history whose index builds are transactional, where every one of its tests
+    # passes and the experimental one checks every revision, as hokmdb's round trips do.
+    twin = write_project(work / f"history_{n}_transactional", n, concurrent=False)
+    results.append(timed("(b) pytest-alembic --test-alembic", [pytest_alembic(twin)], cwd=twin,
+                         env={**env, "PYTHONPATH": str(twin)}, runs=runs))
+    results.append(timed("(b') pytest-alembic, this history", [pytest_alembic(project)], cwd=project, env=env,
+                         runs=runs, expect_failure=True))
 
     url = fresh_database(cluster, f"bench_plain_{n}").replace("postgresql://", "postgresql+asyncpg://", 1)
     alembic = [sys.executable, "-m", "alembic", "-c", str(project / "alembic.ini")]
@@ -554,10 +587,14 @@ def report(all_results: dict[int, list[Timing]]) -> None:
     for n, results in all_results.items():
         by = {t.label: t.seconds for t in results}
         b = by.get("(b) pytest-alembic --test-alembic")
+        b_partial = by.get("(b') pytest-alembic, this history")
         c = by.get("(c) alembic upgrade head + downgrade base")
         for label in ("(a) hokmdb suite, serial", "(a) hokmdb suite, -n 2"):
-            if label in by and b and c:
-                print(f"{n:>5}  {label:<26} (a)/(b) = {by[label] / b:5.2f}   (a)/(c) = {by[label] / c:5.2f}")
+            if label in by and b and c and b_partial:
+                print(f"{n:>5}  {label:<26} (a)/(b) = {by[label] / b:5.2f}   (a)/(c) = {by[label] / c:5.2f}"
+                      f"   (a)/(b') = {by[label] / b_partial:5.2f} (b' stops at r0003: a bound, not the ratio)")
+        if "(a) hokmdb suite, serial" in by and "(a) hokmdb suite, -n 2" in by:
+            print(f"{n:>5}  {'-n 2 / serial':<26} {by['(a) hokmdb suite, -n 2'] / by['(a) hokmdb suite, serial']:5.2f}")
         if b and c:
             print(f"{n:>5}  {'(b)/(c)':<26} {b / c:5.2f}")
 

@@ -491,6 +491,8 @@ def timed(
                 )
             lines = proc.stdout.strip().splitlines()
             summary = lines[-1] if lines else ""
+            if proc.returncode != 0 and expect_failure:
+                summary = f"known failure: {summary}"
         times.append(time.perf_counter() - started)
     return Timing(label, statistics.median(times), ok, summary)
 

@@ -88,6 +88,9 @@ class DatabaseSmokeTests:
     async def test_schema(self) -> dict[str, Any]:
         return await self.run_group("schema")
 
+    async def test_enforcement(self) -> dict[str, Any]:
+        return await self.run_group("enforcement")
+
     async def test_security_config(self) -> dict[str, Any]:
         return await self.run_group("security")
 

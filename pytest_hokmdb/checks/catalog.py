@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pytest_hokmdb.checks import connection, health, performance, pool, schema, security, topology
+from pytest_hokmdb.checks import (
+    connection,
+    enforcement,
+    health,
+    performance,
+    pool,
+    schema,
+    security,
+    topology,
+)
 from pytest_hokmdb.checks.base import GATING_SEVERITIES, REGISTRY, CheckFunction
 from pytest_hokmdb.config.model import SmokeSettings
 from pytest_hokmdb.config.profile import project_profile
@@ -16,6 +25,7 @@ from pytest_hokmdb.config.profile import project_profile
 CORE_GROUPS: dict[str, list[CheckFunction]] = {
     "connection": connection.CHECKS,
     "schema": schema.CHECKS,
+    "enforcement": enforcement.CHECKS,
     "security": security.CHECKS,
     "performance": performance.CHECKS,
     "pool": pool.CHECKS,

@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 
 from pytest_hokmdb.checks.base import Category, CheckContext, CheckFunction, CheckResult, check, sample
+from pytest_hokmdb.db.catalog import app_schema
 from pytest_hokmdb.redaction import redact
 
 FEATURE = "Health"
@@ -530,6 +531,97 @@ async def sequences(ctx: CheckContext) -> CheckResult:
     return CheckResult.passed(f"{len(used)} sequence(s) checked{top}{skipped}", measured=worst, threshold=limit)
 
 
+_AUTOVACUUM_OFF = """
+SELECT c.relname AS table_name,
+       array_to_string(ARRAY(SELECT o FROM unnest(c.reloptions) AS o
+                             WHERE o ~* '^autovacuum_enabled=(false|off|no|0)$'), ', ') AS table_option,
+       array_to_string(ARRAY(SELECT o FROM unnest(t.reloptions) AS o
+                             WHERE o ~* '^autovacuum_enabled=(false|off|no|0)$'), ', ') AS toast_option
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_class t ON t.oid = c.reltoastrelid
+WHERE n.nspname = $1 AND c.relkind IN ('r', 'm')
+  AND (EXISTS (SELECT 1 FROM unnest(c.reloptions) AS o WHERE o ~* '^autovacuum_enabled=(false|off|no|0)$')
+       OR EXISTS (SELECT 1 FROM unnest(t.reloptions) AS o WHERE o ~* '^autovacuum_enabled=(false|off|no|0)$'))
+ORDER BY c.relname
+"""
+
+
+@check("health.autovacuum_enabled", title="Autovacuum runs, for the server and every table", feature=FEATURE,
+       category=CATEGORY, severity="critical")
+async def autovacuum_enabled(ctx: CheckContext) -> CheckResult:
+    """With autovacuum off (server-wide, or per table with ``autovacuum_enabled = false``,
+    often left by a bulk load) dead rows pile up, statistics go stale and, on that table,
+    the transaction-ID age grows until PostgreSQL forces a wraparound vacuum or stops
+    accepting writes. ``track_counts`` off blinds autovacuum the same way. Nothing fails
+    at the moment it is switched off, which is why it is checked after every deploy."""
+    settings = {r["name"]: r for r in await ctx.conn.fetch(
+        "SELECT name, setting, source FROM pg_settings WHERE name IN ('autovacuum', 'track_counts')")}
+    schema = await app_schema(ctx.conn)
+    rows = await ctx.conn.fetch(_AUTOVACUUM_OFF, schema)
+    problems, fixes = [], []
+    for name in ("autovacuum", "track_counts"):
+        row = settings.get(name)
+        if row is not None and row["setting"] != "on":
+            problems.append(f"{name} is {row['setting']} on the server (source: {row['source']})")
+            fixes.append(f"ALTER SYSTEM SET {name} = on (or fix postgresql.conf); SELECT pg_reload_conf()")
+    for r in rows:
+        where = " and ".join(part for part in (
+            f"table ({r['table_option']})" if r["table_option"] else "",
+            f"its TOAST table ({r['toast_option']})" if r["toast_option"] else "") if part)
+        problems.append(f"autovacuum is off for {schema}.{r['table_name']}: {where}")
+        resets = ["autovacuum_enabled"] * bool(r["table_option"]) + ["toast.autovacuum_enabled"] * bool(r["toast_option"])
+        fixes.append(f"ALTER TABLE {schema}.{r['table_name']} RESET ({', '.join(resets)})")
+    if not problems:
+        return CheckResult.passed(f"autovacuum and track_counts are on, and no table in schema {schema} opts out",
+                                  measured=0, threshold=0)
+    return CheckResult.failed(
+        f"{'; '.join(problems[:_SHOWN])}{f' (and {len(problems) - _SHOWN} more)' if len(problems) > _SHOWN else ''}: "
+        "dead rows and transaction-ID age grow unchecked there. Run "
+        f"{'; '.join(dict.fromkeys(fixes))}, then VACUUM (ANALYZE) the tables it skipped",
+        measured=len(problems),
+        threshold=0,
+        evidence={"autovacuum off": "\n".join(problems) + "\n"},
+    )
+
+
+@check("health.prepared_transactions", title="No prepared transaction is left behind", feature=FEATURE,
+       category=CATEGORY, severity="critical")
+async def prepared_transactions(ctx: CheckContext) -> CheckResult:
+    """A two-phase transaction that was prepared and never committed or rolled back
+    outlives every session and every restart: it keeps its locks (writers to those rows
+    wait for ever) and holds back vacuum and the transaction-ID horizon for the whole
+    cluster. Older than ``smoke.long_transaction_s`` is left behind by a coordinator that
+    died, not in flight."""
+    limit = ctx.settings.long_transaction_s
+    rows = await ctx.conn.fetch(
+        """
+        SELECT gid, owner, database, extract(epoch FROM now() - prepared)::float8 AS age_s,
+               age(transaction::text::xid) AS xid_age
+        FROM pg_prepared_xacts
+        ORDER BY prepared
+        """
+    )
+    old = [r for r in rows if r["age_s"] > limit]
+    if not old:
+        in_flight = f"; {len(rows)} younger, in flight" if rows else ""
+        return CheckResult.passed(
+            f"no prepared transaction older than {duration(limit)} (smoke.long_transaction_s){in_flight}",
+            measured=round(rows[0]["age_s"], 1) if rows else 0.0, threshold=limit)
+    names = [f"{r['gid']!r} in database {r['database']} by {r['owner']}, prepared {duration(r['age_s'])} ago" for r in old]
+    fixes = "; ".join(f"ROLLBACK PREPARED '{r['gid']}'" for r in old[:_SHOWN])
+    return CheckResult.failed(
+        f"{len(old)} prepared transaction(s) older than {duration(limit)} (smoke.long_transaction_s): {sample(names)}. "
+        "They hold their locks and the cluster's vacuum horizon until resolved. Ask the coordinator that prepared "
+        f"them whether they committed; then run COMMIT PREPARED or {fixes} (as a superuser or their owner, "
+        "connected to their database)",
+        measured=round(old[0]["age_s"], 1),
+        threshold=limit,
+        evidence={"prepared transactions": "\n".join(
+            f"{r['gid']} db={r['database']} owner={r['owner']} age={r['age_s']:.0f}s xid_age={r['xid_age']}" for r in rows) + "\n"},
+    )
+
+
 CHECKS: list[CheckFunction] = [
     long_transactions,
     idle_in_transaction,
@@ -539,4 +631,6 @@ CHECKS: list[CheckFunction] = [
     dead_tuples,
     vacuum_age,
     sequences,
+    autovacuum_enabled,
+    prepared_transactions,
 ]

@@ -435,6 +435,86 @@ async def log_connections(ctx: CheckContext) -> CheckResult:
     )
 
 
+_SERVER_ACCESS_ROLES = ("pg_read_server_files", "pg_write_server_files", "pg_execute_server_program")
+
+_SERVER_ACCESS = """
+SELECT r.rolname AS role_name, p.rolname AS predefined, r.rolname = current_user AS is_self
+FROM pg_roles r
+CROSS JOIN pg_roles p
+WHERE r.rolcanlogin AND NOT r.rolsuper AND p.rolname = ANY($1::text[])
+  AND pg_has_role(r.oid, p.oid, 'MEMBER')
+ORDER BY r.rolname = current_user DESC, r.rolname, p.rolname
+"""
+
+
+@check("security.no_server_file_or_program_access", title="No login role may read or write server files or run programs",
+       feature=FEATURE, category=CATEGORY, severity="critical")
+async def no_server_file_or_program_access(ctx: CheckContext) -> CheckResult:
+    """Members of ``pg_read_server_files``, ``pg_write_server_files`` or
+    ``pg_execute_server_program`` can ``COPY ... FROM/TO`` any file the server account can
+    reach, or ``COPY ... PROGRAM`` a shell command on the database host: a way out of the
+    database for whoever holds that login. Every role that can log in is read (superusers,
+    who can do this anyway, are the superuser checks' business)."""
+    rows = await ctx.conn.fetch(_SERVER_ACCESS, list(_SERVER_ACCESS_ROLES))
+    if not rows:
+        return CheckResult.passed(
+            f"no login role (superusers aside) is a member of {', '.join(_SERVER_ACCESS_ROLES)}", measured=0, threshold=0)
+    grants: dict[str, list[str]] = {}
+    for r in rows:
+        grants.setdefault(r["role_name"], []).append(r["predefined"])
+    names = [f"{role} ({', '.join(predefined)})" for role, predefined in grants.items()]
+    fixes = "; ".join(f"REVOKE {p} FROM {quote_ident(role)}" for role, predefined in grants.items() for p in predefined)
+    return CheckResult.failed(
+        f"{len(grants)} login role{'s' if len(grants) != 1 else ''} can reach the database host's files or run programs "
+        f"on it: {sample(names)}. Run {fixes} (as a superuser; if the grant comes through another role, revoke that "
+        "membership instead)",
+        measured=len(grants),
+        threshold=0,
+        evidence={"members": "\n".join(f"{r['role_name']} -> {r['predefined']}" for r in rows) + "\n"},
+    )
+
+
+_DEFINER_FUNCTIONS = """
+SELECT n.nspname AS schema, p.proname AS name, pg_get_function_identity_arguments(p.oid) AS args,
+       pg_get_userbyid(p.proowner) AS owner,
+       coalesce(has_function_privilege('public', p.oid, 'EXECUTE'), false) AS public_execute
+FROM pg_proc p
+JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE p.prosecdef
+  AND n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'
+  AND NOT EXISTS (SELECT 1 FROM unnest(coalesce(p.proconfig, '{}')) AS c WHERE c LIKE 'search_path=%')
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')
+ORDER BY 1, 2
+"""
+
+
+@check("security.definer_functions_pin_search_path", title="SECURITY DEFINER functions fix their search_path",
+       feature=FEATURE, category=CATEGORY, severity="critical")
+async def definer_functions_pin_search_path(ctx: CheckContext) -> CheckResult:
+    """A ``SECURITY DEFINER`` function runs with its owner's rights but resolves names
+    through the caller's ``search_path``: a caller who can create an object earlier on
+    that path (a table or an operator named like one the function uses) runs code as the
+    owner. PostgreSQL's documentation says to set ``search_path`` on every such function.
+    Functions of extensions are their maintainers' (not listed)."""
+    rows = await ctx.conn.fetch(_DEFINER_FUNCTIONS)
+    if not rows:
+        return CheckResult.passed("every SECURITY DEFINER function sets its own search_path", measured=0, threshold=0)
+    names = [f"{r['schema']}.{r['name']}({r['args']}) owned by {r['owner']}"
+             + (", executable by PUBLIC" if r["public_execute"] else "") for r in rows]
+    fixes = "; ".join(
+        f"ALTER FUNCTION {quote_ident(r['schema'])}.{quote_ident(r['name'])}({r['args']}) SET search_path = "
+        f"pg_catalog, {quote_ident(r['schema'])}, pg_temp" for r in rows[:10])
+    return CheckResult.failed(
+        f"{len(rows)} SECURITY DEFINER function{'s' if len(rows) != 1 else ''} without a fixed search_path: "
+        f"{sample(names)}; whoever can create objects on a caller's search_path can run code with the owner's "
+        f"rights. Run {fixes} (as the owner; pg_temp last keeps temporary objects from shadowing), and REVOKE "
+        "EXECUTE ... FROM PUBLIC where only the application should call it",
+        measured=len(rows),
+        threshold=0,
+        evidence={"definer functions": "\n".join(names) + "\n"},
+    )
+
+
 CHECKS: list[CheckFunction] = [
     app_role_not_superuser,
     app_role_cannot_create_roles,
@@ -447,4 +527,6 @@ CHECKS: list[CheckFunction] = [
     public_cannot_create_in_schema,
     server_ssl_enabled,
     log_connections,
+    no_server_file_or_program_access,
+    definer_functions_pin_search_path,
 ]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from helpers import APP_PASSWORD, APP_USER, TlsCluster, run_statements
+from helpers import APP_PASSWORD, APP_USER, TlsCluster, assert_status, run_statements
 
 from pytest_hokmdb.checks import security
 from pytest_hokmdb.db.target import Target
@@ -411,3 +411,55 @@ async def test_create_on_the_schema_and_truncate_fail_the_ddl_check(app_role: Ap
         await conn.execute("CREATE TABLE public.smuggled (id int)")
     finally:
         await conn.close()
+
+
+# -- privilege paths out of the database -------------------------------------------------------
+
+
+async def test_no_login_role_with_server_file_or_program_access_passes(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    ctx = await check_context_factory(app_role.db, user=app_role.name, password=app_role.password)
+    assert_status(await security.no_server_file_or_program_access(ctx), "passed")
+
+
+async def test_program_access_through_a_group_role_fails_naming_the_login(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    """Granted to a NOLOGIN group the app role belongs to: the login is named, with the
+    predefined role it reaches."""
+    group = f"ops_{uuid.uuid4().hex[:8]}"
+    await run_statements(app_role.db, f"CREATE ROLE {group} NOLOGIN", f"GRANT pg_execute_server_program TO {group}",
+                         f"GRANT {group} TO {app_role.name}")
+    try:
+        ctx = await check_context_factory(app_role.db, user=app_role.name, password=app_role.password)
+        result = await security.no_server_file_or_program_access(ctx)
+        assert_status(result, "failed")
+        assert f"1 login role can reach the database host's files or run programs on it: {app_role.name} " \
+            "(pg_execute_server_program)" in result.message
+        assert group not in result.message  # the NOLOGIN group is not a login
+        assert f"REVOKE pg_execute_server_program FROM {app_role.name}" in result.message
+        assert "revoke that membership instead" in result.message
+    finally:
+        await run_statements(app_role.db, f"DROP ROLE {group}")
+
+
+async def test_definer_function_with_a_fixed_search_path_passes(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    await run_statements(
+        app_role.db,
+        "CREATE FUNCTION player_count() RETURNS bigint LANGUAGE sql SECURITY DEFINER "
+        "SET search_path = pg_catalog, public, pg_temp AS 'SELECT count(*) FROM public.players'",
+    )
+    ctx = await check_context_factory(app_role.db, user=app_role.name, password=app_role.password)
+    assert_status(await security.definer_functions_pin_search_path(ctx), "passed")
+
+
+async def test_definer_function_without_a_search_path_fails_naming_it(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    await run_statements(
+        app_role.db,
+        "CREATE FUNCTION ban_player(player_id bigint) RETURNS void LANGUAGE sql SECURITY DEFINER "
+        "AS 'UPDATE players SET display_name = display_name WHERE id = player_id'",
+    )
+    ctx = await check_context_factory(app_role.db, user=app_role.name, password=app_role.password)
+    result = await security.definer_functions_pin_search_path(ctx)
+    assert_status(result, "failed")
+    assert "1 SECURITY DEFINER function without a fixed search_path: public.ban_player(player_id bigint) owned by" \
+        in result.message
+    assert "executable by PUBLIC" in result.message
+    assert "ALTER FUNCTION public.ban_player(player_id bigint) SET search_path = pg_catalog, public, pg_temp" in result.message

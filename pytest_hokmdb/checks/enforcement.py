@@ -185,4 +185,36 @@ async def tables_logged(ctx: CheckContext) -> CheckResult:
     )
 
 
-CHECKS: list[CheckFunction] = [triggers_enabled, replication_role_origin, no_rules, tables_logged]
+_RLS_WITHOUT_POLICY = """
+SELECT c.relname AS table_name, c.relforcerowsecurity AS forced
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND c.relrowsecurity
+  AND NOT EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid)
+ORDER BY c.relname
+"""
+
+
+@check("enforcement.row_security_has_policies", title="No table has row-level security on without a policy",
+       feature=FEATURE, category="data integrity", severity="critical")
+async def row_security_has_policies(ctx: CheckContext) -> CheckResult:
+    """Row-level security with no policy denies everything to every role that neither owns
+    the table nor bypasses RLS: the game server's reads return no rows and its writes fail,
+    while the owner (and so every migration and test run as the owner) sees nothing wrong."""
+    schema = await app_schema(ctx.conn)
+    rows = await ctx.conn.fetch(_RLS_WITHOUT_POLICY, schema)
+    if not rows:
+        return CheckResult.passed(f"no table in schema {schema} has row-level security without a policy",
+                                  measured=0, threshold=0)
+    names = [r["table_name"] + (" (forced, even for its owner)" if r["forced"] else "") for r in rows]
+    fix = "; ".join(f"ALTER TABLE {_qualified(schema, r['table_name'])} DISABLE ROW LEVEL SECURITY" for r in rows)
+    return CheckResult.failed(
+        f"row-level security is on without any policy for {sample(names)} in schema {schema}: every role but the "
+        f"owner (and roles with BYPASSRLS) reads no rows and cannot write. Run {fix} (as the owner), or create the "
+        "policies the migration meant to create",
+        measured=len(rows),
+        threshold=0,
+    )
+
+
+CHECKS: list[CheckFunction] = [triggers_enabled, replication_role_origin, no_rules, tables_logged, row_security_has_policies]

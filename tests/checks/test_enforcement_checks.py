@@ -84,3 +84,16 @@ async def test_unlogged_relations_fail_naming_them(hokmdb_fresh_db, check_contex
     assert "2 unlogged relations in schema public: table match_cache, sequence ticket_seq" in result.message
     assert "ALTER TABLE public.match_cache SET LOGGED; ALTER SEQUENCE public.ticket_seq SET LOGGED" in result.message
     assert "A crash empties them" in result.message
+
+
+async def test_row_security_without_a_policy_fails_and_with_one_passes(hokmdb_fresh_db, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    await run_statements(hokmdb_fresh_db, "ALTER TABLE moves ENABLE ROW LEVEL SECURITY",
+                         "ALTER TABLE players ENABLE ROW LEVEL SECURITY", "ALTER TABLE players FORCE ROW LEVEL SECURITY")
+    result = await enforcement.row_security_has_policies(await check_context_factory(hokmdb_fresh_db))
+    assert_status(result, "failed")
+    assert "row-level security is on without any policy for moves, players (forced, even for its owner) in schema public" \
+        in result.message
+    assert "ALTER TABLE public.moves DISABLE ROW LEVEL SECURITY" in result.message
+    await run_statements(hokmdb_fresh_db, "CREATE POLICY everyone ON moves USING (true)",
+                         "CREATE POLICY everyone ON players USING (true)")
+    assert_status(await enforcement.row_security_has_policies(await check_context_factory(hokmdb_fresh_db)), "passed")

@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
 """Wall time of the whole smoke suite, as operators run it (a new pytest process each time).
 
-    .venv/bin/python bench/smoke_suite.py [--games 100000] [--players 20000] [--runs 3]
+    .venv/bin/python bench/smoke_suite.py [--games 100000] [--players 20000] [--runs 3] [--load]
 
 Measures, on one throwaway cluster in one run:
   * the suite on an empty database at head,
   * the suite on a seeded database of realistic size (default 100k games),
+  * with ``--load``, the seeded suite again while a load generator keeps every core busy
+    (one spinning process per core, at the suite's own priority),
   * pytest start-up alone (``--collect-only``: imports, plugins, config, collection),
-and prints medians plus the share of each suite run that is start-up.
+and prints medians plus the share of each suite run that is start-up, and for each run
+the five slowest checks with their share of the per-check statement timeout
+(``smoke.check_statement_timeout_ms``; issue 19's goal: none above 20 % under load).
 """
 
 from __future__ import annotations
@@ -70,14 +74,19 @@ def _time(cmd: list[str], env: dict[str, str], runs: int) -> tuple[float, list[f
     return statistics.median(times), times, last
 
 
+TIMEOUT_S = 5.0  # smoke.check_statement_timeout_ms of the testing config (the default)
+
+
 def _slowest_and_failed(base: list[str], env: dict[str, str], json_path: Path) -> None:
-    """One more run with the JSON result: the five slowest checks and any that did not pass."""
+    """One more run with the JSON result: the five slowest checks (with their share of the
+    per-check statement timeout) and any that did not pass."""
     import json
 
     subprocess.run([*base, f"--hokmdb-json={json_path}"], cwd=ROOT, env=env, capture_output=True, text=True)
     tests = json.loads(json_path.read_text())["tests"]
     for test in sorted(tests, key=lambda t: -t["duration_s"])[:5]:
-        print(f"    {test['duration_s']:7.2f}s  {test['check'] or test['nodeid']}")
+        share = 100 * test["duration_s"] / TIMEOUT_S
+        print(f"    {test['duration_s']:7.2f}s  {share:5.1f}% of its {TIMEOUT_S:.0f} s timeout  {test['check'] or test['nodeid']}")
     for test in tests:
         if test["outcome"] in ("failed", "error"):
             print(f"    FAILED {test['check'] or test['nodeid']}: {test['message'][:300]}")
@@ -89,6 +98,7 @@ def main() -> None:
     parser.add_argument("--players", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--keep", action="store_true", help="leave the cluster running and print how to reach it")
+    parser.add_argument("--load", action="store_true", help="also time the seeded suite while every core is kept busy")
     args = parser.parse_args()
 
     cluster = start_throwaway_cluster("bench-smoke")
@@ -118,12 +128,27 @@ def main() -> None:
                 }
                 base = [sys.executable, "-m", "pytest", "smoke", "--environment=testing", f"--db-config={config_dir}", "-p", "no:cacheprovider", "-q"]
                 results[label] = _time(base, env, args.runs)
+                print(f"{label}: {detail}; suite: {results[label][2]}", flush=True)
                 _slowest_and_failed(base, env, Path(tmp) / f"{label}.json")
                 results[f"{label}-startup"] = _time([*base, "--collect-only"], env, args.runs)
-                print(f"{label}: {detail}; suite: {results[label][2]}", flush=True)
+                if games and args.load:
+                    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+                    try:
+                        time.sleep(1)
+                        results["loaded"] = _time(base, env, args.runs)
+                        print(f"seeded, every core busy ({len(spinners)} spinning processes): suite: {results['loaded'][2]}",
+                              flush=True)
+                        _slowest_and_failed(base, env, Path(tmp) / "loaded.json")
+                        results["loaded-startup"] = _time([*base, "--collect-only"], env, args.runs)
+                    finally:
+                        for spinner in spinners:
+                            spinner.kill()
+                            spinner.wait()
         print()
         print(f"smoke suite wall time, median of {args.runs} runs (whole process, pytest start-up included)")
-        for label in ("empty", "seeded"):
+        for label in ("empty", "seeded", "loaded"):
+            if label not in results:
+                continue
             total = results[label][0]
             startup = results[f"{label}-startup"][0]
             runs = ", ".join(f"{t:.2f}" for t in results[label][1])

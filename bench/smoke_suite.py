@@ -48,6 +48,9 @@ async def _app_role(dsn: str, role: str, password: str) -> None:
             f"GRANT USAGE ON SCHEMA public TO {role}",
             f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}",
             f"GRANT pg_monitor TO {role}",
+            # what README asks of the monitoring role: security.no_remote_trust_auth reads pg_hba
+            f"GRANT SELECT ON pg_catalog.pg_hba_file_rules TO {role}",
+            f"GRANT EXECUTE ON FUNCTION pg_catalog.pg_hba_file_rules() TO {role}",
         ):
             await conn.execute(sql)
     finally:

@@ -515,6 +515,42 @@ async def definer_functions_pin_search_path(ctx: CheckContext) -> CheckResult:
     )
 
 
+_EXPIRING_LOGINS = """
+SELECT rolname AS role_name, rolvaliduntil AS valid_until, rolvaliduntil < now() AS expired,
+       rolname = current_user AS is_self
+FROM pg_roles
+WHERE rolcanlogin AND rolvaliduntil IS NOT NULL AND rolvaliduntil < now() + make_interval(secs => $1)
+ORDER BY rolvaliduntil
+"""
+
+
+@check("security.login_passwords_not_expiring", title="No login role's password has expired or expires soon",
+       feature=FEATURE, category=CATEGORY, severity="critical")
+async def login_passwords_not_expiring(ctx: CheckContext) -> CheckResult:
+    """``VALID UNTIL`` ends a role's password logins at that moment, with no warning to
+    anyone: when it is the application role's, the game server's next connection fails and
+    every new game with it; the monitoring role's, the gate goes blind. Every role that can
+    log in is read (``pg_roles``, readable by any role); the window is
+    ``smoke.password_expiry_days``."""
+    days = ctx.settings.password_expiry_days
+    window = f"{days:g} day{'' if days == 1 else 's'}"
+    rows = await ctx.conn.fetch(_EXPIRING_LOGINS, days * 86400)
+    if not rows:
+        return CheckResult.passed(f"no login role's password expires within {window} (smoke.password_expiry_days)",
+                                  measured=0, threshold=days)
+    names = [f"{r['role_name']}{' (this session)' if r['is_self'] else ''} "
+             f"{'expired' if r['expired'] else 'expires'} {r['valid_until']:%Y-%m-%d %H:%M %Z}" for r in rows]
+    fixes = "; ".join(f"ALTER ROLE {quote_ident(r['role_name'])} VALID UNTIL 'infinity'" for r in rows[:10])
+    return CheckResult.failed(
+        f"{len(rows)} login role{'s' if len(rows) != 1 else ''} whose password has expired or expires within {window} "
+        f"(smoke.password_expiry_days): {sample(names)}. Password logins stop at that moment. Rotate the password "
+        f"(and the clients' copies) and set a new expiry, or run {fixes} (as a superuser or a role with CREATEROLE)",
+        measured=len(rows),
+        threshold=days,
+        evidence={"expiring logins": "\n".join(names) + "\n"},
+    )
+
+
 CHECKS: list[CheckFunction] = [
     app_role_not_superuser,
     app_role_cannot_create_roles,
@@ -529,4 +565,5 @@ CHECKS: list[CheckFunction] = [
     log_connections,
     no_server_file_or_program_access,
     definer_functions_pin_search_path,
+    login_passwords_not_expiring,
 ]

@@ -363,6 +363,9 @@ class SmokeSettings(_Strict):
         False, description="a single-role setup: the application role may own the schema and its objects and run DDL",
     )
     app_role_may_truncate: bool = Field(False, description="the application truncates tables on purpose")
+    password_expiry_days: float = Field(
+        14.0, ge=0, description="a login role's password (VALID UNTIL) must not expire within this many days",
+    )
     log_connections: bool | None = Field(None, description="expected value of log_connections; unset: not checked")
     min_cache_hit_ratio: float = Field(0.90, ge=0, le=1)
     cache_hit_min_reads: int = Field(10_000, ge=0, description="below this many block reads the ratio means nothing")

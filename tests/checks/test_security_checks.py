@@ -463,3 +463,41 @@ async def test_definer_function_without_a_search_path_fails_naming_it(app_role: 
         in result.message
     assert "executable by PUBLIC" in result.message
     assert "ALTER FUNCTION public.ban_player(player_id bigint) SET search_path = pg_catalog, public, pg_temp" in result.message
+
+
+# -- authentication of every login role ----------------------------------------------------------
+
+
+async def test_passwords_that_never_or_later_expire_pass(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    await run_statements(app_role.db, f"ALTER ROLE {app_role.name} VALID UNTIL '2999-01-01'")
+    ctx = await check_context_factory(app_role.db, user=app_role.name, password=app_role.password)
+    assert_status(await security.login_passwords_not_expiring(ctx), "passed")
+
+
+async def test_an_expiring_app_password_and_an_expired_login_fail(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    other = f"reporting_{uuid.uuid4().hex[:8]}"
+    await run_statements(app_role.db, f"ALTER ROLE {app_role.name} VALID UNTIL '{_in_days(3)}'",
+                         f"CREATE ROLE {other} LOGIN PASSWORD 'x-{uuid.uuid4().hex}' VALID UNTIL '2001-01-01'")
+    try:
+        ctx = await check_context_factory(app_role.db, user=app_role.name, password=app_role.password)
+        result = await security.login_passwords_not_expiring(ctx)
+        assert_status(result, "failed")
+        assert "2 login roles whose password has expired or expires within 14 days (smoke.password_expiry_days)" \
+            in result.message
+        assert f"{other} expired 2001-01-01" in result.message
+        assert f"{app_role.name} (this session) expires " in result.message
+        assert f"ALTER ROLE {app_role.name} VALID UNTIL 'infinity'" in result.message
+        narrow = await check_context_factory(app_role.db, user=app_role.name, password=app_role.password,
+                                             smoke={"password_expiry_days": 1})
+        within_a_day = await security.login_passwords_not_expiring(narrow)
+        assert f"1 login role whose password has expired or expires within 1 day (smoke.password_expiry_days): {other}" \
+            in within_a_day.message
+        assert app_role.name not in within_a_day.message
+    finally:
+        await run_statements(app_role.db, f"DROP ROLE {other}")
+
+
+def _in_days(days: int) -> str:
+    from datetime import UTC, datetime, timedelta
+
+    return (datetime.now(UTC) + timedelta(days=days)).strftime("%Y-%m-%d %H:%M:%S+00")

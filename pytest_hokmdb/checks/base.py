@@ -174,8 +174,11 @@ def check(
                 result = await fn(ctx)
             except asyncpg.QueryCanceledError:
                 result = CheckResult.failed(
-                    f"{title}: did not finish within {timeout_ms} ms (statement timeout); "
-                    "the database is overloaded or the check's tables are locked",
+                    f"{title}: did not finish within {timeout_ms} ms (statement timeout); the database is "
+                    "overloaded or the check's tables are locked (health.blocked_locks and health.long_transactions "
+                    "name who holds them). If it is only slow (a large table, a busy server), raise "
+                    f"smoke.check_statement_timeout_ms (now {timeout_ms}) in the {ctx.config.environment} environment's "
+                    f"config (database/config/{ctx.config.environment}.json unless --db-config names another)",
                     threshold=timeout_ms,
                 )
             except asyncpg.InsufficientPrivilegeError as exc:

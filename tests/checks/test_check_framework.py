@@ -38,6 +38,8 @@ async def test_statement_timeout_fails_the_check_with_the_limit(hokmdb_fresh_db,
     result = await _sleeps(ctx)
     assert result.status == "failed" and result.check == "test.sleeps"
     assert "did not finish within 200 ms (statement timeout)" in result.message
+    assert "raise smoke.check_statement_timeout_ms (now 200) in the testing environment's config " \
+        "(database/config/testing.json unless --db-config names another)" in result.message
     assert result.duration_s < 2
     assert await ctx.conn.fetchval("SHOW statement_timeout") != "200ms"  # reset afterwards
 

@@ -622,6 +622,44 @@ async def prepared_transactions(ctx: CheckContext) -> CheckResult:
     )
 
 
+# Settings that trade crash safety for speed: what each loses, and the value that keeps it.
+_CRASH_SAFETY = {
+    "fsync": ("on", "an operating-system crash or power loss can corrupt the whole cluster"),
+    "full_page_writes": ("on", "a crash during a page write can leave torn pages that recovery cannot repair"),
+    "synchronous_commit": ("on", "commits the game server was told succeeded can be lost in a crash"),
+}
+
+
+@check("health.crash_safe_settings", title="The server does not trade crash safety for speed", feature=FEATURE,
+       category=CATEGORY, severity="critical")
+async def crash_safe_settings(ctx: CheckContext) -> CheckResult:
+    """``fsync``, ``full_page_writes`` and ``synchronous_commit`` off make writes faster and
+    crashes expensive: corruption for the first two, lost acknowledged moves for the third.
+    They are read as the server starts sessions (``reset_val``: a session's own ``SET`` does
+    not count; ``synchronous_commit`` of ``remote_write``, ``remote_apply`` or ``local`` keep
+    the commit on local disk and pass). Development and testing turn the requirement off
+    (``smoke.require_crash_safety``): hokmdb's throwaway clusters run without these."""
+    rows = {r["name"]: r for r in await ctx.conn.fetch(
+        "SELECT name, reset_val, source FROM pg_settings WHERE name = ANY($1::text[])", list(_CRASH_SAFETY))}
+    off = [(name, rows[name]) for name in _CRASH_SAFETY if name in rows and rows[name]["reset_val"] == "off"]
+    described = [f"{name} = off (source: {row['source']}): {_CRASH_SAFETY[name][1]}" for name, row in off]
+    if not off:
+        return CheckResult.passed("fsync, full_page_writes and synchronous_commit keep commits crash-safe",
+                                  measured=0, threshold=0)
+    if not ctx.settings.require_crash_safety:
+        return CheckResult.passed(
+            f"{', '.join(name for name, _ in off)} off, allowed here (smoke.require_crash_safety = false in the "
+            f"{ctx.config.environment} environment)", measured=len(off), threshold=None)
+    fixes = "; ".join(f"ALTER SYSTEM SET {name} = on" for name, _ in off)
+    return CheckResult.failed(
+        f"the server trades crash safety for speed: {'; '.join(described)}. Run {fixes}; SELECT pg_reload_conf() "
+        "(as a superuser; remove any per-database or per-role override too), or set smoke.require_crash_safety = "
+        "false for an environment whose data may be lost",
+        measured=len(off),
+        threshold=0,
+    )
+
+
 CHECKS: list[CheckFunction] = [
     long_transactions,
     idle_in_transaction,
@@ -633,4 +671,5 @@ CHECKS: list[CheckFunction] = [
     sequences,
     autovacuum_enabled,
     prepared_transactions,
+    crash_safe_settings,
 ]

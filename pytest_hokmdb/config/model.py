@@ -363,6 +363,10 @@ class SmokeSettings(_Strict):
         False, description="a single-role setup: the application role may own the schema and its objects and run DDL",
     )
     app_role_may_truncate: bool = Field(False, description="the application truncates tables on purpose")
+    require_crash_safety: bool = Field(
+        True, description="fsync, full_page_writes and synchronous_commit must be on (development and testing turn "
+        "it off: hokmdb's throwaway clusters run without them, for speed)",
+    )
     password_expiry_days: float = Field(
         14.0, ge=0, description="a login role's password (VALID UNTIL) must not expire within this many days",
     )

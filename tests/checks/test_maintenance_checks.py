@@ -81,3 +81,38 @@ async def test_a_prepared_transaction_left_behind_fails_and_a_fresh_one_does_not
     finally:
         await run_statements(two_phase_db, "ROLLBACK PREPARED 'payout-42'")
     assert_status(await health.prepared_transactions(await check_context_factory(two_phase_db)), "passed")
+
+
+# -- settings that trade crash safety --------------------------------------------------------------
+
+
+async def test_crash_unsafe_settings_fail_where_safety_is_required(hokmdb_fresh_db, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    """hokmdb's throwaway clusters run with fsync, full_page_writes and synchronous_commit off."""
+    result = await health.crash_safe_settings(await check_context_factory(hokmdb_fresh_db, environment="staging"))
+    assert_status(result, "failed")
+    assert "fsync = off (source: configuration file): an operating-system crash or power loss can corrupt" in result.message
+    assert "full_page_writes = off" in result.message and "synchronous_commit = off" in result.message
+    assert "ALTER SYSTEM SET fsync = on; ALTER SYSTEM SET full_page_writes = on; ALTER SYSTEM SET synchronous_commit = on" \
+        in result.message
+
+
+async def test_crash_unsafe_settings_pass_where_the_environment_allows_them(hokmdb_fresh_db, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    result = await health.crash_safe_settings(
+        await check_context_factory(hokmdb_fresh_db, smoke={"require_crash_safety": False}))
+    assert_status(result, "passed")
+    assert "fsync, full_page_writes, synchronous_commit off, allowed here (smoke.require_crash_safety = false" \
+        in result.message
+
+
+async def test_a_crash_safe_server_passes(check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    """A cluster started with PostgreSQL's own defaults (not the throwaway settings)."""
+    cluster = EmbeddedCluster(Path(tempfile.gettempdir()) / f"hokmdb-safe-{uuid.uuid4().hex[:10]}",
+                              settings={"max_connections": "20"})
+    cluster.start()
+    try:
+        db = create_database(cluster, "safe")
+        result = await health.crash_safe_settings(await check_context_factory(db, environment="production"))
+        assert_status(result, "passed")
+        assert "keep commits crash-safe" in result.message
+    finally:
+        cluster.destroy()

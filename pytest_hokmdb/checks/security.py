@@ -551,6 +551,44 @@ async def login_passwords_not_expiring(ctx: CheckContext) -> CheckResult:
     )
 
 
+_PUBLIC_TABLE_PRIVILEGES = """
+SELECT c.relname AS name, c.relkind::text AS kind, string_agg(a.privilege_type, ', ' ORDER BY a.privilege_type) AS privileges
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+CROSS JOIN LATERAL aclexplode(c.relacl) AS a
+WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND a.grantee = 0
+GROUP BY c.relname, c.relkind
+ORDER BY c.relname
+"""
+
+
+@check("security.no_public_table_privileges", title="PUBLIC holds no privilege on the application's tables",
+       feature=FEATURE, category=CATEGORY, severity="critical")
+async def no_public_table_privileges(ctx: CheckContext) -> CheckResult:
+    """A grant to PUBLIC reaches every role of the cluster, present and future: the
+    reporting login, a role made for another application, anyone a password leaks to.
+    PostgreSQL grants nothing on tables to PUBLIC by default, so any such privilege was
+    granted by hand or by a migration, and the role design (owner, application role,
+    monitoring role) no longer says who can read or change the game's data."""
+    schema = await app_schema(ctx.conn)
+    rows = await ctx.conn.fetch(_PUBLIC_TABLE_PRIVILEGES, schema)
+    if not rows:
+        return CheckResult.passed(f"PUBLIC holds no privilege on tables, views or sequences in schema {schema}",
+                                  measured=0, threshold=0)
+    names = [f"{r['name']} ({r['privileges']})" for r in rows]
+    fixes = "; ".join(
+        f"REVOKE ALL ON {'SEQUENCE ' if r['kind'] == 'S' else ''}{quote_ident(schema)}.{quote_ident(r['name'])} FROM PUBLIC"
+        for r in rows[:10])
+    return CheckResult.failed(
+        f"every role of the cluster (PUBLIC) holds privileges on {len(rows)} object{'s' if len(rows) != 1 else ''} in "
+        f"schema {schema}: {sample(names)}. Run {fixes} (as the owner), and grant what the application needs to its "
+        "role instead",
+        measured=len(rows),
+        threshold=0,
+        evidence={"PUBLIC privileges": "\n".join(names) + "\n"},
+    )
+
+
 CHECKS: list[CheckFunction] = [
     app_role_not_superuser,
     app_role_cannot_create_roles,
@@ -561,6 +599,7 @@ CHECKS: list[CheckFunction] = [
     password_encryption_scram,
     no_remote_trust_auth,
     public_cannot_create_in_schema,
+    no_public_table_privileges,
     server_ssl_enabled,
     log_connections,
     no_server_file_or_program_access,

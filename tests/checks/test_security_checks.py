@@ -501,3 +501,32 @@ def _in_days(days: int) -> str:
     from datetime import UTC, datetime, timedelta
 
     return (datetime.now(UTC) + timedelta(days=days)).strftime("%Y-%m-%d %H:%M:%S+00")
+
+
+async def test_public_holds_nothing_on_the_tables_at_head(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    ctx = await check_context_factory(app_role.db, user=app_role.name, password=app_role.password)
+    assert_status(await security.no_public_table_privileges(ctx), "passed")
+
+
+async def test_grants_to_public_fail_naming_objects_and_privileges(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    sequence = await _a_sequence(app_role)
+    await run_statements(app_role.db, "GRANT SELECT, UPDATE ON moves TO PUBLIC", f"GRANT USAGE ON SEQUENCE {sequence} TO PUBLIC")
+    ctx = await check_context_factory(app_role.db, user=app_role.name, password=app_role.password)
+    result = await security.no_public_table_privileges(ctx)
+    assert_status(result, "failed")
+    assert "every role of the cluster (PUBLIC) holds privileges on 2 objects in schema public" in result.message
+    assert "moves (SELECT, UPDATE)" in result.message and f"{sequence} (USAGE)" in result.message
+    assert "REVOKE ALL ON public.moves FROM PUBLIC" in result.message
+    assert f"REVOKE ALL ON SEQUENCE public.{sequence} FROM PUBLIC" in result.message
+
+
+async def _a_sequence(app_role: AppRole) -> str:
+    import asyncpg
+
+    conn = await asyncpg.connect(app_role.db.dsn)
+    try:
+        return str(await conn.fetchval(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'public' AND c.relkind = 'S' ORDER BY 1 LIMIT 1"))
+    finally:
+        await conn.close()

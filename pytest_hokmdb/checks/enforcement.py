@@ -14,13 +14,9 @@ Everything is read from ``pg_catalog`` (readable by any role): cheap and read-on
 from __future__ import annotations
 
 from pytest_hokmdb.checks.base import CheckContext, CheckFunction, CheckResult, check, sample
-from pytest_hokmdb.checks.schema import app_schema, quote_ident
+from pytest_hokmdb.checks.schema import app_schema, qualified, quote_ident
 
 FEATURE = "Enforcement"
-
-
-def _qualified(schema: str, name: str) -> str:
-    return f"{quote_ident(schema)}.{quote_ident(name)}"
 
 _NOT_FIRING = """
 SELECT c.relname AS table_name, t.tgname AS trigger_name, t.tgisinternal AS internal, t.tgenabled::text AS enabled,
@@ -54,7 +50,7 @@ async def triggers_enabled(ctx: CheckContext) -> CheckResult:
         problems.append(f"foreign keys not enforced (their internal triggers are disabled): {sample(foreign_keys)}")
     if user:
         problems.append(f"triggers that do not fire: {sample(user)}")
-    fix = "; ".join(f"ALTER TABLE {_qualified(schema, t)} ENABLE TRIGGER ALL" for t in tables)
+    fix = "; ".join(f"ALTER TABLE {qualified(schema, t)} ENABLE TRIGGER ALL" for t in tables)
     return CheckResult.failed(
         f"in schema {schema}, {'; '.join(problems)}. Rows written meanwhile were not checked: run {fix} (as the "
         "table owner), then find the rows that break the constraints (schema.no_unvalidated_constraints does not see "
@@ -137,7 +133,7 @@ async def no_rules(ctx: CheckContext) -> CheckResult:
     if not rows:
         return CheckResult.passed(f"no rewrite rules on tables in schema {schema}", measured=0, threshold=0)
     names = [f"{r['rule_name']} on {r['table_name']}" + (" (DO INSTEAD)" if r["instead"] else "") for r in rows]
-    fix = "; ".join(f"DROP RULE {quote_ident(r['rule_name'])} ON {_qualified(schema, r['table_name'])}"
+    fix = "; ".join(f"DROP RULE {quote_ident(r['rule_name'])} ON {qualified(schema, r['table_name'])}"
                     for r in rows)
     return CheckResult.failed(
         f"{len(rows)} rewrite rule{'s' if len(rows) != 1 else ''} in schema {schema}: {sample(names)}; statements on "
@@ -172,7 +168,7 @@ async def tables_logged(ctx: CheckContext) -> CheckResult:
         return CheckResult.passed(f"every table and sequence in schema {schema} is logged", measured=0, threshold=0)
     names = [f"{_KINDS.get(r['kind'], r['kind'])} {r['name']}" for r in rows]
     fix = "; ".join(
-        f"ALTER {'SEQUENCE' if r['kind'] == 'S' else 'TABLE'} {_qualified(schema, r['name'])} SET LOGGED"
+        f"ALTER {'SEQUENCE' if r['kind'] == 'S' else 'TABLE'} {qualified(schema, r['name'])} SET LOGGED"
         for r in rows if r["kind"] in ("r", "p", "S"))
     return CheckResult.failed(
         f"{len(rows)} unlogged relation{'s' if len(rows) != 1 else ''} in schema {schema}: {sample(names)}. A crash "
@@ -207,7 +203,7 @@ async def row_security_has_policies(ctx: CheckContext) -> CheckResult:
         return CheckResult.passed(f"no table in schema {schema} has row-level security without a policy",
                                   measured=0, threshold=0)
     names = [r["table_name"] + (" (forced, even for its owner)" if r["forced"] else "") for r in rows]
-    fix = "; ".join(f"ALTER TABLE {_qualified(schema, r['table_name'])} DISABLE ROW LEVEL SECURITY" for r in rows)
+    fix = "; ".join(f"ALTER TABLE {qualified(schema, r['table_name'])} DISABLE ROW LEVEL SECURITY" for r in rows)
     return CheckResult.failed(
         f"row-level security is on without any policy for {sample(names)} in schema {schema}: every role but the "
         f"owner (and roles with BYPASSRLS) reads no rows and cannot write. Run {fix} (as the owner), or create the "

@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 
 from pytest_hokmdb.checks.base import Category, CheckContext, CheckFunction, CheckResult, check, sample
-from pytest_hokmdb.db.catalog import app_schema
+from pytest_hokmdb.checks.schema import app_schema, qualified
 from pytest_hokmdb.redaction import redact
 
 FEATURE = "Health"
@@ -569,9 +569,9 @@ async def autovacuum_enabled(ctx: CheckContext) -> CheckResult:
         where = " and ".join(part for part in (
             f"table ({r['table_option']})" if r["table_option"] else "",
             f"its TOAST table ({r['toast_option']})" if r["toast_option"] else "") if part)
-        problems.append(f"autovacuum is off for {schema}.{r['table_name']}: {where}")
+        problems.append(f"autovacuum is off for {qualified(schema, r['table_name'])}: {where}")
         resets = ["autovacuum_enabled"] * bool(r["table_option"]) + ["toast.autovacuum_enabled"] * bool(r["toast_option"])
-        fixes.append(f"ALTER TABLE {schema}.{r['table_name']} RESET ({', '.join(resets)})")
+        fixes.append(f"ALTER TABLE {qualified(schema, r['table_name'])} RESET ({', '.join(resets)})")
     if not problems:
         return CheckResult.passed(f"autovacuum and track_counts are on, and no table in schema {schema} opts out",
                                   measured=0, threshold=0)

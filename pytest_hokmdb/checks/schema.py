@@ -48,7 +48,8 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _qualified(schema: str, name: str) -> str:
+def qualified(schema: str, name: str) -> str:
+    """``schema.name``, each part quoted as needed, for a statement the operator runs."""
     return f"{quote_ident(schema)}.{quote_ident(name)}"
 
 
@@ -478,7 +479,7 @@ async def no_invalid_indexes(ctx: CheckContext) -> CheckResult:
         return CheckResult.passed(f"no invalid indexes in schema {schema}", measured=0, threshold=0)
     names = [f"{r['index_name']} on {r['table_name']}" for r in rows]
     building = [f"{r['index_name']} (pid {r['building_pid']})" for r in rows if r["building_pid"] is not None]
-    fix = "; ".join(f"DROP INDEX CONCURRENTLY {_qualified(schema, r['index_name'])}" for r in rows if r["building_pid"] is None)
+    fix = "; ".join(f"DROP INDEX CONCURRENTLY {qualified(schema, r['index_name'])}" for r in rows if r["building_pid"] is None)
     message = (
         f"{len(rows)} invalid index{'es' if len(rows) != 1 else ''} in schema {schema}: {sample(names)}. "
         "Such an index is left by a failed CREATE INDEX CONCURRENTLY (or REINDEX CONCURRENTLY); queries do not use it "
@@ -524,7 +525,7 @@ async def no_unvalidated_constraints(ctx: CheckContext) -> CheckResult:
         return CheckResult.passed(f"every constraint in schema {schema} is validated", measured=0, threshold=0)
     names = [f"{r['constraint_name']} on {r['table_name']}" for r in rows]
     fix = "; ".join(
-        f"ALTER TABLE {_qualified(schema, r['table_name'])} VALIDATE CONSTRAINT {quote_ident(r['constraint_name'])}" for r in rows
+        f"ALTER TABLE {qualified(schema, r['table_name'])} VALIDATE CONSTRAINT {quote_ident(r['constraint_name'])}" for r in rows
     )
     return CheckResult.failed(
         f"{len(rows)} constraint{'s' if len(rows) != 1 else ''} in schema {schema} "

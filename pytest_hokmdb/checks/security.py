@@ -19,7 +19,7 @@ import ipaddress
 import asyncpg
 
 from pytest_hokmdb.checks.base import CheckContext, CheckFunction, CheckResult, check, sample
-from pytest_hokmdb.checks.schema import app_schema, quote_ident
+from pytest_hokmdb.checks.schema import app_schema, qualified, quote_ident
 
 FEATURE = "Security"
 CATEGORY = "security"
@@ -577,7 +577,7 @@ async def no_public_table_privileges(ctx: CheckContext) -> CheckResult:
                                   measured=0, threshold=0)
     names = [f"{r['name']} ({r['privileges']})" for r in rows]
     fixes = "; ".join(
-        f"REVOKE ALL ON {'SEQUENCE ' if r['kind'] == 'S' else ''}{quote_ident(schema)}.{quote_ident(r['name'])} FROM PUBLIC"
+        f"REVOKE ALL ON {'SEQUENCE ' if r['kind'] == 'S' else ''}{qualified(schema, r['name'])} FROM PUBLIC"
         for r in rows[:10])
     return CheckResult.failed(
         f"every role of the cluster (PUBLIC) holds privileges on {len(rows)} object{'s' if len(rows) != 1 else ''} in "

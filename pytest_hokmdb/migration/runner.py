@@ -43,7 +43,7 @@ from sqlalchemy.pool import NullPool
 
 from pytest_hokmdb.aio import run_sync
 from pytest_hokmdb.migration.envpy import installed_postgresql_driver, no_file_config, run_env_py
-from pytest_hokmdb.migration.history import BASE, History, MigrationFailure, Revision
+from pytest_hokmdb.migration.history import BASE, History, MigrationFailure, Revision, single_upgrade_step
 from pytest_hokmdb.migration.snapshot import CatalogSnapshot, take_snapshot
 
 T = TypeVar("T")
@@ -269,23 +269,22 @@ class Stepper:
     def plan(self, direction: str, target: str, heads: tuple[str, ...]) -> list[Any]:
         """alembic's migration steps from ``heads`` to ``target``.
 
-        One revision up or down a chain (``History.is_chain``) is one step, built here:
-        alembic's planner walks the whole history to find it (about 1 ms at 200 revisions,
-        paid by every step of every round trip, so quadratic over a suite). Anything else
-        (several revisions, branches, ``depends_on``, symbolic targets) is alembic's to plan.
+        One revision up (``single_upgrade_step``), or one down a chain (``History.is_chain``),
+        is one step, built here: alembic's planner walks the whole history to find it.
+        Anything else (several revisions, branches, ``depends_on``, symbolic targets) is
+        alembic's to plan.
         """
         script, history = self.history.script, self.history
-        if history.is_chain:
-            if direction == "upgrade":
-                revision = history.by_id.get(target)
-                if revision is not None and heads == revision.parents:
-                    return [MigrationStep.upgrade_from_script(script.revision_map, script.get_revision(target))]
-            elif len(heads) == 1:
-                current = history.by_id.get(heads[0])
-                if current is not None and current.parent_target == target:
-                    return [MigrationStep.downgrade_from_script(script.revision_map, script.get_revision(current.id))]
         if direction == "upgrade":
+            if target in history.by_id:
+                single = single_upgrade_step(script, script.get_revision(target), heads)
+                if single is not None:
+                    return single
             return list(script._upgrade_revs(target, heads))
+        if history.is_chain and len(heads) == 1:
+            current = history.by_id.get(heads[0])
+            if current is not None and current.parent_target == target:
+                return [MigrationStep.downgrade_from_script(script.revision_map, script.get_revision(current.id))]
         return list(script._downgrade_revs(target, heads))
 
     def upgrade(self, target: str) -> None:

@@ -10,13 +10,12 @@ from typing import Any, Literal
 
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
-from alembic.runtime.migration import MigrationStep
 from alembic.script import Script, ScriptDirectory
 from sqlalchemy.engine import make_url
 
 from pytest_hokmdb.errors import ConfigError
 from pytest_hokmdb.migration.envpy import installed_postgresql_driver, no_file_config, run_env_py
-from pytest_hokmdb.migration.history import resolve_script_location
+from pytest_hokmdb.migration.history import resolve_script_location, script_parents, single_upgrade_step
 from pytest_hokmdb.migration.lint.findings import (
     CONCURRENTLY_RULE,
     LOCK_TIMEOUT_RULE,
@@ -51,23 +50,6 @@ def _is_postgresql(url: str | None) -> bool:
         return bool(url) and make_url(str(url)).get_backend_name() == "postgresql"
     except Exception:  # noqa: BLE001 - a placeholder or interpolated URL is not a PostgreSQL one
         return False
-
-
-def _parents(rev: Script) -> tuple[str, ...]:
-    down = rev.down_revision
-    if down is None:
-        return ()
-    return (down,) if isinstance(down, str) else tuple(down)
-
-
-def _upgrade_steps(script: ScriptDirectory, rev: Script, parents: str | tuple[str, ...]) -> Any:
-    """``alembic upgrade <parents>:<rev>``'s steps, ``parents`` being ``rev``'s own. A
-    revision without ``depends_on`` is then exactly one step, built here: alembic's planner
-    walks the whole history to find that out (about 1 ms per revision at 200 revisions,
-    quadratic over a lint)."""
-    if not getattr(rev, "dependencies", None):
-        return [MigrationStep.upgrade_from_script(script.revision_map, rev)]
-    return script._upgrade_revs(rev.revision, parents)
 
 
 class MigrationLinter:
@@ -141,13 +123,13 @@ class MigrationLinter:
         rev = script.get_revision(revision)
         if rev is None:
             raise ConfigError(f"revision {revision} is not in the alembic history")
-        parents = _parents(rev)
+        parents = script_parents(rev)
         start: str | tuple[str, ...] = (parents[0] if len(parents) == 1 else parents) if parents else "base"
         buffer = io.StringIO()
         cfg = self.config(output_buffer=buffer)
 
         def steps(_heads: Any, _context: Any) -> Any:
-            return _upgrade_steps(script, rev, start)
+            return single_upgrade_step(script, rev, parents) or script._upgrade_revs(rev.revision, start)
 
         with EnvironmentContext(
             cfg, script, fn=steps, as_sql=True, starting_rev=start, destination_rev=rev.revision, tag=None
@@ -162,7 +144,7 @@ class MigrationLinter:
         rev = script.get_revision(revision)
         if rev is None:
             raise ConfigError(f"revision {revision} is not in the alembic history")
-        parents = _parents(rev)
+        parents = script_parents(rev)
         if len(parents) > 1:
             raise ConfigError(f"revision {revision} is a merge point; undo its branches one by one")
         below = parents[0] if parents else "base"
@@ -245,7 +227,7 @@ class MigrationLinter:
         return result
 
     def _start_label(self, rev: Script) -> str:
-        return ",".join(_parents(rev)) or "base"
+        return ",".join(script_parents(rev)) or "base"
 
     def _finding(
         self,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import subprocess
@@ -34,6 +35,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from helpers import write_config_dir  # noqa: E402
 
 from hokm_profile.seed import seed  # noqa: E402
+from pytest_hokmdb.config.model import SmokeSettings  # noqa: E402
 from pytest_hokmdb.fixtures.throwaway import create_database, start_throwaway_cluster  # noqa: E402
 from pytest_hokmdb.migrate import upgrade  # noqa: E402
 
@@ -77,19 +79,20 @@ def _time(cmd: list[str], env: dict[str, str], runs: int) -> tuple[float, list[f
     return statistics.median(times), times, last
 
 
-TIMEOUT_S = 5.0  # smoke.check_statement_timeout_ms of the testing config (the default)
+def _check_timeout_s(config_file: Path) -> float:
+    """The per-check statement timeout the suite runs with: the config's, else the default."""
+    smoke = json.loads(config_file.read_text()).get("smoke", {})
+    return smoke.get("check_statement_timeout_ms", SmokeSettings().check_statement_timeout_ms) / 1000
 
 
-def _slowest_and_failed(base: list[str], env: dict[str, str], json_path: Path) -> None:
+def _slowest_and_failed(base: list[str], env: dict[str, str], json_path: Path, timeout_s: float) -> None:
     """One more run with the JSON result: the five slowest checks (with their share of the
     per-check statement timeout) and any that did not pass."""
-    import json
-
     subprocess.run([*base, f"--hokmdb-json={json_path}"], cwd=ROOT, env=env, capture_output=True, text=True)
     tests = json.loads(json_path.read_text())["tests"]
     for test in sorted(tests, key=lambda t: -t["duration_s"])[:5]:
-        share = 100 * test["duration_s"] / TIMEOUT_S
-        print(f"    {test['duration_s']:7.2f}s  {share:5.1f}% of its {TIMEOUT_S:.0f} s timeout  {test['check'] or test['nodeid']}")
+        share = 100 * test["duration_s"] / timeout_s
+        print(f"    {test['duration_s']:7.2f}s  {share:5.1f}% of its {timeout_s:g} s timeout  {test['check'] or test['nodeid']}")
     for test in tests:
         if test["outcome"] in ("failed", "error"):
             print(f"    FAILED {test['check'] or test['nodeid']}: {test['message'][:300]}")
@@ -109,7 +112,7 @@ def main() -> None:
         password = "bench-app-password"
         with tempfile.TemporaryDirectory() as tmp:
             config_dir = Path(tmp) / "config"
-            write_config_dir(config_dir, "testing")
+            timeout_s = _check_timeout_s(write_config_dir(config_dir, "testing"))
             results: dict[str, tuple[float, list[float], str]] = {}
             for label, games in (("empty", 0), ("seeded", args.games)):
                 db = create_database(cluster, f"bench_{label}")
@@ -132,7 +135,7 @@ def main() -> None:
                 base = [sys.executable, "-m", "pytest", "smoke", "--environment=testing", f"--db-config={config_dir}", "-p", "no:cacheprovider", "-q"]
                 results[label] = _time(base, env, args.runs)
                 print(f"{label}: {detail}; suite: {results[label][2]}", flush=True)
-                _slowest_and_failed(base, env, Path(tmp) / f"{label}.json")
+                _slowest_and_failed(base, env, Path(tmp) / f"{label}.json", timeout_s)
                 results[f"{label}-startup"] = _time([*base, "--collect-only"], env, args.runs)
                 if games and args.load:
                     spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
@@ -141,7 +144,7 @@ def main() -> None:
                         results["loaded"] = _time(base, env, args.runs)
                         print(f"seeded, every core busy ({len(spinners)} spinning processes): suite: {results['loaded'][2]}",
                               flush=True)
-                        _slowest_and_failed(base, env, Path(tmp) / "loaded.json")
+                        _slowest_and_failed(base, env, Path(tmp) / "loaded.json", timeout_s)
                         results["loaded-startup"] = _time([*base, "--collect-only"], env, args.runs)
                     finally:
                         for spinner in spinners:

@@ -32,15 +32,13 @@ from datetime import datetime
 
 import asyncpg
 
+from pytest_hokmdb.db.advisory import DEPLOY_KEY, MIGRATION_KEY, NAMESPACE
 from pytest_hokmdb.db.connect import connect
 from pytest_hokmdb.db.target import Target
 from pytest_hokmdb.errors import DeployLocked, HokmdbError
 
 log = logging.getLogger("hokmdb.deploy.lock")
 
-NAMESPACE = 0x686B6462  # "hkdb": first key of the two-key advisory lock form
-DEPLOY_KEY = 1
-MIGRATION_KEY = 2
 APP_NAME_MAX = 63  # NAMEDATALEN - 1
 POLL_S = 0.2
 

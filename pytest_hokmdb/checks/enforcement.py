@@ -213,4 +213,68 @@ async def row_security_has_policies(ctx: CheckContext) -> CheckResult:
     )
 
 
-CHECKS: list[CheckFunction] = [triggers_enabled, replication_role_origin, no_rules, tables_logged, row_security_has_policies]
+_ROW_SECURITY = """
+SELECT c.relname AS table_name, c.relrowsecurity AS enabled, c.relforcerowsecurity AS forced,
+       coalesce(string_agg(p.polname || ' (' || CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT'
+                WHEN 'w' THEN 'UPDATE' WHEN 'd' THEN 'DELETE' ELSE 'ALL' END
+                || coalesce(' USING ' || pg_get_expr(p.polqual, p.polrelid), '')
+                || coalesce(' WITH CHECK ' || pg_get_expr(p.polwithcheck, p.polrelid), '') || ')',
+                '; ' ORDER BY p.polname), '') AS policies,
+       count(p.oid) AS policy_count
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_policy p ON p.polrelid = c.oid
+WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND (c.relrowsecurity OR c.relname = ANY($2::text[]))
+GROUP BY c.relname, c.relrowsecurity, c.relforcerowsecurity
+ORDER BY c.relname
+"""
+
+
+@check("enforcement.row_security_as_declared", title="Row-level security is on exactly where the project declares it",
+       feature=FEATURE, category="data integrity", severity="critical")
+async def row_security_as_declared(ctx: CheckContext) -> CheckResult:
+    """Policies filter rows silently: with row-level security on a table, the game server
+    sees only the rows a policy lets through, and an ``INSERT`` a ``WITH CHECK`` rejects
+    fails, while the owner (every migration, every test run as the owner) sees them all.
+    The models cannot express it, so the project declares the tables meant to have it
+    (``smoke.row_security_tables``): on elsewhere, or off on a declared table, fails."""
+    schema = await app_schema(ctx.conn)
+    declared = list(ctx.settings.row_security_tables)
+    rows = await ctx.conn.fetch(_ROW_SECURITY, schema, declared)
+    found = {r["table_name"] for r in rows}
+    unexpected = [r for r in rows if r["enabled"] and r["table_name"] not in declared and r["policy_count"]]
+    switched_off = [r for r in rows if not r["enabled"] and r["table_name"] in declared]
+    missing = [t for t in declared if t not in found]
+    problems, fixes = [], []
+    if unexpected:
+        problems.append("row-level security is on for table(s) the project does not declare, so the application "
+                        "role sees only the rows these policies let through: " + "; ".join(
+                            f"{r['table_name']}{' (forced, even for its owner)' if r['forced'] else ''} with policies "
+                            f"{r['policies']}" for r in unexpected[:10]))
+        fixes.append("; ".join(f"ALTER TABLE {qualified(schema, r['table_name'])} DISABLE ROW LEVEL SECURITY"
+                               for r in unexpected[:10])
+                     + " (as the owner) if it was switched on by hand, or add the table to smoke.row_security_tables "
+                     "if the policies are the design")
+    if switched_off:
+        names = ", ".join(r["table_name"] for r in switched_off)
+        problems.append(f"row-level security is off for {names}, declared in smoke.row_security_tables: every role "
+                        "with a grant on it reads every row")
+        fixes.append("; ".join(f"ALTER TABLE {qualified(schema, r['table_name'])} ENABLE ROW LEVEL SECURITY"
+                               for r in switched_off))
+    if missing:
+        problems.append(f"smoke.row_security_tables names {', '.join(missing)}, not a table in schema {schema}")
+        fixes.append("correct smoke.row_security_tables")
+    evidence = {"row-level security": "\n".join(
+        f"{r['table_name']} enabled={r['enabled']} forced={r['forced']} policies: {r['policies'] or 'none'}"
+        for r in rows) + "\n"}
+    if problems:
+        return CheckResult.failed(f"in schema {schema}, {'; '.join(problems)}. Fix: {'; '.join(fixes)}",
+                                  measured=len(unexpected) + len(switched_off) + len(missing), threshold=0,
+                                  evidence=evidence)
+    where = f"on for exactly {', '.join(declared)}" if declared else "off on every table"
+    return CheckResult.passed(f"row-level security is {where} in schema {schema}, as smoke.row_security_tables declares",
+                              measured=0, threshold=0, evidence=evidence)
+
+
+CHECKS: list[CheckFunction] = [triggers_enabled, replication_role_origin, no_rules, tables_logged, row_security_has_policies,
+                               row_security_as_declared]

@@ -22,7 +22,8 @@ from typing import Any
 import asyncpg
 
 from pytest_hokmdb.checks.base import Category, CheckContext, CheckFunction, CheckResult, check, sample
-from pytest_hokmdb.checks.schema import app_schema, qualified
+from pytest_hokmdb.checks.schema import app_schema, qualified, quote_ident
+from pytest_hokmdb.db.advisory import NAMESPACE as HOKMDB_LOCK_NAMESPACE
 from pytest_hokmdb.redaction import redact
 
 FEATURE = "Health"
@@ -622,6 +623,108 @@ async def prepared_transactions(ctx: CheckContext) -> CheckResult:
     )
 
 
+_ADVISORY = """
+SELECT l.pid, a.usename, a.application_name, host(a.client_addr) AS client_addr, a.state, a.query,
+       CASE WHEN l.objsubid = 1 THEN ((l.classid::int8 << 32) | l.objid::int8)::text
+            ELSE l.classid::text || ', ' || l.objid::text END AS lock_key,
+       l.mode, l.classid = $1::oid AND l.objsubid = 2 AS hokmdb,
+       extract(epoch FROM now() - a.state_change)::float8 AS state_age_s
+FROM pg_locks l
+LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.pid <> pg_backend_pid()
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+ORDER BY a.state_change NULLS FIRST
+"""
+
+
+@check("health.advisory_locks", title="No advisory lock is held by a session that stopped working", feature=FEATURE,
+       category=CATEGORY)
+async def advisory_locks(ctx: CheckContext) -> CheckResult:
+    """Job schedulers and workers serialise with advisory locks (``pg_try_advisory_lock``):
+    a worker that hung, or a pooled connection that kept a session lock after its job died,
+    makes every next run skip silently; nobody waits, so ``health.blocked_locks`` sees
+    nothing. Held by a session idle for longer than ``smoke.advisory_lock_idle_s``, the lock
+    outlived its job. Holders in ``smoke.advisory_lock_holders`` (a leader election) and
+    hokmdb's own deploy lock (a deploy holds it on an idle session) are listed, not failed."""
+    limit = ctx.settings.advisory_lock_idle_s
+    allowed = set(ctx.settings.advisory_lock_holders)
+    rows = await ctx.observer.fetch(_ADVISORY, HOKMDB_LOCK_NAMESPACE)
+    if not rows:
+        return CheckResult.passed("no advisory lock is held in this database", measured=0, threshold=limit)
+    evidence = {"advisory locks": "\n".join(
+        f"key {r['lock_key']} {r['mode']} pid {r['pid']} {r['application_name'] or '?'} {r['state'] or '?'} "
+        f"for {duration(r['state_age_s']) if r['state_age_s'] is not None else '?'}" for r in rows) + "\n"}
+    own = [r for r in rows if not r["hokmdb"] and r["application_name"] not in allowed]
+    stale = [r for r in own if r["state"] in ("idle", "idle in transaction", "idle in transaction (aborted)")
+             and r["state_age_s"] is not None and r["state_age_s"] > limit]
+    if stale:
+        described = [f"key {r['lock_key']} held by {_who(r)}, {r['state']} for {duration(r['state_age_s'])}, last query: "
+                     f"{snippet(r['query'])}" for r in stale[:_SHOWN]]
+        more = f" (and {len(stale) - _SHOWN} more)" if len(stale) > _SHOWN else ""
+        pids = ", ".join(str(r["pid"]) for r in stale[:_SHOWN])
+        return CheckResult.failed(
+            f"{len(stale)} advisory lock(s) in database {ctx.target.dbname} held by sessions idle for longer than "
+            f"{duration(limit)} (smoke.advisory_lock_idle_s): {'; '.join(described)}{more}. The job that took them "
+            "is not working; the next run that tries the lock skips. Find the client by pid/application and release "
+            f"it there (pg_advisory_unlock), or end the session: SELECT pg_terminate_backend(pid) for {pids}. A lock "
+            "held for ever on purpose (a leader election): add its application_name to smoke.advisory_lock_holders",
+            measured=round(max(r["state_age_s"] for r in stale), 1), threshold=limit, evidence=evidence)
+    unseen = [r for r in own if r["state"] is None]
+    if unseen:
+        return CheckResult.skipped(
+            f"{len(unseen)} advisory lock(s) held by sessions whose state this role cannot see "
+            f"(pids {', '.join(str(r['pid']) for r in unseen[:_SHOWN])}); {ctx.monitor_hint()}",
+            measured=0, threshold=limit, evidence=evidence)
+    return CheckResult.passed(
+        f"{len(rows)} advisory lock(s) held, none by a session idle for longer than {duration(limit)} "
+        "(smoke.advisory_lock_idle_s)", measured=0, threshold=limit, evidence=evidence)
+
+
+_SUBSCRIPTIONS = """
+SELECT s.subname, s.subenabled, array_to_string(s.subpublications, ', ') AS publications,
+       w.pid, extract(epoch FROM now() - w.last_msg_receipt_time)::float8 AS silent_s,
+       e.apply_error_count, e.sync_error_count
+FROM pg_subscription s
+LEFT JOIN pg_stat_subscription w ON w.subid = s.oid AND w.relid IS NULL
+LEFT JOIN pg_stat_subscription_stats e ON e.subid = s.oid
+WHERE s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+ORDER BY s.subname
+"""
+
+
+@check("health.subscriptions_running", title="Logical subscriptions are enabled and their apply workers run",
+       feature=FEATURE, category=CATEGORY, severity="critical")
+async def subscriptions_running(ctx: CheckContext) -> CheckResult:
+    """A subscription that was disabled (by hand, or by ``disable_on_error`` after a
+    conflict) or whose apply worker keeps dying (the publisher is gone, a row conflicts)
+    stops copying data into this database and says so only in the server log. Its slot on
+    the publisher meanwhile keeps WAL there."""
+    rows = await ctx.observer.fetch(_SUBSCRIPTIONS)
+    if not rows:
+        return CheckResult.passed("no logical subscription in this database", measured=0, threshold=0)
+    problems, fixes = [], []
+    for r in rows:
+        name = quote_ident(r["subname"])
+        errors = f"; {r['apply_error_count']} apply and {r['sync_error_count']} sync errors so far" if r["apply_error_count"] or r["sync_error_count"] else ""
+        if not r["subenabled"]:
+            problems.append(f"{r['subname']} (publications {r['publications']}) is disabled{errors}")
+            fixes.append(f"ALTER SUBSCRIPTION {name} ENABLE")
+        elif r["pid"] is None:
+            problems.append(f"{r['subname']} (publications {r['publications']}) is enabled but its apply worker is not "
+                            f"running{errors}")
+            fixes.append(f"read the server log for {r['subname']}'s error (publisher unreachable, a conflicting row)")
+    evidence = {"subscriptions": "\n".join(
+        f"{r['subname']} enabled={r['subenabled']} worker_pid={r['pid']} apply_errors={r['apply_error_count']}" for r in rows) + "\n"}
+    if problems:
+        return CheckResult.failed(
+            f"{len(problems)} of {len(rows)} subscription(s) in database {ctx.target.dbname} copy nothing: "
+            f"{'; '.join(problems)}. Fix: {'; '.join(fixes)}; a subscription nobody needs: ALTER SUBSCRIPTION ... "
+            "DISABLE, then DROP SUBSCRIPTION (as its owner), so its slot on the publisher stops keeping WAL",
+            measured=len(problems), threshold=0, evidence=evidence)
+    return CheckResult.passed(f"{len(rows)} subscription(s), each enabled with its apply worker running",
+                              measured=0, threshold=0, evidence=evidence)
+
+
 # Settings that trade crash safety for speed: what each loses, and the value that keeps it.
 _CRASH_SAFETY = {
     "fsync": ("on", "an operating-system crash or power loss can corrupt the whole cluster"),
@@ -672,4 +775,6 @@ CHECKS: list[CheckFunction] = [
     autovacuum_enabled,
     prepared_transactions,
     crash_safe_settings,
+    advisory_locks,
+    subscriptions_running,
 ]

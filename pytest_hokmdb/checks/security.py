@@ -589,6 +589,147 @@ async def no_public_table_privileges(ctx: CheckContext) -> CheckResult:
     )
 
 
+_PUBLIC_SCHEMAS = """
+SELECT n.nspname AS schema
+FROM pg_namespace n
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND left(n.nspname, 3) <> 'pg_'
+  AND EXISTS (SELECT 1 FROM aclexplode(n.nspacl) a WHERE a.grantee = 0 AND a.privilege_type = 'USAGE')
+ORDER BY 1
+"""
+
+_PUBLIC_FUNCTIONS = """
+SELECT n.nspname AS schema, p.proname AS name, pg_get_function_identity_arguments(p.oid) AS args,
+       p.prokind::text AS kind, p.prosecdef AS definer, pg_get_userbyid(p.proowner) AS owner
+FROM pg_proc p
+JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname = ANY($1::text[])
+  AND p.prokind IN ('f', 'p')
+  AND p.prorettype NOT IN ('pg_catalog.trigger'::regtype, 'pg_catalog.event_trigger'::regtype)
+  AND (p.proacl IS NULL  -- never granted or revoked: PostgreSQL's default, EXECUTE to PUBLIC
+       OR EXISTS (SELECT 1 FROM aclexplode(p.proacl) a WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE'))
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                  WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')
+ORDER BY 1, 2, 3
+"""
+
+
+@check("security.no_public_function_or_schema_access", title="PUBLIC may use only the declared schemas and functions",
+       feature=FEATURE, category=CATEGORY)
+async def no_public_function_or_schema_access(ctx: CheckContext) -> CheckResult:
+    """PostgreSQL grants ``EXECUTE`` on every new function to PUBLIC, so a function a
+    migration adds is callable by every role of the cluster wherever PUBLIC may use its
+    schema: a reporting login can run the function that credits a player's score. The
+    project's baseline is ``smoke.public_schemas`` (default ``public``) and
+    ``smoke.public_functions`` (``schema.name``); beyond it, a grant to PUBLIC fails.
+    Trigger functions (callable only as triggers) and extensions' functions (their
+    maintainers') are not counted."""
+    settings = ctx.settings
+    schemas = [r["schema"] for r in await ctx.conn.fetch(_PUBLIC_SCHEMAS)]
+    extra_schemas = [s for s in schemas if s not in settings.public_schemas]
+    functions = await ctx.conn.fetch(_PUBLIC_FUNCTIONS, schemas)
+    extra_functions = [r for r in functions if f"{r['schema']}.{r['name']}" not in settings.public_functions]
+    if not extra_schemas and not extra_functions:
+        listed = f"; {len(functions)} declared in smoke.public_functions" if functions else ""
+        return CheckResult.passed(
+            f"PUBLIC may use schemas {', '.join(schemas) or 'none'} (smoke.public_schemas) and execute no undeclared "
+            f"function in them{listed}", measured=0, threshold=0)
+    problems, fixes = [], []
+    if extra_schemas:
+        problems.append(f"PUBLIC may use schema(s) {', '.join(extra_schemas)} (USAGE), beyond smoke.public_schemas")
+        fixes.extend(f"REVOKE USAGE ON SCHEMA {quote_ident(s)} FROM PUBLIC" for s in extra_schemas)
+    if extra_functions:
+        names = [f"{r['schema']}.{r['name']}({r['args']})" + (" (SECURITY DEFINER)" if r["definer"] else "")
+                 for r in extra_functions]
+        problems.append(f"every role of the cluster may execute {len(extra_functions)} function(s): {sample(names)}")
+        fixes.extend(f"REVOKE EXECUTE ON {'PROCEDURE' if r['kind'] == 'p' else 'FUNCTION'} "
+                     f"{quote_ident(r['schema'])}.{quote_ident(r['name'])}({r['args']}) FROM PUBLIC"
+                     for r in extra_functions[:10])
+        owners = sorted({r["owner"] for r in extra_functions})
+        fixes.append("grant EXECUTE to the application role instead, and ALTER DEFAULT PRIVILEGES FOR ROLE "
+                     f"{', '.join(quote_ident(o) for o in owners)} REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC so new "
+                     "functions start closed")
+    return CheckResult.failed(
+        f"{'; '.join(problems)}. Run {'; '.join(fixes)} (as the owner), or declare what is meant to be public in "
+        "smoke.public_schemas / smoke.public_functions",
+        measured=len(extra_schemas) + len(extra_functions), threshold=0,
+        evidence={"PUBLIC access": "\n".join([f"schema {s}" for s in schemas]
+                                             + [f"function {r['schema']}.{r['name']}({r['args']})" for r in functions]) + "\n"},
+    )
+
+
+_PRIVILEGED_LOGINS = """
+SELECT rolname AS role_name,
+       array_remove(ARRAY[CASE WHEN rolsuper THEN 'SUPERUSER' END, CASE WHEN rolcreaterole THEN 'CREATEROLE' END,
+                          CASE WHEN rolcreatedb THEN 'CREATEDB' END, CASE WHEN rolbypassrls THEN 'BYPASSRLS' END],
+                    NULL) AS attributes
+FROM pg_roles
+WHERE rolcanlogin AND (rolsuper OR rolcreaterole OR rolcreatedb OR rolbypassrls)
+ORDER BY rolname
+"""
+
+
+@check("security.privileged_login_roles", title="Only the declared administrators log in with administrative attributes",
+       feature=FEATURE, category=CATEGORY)
+async def privileged_login_roles(ctx: CheckContext) -> CheckResult:
+    """The application role is judged by its own checks; this one reads every role that can
+    log in (CIS 4.x): a reporting login made ``SUPERUSER`` for a one-off fix, a CI role with
+    ``CREATEROLE`` (which can grant itself any non-superuser role) or ``BYPASSRLS``, is a
+    second way into the cluster that no application check looks at. The administrators are
+    declared in ``smoke.privileged_login_roles`` (default ``postgres``). ``REPLICATION``
+    alone is what a standby's login needs and is not counted."""
+    declared = set(ctx.settings.privileged_login_roles)
+    rows = await ctx.conn.fetch(_PRIVILEGED_LOGINS)
+    extra = [r for r in rows if r["role_name"] not in declared]
+    if not extra:
+        shown = ", ".join(r["role_name"] for r in rows) or "none"
+        return CheckResult.passed(f"login roles with administrative attributes: {shown}, all declared in "
+                                  "smoke.privileged_login_roles", measured=0, threshold=0)
+    names = [f"{r['role_name']} ({', '.join(r['attributes'])})" for r in extra]
+    fixes = "; ".join(f"ALTER ROLE {quote_ident(r['role_name'])} "
+                      + " ".join(f"NO{a}" for a in r["attributes"]) for r in extra[:10])
+    return CheckResult.failed(
+        f"{len(extra)} login role(s) not declared as administrators hold administrative attributes: {sample(names)}. "
+        f"Run {fixes} (as a superuser) unless the role administers the server, then add it to "
+        "smoke.privileged_login_roles",
+        measured=len(extra), threshold=0,
+        evidence={"privileged logins": "\n".join(f"{r['role_name']}: {', '.join(r['attributes'])}" for r in rows) + "\n"},
+    )
+
+
+_MD5_LOGINS = "SELECT rolname FROM pg_catalog.pg_authid WHERE rolcanlogin AND rolpassword LIKE 'md5%' ORDER BY 1"
+
+
+@check("security.login_roles_scram_hashes", title="No login role's password is stored as an MD5 hash",
+       feature=FEATURE, category=CATEGORY)
+async def login_roles_scram_hashes(ctx: CheckContext) -> CheckResult:
+    """``password_encryption = scram-sha-256`` only changes how passwords set *from now on*
+    are stored: a role whose password was set under ``md5`` keeps a replayable MD5 hash
+    until its password is set again. Only ``pg_authid`` shows the hashes, and only
+    superusers read it; hokmdb does not ask the monitoring role to read every password
+    hash, so without a superuser connection this check says it could not look (severity
+    normal: reported, not gating)."""
+    for conn in dict.fromkeys((ctx.observer, ctx.conn)):
+        if await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"):
+            rows = await conn.fetch(_MD5_LOGINS)
+            break
+    else:
+        role = await ctx.conn.fetchval("SELECT current_user")
+        return CheckResult.skipped(
+            f"stored password hashes: only superusers may read pg_authid, and role {role} is not one. Check it as a "
+            "superuser: SELECT rolname FROM pg_authid WHERE rolcanlogin AND rolpassword LIKE 'md5%' (or run the smoke "
+            "suite as a superuser where that is acceptable, e.g. development)")
+    if not rows:
+        return CheckResult.passed("no login role has an MD5 password hash", measured=0, threshold=0)
+    names = [r["rolname"] for r in rows]
+    return CheckResult.failed(
+        f"{len(names)} login role(s) have an MD5 password hash: {sample(names)}. MD5 hashes are replayable and "
+        "cannot be upgraded in place: with password_encryption = 'scram-sha-256', set each password again "
+        f"(\\password {names[0]} in psql, or ALTER ROLE ... PASSWORD from the secret store; never on a command line), "
+        "then change their pg_hba method from md5 to scram-sha-256",
+        measured=len(names), threshold=0,
+    )
+
+
 CHECKS: list[CheckFunction] = [
     app_role_not_superuser,
     app_role_cannot_create_roles,
@@ -605,4 +746,7 @@ CHECKS: list[CheckFunction] = [
     no_server_file_or_program_access,
     definer_functions_pin_search_path,
     login_passwords_not_expiring,
+    no_public_function_or_schema_access,
+    login_roles_scram_hashes,
+    privileged_login_roles,
 ]

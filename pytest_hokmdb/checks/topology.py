@@ -9,6 +9,7 @@ configured component that cannot be reached has not passed: it fails.
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
 
 from pytest_hokmdb.checks.base import Category, CheckContext, CheckFunction, CheckResult, check, sample
@@ -166,6 +167,81 @@ async def replication_slots(ctx: CheckContext) -> CheckResult:
                               measured=worst, threshold=limit, evidence=evidence)
 
 
+_SYNC_COUNT = re.compile(r"^\s*(?:(first|any)\s+)?(\d+)\s*\(", re.IGNORECASE)
+
+
+def required_sync_standbys(names: str) -> tuple[int, str]:
+    """How many standbys ``synchronous_standby_names`` makes every commit wait for, and the
+    method: ``FIRST n (...)`` / ``n (...)`` is priority, ``ANY n (...)`` quorum, a plain list one."""
+    match = _SYNC_COUNT.match(names)
+    if match is None:
+        return 1, "priority"
+    return int(match.group(2)), "quorum" if (match.group(1) or "").lower() == "any" else "priority"
+
+
+_SYNC_STATE = """
+SELECT current_setting('synchronous_standby_names') AS names,
+       (SELECT reset_val FROM pg_settings WHERE name = 'synchronous_commit') AS commit_level,
+       coalesce((SELECT string_agg(coalesce(application_name, '?') || ' ' || coalesce(sync_state, '?'), ', '
+                                   ORDER BY application_name)
+                 FROM pg_stat_replication), '') AS attached,
+       (SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum')) AS synchronous,
+       (SELECT count(*) FROM pg_stat_replication WHERE sync_state IS NULL) AS hidden
+"""
+
+
+@check("topology.synchronous_standbys", title="Synchronous replication is what the topology promises, and commits do not hang",
+       feature=FEATURE, category=CATEGORY, severity="critical")
+async def synchronous_standbys(ctx: CheckContext) -> CheckResult:
+    """``synchronous_standby_names`` makes every commit wait until enough named standbys
+    confirm it. Naming a standby that is not attached makes every write of the game hang; a
+    topology that promises synchronous replication (``topology.synchronous_replication``)
+    with the setting empty, or ``synchronous_commit`` at ``local``/``off``, loses
+    acknowledged moves on failover. Read on the primary, from ``pg_stat_replication``, whose
+    ``sync_state`` only superusers and ``pg_read_all_stats`` members see."""
+    if await ctx.observer.fetchval("SELECT pg_is_in_recovery()"):
+        return CheckResult.skipped("synchronous replication: the target is a standby; judge it on the primary")
+    row = await ctx.observer.fetchrow(_SYNC_STATE)
+    names, level, promised = row["names"].strip(), row["commit_level"], ctx.topology.synchronous_replication
+    evidence = {"replication": f"synchronous_standby_names = '{names}'\nsynchronous_commit = {level}\n"
+                               f"attached: {row['attached'] or 'none'}\n"}
+    if not names:
+        if promised:
+            return CheckResult.failed(
+                "the topology promises synchronous replication (topology.synchronous_replication), but "
+                "synchronous_standby_names is empty: commits do not wait for a standby, and a failover loses the "
+                "moves acknowledged last. Run ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 (<standby "
+                "application_name>)'; SELECT pg_reload_conf() (as a superuser; with Patroni, synchronous_mode: true), "
+                "or set topology.synchronous_replication = false if asynchronous is the design",
+                measured=0, threshold=1, evidence=evidence)
+        return CheckResult.passed("replication is asynchronous (synchronous_standby_names empty), as configured",
+                                  measured=0, threshold=0, evidence=evidence)
+    need, method = required_sync_standbys(names)
+    have = int(row["synchronous"])
+    if have < need and row["hidden"]:
+        return CheckResult.skipped(
+            f"synchronous_standby_names = '{names}' needs {need} synchronous standby(s), but this role cannot see "
+            f"the sync state of {row['hidden']} attached standby(s); {ctx.monitor_hint()}",
+            measured=have, threshold=need, evidence=evidence)
+    if have < need:
+        return CheckResult.failed(
+            f"synchronous_standby_names = '{names}' makes every commit wait for {need} {method} standby(s), but "
+            f"{have} {'is' if have == 1 else 'are'} attached as synchronous (attached: {row['attached'] or 'none'}): "
+            "every write of the game hangs until one connects. Start or reconnect the standby (its primary_conninfo "
+            "application_name must match), or run ALTER SYSTEM SET synchronous_standby_names = ''; SELECT "
+            "pg_reload_conf() (as a superuser) and accept asynchronous replication until it is back",
+            measured=have, threshold=need, evidence=evidence)
+    if promised and level in ("local", "off"):
+        return CheckResult.failed(
+            f"synchronous_commit = {level} for new sessions: commits do not wait for the synchronous standby that "
+            "topology.synchronous_replication promises, and a failover can lose acknowledged moves. Run ALTER SYSTEM "
+            "SET synchronous_commit = on; SELECT pg_reload_conf() (and remove per-role or per-database overrides)",
+            measured=have, threshold=need, evidence=evidence)
+    return CheckResult.passed(
+        f"{have} standby(s) attached as synchronous, {need} needed (synchronous_standby_names = '{names}')",
+        measured=have, threshold=need, evidence=evidence)
+
+
 @check("topology.pgbouncer_pools", title="PgBouncer's pools serve without waiting", feature=FEATURE, category=CATEGORY,
        severity="critical")
 async def pgbouncer_pools(ctx: CheckContext) -> CheckResult:
@@ -262,4 +338,5 @@ async def patroni_members(ctx: CheckContext) -> CheckResult:
                               measured=len(running), threshold=topo.patroni_expected_members, evidence=evidence)
 
 
-CHECKS: list[CheckFunction] = [target_is_primary, standbys_follow, replication_slots, pgbouncer_pools, patroni_members]
+CHECKS: list[CheckFunction] = [target_is_primary, standbys_follow, replication_slots, synchronous_standbys, pgbouncer_pools,
+                               patroni_members]

@@ -247,6 +247,9 @@ class TopologySettings(_Strict):
         1024 * 1024 * 1024, gt=0, description="WAL a replication slot may hold back on the primary"
     )
     max_pool_wait_s: float = Field(1.0, gt=0, description="longest a client may have waited for a server connection")
+    synchronous_replication: bool = Field(
+        False, description="commits must wait for a standby (synchronous_standby_names set, a standby attached as sync)",
+    )
 
 
 class DeploySettings(_Strict):
@@ -384,6 +387,27 @@ class SmokeSettings(_Strict):
     long_transaction_s: float = Field(300.0, gt=0)
     idle_in_transaction_s: float = Field(60.0, gt=0)
     blocked_lock_s: float = Field(30.0, gt=0)
+    advisory_lock_idle_s: float = Field(
+        3600.0, gt=0, description="an advisory lock held by a session idle this long is left behind (a dead job's lock)",
+    )
+    advisory_lock_holders: list[str] = Field(
+        default_factory=list, description="application_name values that hold advisory locks for ever on purpose "
+        "(a leader election); their locks are listed, not failed",
+    )
+    row_security_tables: list[str] = Field(
+        default_factory=list, description="tables of the application schema meant to have row-level security on; "
+        "any other table with it on fails, and a listed table with it off fails",
+    )
+    public_schemas: list[str] = Field(
+        default_factory=lambda: ["public"], description="schemas every role of the cluster may use (USAGE to PUBLIC)",
+    )
+    privileged_login_roles: list[str] = Field(
+        default_factory=lambda: ["postgres"], description="login roles that may be SUPERUSER, CREATEROLE, CREATEDB "
+        "or BYPASSRLS (the administrators); any other login role with one of them fails",
+    )
+    public_functions: list[str] = Field(
+        default_factory=list, description="functions every role may execute, as schema.name (EXECUTE to PUBLIC)",
+    )
     max_xid_age: int = Field(1_000_000_000, gt=0)
     max_replication_lag_s: float = Field(30.0, gt=0)
     max_replication_lag_bytes: int = Field(256 * 1024 * 1024, gt=0, description="WAL a replica may have left to replay")

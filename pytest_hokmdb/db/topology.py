@@ -65,6 +65,7 @@ class Topology:
     replay_timeout_s: float = 60.0
     max_slot_retained_bytes: int = 1024 * 1024 * 1024
     max_pool_wait_s: float = 1.0
+    synchronous_replication: bool = False
 
     @property
     def expected_standbys(self) -> int:
@@ -77,7 +78,7 @@ def resolve_topology(loaded: LoadedConfig, target: Target, monitor: Target | Non
     if settings is None:
         return Topology()
     limits = dict(replay_timeout_s=settings.replay_timeout_s, max_slot_retained_bytes=settings.max_slot_retained_bytes,
-                  max_pool_wait_s=settings.max_pool_wait_s)
+                  max_pool_wait_s=settings.max_pool_wait_s, synchronous_replication=settings.synchronous_replication)
     observer = monitor or target
     if settings.local == "patroni":
         return _local_patroni(loaded, observer, target.dbname, limits)

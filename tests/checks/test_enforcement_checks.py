@@ -97,3 +97,31 @@ async def test_row_security_without_a_policy_fails_and_with_one_passes(hokmdb_fr
     await run_statements(hokmdb_fresh_db, "CREATE POLICY everyone ON moves USING (true)",
                          "CREATE POLICY everyone ON players USING (true)")
     assert_status(await enforcement.row_security_has_policies(await check_context_factory(hokmdb_fresh_db)), "passed")
+
+
+async def test_row_security_nobody_declared_fails_naming_the_table_and_its_policy(hokmdb_fresh_db, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    await run_statements(
+        hokmdb_fresh_db,
+        "ALTER TABLE players ENABLE ROW LEVEL SECURITY",
+        "CREATE POLICY recent_only ON players FOR SELECT USING (created_at > now() - interval '1 day')",
+    )
+    result = await enforcement.row_security_as_declared(await check_context_factory(hokmdb_fresh_db))
+    assert_status(result, "failed")
+    assert "row-level security is on for table(s) the project does not declare" in result.message
+    assert "players with policies recent_only (SELECT USING (created_at > (now() - '1 day'::interval)))" in result.message
+    assert "ALTER TABLE public.players DISABLE ROW LEVEL SECURITY" in result.message
+    assert "add the table to smoke.row_security_tables" in result.message
+    # Declared, the same policy is the design and passes.
+    declared = await enforcement.row_security_as_declared(
+        await check_context_factory(hokmdb_fresh_db, smoke={"row_security_tables": ["players"]}))
+    assert_status(declared, "passed")
+    assert "row-level security is on for exactly players in schema public" in declared.message
+
+
+async def test_row_security_declared_but_off_or_on_no_such_table_fails(hokmdb_fresh_db, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    ctx = await check_context_factory(hokmdb_fresh_db, smoke={"row_security_tables": ["game_sessions", "games"]})
+    result = await enforcement.row_security_as_declared(ctx)
+    assert_status(result, "failed")
+    assert "row-level security is off for game_sessions, declared in smoke.row_security_tables" in result.message
+    assert "ALTER TABLE public.game_sessions ENABLE ROW LEVEL SECURITY" in result.message
+    assert "smoke.row_security_tables names games, not a table in schema public" in result.message

@@ -1,21 +1,27 @@
-"""Autovacuum switched off (server-wide, per database, per table or its TOAST table) and
-prepared transactions left behind: the health checks pass on a healthy database and fail,
-naming the table or transaction and the fix, on one broken that way."""
+"""Maintenance stopped and state that outlives its session: autovacuum switched off (server-wide,
+per database, per table or its TOAST table), prepared transactions, advisory locks and logical
+subscriptions left behind, crash-unsafe settings, synchronous replication that cannot be met.
+The checks pass on a healthy database and fail, naming the object and the fix, on one broken
+that way."""
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import asyncpg
 import pytest
 from helpers import assert_status, run_statements
 
-from pytest_hokmdb.checks import health
+from pytest_hokmdb.checks import health, topology
 from pytest_hokmdb.cluster import EmbeddedCluster
 from pytest_hokmdb.cluster.embedded import THROWAWAY_SETTINGS
+from pytest_hokmdb.db.advisory import NAMESPACE as HOKMDB_LOCK_NAMESPACE
+from pytest_hokmdb.db.topology import Topology
 from pytest_hokmdb.fixtures.throwaway import ThrowawayDatabase, create_database
 
 
@@ -116,3 +122,128 @@ async def test_a_crash_safe_server_passes(check_context_factory) -> None:  # typ
         assert "keep commits crash-safe" in result.message
     finally:
         cluster.destroy()
+
+
+# -- advisory locks left behind ------------------------------------------------------------------
+
+
+async def test_an_advisory_lock_held_by_an_idle_session_fails_naming_it(hokmdb_fresh_db, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    db = hokmdb_fresh_db
+    job = await asyncpg.connect(db.dsn, server_settings={"application_name": "nightly-payout"})
+    deploy = await asyncpg.connect(db.dsn, server_settings={"application_name": "hokmdb deploy by ops"})
+    try:
+        await job.execute("SELECT pg_advisory_lock(42)")
+        await deploy.execute("SELECT pg_advisory_lock($1, 1)", HOKMDB_LOCK_NAMESPACE)  # a deploy in progress
+        fresh = await health.advisory_locks(await check_context_factory(db))
+        assert_status(fresh, "passed")
+        assert "2 advisory lock(s) held, none by a session idle for longer than 1.0 h" in fresh.message
+        await asyncio.sleep(0.3)
+        result = await health.advisory_locks(await check_context_factory(db, smoke={"advisory_lock_idle_s": 0.1}))
+        assert_status(result, "failed")
+        job_pid = job.get_server_pid()
+        assert f"1 advisory lock(s) in database {db.name} held by sessions idle for longer than" in result.message
+        assert f"key 42 held by pid {job_pid} (postgres, nightly-payout, from 127.0.0.1), idle for" in result.message
+        assert "last query: SELECT pg_advisory_lock(42)" in result.message
+        assert f"SELECT pg_terminate_backend(pid) for {job_pid}" in result.message
+        assert "hokmdb deploy" not in result.message  # hokmdb's own deploy lock is listed, not failed
+        allowed = await health.advisory_locks(await check_context_factory(
+            db, smoke={"advisory_lock_idle_s": 0.1, "advisory_lock_holders": ["nightly-payout"]}))
+        assert_status(allowed, "passed")
+    finally:
+        await job.close()
+        await deploy.close()
+    none = await health.advisory_locks(await check_context_factory(db))
+    assert_status(none, "passed")
+    assert none.message == "no advisory lock is held in this database"
+
+
+# -- logical subscriptions that stopped ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def replication_settings_db() -> Iterator[ThrowawayDatabase]:
+    """A cluster of its own for server-wide replication settings (synchronous_standby_names makes
+    every commit of the cluster wait) and subscriptions whose apply worker is not restarted for
+    an hour after it fails (wal_retrieve_retry_interval), so "not running" is a steady state."""
+    cluster = EmbeddedCluster(Path(tempfile.gettempdir()) / f"hokmdb-repl-{uuid.uuid4().hex[:10]}",
+                              settings={**THROWAWAY_SETTINGS, "wal_retrieve_retry_interval": "1h"})
+    cluster.start()
+    try:
+        yield create_database(cluster, "subscriber")
+    finally:
+        cluster.destroy()
+
+
+async def test_no_subscription_passes(replication_settings_db, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    result = await health.subscriptions_running(await check_context_factory(replication_settings_db))
+    assert_status(result, "passed")
+    assert result.message == "no logical subscription in this database"
+
+
+async def test_a_disabled_subscription_and_one_whose_worker_died_fail(replication_settings_db, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    db = replication_settings_db
+    nowhere = "host=127.0.0.1 port=1 dbname=hokm connect_timeout=1"
+    await run_statements(
+        db,
+        f"CREATE SUBSCRIPTION paused_feed CONNECTION '{nowhere}' PUBLICATION stats WITH (connect = false)",
+        f"CREATE SUBSCRIPTION dead_feed CONNECTION '{nowhere}' PUBLICATION games "
+        "WITH (connect = false, slot_name = 'dead_feed')",
+        "ALTER SUBSCRIPTION dead_feed ENABLE",
+    )
+    try:
+        # The apply worker starts, cannot reach the publisher and exits within milliseconds; it
+        # is not restarted for an hour. Wait for the server to log its exit.
+        log = db.cluster.base_dir / "postgres.log"
+        for _ in range(50):
+            if 'worker "logical replication worker"' in log.read_text(errors="replace"):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"the apply worker of dead_feed never exited; see {log}")
+        result = await health.subscriptions_running(await check_context_factory(db))
+        assert_status(result, "failed")
+        assert f"2 of 2 subscription(s) in database {db.name} copy nothing" in result.message
+        assert "paused_feed (publications stats) is disabled" in result.message
+        assert "dead_feed (publications games) is enabled but its apply worker is not running" in result.message
+        assert "ALTER SUBSCRIPTION paused_feed ENABLE" in result.message
+        assert "read the server log for dead_feed's error" in result.message
+    finally:
+        for name in ("dead_feed", "paused_feed"):  # without a slot to drop on the (absent) publisher
+            await run_statements(db, f"ALTER SUBSCRIPTION {name} DISABLE", f"ALTER SUBSCRIPTION {name} SET (slot_name = NONE)",
+                                 f"DROP SUBSCRIPTION {name}")
+
+
+# -- synchronous replication ---------------------------------------------------------------------
+
+
+async def test_synchronous_standby_names_without_a_standby_fails_because_commits_hang(replication_settings_db, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    db = replication_settings_db
+    await run_statements(db, "ALTER SYSTEM SET synchronous_standby_names = 'ANY 2 (game_replica_a, game_replica_b)'",
+                         "SELECT pg_reload_conf()")
+    try:
+        result = await topology.synchronous_standbys(await check_context_factory(db))
+    finally:
+        await run_statements(db, "ALTER SYSTEM RESET synchronous_standby_names", "SELECT pg_reload_conf()")
+    assert_status(result, "failed")
+    assert ("synchronous_standby_names = 'ANY 2 (game_replica_a, game_replica_b)' makes every commit wait for 2 "
+            "quorum standby(s), but 0 are attached as synchronous (attached: none)") in result.message
+    assert "every write of the game hangs" in result.message
+    assert "ALTER SYSTEM SET synchronous_standby_names = ''" in result.message
+
+
+async def test_a_promise_of_synchronous_replication_with_none_configured_fails(replication_settings_db, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    ctx = await check_context_factory(replication_settings_db)
+    assert_status(await topology.synchronous_standbys(ctx), "passed")  # asynchronous, as configured
+    promised = await topology.synchronous_standbys(replace(ctx, topology=Topology(synchronous_replication=True)))
+    assert_status(promised, "failed")
+    assert "the topology promises synchronous replication (topology.synchronous_replication), but " \
+           "synchronous_standby_names is empty" in promised.message
+
+
+def test_the_number_of_synchronous_standbys_is_read_as_postgresql_reads_it() -> None:
+    assert topology.required_sync_standbys("replica_a") == (1, "priority")
+    assert topology.required_sync_standbys("a, b") == (1, "priority")
+    assert topology.required_sync_standbys("FIRST 2 (a, b, c)") == (2, "priority")
+    assert topology.required_sync_standbys("2 (a, b)") == (2, "priority")
+    assert topology.required_sync_standbys("any 3 (a, b, c)") == (3, "quorum")
+    assert topology.required_sync_standbys("*") == (1, "priority")

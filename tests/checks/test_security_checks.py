@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +23,10 @@ import pytest
 from helpers import APP_PASSWORD, APP_USER, TlsCluster, assert_status, run_statements
 
 from pytest_hokmdb.checks import security
+from pytest_hokmdb.cluster import EmbeddedCluster
+from pytest_hokmdb.cluster.embedded import THROWAWAY_SETTINGS
 from pytest_hokmdb.db.target import Target
-from pytest_hokmdb.fixtures.throwaway import ThrowawayDatabase
+from pytest_hokmdb.fixtures.throwaway import ThrowawayDatabase, create_database
 
 
 @dataclass(frozen=True)
@@ -530,3 +533,98 @@ async def _a_sequence(app_role: AppRole) -> str:
             "WHERE n.nspname = 'public' AND c.relkind = 'S' ORDER BY 1 LIMIT 1"))
     finally:
         await conn.close()
+
+
+async def test_only_declared_schemas_and_no_function_are_public_at_head(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    # What must not count: a trigger function (callable only as a trigger) and an extension's functions.
+    await run_statements(app_role.db, "CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$",
+                         "CREATE EXTENSION IF NOT EXISTS pgcrypto")
+    result = await security.no_public_function_or_schema_access(
+        await check_context_factory(app_role.db, user=app_role.name, password=app_role.password))
+    assert_status(result, "passed")
+    assert "PUBLIC may use schemas public (smoke.public_schemas) and execute no undeclared function in them" in result.message
+
+
+async def test_public_execute_and_schema_usage_beyond_the_baseline_fail(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    db = app_role.db
+    await run_statements(
+        db,
+        "CREATE FUNCTION award_points(integer, integer) RETURNS integer LANGUAGE sql AS 'SELECT $1 + $2'",
+        "CREATE SCHEMA reporting",
+        "GRANT USAGE ON SCHEMA reporting TO PUBLIC",
+        "CREATE PROCEDURE reporting.rebuild_totals() LANGUAGE sql AS 'SELECT 1'",
+        "CREATE FUNCTION reporting.closed(integer) RETURNS integer LANGUAGE sql AS 'SELECT $1'",
+        "REVOKE EXECUTE ON FUNCTION reporting.closed(integer) FROM PUBLIC",
+    )
+    ctx = await check_context_factory(db, user=app_role.name, password=app_role.password)
+    result = await security.no_public_function_or_schema_access(ctx)
+    assert_status(result, "failed")
+    assert "PUBLIC may use schema(s) reporting (USAGE), beyond smoke.public_schemas" in result.message
+    assert ("every role of the cluster may execute 2 function(s): public.award_points(integer, integer), "
+            "reporting.rebuild_totals()") in result.message
+    assert "reporting.closed" not in result.message  # revoked from PUBLIC
+    assert "REVOKE USAGE ON SCHEMA reporting FROM PUBLIC" in result.message
+    assert "REVOKE EXECUTE ON FUNCTION public.award_points(integer, integer) FROM PUBLIC" in result.message
+    assert "REVOKE EXECUTE ON PROCEDURE reporting.rebuild_totals() FROM PUBLIC" in result.message
+    assert "ALTER DEFAULT PRIVILEGES FOR ROLE postgres REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC" in result.message
+    declared = await security.no_public_function_or_schema_access(await check_context_factory(
+        db, smoke={"public_schemas": ["public", "reporting"],
+                   "public_functions": ["public.award_points", "reporting.rebuild_totals"]}))
+    assert_status(declared, "passed")
+    assert "2 declared in smoke.public_functions" in declared.message
+
+
+async def test_an_md5_password_hash_fails_for_a_superuser_and_is_not_verified_otherwise(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    legacy = f"legacy_reporter_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(app_role.db.dsn)
+    try:
+        await conn.execute("SET password_encryption = 'md5'")
+        await conn.execute(f"CREATE ROLE {legacy} LOGIN PASSWORD '{secrets.token_urlsafe(12)}'")
+    finally:
+        await conn.close()
+    try:
+        result = await security.login_roles_scram_hashes(await check_context_factory(app_role.db))
+        assert_status(result, "failed")
+        assert f"1 login role(s) have an MD5 password hash: {legacy}" in result.message
+        assert f"\\password {legacy} in psql" in result.message
+        assert "change their pg_hba method from md5 to scram-sha-256" in result.message
+        blind = await security.login_roles_scram_hashes(
+            await check_context_factory(app_role.db, user=app_role.name, password=app_role.password))
+        assert_status(blind, "skipped")  # severity normal: reported as not looked at, not gating
+        assert f"only superusers may read pg_authid, and role {app_role.name} is not one" in blind.message
+    finally:
+        await run_statements(app_role.db, f"DROP ROLE {legacy}")
+    assert_status(await security.login_roles_scram_hashes(await check_context_factory(app_role.db)), "passed")
+
+
+@pytest.fixture(scope="module")
+def own_cluster_db() -> Iterator[ThrowawayDatabase]:
+    """A cluster of its own: which login roles exist is cluster-wide, and other tests create some."""
+    cluster = EmbeddedCluster(Path(tempfile.gettempdir()) / f"hokmdb-roles-{uuid.uuid4().hex[:10]}",
+                              settings=dict(THROWAWAY_SETTINGS))
+    cluster.start()
+    try:
+        yield create_database(cluster, "roles")
+    finally:
+        cluster.destroy()
+
+
+async def test_only_declared_administrators_hold_administrative_attributes(own_cluster_db, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    db = own_cluster_db
+    healthy = await security.privileged_login_roles(await check_context_factory(db))
+    assert_status(healthy, "passed")
+    assert "login roles with administrative attributes: postgres, all declared" in healthy.message
+    await run_statements(db, "CREATE ROLE reporting_login LOGIN CREATEROLE BYPASSRLS",
+                         "CREATE ROLE standby_login LOGIN REPLICATION", "CREATE ROLE admins NOLOGIN SUPERUSER")
+    try:
+        result = await security.privileged_login_roles(await check_context_factory(db))
+        assert_status(result, "failed")
+        assert ("1 login role(s) not declared as administrators hold administrative attributes: "
+                "reporting_login (CREATEROLE, BYPASSRLS)") in result.message
+        assert "ALTER ROLE reporting_login NOCREATEROLE NOBYPASSRLS" in result.message
+        assert "standby_login" not in result.message and "admins" not in result.message  # REPLICATION only; NOLOGIN
+        declared = await security.privileged_login_roles(
+            await check_context_factory(db, smoke={"privileged_login_roles": ["postgres", "reporting_login"]}))
+        assert_status(declared, "passed")
+    finally:
+        await run_statements(db, "DROP ROLE reporting_login", "DROP ROLE standby_login", "DROP ROLE admins")

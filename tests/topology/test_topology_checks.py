@@ -152,3 +152,42 @@ async def test_an_unreachable_or_unknown_component_fails_and_an_absent_one_skips
         result = await check(await topology_context(env, view=Topology()))
         assert_status(result, "skipped")
         assert "this environment's config lists none" in result.message
+
+
+async def test_a_synchronous_standby_that_is_attached_meets_the_promise(topology_env: TopologyEnv, topology_context) -> None:  # type: ignore[no-untyped-def]
+    """The standby named in synchronous_standby_names is attached and confirms commits, once
+    synchronous_commit waits for it; the same setting naming a standby that is not there makes
+    every commit wait (the check fails)."""
+    from pytest_hokmdb.cluster.topology import STANDBY_NAME
+
+    admin = await asyncpg.connect(**topology_env.primary.asyncpg_kwargs())  # type: ignore[arg-type]
+    try:
+        await admin.execute(f"ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 ({STANDBY_NAME})'")
+        await admin.execute("SELECT pg_reload_conf()")
+        for _ in range(100):
+            if await admin.fetchval("SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'"):
+                break
+            await asyncio.sleep(0.1)
+        ctx = await topology_context(topology_env, view=topology_env.view(synchronous_replication=True))
+        local_commits = await topology.synchronous_standbys(ctx)  # the throwaway settings: synchronous_commit = off
+        await admin.execute("ALTER SYSTEM SET synchronous_commit = on")
+        await admin.execute("SELECT pg_reload_conf()")
+        await asyncio.sleep(0.2)
+        result = await topology.synchronous_standbys(ctx)
+        await admin.execute("ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 (standby_that_left)'")
+        await admin.execute("SELECT pg_reload_conf()")
+        await asyncio.sleep(0.2)
+        gone = await topology.synchronous_standbys(ctx)
+    finally:
+        await admin.execute("ALTER SYSTEM RESET synchronous_standby_names")
+        await admin.execute("ALTER SYSTEM RESET synchronous_commit")
+        await admin.execute("SELECT pg_reload_conf()")
+        await admin.close()
+    assert_status(local_commits, "failed")
+    assert "synchronous_commit = off for new sessions: commits do not wait for the synchronous standby that " \
+           "topology.synchronous_replication promises" in local_commits.message
+    assert_status(result, "passed")
+    assert f"1 standby(s) attached as synchronous, 1 needed (synchronous_standby_names = 'FIRST 1 ({STANDBY_NAME})')" \
+        in result.message
+    assert_status(gone, "failed")
+    assert f"but 0 are attached as synchronous (attached: {STANDBY_NAME} async)" in gone.message

@@ -24,6 +24,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -151,6 +152,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if is_suite_function(getattr(item, "function", None)):
             item.add_marker(marker)
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """pytest-xdist (controller, ``--dist load`` or ``loadgroup``): the walk scheduling of
+    ``migration.schedule``, which keeps each worker's round trips contiguous."""
+    if not _enabled(config) or getattr(config.option, "dist", None) not in ("load", "loadgroup"):
+        return None
+    try:
+        history = load_history(suite_settings(config))
+    except ConfigError:
+        return None  # the workers report it, as without xdist
+    from pytest_hokmdb.migration_suite.schedule import walk_scheduler
+
+    return walk_scheduler(config, log, history)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -599,7 +599,7 @@ def test_upgrade_that_raises_fails_it_and_names_it_for_the_revisions_after(pytes
 
 
 def test_round_trips_spread_over_workers_pass_and_still_catch_a_trace(pytester: pytest.Pytester) -> None:
-    """Under pytest-xdist each worker's walker skips the revisions another worker took."""
+    """Under pytest-xdist the second worker's walker climbs past the revisions the first took."""
     body = A2.replace(
         '    op.create_check_constraint("ck_items_price_nonneg", "items", "price >= 0")\n',
         '    op.create_check_constraint("ck_items_price_nonneg", "items", "price >= 0")\n'
@@ -760,3 +760,47 @@ def test_upgrade_path_data_lets_a_data_migration_that_needs_a_row_be_tested(pyte
     typo = run_suite(pytester, project)
     assert "test_data.py::test_data_fixtures_name_revisions_of_the_history" in failed_tests(typo), typo.stdout.str()
     assert "UPGRADE_PATH_DATA 'a9' is not a revision of the history" in typo.stdout.str()
+
+
+def test_each_worker_walks_one_contiguous_run_and_the_last_one_takes_the_tests_at_head(pytester: pytest.Pytester) -> None:
+    """The walk scheduling (migration_suite/schedule.py): one run of round trips per worker,
+    in upgrade order, and the tests that need head on the worker whose run ends there.
+    pytest-xdist's own xdist_group marks group nothing on pytest 9.2, so this is the proof
+    that the units hold."""
+    extra = {"a4": ("a3", "Notes on items.", NOTES)}
+    for number in range(5, 9):
+        extra[f"a{number}"] = (f"a{number - 1}", f"Reads the catalogue ({number}).",
+                               f"def upgrade():\n    op.execute('SELECT {number}')\n\n\n"
+                               f"def downgrade():\n    op.execute('SELECT {number}')\n")
+    project = write_project(pytester.path / "shop", extra_revisions=extra,
+                            extra_model_columns='\n    sa.Column("note", sa.Text),')
+    result = pytester.runpytest_inprocess(
+        "--hokmdb-migrations", f"--hokmdb-migrations-project={project}", "-k", "not test_revision_is_lock_safe",
+        "-p", "no:cacheprovider", "-n", "2", "-v",
+    )
+    assert result.ret == 0, result.stdout.str()
+    ran: dict[str, list[str]] = {}
+    for line in result.outlines:
+        match = re.match(r"\[(gw\d)\] .*PASSED hokmdb-migrations/(test_\w+\.py::\w+)(?:\[(\w+)\])?", line)
+        if match:
+            ran.setdefault(match.group(1), []).append(match.group(2) + (f"[{match.group(3)}]" if match.group(3) else ""))
+    trips = {worker: [t.split("[")[1][:-1] for t in tests if "test_revision_round_trips" in t] for worker, tests in ran.items()}
+    assert sorted(len(v) for v in trips.values()) == [2, 6], trips  # 8 revisions, weights 1 : 0.4
+    first, last = sorted(trips, key=lambda worker: trips[worker][0])
+    assert trips[first] == ["a1", "a2", "a3", "a4", "a5", "a6"], trips
+    assert trips[last] == ["a7", "a8"], trips
+    at_head = [t for t in ran[last] if t.startswith(("test_upgrade.py", "test_drift.py"))]
+    assert "test_upgrade.py::test_upgrade_from_base_to_head_in_one_go" in at_head, ran
+    assert "test_upgrade.py::test_downgrade_from_head_in_one_go" in at_head, ran
+    assert not [t for t in ran[first] if t.startswith(("test_upgrade.py", "test_drift.py"))], ran
+
+
+def test_walk_runs_split_upgrade_order_by_weight() -> None:
+    from pytest_hokmdb.migration_suite.schedule import walk_runs
+
+    revisions = [f"r{i:02d}" for i in range(1, 51)]
+    runs = walk_runs(revisions, 2)
+    assert [len(run) for run in runs] == [36, 14] and runs[0] + runs[1] == revisions
+    assert [len(run) for run in walk_runs(revisions, 4)] == [15, 14, 15, 6]  # cumulative bounds, rounded
+    assert walk_runs(["a1"], 2) == [["a1"]]  # fewer revisions than workers: fewer runs
+    assert walk_runs([], 2) == []

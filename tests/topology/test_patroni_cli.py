@@ -180,11 +180,12 @@ async def test_the_game_writes_through_pgbouncer_and_the_endpoints_come_from_the
     assert view.pooler_admin is not None and view.pooler_admin.user == "postgres"
     assert view.patroni_rest_urls == tuple(topology.rest_urls) and view.patroni_expected_members == 2
 
-    # The smoke suite judges the local members: primary, standby, slots, pools and Patroni all pass.
+    # The smoke suite judges the local members: primary, standby, slots, synchronous replication, pools and
+    # Patroni all pass.
     smoke = _run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "smoke/test_topology.py",
                   "--environment", ENVIRONMENT, "--db-config", str(patroni_env.config_dir), "-q"], patroni_env.env)
     assert smoke.returncode == 0, smoke.stdout
-    assert "5 passed" in smoke.stdout
+    assert "6 passed" in smoke.stdout
 
 
 async def test_a_deploy_finds_the_leader_and_a_lost_primary_names_patronis_new_leader(patroni_env: PatroniEnv) -> None:

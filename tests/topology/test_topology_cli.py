@@ -54,7 +54,7 @@ def test_topology_start_serves_the_smoke_suite_and_stop_stops_every_process(topo
 
     after = _run(smoke, env)
     assert after.returncode == 0, after.stdout
-    assert "5 passed, 1 skipped" in after.stdout  # Patroni: not in this topology
+    assert "6 passed, 1 skipped" in after.stdout  # Patroni: not in this topology
 
     topology = LocalTopology(cluster)
     passwords = [p for p in [cluster.superuser_password, *(topology._state().get("app_passwords", {}) or {}).values()] if p]

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,3 +100,17 @@ async def admin_fetchval(cluster: Any, sql: str, dbname: str = "postgres") -> ob
         return await conn.fetchval(sql)
     finally:
         await conn.close()
+
+
+@contextmanager
+def cluster_of_its_own(name: str, dbname: str, settings: dict[str, str]) -> Iterator[Any]:
+    """A throwaway cluster for tests that change what is cluster-wide (server settings, roles,
+    subscriptions) or need settings only a restart applies; one database in it. Destroyed after."""
+    from pytest_hokmdb.fixtures.throwaway import create_database
+
+    cluster = EmbeddedCluster(Path(tempfile.gettempdir()) / f"hokmdb-{name}-{uuid.uuid4().hex[:10]}", settings=settings)
+    cluster.start()
+    try:
+        yield create_database(cluster, dbname)
+    finally:
+        cluster.destroy()

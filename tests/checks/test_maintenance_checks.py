@@ -7,22 +7,18 @@ that way."""
 from __future__ import annotations
 
 import asyncio
-import tempfile
-import uuid
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import asyncpg
 import pytest
-from helpers import assert_status, run_statements
+from helpers import assert_status, cluster_of_its_own, run_statements
 
 from pytest_hokmdb.checks import health, topology
-from pytest_hokmdb.cluster import EmbeddedCluster
 from pytest_hokmdb.cluster.embedded import THROWAWAY_SETTINGS
 from pytest_hokmdb.db.advisory import NAMESPACE as HOKMDB_LOCK_NAMESPACE
 from pytest_hokmdb.db.topology import Topology
-from pytest_hokmdb.fixtures.throwaway import ThrowawayDatabase, create_database
+from pytest_hokmdb.fixtures.throwaway import ThrowawayDatabase
 
 
 async def test_autovacuum_on_everywhere_passes(hokmdb_fresh_db, check_context_factory) -> None:  # type: ignore[no-untyped-def]
@@ -54,13 +50,8 @@ async def test_track_counts_off_for_the_database_fails(hokmdb_fresh_db, check_co
 def two_phase_db() -> Iterator[ThrowawayDatabase]:
     """A cluster of its own that allows prepared transactions (max_prepared_transactions is 0
     by default, and changing it needs a restart)."""
-    cluster = EmbeddedCluster(Path(tempfile.gettempdir()) / f"hokmdb-2pc-{uuid.uuid4().hex[:10]}",
-                              settings={**THROWAWAY_SETTINGS, "max_prepared_transactions": "4"})
-    cluster.start()
-    try:
-        yield create_database(cluster, "two_phase")
-    finally:
-        cluster.destroy()
+    with cluster_of_its_own("2pc", "two_phase", {**THROWAWAY_SETTINGS, "max_prepared_transactions": "4"}) as db:
+        yield db
 
 
 async def _prepare(db: ThrowawayDatabase, gid: str) -> None:
@@ -112,16 +103,10 @@ async def test_crash_unsafe_settings_pass_where_the_environment_allows_them(hokm
 
 async def test_a_crash_safe_server_passes(check_context_factory) -> None:  # type: ignore[no-untyped-def]
     """A cluster started with PostgreSQL's own defaults (not the throwaway settings)."""
-    cluster = EmbeddedCluster(Path(tempfile.gettempdir()) / f"hokmdb-safe-{uuid.uuid4().hex[:10]}",
-                              settings={"max_connections": "20"})
-    cluster.start()
-    try:
-        db = create_database(cluster, "safe")
+    with cluster_of_its_own("safe", "safe", {"max_connections": "20"}) as db:
         result = await health.crash_safe_settings(await check_context_factory(db, environment="production"))
-        assert_status(result, "passed")
-        assert "keep commits crash-safe" in result.message
-    finally:
-        cluster.destroy()
+    assert_status(result, "passed")
+    assert "keep commits crash-safe" in result.message
 
 
 # -- advisory locks left behind ------------------------------------------------------------------
@@ -165,13 +150,8 @@ def replication_settings_db() -> Iterator[ThrowawayDatabase]:
     """A cluster of its own for server-wide replication settings (synchronous_standby_names makes
     every commit of the cluster wait) and subscriptions whose apply worker is not restarted for
     an hour after it fails (wal_retrieve_retry_interval), so "not running" is a steady state."""
-    cluster = EmbeddedCluster(Path(tempfile.gettempdir()) / f"hokmdb-repl-{uuid.uuid4().hex[:10]}",
-                              settings={**THROWAWAY_SETTINGS, "wal_retrieve_retry_interval": "1h"})
-    cluster.start()
-    try:
-        yield create_database(cluster, "subscriber")
-    finally:
-        cluster.destroy()
+    with cluster_of_its_own("repl", "subscriber", {**THROWAWAY_SETTINGS, "wal_retrieve_retry_interval": "1h"}) as db:
+        yield db
 
 
 async def test_no_subscription_passes(replication_settings_db, check_context_factory) -> None:  # type: ignore[no-untyped-def]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -20,13 +19,12 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from helpers import APP_PASSWORD, APP_USER, TlsCluster, assert_status, run_statements
+from helpers import APP_PASSWORD, APP_USER, TlsCluster, assert_status, cluster_of_its_own, run_statements
 
 from pytest_hokmdb.checks import security
-from pytest_hokmdb.cluster import EmbeddedCluster
 from pytest_hokmdb.cluster.embedded import THROWAWAY_SETTINGS
 from pytest_hokmdb.db.target import Target
-from pytest_hokmdb.fixtures.throwaway import ThrowawayDatabase, create_database
+from pytest_hokmdb.fixtures.throwaway import ThrowawayDatabase
 
 
 @dataclass(frozen=True)
@@ -600,13 +598,8 @@ async def test_an_md5_password_hash_fails_for_a_superuser_and_is_not_verified_ot
 @pytest.fixture(scope="module")
 def own_cluster_db() -> Iterator[ThrowawayDatabase]:
     """A cluster of its own: which login roles exist is cluster-wide, and other tests create some."""
-    cluster = EmbeddedCluster(Path(tempfile.gettempdir()) / f"hokmdb-roles-{uuid.uuid4().hex[:10]}",
-                              settings=dict(THROWAWAY_SETTINGS))
-    cluster.start()
-    try:
-        yield create_database(cluster, "roles")
-    finally:
-        cluster.destroy()
+    with cluster_of_its_own("roles", "roles", dict(THROWAWAY_SETTINGS)) as db:
+        yield db
 
 
 async def test_only_declared_administrators_hold_administrative_attributes(own_cluster_db, check_context_factory) -> None:  # type: ignore[no-untyped-def]

@@ -76,3 +76,24 @@ async def aupgrade(bind: Bindable, revision: str = "head", *, project_root: Path
 
 async def adowngrade(bind: Bindable, revision: str, *, project_root: Path | None = None) -> None:
     await asyncio.to_thread(downgrade, bind, revision, project_root=project_root)
+
+
+def resolve_in(script: ScriptDirectory, revision: str) -> str:
+    """``revision`` (an id or a unique prefix) as the full id of a revision of ``script``."""
+    try:
+        found = script.get_revision(revision)
+    except Exception as exc:  # noqa: BLE001 - alembic's errors say "no such revision"/"ambiguous"
+        raise ConfigError(f"revision {revision!r} is not in this code's migration history: {exc}",
+                          hint="`alembic history` lists the revisions; use one of them, or head") from None
+    if found is None:
+        raise ConfigError(f"revision {revision!r} is not in this code's migration history",
+                          hint="`alembic history` lists the revisions; use one of them, or head")
+    return str(found.revision)
+
+
+def check_revision(revision: str | None, *, project_root: Path | None = None) -> None:
+    """Reject a revision this code does not have before any connection, lock or log file
+    (deploy, rollback, smoke): bad input is a usage error (exit 2), not a failed run."""
+    if revision is None or revision in ("head", "heads", "base"):
+        return
+    resolve_in(ScriptDirectory.from_config(alembic_config(project_root=project_root)), revision)

@@ -157,6 +157,13 @@ def pytest_configure(config: pytest.Config) -> None:
         problems = waiver_problems(loaded.config.smoke, loaded.project_root)
         if problems:
             pytest.exit(f"hokmdb: {loaded.path}: " + "; ".join(problems), returncode=int(ExitCode.CONFIG_ERROR))
+        if (revision := config.getoption("hokmdb_target_revision")) and not hasattr(config, "workerinput"):
+            from pytest_hokmdb.migrate import check_revision
+
+            try:  # before any check runs: a revision the code does not have is bad input, not a failed check
+                check_revision(revision, project_root=loaded.project_root)
+            except ConfigError as exc:
+                pytest.exit(f"hokmdb: --target-revision: {exc}", returncode=int(exc.exit_code))
     config.stash[STATE_KEY] = SessionState(environment, loaded, bool(config.getoption("allow_destructive")))
     if config.getoption("hokmdb_database_name"):
         config.stash[DATABASE_OVERRIDE_KEY] = config.getoption("hokmdb_database_name")

@@ -20,6 +20,7 @@ from pytest_hokmdb.config import ENVIRONMENTS, load_config
 from pytest_hokmdb.db import connect, resolve_target
 from pytest_hokmdb.errors import ExitCode
 from pytest_hokmdb.gate import GateResult, run_gate
+from pytest_hokmdb.migrate import check_revision
 
 
 def parser() -> argparse.ArgumentParser:
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def run() -> int:
         loaded = load_config(args.environment, args.config_path)
+        check_revision(args.target_revision, project_root=loaded.project_root)  # exit 2 before any connection
         run_sync(_preflight(loaded))
         extra: list[str] = []
         if args.target_revision:

@@ -44,7 +44,7 @@ from pytest_hokmdb.deploy.drift import check_drift
 from pytest_hokmdb.deploy.options import DeployOptions, backup_wanted, gate_suites  # noqa: F401 - part of this module's API
 from pytest_hokmdb.deploy.session import DeployLogFile, DeploySession, Outcome, Step
 from pytest_hokmdb.errors import ConfigError, ConnectionFailed, ExitCode, HokmdbError, Refused
-from pytest_hokmdb.migrate import current_revision
+from pytest_hokmdb.migrate import check_revision, current_revision
 from pytest_hokmdb.redaction import redact
 
 log = logging.getLogger("hokmdb.deploy")
@@ -148,6 +148,7 @@ async def run_deploy(options: DeployOptions) -> Outcome:
     started = time.monotonic()
     t0 = time.monotonic()
     loaded = load_config(options.environment, options.config_path)  # ConfigError -> exit 2 in the front door
+    check_revision(options.target_revision, project_root=loaded.project_root)  # exit 2, before any connection or lock
     config_step = Step("config", time.monotonic() - t0, "ok", f"{loaded.path} is valid")
     if options.validate_config:
         return Outcome(int(ExitCode.OK), f"{loaded.path} is valid", environment=loaded.config.environment, steps=[config_step])

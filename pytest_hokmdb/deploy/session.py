@@ -29,7 +29,7 @@ from pytest_hokmdb.deploy.lock import Actor, DeployLock
 from pytest_hokmdb.deploy.runner import Budget, Migrator, ReplicaPolicy, RevisionFailed
 from pytest_hokmdb.errors import ConfigError, ExitCode, HokmdbError
 from pytest_hokmdb.gate import GateResult, run_gate
-from pytest_hokmdb.migrate import alembic_config, current_revision
+from pytest_hokmdb.migrate import alembic_config, current_revision, resolve_in
 from pytest_hokmdb.migration.online import BackfillSettings
 from pytest_hokmdb.redaction import RedactingFilter, redact
 
@@ -214,13 +214,7 @@ class DeploySession:
     def resolve_revision(self, revision: str) -> str:
         if revision in ("head", "heads"):
             return self.code_head()
-        try:
-            found = self.script.get_revision(revision)
-        except Exception as exc:  # noqa: BLE001 - alembic's errors say "no such revision"/"ambiguous"
-            raise ConfigError(f"revision {revision!r} is not in this code's migration history: {exc}") from None
-        if found is None:
-            raise ConfigError(f"revision {revision!r} is not in this code's migration history")
-        return found.revision
+        return resolve_in(self.script, revision)
 
     def knows(self, revision: str) -> bool:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,34 @@ async def test_validate_config_checks_the_file_without_connecting(deploy_env: De
     with pytest.raises(ConfigError, match="deploy.lock_wait_seconds: unknown key") as caught:
         await run_deploy(DeployOptions("testing", str(deploy_env.config_dir), validate_config=True))
     assert caught.value.exit_code == ExitCode.CONFIG_ERROR
+
+
+def test_an_unknown_target_revision_is_rejected_before_connecting_or_locking(deploy_env: DeployEnv) -> None:
+    """Bad input is a usage error, said once: no connection (the host would hang), no deploy
+    lock, no deploy log; the smoke script and pytest reject it before any check runs."""
+    import subprocess
+    import sys
+
+    from helpers import PROJECT_ROOT
+
+    deploy_env.env["DB_HOST"] = "192.0.2.1"  # TEST-NET: would hang if it connected
+    for proc in (
+        deploy_env.script("--target-revision", "nonexistent", timeout=30),
+        deploy_env.script("--target-revision", "nonexistent", "--dry-run", timeout=30),
+        subprocess.run([sys.executable, str(PROJECT_ROOT / "database" / "smoke_tests.py"), "--environment", "testing",
+                        f"--config={deploy_env.config_dir}", "--target-revision", "nonexistent"],
+                       capture_output=True, text=True, env={**os.environ, **deploy_env.env}, timeout=30, check=False),
+    ):
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == ExitCode.CONFIG_ERROR, output
+        assert output.count("revision 'nonexistent' is not in this code's migration history") == 1, output
+        assert "hint: `alembic history` lists the revisions" in output, output
+        assert "lock" not in output and "log:" not in output and "Traceback" not in output, output
+    proc = subprocess.run([sys.executable, "-m", "pytest", "smoke/", "--environment=testing", f"--db-config={deploy_env.config_dir}",
+                           "--target-revision=nonexistent", "-p", "no:cacheprovider", "-q"], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, env={**os.environ, **deploy_env.env}, timeout=60, check=False)
+    assert proc.returncode == ExitCode.CONFIG_ERROR, proc.stdout + proc.stderr
+    assert "hokmdb: --target-revision: revision 'nonexistent' is not in this code's migration history" in proc.stdout + proc.stderr
 
 
 @pytest.fixture

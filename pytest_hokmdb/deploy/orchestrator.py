@@ -41,6 +41,7 @@ from pytest_hokmdb.db.resolve import local_patroni_for, resolve_owner_target, ru
 from pytest_hokmdb.db.target import Target
 from pytest_hokmdb.deploy import history, steps
 from pytest_hokmdb.deploy.drift import check_drift
+from pytest_hokmdb.deploy.lock import Actor
 from pytest_hokmdb.deploy.options import DeployOptions, backup_wanted, gate_suites  # noqa: F401 - part of this module's API
 from pytest_hokmdb.deploy.session import DeployLogFile, DeploySession, Outcome, Step
 from pytest_hokmdb.errors import ConfigError, ConnectionFailed, ExitCode, HokmdbError, Refused
@@ -163,7 +164,8 @@ async def run_deploy(options: DeployOptions) -> Outcome:
         return await _dry_run(loaded, options, config_step, started)
     logfile = DeployLogFile(loaded)
     with logfile:
-        log.info("deploy of %s to %s by %s", loaded.config.environment, options.target_revision, os.environ.get("HOKMDB_DEPLOY_ACTOR") or "?")
+        # The same actor the deploy lock and the deploy history record: HOKMDB_DEPLOY_ACTOR, else the OS user.
+        log.info("deploy of %s to %s by %s", loaded.config.environment, options.target_revision, Actor.current())
         log.info("step config: ok in %.2fs (%s)", config_step.seconds, config_step.detail)
         outcome = await _deploy(loaded, options, config_step, logfile)
         outcome.duration_s = time.monotonic() - started

@@ -49,6 +49,7 @@ def test_deploy_script_migrates_an_empty_database_to_head_and_gates(deploy_env_f
     assert log_path.parent == env.log_dir and log_path.name.startswith("deployment_testing_") and log_path.suffix == ".log"
     text = log_path.read_text()
     assert "step migrate: ok" in text and "step gate: ok" in text and "Running upgrade 0007 -> 0008" in text
+    assert "deploy of testing to head by tester@" in text  # the actor the history records, not "?"
     assert DEPLOY_PASSWORD not in text
 
 

@@ -36,9 +36,17 @@ class LoadedConfig:
     project_root: Path
     variables: Mapping[str, str] = field(default_factory=dict)
     stood_in: tuple[str, ...] = ()  # required variables replaced by a placeholder (stand_in_missing)
+    sources: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # key path -> variables it reads
 
     def resolve(self, path: Path) -> Path:
         return path if path.is_absolute() else (self.project_root / path)
+
+    def origin(self, *keys: str) -> str:
+        """Where keys' values come from, for a hint: ``database.host and database.port in
+        database/config/staging.json (from $DB_HOST_STAGING, $DB_PORT)``."""
+        variables = [f"${name}" for key in keys for name in self.sources.get(key, ())]
+        where = f" (from {', '.join(dict.fromkeys(variables))})" if variables else ""
+        return f"{' and '.join(keys)} in {self.path}{where}"
 
 
 def find_project_root(start: Path | None = None) -> Path:
@@ -196,4 +204,5 @@ def load_config(
             f"configuration {path} is invalid ({count} problem{'s' if count != 1 else ''}):\n{lines}",
         )
     register_secrets(model.secrets())
-    return LoadedConfig(config=model, path=path, project_root=root, variables=variables, stood_in=tuple(interp.stood_in))
+    return LoadedConfig(config=model, path=path, project_root=root, variables=variables, stood_in=tuple(interp.stood_in),
+                        sources={key: tuple(names) for key, names in interp.sources.items()})

@@ -18,7 +18,7 @@ def explain_connect_error(target: Target, exc: BaseException) -> ConnectionFaile
     if isinstance(exc, asyncpg.InvalidPasswordError):
         return ConnectionFailed(
             f"cannot connect to {where}: password authentication failed for user {target.user!r}",
-            hint="check the DB_PASSWORD_* variable for this environment",
+            hint=f"check {target.password_origin or 'the DB_PASSWORD_* variable for this environment'}",
         )
     setup = f"python database/deploy.py --environment {target.environment} --setup"
     if isinstance(exc, asyncpg.InvalidCatalogNameError):
@@ -32,7 +32,8 @@ def explain_connect_error(target: Target, exc: BaseException) -> ConnectionFaile
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return ConnectionFailed(
             f"cannot connect to {where}: no answer within {target.connect_timeout_s:g}s",
-            hint="check the host, port and firewall; raise database.connect_timeout_s if the network is slow",
+            hint=f"check {target.address_origin or 'the host and port'} and the firewall; raise database.connect_timeout_s "
+                 "if the network is slow",
         )
     if isinstance(exc, ssl.SSLError):
         return ConnectionFailed(
@@ -42,10 +43,14 @@ def explain_connect_error(target: Target, exc: BaseException) -> ConnectionFaile
     if isinstance(exc, ConnectionRefusedError):
         return ConnectionFailed(
             f"cannot connect to {where}: connection refused",
-            hint="is the server running on that host and port?",
+            hint=f"is the server running on that host and port? They come from {target.address_origin}"
+            if target.address_origin else "is the server running on that host and port?",
         )
     if isinstance(exc, OSError):
-        return ConnectionFailed(f"cannot connect to {where}: {redact(str(exc))}", hint="check DB_HOST and DB_PORT")
+        return ConnectionFailed(f"cannot connect to {where}: {redact(str(exc))}",
+                                hint=f"check {target.address_origin or 'DB_HOST and DB_PORT'}"
+                                + (f"; and database.sslmode ({target.sslmode}): the server may not speak TLS"
+                                   if target.sslmode not in ("disable", "allow", "prefer") else ""))
     return ConnectionFailed(f"cannot connect to {where}: {redact(str(exc))}")
 
 

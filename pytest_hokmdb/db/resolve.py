@@ -285,6 +285,8 @@ async def resolve_target(loaded: LoadedConfig, *, start: bool = True, provision_
             host=host,
             port=port,
             password=db.password.get_secret_value() if db.password else None,
+            address_origin=loaded.origin("database.host", "database.port"),
+            password_origin=loaded.origin("database.password"),
             sslmode=db.sslmode,
             sslrootcert=loaded.resolve(db.sslrootcert) if db.sslrootcert else None,
             **common,  # type: ignore[arg-type]

@@ -34,6 +34,9 @@ class Target:
     lock_timeout_ms: int = 1_000
     application_name: str = "hokmdb"
     embedded: bool = False
+    # Where host, port and password come from, for connection hints (LoadedConfig.origin).
+    address_origin: str = field(default="", compare=False)
+    password_origin: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         register_secret(self.password)

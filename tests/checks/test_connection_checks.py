@@ -138,3 +138,27 @@ async def test_latency_fails_on_a_slow_network(hokmdb_fresh_db: ThrowawayDatabas
     assert "median round trip of SELECT 1 is" in result.message and "over the 20 ms limit (smoke.max_latency_ms)" in result.message
     assert result.measured >= 40
 
+
+
+async def test_connection_hints_name_the_config_keys_and_variables_the_address_came_from(hokmdb_fresh_db: ThrowawayDatabase) -> None:
+    """Staging reads DB_HOST_STAGING, not DB_HOST: an operator told to check DB_HOST checks the
+    wrong variable. A server that does not speak TLS (this cluster) where staging requires it,
+    and a port nobody listens on, each name the config file and its variables."""
+    import pytest
+
+    from pytest_hokmdb.config import load_config
+    from pytest_hokmdb.db.connect import connect
+    from pytest_hokmdb.db.resolve import resolve_target
+    from pytest_hokmdb.errors import ConnectionFailed
+
+    for port, expected in ((hokmdb_fresh_db.cluster.port, "; and database.sslmode (verify-full): the server may not speak TLS"),
+                           (1, "is the server running on that host and port? They come from ")):
+        loaded = load_config("staging", environ={"DB_HOST_STAGING": "127.0.0.1", "DB_PORT": str(port),
+                                                 "DB_PASSWORD_STAGING": "staging-secret-1"})
+        target = await resolve_target(loaded)
+        with pytest.raises(ConnectionFailed) as caught:
+            await connect(target)
+        message = str(caught.value)
+        assert expected in message, message
+        assert f"database.host and database.port in {loaded.path} (from $DB_HOST_STAGING, $DB_PORT)" in message, message
+        assert "staging-secret-1" not in message

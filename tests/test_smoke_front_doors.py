@@ -100,6 +100,26 @@ def test_smoke_script_unreachable_host_exits_3_with_one_line(live_target: LiveTa
     assert live_target.password not in proc.stderr
 
 
+def test_pytest_on_an_unreachable_target_stops_once_with_exit_3(live_target: LiveTarget) -> None:
+    """``pytest smoke/`` used to print one error per check, each message twice ("During
+    handling of the above exception"): 357 lines for one refused port. Now it stops the
+    session with the message once and the scripts' exit code."""
+    import os
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "smoke/", "--environment=testing", f"--db-config={live_target.config_dir}",
+         "-p", "no:cacheprovider", "-q"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, env={**os.environ, "DB_PORT": "1"}, timeout=120,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 3, output
+    assert output.count("cannot connect to postgresql://") == 1, output
+    assert "connection refused" in output and "hint: is the server running on that host and port?" in output
+    assert "During handling" not in output and "Traceback" not in output, output
+    assert len(output.strip().splitlines()) <= 6, output
+    assert live_target.password not in output
+
+
 def test_smoke_script_bad_config_exits_2(tmp_path: Path) -> None:
     proc = _script("--environment", "staging", f"--db-config={tmp_path}")
     assert proc.returncode == 2

@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import sys
 from logging.config import fileConfig
-from typing import Any
+from typing import Any, NoReturn
 
 from alembic import context
 from sqlalchemy.engine import Connection
 
 from pytest_hokmdb.aio import run_sync
-from pytest_hokmdb.errors import HokmdbError
+from pytest_hokmdb.errors import ConfigError, HokmdbError
 
 config = context.config
 if config.config_file_name and not config.attributes.get("hokmdb_programmatic"):
@@ -47,13 +47,29 @@ def _resolve_target() -> Any:
     x_args = context.get_x_argument(as_dictionary=True)
     environment = x_args.get("environment") or os.environ.get("HOKMDB_ENVIRONMENT")
     if not environment:
-        sys.exit("error: no database selected: pass -x environment=NAME or set HOKMDB_ENVIRONMENT")
+        _exit(ConfigError("no database selected", hint="pass -x environment=NAME or set HOKMDB_ENVIRONMENT"))
     try:
         loaded = load_config(environment, x_args.get("config"))
         # Migrations run as the owner role (database.owner_user; hokm_owner on an embedded cluster).
-        return run_sync(resolve_owner_target(loaded, run_sync(resolve_target(loaded))))
+        target = run_sync(resolve_owner_target(loaded, run_sync(resolve_target(loaded))))
+        run_sync(_reachable(target))  # one clear line (exit 3), not SQLAlchemy's traceback
     except HokmdbError as exc:
-        sys.exit(f"error: {exc}")
+        _exit(exc)
+    return target
+
+
+async def _reachable(target: Any) -> None:
+    from pytest_hokmdb.db import connect
+
+    conn = await connect(target)
+    await conn.close()
+
+
+def _exit(exc: HokmdbError) -> NoReturn:
+    """The command line's error: one message on stderr and hokmdb's documented exit code
+    (2 for configuration and usage, 3 for a connection), as the scripts give."""
+    print(f"error: {exc}", file=sys.stderr)
+    sys.exit(int(exc.exit_code))
 
 
 def _configure_options() -> dict[str, Any]:

@@ -290,3 +290,33 @@ async def test_0008_gives_up_quickly_when_the_table_is_locked(hokmdb_empty_db: T
 
     await aupgrade(deploying, "0008")
     assert await revision_of(db) == "0008"
+
+
+def test_the_alembic_command_line_says_what_is_wrong_once_with_hokmdbs_exit_codes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``alembic -x environment=...`` (env.py's command-line path): a wrong environment or none
+    is exit 2 and a refused connection exit 3, each one message and a hint; it used to be exit
+    1, and a 142-line traceback for the connection."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from helpers import PROJECT_ROOT
+
+    alembic = Path(sys.executable).parent / "alembic"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HOKMDB_ENVIRONMENT", "DB_"))}
+    env["HOKMDB_ENV_FILE"] = str(tmp_path / "none.env")
+    cases = (
+        (["-x", "environment=prod"], {}, 2, "error: unknown environment 'prod'"),
+        ([], {}, 2, "error: no database selected\n  hint: pass -x environment=NAME or set HOKMDB_ENVIRONMENT"),
+        (["-x", "environment=staging"], {"DB_HOST_STAGING": "127.0.0.1", "DB_PORT": "1", "DB_PASSWORD_STAGING": "st4ging-secret"},
+         3, "(from $DB_HOST_STAGING, $DB_PORT)"),
+    )
+    for args, extra, code, expected in cases:
+        proc = subprocess.run([str(alembic), *args, "current"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                              env={**env, **extra}, timeout=60, check=False)
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == code, output
+        assert expected in output, output
+        assert "Traceback" not in output and "st4ging-secret" not in output, output
+        assert len(output.strip().splitlines()) <= 3, output

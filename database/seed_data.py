@@ -90,13 +90,22 @@ async def _main(args: argparse.Namespace) -> int:
     log.info("seeding %s (%s): %d players, %d games, seed %d%s", config.environment, target.dsn(), players,
              games, random_seed, ", clearing every game table first" if args.clear else "")
     conn = await connect(target)
+    timeout_ms = config.seed.statement_timeout_ms
     try:
+        # Bulk work gets its own budget (seed.statement_timeout_ms), not the interactive one.
+        await conn.execute(f"SET statement_timeout = {int(timeout_ms)}")
         with progress("games", games, enabled=interactive()) as advance:
             report = await seed(conn, players=players, games=games, random_seed=random_seed, clear=args.clear,
                                 progress=_Progress(advance))
     except asyncpg.UndefinedTableError as exc:
         raise HokmdbError(f"the database is not at the expected schema: {exc}",
                           hint="migrate it to head first (alembic upgrade head / deploy.py)") from None
+    except asyncpg.QueryCanceledError as exc:
+        during = "; ".join(getattr(exc, "__notes__", [])) or "a seeding statement"
+        raise HokmdbError(
+            f"seeding was cancelled and rolled back: {during} ran longer than seed.statement_timeout_ms "
+            f"({timeout_ms} ms, {loaded.path})",
+            hint="raise seed.statement_timeout_ms (0 = no limit) in that file, or seed fewer games per run") from None
     except asyncpg.LockNotAvailableError as exc:
         raise HokmdbError(f"seeding gave up waiting for a lock: {exc}",
                           hint="stop the game server or other sessions using these tables, then retry") from None

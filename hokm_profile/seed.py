@@ -324,7 +324,11 @@ class _Timer:
 async def _copy(conn: asyncpg.Connection, table: str, columns: Sequence[str], records: list[tuple[Any, ...]],
                 rows: dict[str, int]) -> None:
     if records:
-        await conn.copy_records_to_table(table, records=records, columns=list(columns))
+        try:
+            await conn.copy_records_to_table(table, records=records, columns=list(columns))
+        except asyncpg.PostgresError as exc:
+            exc.add_note(f"COPY of {len(records)} rows into {table}")  # the seed script names the statement
+            raise
     rows[table] = rows.get(table, 0) + len(records)
 
 

@@ -299,6 +299,10 @@ class SeedSettings(_Strict):
     players: int = Field(200, ge=4)
     games: int = Field(400, ge=0)
     random_seed: int = 20261124
+    statement_timeout_ms: int = Field(
+        0, ge=0, description="per statement while seeding, instead of database.statement_timeout_ms (an interactive "
+        "budget a bulk COPY batch can exceed on a busy machine); 0 = none",
+    )
 
 
 class HotQuery(_Strict):

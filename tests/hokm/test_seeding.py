@@ -237,3 +237,31 @@ def test_cli_seeds_the_configured_database(hokmdb_fresh_db: ThrowawayDatabase, t
     assert again.returncode == 0, again.stderr
     assert "after clearing every game table" in again.stdout
     assert run_sync(count()) == (12, 15)
+
+
+def test_cli_names_the_seeding_timeout_and_where_to_raise_it(hokmdb_fresh_db: ThrowawayDatabase, tmp_path: Path) -> None:
+    """Seeding is bulk work with its own statement budget (seed.statement_timeout_ms, default
+    none), not the interactive database.statement_timeout_ms; a cancelled statement says which
+    limit, its value, the file, and rolls everything back."""
+    cluster = hokmdb_fresh_db.cluster
+    write_config_dir(tmp_path, "testing", database__host=cluster.host, database__name=hokmdb_fresh_db.name,
+                     database__user=SUPERUSER, seed__statement_timeout_ms=1)
+    env = {"DB_PORT": str(cluster.port), "DB_PASSWORD_TEST": cluster.superuser_password}
+    result = _run(["--environment", "testing", "--db-config", str(tmp_path), "--players", "400", "--games", "600"],
+                  env=env, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "error: seeding was cancelled and rolled back: " in result.stderr, result.stderr
+    assert f"ran longer than seed.statement_timeout_ms (1 ms, {tmp_path / 'testing.json'})" in result.stderr
+    assert "hint: raise seed.statement_timeout_ms (0 = no limit) in that file" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    from pytest_hokmdb.aio import run_sync
+
+    async def players() -> int:
+        conn = await asyncpg.connect(hokmdb_fresh_db.dsn)
+        try:
+            return int(await conn.fetchval("SELECT count(*) FROM players"))
+        finally:
+            await conn.close()
+
+    assert run_sync(players()) == 0

@@ -61,6 +61,10 @@ topology:
 
 ## Allure Report 3 (single HTML file) from the last run's results, then Allure's quality gate
 report: report-tools
+	@test -n "$$(ls -A $(ALLURE_RESULTS) 2>/dev/null)" || { \
+	  echo "error: no Allure results in $(ALLURE_RESULTS)/ (make test writes none: it runs hokmdb's own tests)"; \
+	  echo "  hint: run a suite with them first, e.g. pytest smoke/ --environment development --alluredir $(ALLURE_RESULTS)"; \
+	  exit 2; }
 	$(ALLURE_ENV) $(ALLURE) generate $(ALLURE_RESULTS) -o $(ALLURE_REPORT) -c allurerc.json
 	$(ALLURE_ENV) $(ALLURE) quality-gate $(ALLURE_RESULTS) --max-failures $(ALLURE_MAX_FAILURES)
 

@@ -108,3 +108,15 @@ def test_results_carry_environment_properties_and_categories(failing_run: Path) 
         assert expected in names
     # Allure 3 reads categories from its config: it must hold the very same rules.
     assert json.loads((PROJECT_ROOT / "allurerc.json").read_text())["categories"] == categories
+
+
+def test_make_report_without_results_says_how_to_get_them(tmp_path: Path) -> None:
+    """`make report` right after `make test` used to fail with Allure's 'No test results
+    directories found': make test runs hokmdb's own tests and writes no Allure results."""
+    empty = tmp_path / "allure-results"
+    proc = subprocess.run(["make", "-s", "report", f"ALLURE_RESULTS={empty}"], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=300, check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output
+    assert f"error: no Allure results in {empty}/ (make test writes none: it runs hokmdb's own tests)" in output
+    assert f"hint: run a suite with them first, e.g. pytest smoke/ --environment development --alluredir {empty}" in output

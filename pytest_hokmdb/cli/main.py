@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     cluster = sub.add_parser("cluster", help="start, stop or inspect the embedded PostgreSQL cluster")
     cluster.add_argument("action", choices=("start", "stop", "status"))
     cluster.add_argument("--environment", default=os.environ.get("HOKMDB_ENVIRONMENT", "development"), choices=EMBEDDED_ENVIRONMENTS)
-    cluster.add_argument("--config", dest="config_path", default=None, metavar="PATH")
+    cluster.add_argument("--config", "--db-config", dest="config_path", default=None, metavar="PATH")
     cluster.add_argument("--all", action="store_true", dest="all_environments",
                          help="with stop: every environment hokmdb runs (development and testing), topologies included")
 
@@ -47,12 +47,12 @@ def _parser() -> argparse.ArgumentParser:
                           help="resume: RESUME the game's database in PgBouncer after a deploy that paused it was killed "
                                "(any environment with a PgBouncer)")
     topology.add_argument("--environment", default=os.environ.get("HOKMDB_ENVIRONMENT", "development"), choices=ENVIRONMENTS)
-    topology.add_argument("--config", dest="config_path", default=None, metavar="PATH")
+    topology.add_argument("--config", "--db-config", dest="config_path", default=None, metavar="PATH")
 
     config = sub.add_parser("config", help="validate environment configs")
     config.add_argument("action", choices=("check",))
     config.add_argument("--environment", default="all", choices=("all", *ENVIRONMENTS))
-    config.add_argument("--config", dest="config_path", default=None, metavar="PATH")
+    config.add_argument("--config", "--db-config", dest="config_path", default=None, metavar="PATH")
     config.add_argument(
         "--placeholders",
         action="store_true",
@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="embedded cluster -> migrate to head -> seed -> smoke tests -> summary")
     demo.add_argument("--environment", default="development", choices=EMBEDDED_ENVIRONMENTS)
-    demo.add_argument("--config", dest="config_path", default=None, metavar="PATH")
+    demo.add_argument("--config", "--db-config", dest="config_path", default=None, metavar="PATH")
     demo.add_argument("--players", type=int, default=None)
     demo.add_argument("--games", type=int, default=None)
     return parser

@@ -90,3 +90,23 @@ def test_staging_refuses_to_migrate_as_the_application_role(tmp_path: Path) -> N
     assert "staging: the deploy would run DDL as the application role hokm_app" in output
     assert "set database.owner_user/owner_password (DB_OWNER_USER, DB_OWNER_PASSWORD_*)" in output
     assert "app-pw-not-to-leak-7" not in output and "Traceback" not in output
+
+
+def test_the_demo_prints_its_steps_and_summary_and_keeps_the_details_in_the_deploy_log(embedded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """README's first command: a newcomer reads its steps and summary, about fifteen lines; the
+    deploy's step-by-step lines, alembic's per-revision lines and each lint warning go to the
+    deploy log (they were 180 lines on the console)."""
+    config_dir, env, _ = embedded
+    demo = _run([str(HOKMDB), "demo", "--environment", "development", "--config", str(config_dir)], env)
+    output = demo.stdout + demo.stderr
+    assert demo.returncode == 0, output
+    assert "hokmdb demo on development: OK" in output
+    for step in ("config", "cluster", "migrate", "seed", "smoke"):
+        assert f"  {step} " in demo.stdout, output
+    assert "alembic" not in output and "step lock" not in output, output
+    assert len(output.strip().splitlines()) <= 16, output
+    log = next((tmp_path / "logs").glob("deployment_development_*.log")).read_text()
+    assert "Running upgrade 0007 -> 0008" in log and "step lock: ok" in log
+    warnings = log.count("pre-flight lint warning: ")
+    if warnings:  # one summary line on the console, each warning in the log
+        assert f"pre-flight lint: {warnings} warning(s) in the pending revisions" in output, output

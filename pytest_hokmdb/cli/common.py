@@ -19,7 +19,9 @@ from pytest_hokmdb.errors import ExitCode, HokmdbError
 from pytest_hokmdb.redaction import RedactingFilter, redact
 
 
-def setup_logging(verbose: bool = False) -> None:
+def setup_logging(verbose: bool = False, *, console_loggers: tuple[str, ...] | None = None) -> None:
+    """Console logging. ``console_loggers``: a command that prints its own summary (the demo)
+    shows only these loggers' INFO lines and everyone's warnings, unless ``-v``."""
     level = logging.DEBUG if verbose else logging.INFO
     if interactive():
         from rich.logging import RichHandler
@@ -30,6 +32,9 @@ def setup_logging(verbose: bool = False) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(RedactingFilter())
+    if console_loggers is not None and not verbose:
+        shown = console_loggers
+        handler.addFilter(lambda record: record.levelno >= logging.WARNING or record.name in shown)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

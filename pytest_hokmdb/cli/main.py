@@ -301,7 +301,8 @@ async def _demo(args: argparse.Namespace) -> int:
     if not cfg.seeding_allowed:
         raise Refused(f"seeding is not allowed on {cfg.environment}")
     seed = project_profile(loaded.project_root).load_seeder()  # before any work: no seeder, no demo
-    report.add("config", t, f"{loaded.path.relative_to(loaded.project_root)} is valid")
+    shown = loaded.path.relative_to(loaded.project_root) if loaded.path.is_relative_to(loaded.project_root) else loaded.path
+    report.add("config", t, f"{shown} is valid")  # --config may point outside the project
 
     t = time.monotonic()
     target = await resolve_target(loaded, provision_embedded=True)
@@ -353,7 +354,8 @@ async def _demo(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    setup_logging(args.verbose)
+    # The demo prints its steps and a summary; the deploy's step-by-step lines are in its log file.
+    setup_logging(args.verbose, console_loggers=("hokmdb",) if args.command == "demo" else None)
     if args.command == "cluster":
         run_cli(lambda: cmd_cluster(args))
     if args.command == "topology":

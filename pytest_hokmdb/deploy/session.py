@@ -101,6 +101,11 @@ class StepFailed(HokmdbError):
 # -- log file -------------------------------------------------------------------------------
 
 
+def _quiet_alembic(record: logging.LogRecord) -> bool:
+    """Console filter while a deploy log is open: alembic below WARNING goes to the file only."""
+    return not (record.name.startswith("alembic") and record.levelno < logging.WARNING)
+
+
 class DeployLogFile:
     """``deployment_<env>_<timestamp>.log`` under ``deploy.log_dir``, every line redacted."""
 
@@ -122,6 +127,11 @@ class DeployLogFile:
 
     def __enter__(self) -> DeployLogFile:
         root = logging.getLogger()
+        # alembic's INFO lines (each revision, each offline rendering) belong in this file; on
+        # the console only when the user asked for them (-v left the alembic logger at INFO).
+        self._quieted = [] if logging.getLogger("alembic").getEffectiveLevel() <= logging.INFO else list(root.handlers)
+        for handler in self._quieted:
+            handler.addFilter(_quiet_alembic)
         root.addHandler(self.handler)
         if root.level > logging.INFO or root.level == logging.NOTSET:
             self._levels[""] = root.level
@@ -136,6 +146,8 @@ class DeployLogFile:
 
     def __exit__(self, *exc: object) -> None:
         logging.getLogger().removeHandler(self.handler)
+        for handler in self._quieted:
+            handler.removeFilter(_quiet_alembic)
         self.handler.close()
         for name, level in self._levels.items():
             logging.getLogger(name or None).setLevel(level)

@@ -20,6 +20,7 @@ these, then history and notification (9). Each step says what it changes and wha
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -204,7 +205,12 @@ async def _require_no_drift(session: DeploySession, start: str | None, force: bo
 def _require_lint(session: DeploySession, pending: list[Any], force: bool) -> str:
     errors, warnings, skipped = lint_pending(session, [r.revision for r in pending])
     for warning in warnings:
-        log.warning("pre-flight lint: %s", warning)
+        log.info("pre-flight lint warning: %s", warning)  # each in the deploy log; one line on the console
+    if warnings:
+        rules = sorted({m.group(1) for w in warnings if (m := re.search(r"\[([\w-]+)\]", w))})
+        log.warning("pre-flight lint: %d warning(s) in the pending revisions (%s): within policy, not blocking; "
+                    "each is in the deploy log%s", len(warnings), ", ".join(rules) or "see the log",
+                    f" {session.log_path}" if session.log_path else "")
     if skipped:
         log.error("pre-flight: the lock-safety lint could not run: %s", skipped)
         if not force:

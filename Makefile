@@ -24,6 +24,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 # What CI tested is what deploys: every dependency comes from the lock file, pinned with
 # hashes (pip refuses anything else); the project itself is installed without dependencies.
 $(STAMP): pyproject.toml $(LOCK)
+	@echo "hokmdb: installing the locked dependencies into $(VENV) (the first run takes a few minutes)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@out=$$($(PIP) install --quiet --require-hashes -r $(LOCK) 2>&1) || { echo "$$out" | grep -v '^WARNING: Location'; exit 1; }
 	@out=$$($(PIP) install --quiet --no-deps -e . 2>&1) || { echo "$$out" | grep -v '^WARNING: Location'; exit 1; }

@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from pytest_hokmdb.cli.common import run_cli, setup_logging
 from pytest_hokmdb.config import ENVIRONMENTS
-from pytest_hokmdb.deploy.orchestrator import DeployOptions, run_deploy
-from pytest_hokmdb.deploy.session import Outcome
 from pytest_hokmdb.errors import ExitCode
 from pytest_hokmdb.redaction import redact
+
+if TYPE_CHECKING:  # imported where used: `deploy.py --help` and bad arguments need none of the deploy
+    from pytest_hokmdb.deploy.orchestrator import DeployOptions
+    from pytest_hokmdb.deploy.session import Outcome
 
 
 def parser() -> argparse.ArgumentParser:
@@ -88,6 +91,8 @@ def rehearse(args: argparse.Namespace) -> int:
 
 
 def options_from(args: argparse.Namespace) -> DeployOptions:
+    from pytest_hokmdb.deploy.orchestrator import DeployOptions
+
     return DeployOptions(
         environment=args.environment,
         config_path=args.config_path,
@@ -133,6 +138,8 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     async def run() -> int:
+        from pytest_hokmdb.deploy.orchestrator import run_deploy
+
         outcome = await run_deploy(options_from(args))
         render(outcome, title="dry run" if args.dry_run else "config" if args.validate_config else "deploy")
         return outcome.exit_code

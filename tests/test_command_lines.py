@@ -31,3 +31,52 @@ def test_the_config_path_option_has_both_spellings(name: str) -> None:
                           cwd=PROJECT_ROOT)
     assert proc.returncode == 0, proc.stderr
     assert "--config" in proc.stdout and "--db-config" in proc.stdout, proc.stdout
+
+
+def _rollback_args(*argv: str) -> object:
+    from pytest_hokmdb.cli.rollback import _positional_forms, parser
+
+    p = parser()
+    args = p.parse_args(list(argv))
+    _positional_forms(p, args)
+    return args
+
+
+def test_the_runbooks_forms_of_rollback_resolve_to_the_options() -> None:
+    args = _rollback_args("emergency", "production", "players report lost games")
+    assert (args.environment, args.reason) == ("production", "players report lost games")  # type: ignore[attr-defined]
+    args = _rollback_args("emergency", "--environment", "staging", "bad deploy")
+    assert (args.environment, args.reason) == ("staging", "bad deploy")  # type: ignore[attr-defined]
+    args = _rollback_args("restore", "--environment", "testing", "backups/20261205T1200Z.dump.age")
+    assert args.backup_file == "backups/20261205T1200Z.dump.age"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["emergency", "production"], 'emergency production: the reason is missing: emergency production "reason"'),
+    (["emergency", "--environment", "staging", "production", "why"], "the environment is given twice (staging and production)"),
+    (["emergency", "staging", "why", "and", "more"], 'give one reason, quoted'),
+    (["emergency", "why"], "which environment?"),
+    (["restore", "--environment", "testing", "--backup-file", "a.dump.age", "b.dump.age"], "the backup is given twice"),
+])
+def test_ambiguous_rollback_forms_are_usage_errors_before_anything_runs(argv: list[str], message: str) -> None:
+    proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "database" / "rollback.py"), *argv], capture_output=True,
+                          text=True, timeout=60, check=False, cwd=PROJECT_ROOT, env={"PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_the_runbooks_python_snippet_imports_from_the_smoke_script_and_runs(live_target) -> None:  # type: ignore[no-untyped-def]
+    """The operators' runbooks begin ``from database.smoke_tests import DatabaseSmokeTests``; run
+    as written, against the testing environment of a live throwaway database."""
+    import os
+
+    code = ("import asyncio, os\n"
+            "from database.smoke_tests import DatabaseSmokeTests\n"
+            "smoke = DatabaseSmokeTests('testing', config_path=os.environ['CONFIG_DIR'])\n"
+            "result = asyncio.run(smoke.test_health())\n"
+            "print(result['group'], result['environment'], result['passed'])\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False,
+                          cwd=PROJECT_ROOT, env={**os.environ, **live_target.env, "CONFIG_DIR": str(live_target.config_dir)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["health", "testing", "True"], proc.stdout + proc.stderr

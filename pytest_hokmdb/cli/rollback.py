@@ -50,6 +50,8 @@ def parser() -> argparse.ArgumentParser:
     restore.add_argument("--backup-file", default=None, metavar="PATH|s3://...|ID|latest",
                          help="a logical backup; with a point-in-time target, optionally a pgBackRest backup label "
                          "(the moment must lie after it)")
+    restore.add_argument("backup", nargs="?", default=None, metavar="BACKUP",
+                         help="the same as --backup-file, as the runbooks write it: restore --environment E FILE")
     moment = restore.add_mutually_exclusive_group()
     moment.add_argument("--point-in-time", metavar="TIMESTAMP",
                         help="recover to this moment (ISO 8601; without an offset it is UTC), from physical backups "
@@ -64,8 +66,11 @@ def parser() -> argparse.ArgumentParser:
     restore.add_argument("--no-smoke", action="store_true", help="skip the smoke suite on the copy before the swap")
 
     emergency = sub.add_parser("emergency", help="back to the newest verified backup, with a critical alert")
-    _common(emergency)
-    emergency.add_argument("reason", help="why: sent with the alert")
+    _common(emergency, environment_required=False)
+    emergency.set_defaults(environment=None)  # never $HOKMDB_ENVIRONMENT: an emergency names its environment
+    emergency.add_argument("words", nargs="+", metavar="[ENVIRONMENT] REASON",
+                           help="why (sent with the alert); the environment may come first instead of --environment, "
+                           "as the runbooks write it: emergency production \"reason\"")
 
     try:
         from pytest_hokmdb.cli.rollback_migration import add_migration_parser
@@ -283,8 +288,33 @@ async def cmd_emergency(args: argparse.Namespace) -> int:
     return int(ExitCode.ROLLBACK_FAILED)
 
 
+def _positional_forms(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The runbooks' own forms, resolved to the options before anything runs: ``emergency
+    production "reason"`` and ``restore --environment E FILE``. Ambiguity is a usage error."""
+    if args.command == "emergency":
+        words = list(args.words)
+        if len(words) == 2 and words[0] in ENVIRONMENTS:
+            if args.environment not in (None, words[0]):
+                p.error(f"emergency: the environment is given twice ({args.environment} and {words[0]})")
+            args.environment = words[0]
+            words = words[1:]
+        if len(words) == 1 and words[0] in ENVIRONMENTS and args.environment is None:
+            p.error(f'emergency {words[0]}: the reason is missing: emergency {words[0]} "reason"')
+        if len(words) != 1:
+            p.error('emergency: give one reason, quoted: emergency --environment E "reason" (or emergency E "reason")')
+        if args.environment is None:
+            p.error('emergency: which environment? emergency --environment E "reason" (or emergency E "reason")')
+        args.reason = words[0]
+    if args.command == "restore" and args.backup is not None:
+        if args.backup_file is not None and args.backup_file != args.backup:
+            p.error(f"restore: the backup is given twice ({args.backup_file} and {args.backup})")
+        args.backup_file = args.backup
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    _positional_forms(p, args)
     setup_logging(getattr(args, "verbose", False))
 
     def run() -> Any:

@@ -57,7 +57,9 @@ async def test_restore_dry_run_then_swap_keeps_the_previous_database(backup_setu
 
     app = await asyncpg.connect(host=backup_setup.cluster.host, port=backup_setup.cluster.port, user=backup_setup.live.role,
                                 password=backup_setup.live.password, database=name)
-    real = rollback(backup_setup, "restore", *common)
+    # As the runbooks write it: the backup as a positional argument.
+    real = rollback(backup_setup, "restore", "--environment", "testing", f"--db-config={backup_setup.config_dir}",
+                    record.location)
     assert real.returncode == 0, real.stderr
     assert "terminating 1 connection(s) to " + name in real.stderr and backup_setup.live.role in real.stderr
     with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError)):

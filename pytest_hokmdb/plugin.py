@@ -7,6 +7,7 @@ gets ``--environment``, the markers and the fixtures.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Generator
 from typing import Any
 
@@ -45,6 +46,7 @@ from pytest_hokmdb.redaction import redact
 from pytest_hokmdb.report.json_result import JsonResult
 
 JSON_RESULT_KEY = pytest.StashKey[JsonResult]()
+METRICS_KEY = pytest.StashKey[Any]()  # the LoadedConfig whose metrics section says where smoke metrics go
 
 MARKERS = (
     "smoke: a post-deploy check of a live database (read-only)",
@@ -172,14 +174,18 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("hokmdb_restore_from"):
         _restore_from_backup(config, loaded)
     json_path = config.getoption("hokmdb_json")
-    if json_path and not hasattr(config, "workerinput"):  # only the xdist controller (or a plain run) writes it
+    metrics = loaded.config.metrics if loaded is not None else None
+    wants_metrics = metrics is not None and (metrics.textfile_dir is not None or metrics.pushgateway_url)
+    if (json_path or wants_metrics) and not hasattr(config, "workerinput"):  # only the xdist controller (or a plain run)
         from pathlib import Path
 
         target = None
         if loaded is not None:
             db = loaded.config.database
             target = f"{db.user}@{db.host or 'embedded'}:{db.port}/{db.name}"
-        config.stash[JSON_RESULT_KEY] = JsonResult(Path(json_path).resolve(), environment, target)
+        config.stash[JSON_RESULT_KEY] = JsonResult(Path(json_path).resolve() if json_path else None, environment, target)
+        if wants_metrics:
+            config.stash[METRICS_KEY] = loaded
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -206,18 +212,36 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 def pytest_sessionstart(session: pytest.Session) -> None:
     result = session.config.stash.get(JSON_RESULT_KEY, None)
     if result is not None:
-        session.config.pluginmanager.register(_JsonCollector(result), "hokmdb-json-result")
+        session.config.pluginmanager.register(_JsonCollector(result, session.config.stash.get(METRICS_KEY, None)),
+                                              "hokmdb-json-result")
 
 
 class _JsonCollector:
-    def __init__(self, result: JsonResult) -> None:
+    """The run's result: the JSON file (``--hokmdb-json``) and the Prometheus metrics
+    (``metrics`` in the environment's config), from one document."""
+
+    def __init__(self, result: JsonResult, metrics_config: Any = None) -> None:
         self.result = result
+        self.metrics_config = metrics_config
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.result.add(report)
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        self.result.write(exitstatus)
+        document = self.result.write(exitstatus)
+        if self.metrics_config is None or not self.result.entries:
+            return
+        from pytest_hokmdb.report.metrics import export, smoke_registry
+
+        loaded = self.metrics_config
+        problems = export(smoke_registry(document), loaded.config.metrics, loaded.config.environment, name="hokmdb_smoke")
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        for problem in problems:  # the verdict stands; a metrics target that failed is said, not hidden
+            line = f"hokmdb: metrics not exported: {problem} ({loaded.path})"
+            if reporter is not None:
+                reporter.write_line(line, yellow=True)
+            else:
+                print(line, file=sys.stderr)
 
 
 def _restore_from_backup(config: pytest.Config, loaded: Any) -> None:

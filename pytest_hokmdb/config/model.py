@@ -280,6 +280,25 @@ class DeploySettings(_Strict):
     allow_force: bool | None = Field(None, description="default: all but production")
 
 
+class MetricsSettings(_Strict):
+    """Where every smoke run's results go as Prometheus metrics: a textfile for node_exporter's
+    textfile collector, a Pushgateway, or both. Neither set: no metrics."""
+
+    textfile_dir: Path | None = Field(
+        None, description="node_exporter's --collector.textfile.directory; hokmdb writes hokmdb_smoke_<env>.prom there",
+    )
+    pushgateway_url: str | None = Field(None, description="e.g. http://pushgateway:9091; pushed as job=<job>, environment=<env>")
+    job: str = Field("hokmdb", min_length=1)
+    push_timeout_s: float = Field(5.0, gt=0)
+
+    @field_validator("pushgateway_url")
+    @classmethod
+    def _http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
 class NotificationSettings(_Strict):
     slack_webhook_url: SecretStr | None = None
     notify_on_success: bool = False
@@ -432,6 +451,7 @@ class HokmdbConfig(_Strict):
     pool: PoolSettings = PoolSettings()
     backup: BackupSettings = BackupSettings()
     notifications: NotificationSettings = NotificationSettings()
+    metrics: MetricsSettings = MetricsSettings()
     seed: SeedSettings = SeedSettings()
     smoke: SmokeSettings = SmokeSettings()
     deploy: DeploySettings = DeploySettings()

@@ -35,7 +35,7 @@ def _short_message(report: pytest.TestReport) -> str:
 
 @dataclass
 class JsonResult:
-    path: Path
+    path: Path | None  # None: collected for the metrics only, not written
     environment: str | None
     target: str | None
     started: float = field(default_factory=time.time)
@@ -67,7 +67,8 @@ class JsonResult:
             entry["verified"] = False
         self.entries[report.nodeid] = entry
 
-    def write(self, exitstatus: int) -> None:
+    def write(self, exitstatus: int) -> dict[str, Any]:
+        """The result document; written to ``path`` (atomically) when there is one."""
         counts: dict[str, int] = {}
         for entry in self.entries.values():
             counts[entry["outcome"]] = counts.get(entry["outcome"], 0) + 1
@@ -84,7 +85,9 @@ class JsonResult:
             "waivers": [{"check": e["check"], **e["waiver"]} for e in self.entries.values() if e.get("waiver")],
             "tests": list(self.entries.values()),
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(self.path.suffix + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(document, indent=2, default=str))
-        tmp.replace(self.path)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(self.path.suffix + f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(document, indent=2, default=str))
+            tmp.replace(self.path)
+        return document

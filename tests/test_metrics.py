@@ -124,3 +124,43 @@ def test_a_pushgateway_url_that_is_not_http_is_a_configuration_error(tmp_path: P
     write_config_dir(tmp_path, "testing", metrics__pushgateway_url="pushgateway:9091")
     with pytest.raises(ConfigError, match=r"metrics.pushgateway_url: must be an http:// or https:// URL"):
         load_config("testing", tmp_path, environ={})
+
+
+def _exported_metric_names() -> set[str]:
+    from pytest_hokmdb.report.metrics import smoke_registry
+
+    document = {"environment": "testing", "exitstatus": 0, "duration_s": 1.0, "summary": {"passed": 1},
+                "tests": [{"nodeid": "smoke/test_health.py::test_health[health.sequences]", "check": "health.sequences",
+                           "outcome": "passed", "duration_s": 0.01, "measured": 0.1, "threshold": 0.8}]}
+    return {sample.name for family in smoke_registry(document).collect() for sample in family.samples}
+
+
+def test_the_example_alert_rules_and_dashboard_use_only_what_hokmdb_exports() -> None:
+    """docs/monitoring: Prometheus rules and a Grafana dashboard an operator can load as they are."""
+    import re
+
+    import yaml
+
+    from pytest_hokmdb.checks.catalog import groups
+
+    exported = _exported_metric_names()
+    checks = {fn.spec.name for fns in groups(PROJECT_ROOT).values() for fn in fns}  # type: ignore[attr-defined]
+    docs = PROJECT_ROOT / "docs" / "monitoring"
+    rules = yaml.safe_load((docs / "hokmdb-alerts.yml").read_text())
+    exprs = []
+    for group in rules["groups"]:
+        assert group["name"] and group["rules"]
+        for rule in group["rules"]:
+            assert rule["alert"] and rule["expr"] and rule["labels"]["severity"] in ("page", "ticket"), rule
+            assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule
+            exprs.append(rule["expr"])
+    dashboard = json.loads((docs / "hokmdb-dashboard.json").read_text())
+    assert dashboard["uid"] and dashboard["panels"]
+    for panel in dashboard["panels"]:
+        assert panel["targets"], panel["title"]
+        exprs += [target["expr"] for target in panel["targets"]]
+    for expr in exprs:
+        names = set(re.findall(r"\bhokmdb_[a-z_]+\b", expr))
+        assert names and names <= exported, (expr, names - exported)
+        for alternatives in re.findall(r'check=~"([^"]+)"', expr):
+            assert set(alternatives.split("|")) <= checks, alternatives

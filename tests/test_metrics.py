@@ -92,7 +92,7 @@ def test_a_healthy_run_is_in_the_textfile_and_at_the_pushgateway(live_target: Li
     assert live_target.password not in text
 
     [(method, path, body)] = pushgateway.pushes  # type: ignore[attr-defined]
-    assert method == "PUT" and path == "/metrics/job/hokmdb-smoke/environment/testing"
+    assert method == "PUT" and path == "/metrics/job/hokmdb-smoke/environment/testing/source/smoke"
     assert _samples(body)[("hokmdb_smoke_passed", frozenset({env}))] == 1
 
 

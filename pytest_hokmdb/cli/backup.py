@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from pytest_hokmdb.cli.common import run_cli, setup_logging
 from pytest_hokmdb.config import ENVIRONMENTS, load_config
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"  - {problem}")
             return int(ExitCode.OK) if result["passed"] else int(ExitCode.BACKUP_ERROR)
         record = await take_backup(loaded, reason=args.reason, verify=args.verify, destination=args.destination)
+        _export_metrics(loaded, record)
         if args.json:
             print(json.dumps(record.summary(), indent=2))
         else:
@@ -77,6 +79,20 @@ def main(argv: list[str] | None = None) -> None:
         return int(ExitCode.OK)
 
     run_cli(run)
+
+
+def _export_metrics(loaded: Any, record: Any) -> None:
+    """The backup as Prometheus metrics where the config's ``metrics`` says; a failing target is
+    said on stderr and changes nothing about the backup."""
+    settings = loaded.config.metrics
+    if settings.textfile_dir is None and not settings.pushgateway_url:
+        return
+    from pytest_hokmdb.report.metrics import backup_registry, export
+
+    registry = backup_registry(loaded.config.environment, size_bytes=record.size, verified=record.verified,
+                               revision=record.revision)
+    for problem in export(registry, settings, loaded.config.environment, name="hokmdb_backup"):
+        print(f"warning: metrics not exported: {problem} ({loaded.path})", file=sys.stderr)
 
 
 async def _physical(loaded: object, args: argparse.Namespace) -> int:

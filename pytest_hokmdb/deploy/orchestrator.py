@@ -171,7 +171,23 @@ async def run_deploy(options: DeployOptions) -> Outcome:
         outcome.duration_s = time.monotonic() - started
         outcome.log_path = logfile.path
         log.info("deploy finished: %s (exit %d) in %.1fs: %s", outcome.result, outcome.exit_code, outcome.duration_s, outcome.message)
+        _export_metrics(loaded, outcome)
     return outcome
+
+
+def _export_metrics(loaded: LoadedConfig, outcome: Outcome) -> None:
+    """The deploy as Prometheus metrics, where the config's ``metrics`` section says; a target
+    that fails is logged as a warning and changes nothing about the deploy."""
+    settings = loaded.config.metrics
+    if settings.textfile_dir is None and not settings.pushgateway_url:
+        return
+    from pytest_hokmdb.report.metrics import deploy_registry, export
+
+    registry = deploy_registry(loaded.config.environment, result=outcome.result, exit_code=outcome.exit_code,
+                               duration_s=outcome.duration_s, revision=outcome.final_revision,
+                               longest_locks=dict(outcome.longest_locks))
+    for problem in export(registry, settings, loaded.config.environment, name="hokmdb_deploy"):
+        log.warning("metrics not exported: %s (%s)", problem, loaded.path)
 
 
 async def _dry_run(loaded: LoadedConfig, options: DeployOptions, config_step: Step, started: float) -> Outcome:

@@ -1,4 +1,4 @@
-"""A smoke run's results as Prometheus metrics, for the monitoring operators already run.
+"""Smoke runs, deploys and backups as Prometheus metrics, for the monitoring operators already run.
 
 Built from the same document as the JSON result (one source), with prometheus-client: a
 textfile for node_exporter's textfile collector (written by the library, atomically) and a
@@ -74,6 +74,50 @@ def smoke_registry(document: dict[str, Any]) -> CollectorRegistry:
     return registry
 
 
+# deploy.session.RESULTS' values, so every state of the set is present (0 or 1) whatever happened.
+DEPLOY_RESULTS = ("succeeded", "failed", "refused", "rolled_back", "rollback_failed", "locked", "primary_changed",
+                  "backup_failed", "interrupted")
+
+
+def deploy_registry(environment: str, *, result: str, exit_code: int, duration_s: float, revision: str | None,
+                    longest_locks: dict[str, float]) -> CollectorRegistry:
+    """The metrics of one deploy: its result (state set), exit code, duration, the revision the
+    database ended at, and the longest time each table was held under a lock that blocks writes."""
+    registry = CollectorRegistry()
+    run = ["environment"]
+    state = Gauge("hokmdb_deploy_result", "1 for the last deploy's result (state set)", [*run, "result"], registry=registry)
+    for name in dict.fromkeys((*DEPLOY_RESULTS, result.replace(" ", "_"))):
+        state.labels(environment, name).set(1 if name == result.replace(" ", "_") else 0)
+    Gauge("hokmdb_deploy_exit_code", "exit code of the last deploy (README 'Exit codes')", run,
+          registry=registry).labels(environment).set(exit_code)
+    Gauge("hokmdb_deploy_duration_seconds", "wall time of the last deploy", run, registry=registry).labels(environment).set(duration_s)
+    Gauge("hokmdb_deploy_last_run_timestamp_seconds", "when the last deploy finished (Unix time)", run,
+          registry=registry).labels(environment).set_to_current_time()
+    Gauge("hokmdb_deploy_revision_info", "1, labelled with the revision the database is at after the last deploy",
+          [*run, "revision"], registry=registry).labels(environment, revision or "none").set(1)
+    locks = Gauge("hokmdb_deploy_longest_lock_seconds", "longest time the last deploy held a table under a lock "
+                  "that blocks writes", [*run, "table"], registry=registry)
+    for table, seconds in longest_locks.items():
+        locks.labels(environment, table).set(seconds)
+    return registry
+
+
+def backup_registry(environment: str, *, size_bytes: int, verified: bool, revision: str | None) -> CollectorRegistry:
+    """The metrics of a backup just taken: when (so age = time() - this), its size, whether its
+    verification passed and the revision it holds."""
+    registry = CollectorRegistry()
+    run = ["environment"]
+    Gauge("hokmdb_backup_last_success_timestamp_seconds", "when the last backup was taken (Unix time)", run,
+          registry=registry).labels(environment).set_to_current_time()
+    Gauge("hokmdb_backup_last_size_bytes", "size of the last backup (encrypted)", run,
+          registry=registry).labels(environment).set(size_bytes)
+    Gauge("hokmdb_backup_last_verified", "1 when the last backup's verification passed", run,
+          registry=registry).labels(environment).set(1 if verified else 0)
+    Gauge("hokmdb_backup_revision_info", "1, labelled with the revision the last backup holds", [*run, "revision"],
+          registry=registry).labels(environment, revision or "none").set(1)
+    return registry
+
+
 def export(registry: CollectorRegistry, settings: MetricsSettings, environment: str, *, name: str) -> list[str]:
     """Write and push as configured; the problems, each a sentence, for the caller to show.
     A metrics target that fails must not change a run's verdict, and must not pass silently."""
@@ -87,8 +131,10 @@ def export(registry: CollectorRegistry, settings: MetricsSettings, environment: 
             problems.append(f"metrics.textfile_dir: cannot write {path}: {exc.strerror or exc}")
     if settings.pushgateway_url:
         try:
+            # One group per environment and source: a deploy's push must not replace the smoke run's.
             push_to_gateway(settings.pushgateway_url, job=settings.job, registry=registry,
-                            grouping_key={"environment": environment}, timeout=settings.push_timeout_s)
+                            grouping_key={"environment": environment, "source": name.removeprefix("hokmdb_")},
+                            timeout=settings.push_timeout_s)
         except OSError as exc:  # URLError and HTTPError are OSErrors
             problems.append(f"metrics.pushgateway_url: the push to {redact(settings.pushgateway_url)} failed: "
                             f"{redact(str(getattr(exc, 'reason', None) or exc))}")

@@ -207,3 +207,31 @@ def test_backup_script_prints_the_location_and_fails_with_exit_7_without_a_key(b
     assert proc.returncode == 7
     assert proc.stderr.startswith("error: no backup encryption key for testing") and "Traceback" not in proc.stderr
     assert len(list(backup_setup.backups_dir.rglob("*.manifest.json"))) == 1
+
+
+def test_backup_script_exports_when_size_and_verification_as_metrics(backup_setup: BackupSetup, tmp_path: Path) -> None:
+    """Issue 20: backup age and size for the monitoring operators run (node_exporter textfile),
+    parsed with prometheus-client's own parser."""
+    import json
+    import time
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    config = backup_setup.config_dir / "testing.json"
+    data = json.loads(config.read_text())
+    data["metrics"] = {"textfile_dir": str(tmp_path)}
+    config.write_text(json.dumps(data))
+    before = time.time()
+    proc = subprocess.run(
+        [sys.executable, str(BACKUP_SCRIPT), "--environment", "testing", f"--db-config={backup_setup.config_dir}",
+         "--verify", "quick", "--json"],
+        capture_output=True, text=True, env={**os.environ, **backup_setup.env}, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    samples = {s.name: s for family in text_string_to_metric_families((tmp_path / "hokmdb_backup_testing.prom").read_text())
+               for s in family.samples}
+    assert samples["hokmdb_backup_last_size_bytes"].value == summary["size"] > 0
+    assert samples["hokmdb_backup_last_verified"].value == 1
+    assert samples["hokmdb_backup_last_success_timestamp_seconds"].value >= before
+    assert samples["hokmdb_backup_revision_info"].labels["revision"] == summary["revision"]

@@ -222,3 +222,36 @@ async def test_maintenance_mode_is_visible_during_the_deploy_and_off_afterwards(
         assert row["enabled"] is False and row["ended_at"] is not None and row["datconnlimit"] == -1
     finally:
         await conn.close()
+
+
+async def test_a_deploy_exports_its_result_as_metrics_and_a_refusal_reads_as_one(deploy_env_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Issue 20: deploy duration and result, the revision, for the monitoring operators run;
+    parsed with prometheus-client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def samples() -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        text = (tmp_path / "hokmdb_deploy_testing.prom").read_text()
+        return {(s.name, frozenset(s.labels.items())): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    env: DeployEnv = deploy_env_factory(deploy__gate_suites=[], metrics__textfile_dir=str(tmp_path))
+    testing = ("environment", "testing")
+    outcome = await run_deploy(DeployOptions("testing", str(env.config_dir)))
+    assert outcome.exit_code == ExitCode.OK, outcome.message
+    first = samples()
+    assert first[("hokmdb_deploy_result", frozenset({testing, ("result", "succeeded")}))] == 1
+    assert first[("hokmdb_deploy_result", frozenset({testing, ("result", "refused")}))] == 0
+    assert first[("hokmdb_deploy_exit_code", frozenset({testing}))] == 0
+    assert first[("hokmdb_deploy_revision_info", frozenset({testing, ("revision", outcome.final_revision)}))] == 1
+
+    conn = await env.connect()
+    try:
+        await conn.execute("CREATE INDEX ix_hotfix_players_email ON players (lower(email))")  # drift: refused
+    finally:
+        await conn.close()
+    refused = await run_deploy(DeployOptions("testing", str(env.config_dir)))
+    assert refused.exit_code == ExitCode.REFUSED
+    second = samples()
+    assert second[("hokmdb_deploy_result", frozenset({testing, ("result", "refused")}))] == 1
+    assert second[("hokmdb_deploy_result", frozenset({testing, ("result", "succeeded")}))] == 0
+    assert second[("hokmdb_deploy_exit_code", frozenset({testing}))] == ExitCode.REFUSED

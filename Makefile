@@ -63,8 +63,8 @@ topology:
 ## Allure Report 3 (single HTML file) from the last run's results, then Allure's quality gate
 report: report-tools
 	@test -n "$$(ls -A $(ALLURE_RESULTS) 2>/dev/null)" || { \
-	  echo "error: no Allure results in $(ALLURE_RESULTS)/ (make test writes none: it runs hokmdb's own tests)"; \
-	  echo "  hint: run a suite with them first, e.g. pytest smoke/ --environment development --alluredir $(ALLURE_RESULTS)"; \
+	  echo "error: no Allure results in $(ALLURE_RESULTS)/"; \
+	  echo "  hint: run make test, or a suite with them, e.g. pytest smoke/ --environment development --alluredir $(ALLURE_RESULTS)"; \
 	  exit 2; }
 	$(ALLURE_ENV) $(ALLURE) generate $(ALLURE_RESULTS) -o $(ALLURE_REPORT) -c allurerc.json
 	$(ALLURE_ENV) $(ALLURE) quality-gate $(ALLURE_RESULTS) --max-failures $(ALLURE_MAX_FAILURES)
@@ -75,7 +75,7 @@ demo: install postgres
 
 ## Every test: the project's own tests and the migration suite, in parallel workers
 test: install postgres pgbackrest topology report-tools browser
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup -p no:cacheprovider
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup -p no:cacheprovider --alluredir $(ALLURE_RESULTS) --clean-alluredir
 
 cluster-stop: install
 	$(BIN)/hokmdb cluster stop --all

@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pytest_hokmdb.cli.common import run_cli, setup_logging
@@ -62,6 +63,17 @@ def _parser() -> argparse.ArgumentParser:
     from pytest_hokmdb.notify.cli import add_notify_parser
 
     add_notify_parser(sub)
+
+    rotate = sub.add_parser(
+        "rotate-password", help="give a role a new generated password, set as a SCRAM verifier (the clear password "
+        "never reaches the server), proven by a login, and stored where the config reads it")
+    rotate.add_argument("--environment", required=True, choices=ENVIRONMENTS)
+    rotate.add_argument("--role", required=True, choices=("app", "owner", "monitor"))
+    rotate.add_argument("--config", "--db-config", dest="config_path", default=None, metavar="PATH")
+    rotate.add_argument("--approve", action="store_true", help="production: approve the rotation")
+    rotate.add_argument("--show", action="store_true", help="print the new password once (staging/production)")
+    rotate.add_argument("--to-file", type=Path, default=None, metavar="PATH",
+                        help="write the new password to this file, 0600 (staging/production)")
 
     demo = sub.add_parser("demo", help="embedded cluster -> migrate to head -> seed -> smoke tests -> summary")
     demo.add_argument("--environment", default="development", choices=EMBEDDED_ENVIRONMENTS)
@@ -352,6 +364,21 @@ async def _demo(args: argparse.Namespace) -> int:
     return int(ExitCode.OK) if code == 0 else int(ExitCode.CHECKS_FAILED)
 
 
+async def cmd_rotate(args: argparse.Namespace) -> int:
+    from pytest_hokmdb.deploy.orchestrator import APPROVAL_ENV
+    from pytest_hokmdb.deploy.rotation import rotate_password
+
+    loaded = load_config(args.environment, args.config_path)
+    # Approved as a deploy is: --approve, or the CI job's signal naming this environment.
+    approved = "--approve" if args.approve else (
+        APPROVAL_ENV if os.environ.get(APPROVAL_ENV, "").strip() == args.environment else None)
+    result = await rotate_password(loaded, args.role, approved=approved, show=args.show, to_file=args.to_file)
+    print(f"rotated the password of role {result.role} on {result.target}: {result.stored}")
+    if result.password is not None:
+        print(result.password)  # asked for with --show: the one time it is printed
+    return int(ExitCode.OK)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     # The demo prints its steps and a summary; the deploy's step-by-step lines are in its log file.
@@ -362,6 +389,8 @@ def main(argv: list[str] | None = None) -> None:
         run_cli(lambda: cmd_topology(args))
     if args.command == "config":
         run_cli(lambda: cmd_config(args))
+    if args.command == "rotate-password":
+        run_cli(cmd_rotate(args))
     if args.command == "notify":
         from pytest_hokmdb.notify.cli import run_notify
 

@@ -84,13 +84,13 @@ def local_patroni_for(loaded: LoadedConfig) -> LocalPatroniTopology | None:
                                 pooler_roles=(db.user, db.monitor_user or EMBEDDED_MONITOR_USER))
 
 
-def _password_store(loaded: LoadedConfig) -> LocalServer:
+def password_store(loaded: LoadedConfig) -> LocalServer:
     """Where the environment's generated role passwords are kept."""
     local = local_patroni_for(loaded)
     return local.patroni if local is not None else embedded_cluster_for(loaded)
 
 
-def _runs_local_server(loaded: LoadedConfig, target: Target) -> bool:
+def runs_local_server(loaded: LoadedConfig, target: Target) -> bool:
     """The target is a server hokmdb set up (embedded or local Patroni): its roles are hokmdb's."""
     return target.embedded or local_patroni_for(loaded) is not None
 
@@ -98,9 +98,9 @@ def _runs_local_server(loaded: LoadedConfig, target: Target) -> bool:
 def local_superuser(loaded: LoadedConfig, target: Target) -> Target | None:
     """The superuser of the server hokmdb runs for the environment (the embedded cluster, or
     the local Patroni cluster's current leader); None for a server hokmdb does not run."""
-    if not _runs_local_server(loaded, target):
+    if not runs_local_server(loaded, target):
         return None
-    superuser = _password_store(loaded).admin_connect_kwargs()
+    superuser = password_store(loaded).admin_connect_kwargs()
     return replace(target, host=str(superuser["host"]), port=int(superuser["port"]),  # type: ignore[call-overload]
                    user=str(superuser["user"]), password=str(superuser["password"]), read_only=False)
 
@@ -353,10 +353,10 @@ async def resolve_owner_target(loaded: LoadedConfig, target: Target) -> Target:
     else the application role itself. Writable."""
     db = loaded.config.database
     user, password = db.owner_user, (db.owner_password.get_secret_value() if db.owner_password else None)
-    if user is None and _runs_local_server(loaded, target):
+    if user is None and runs_local_server(loaded, target):
         user = EMBEDDED_OWNER_USER
         if password is None:
-            password = _stored_password(_password_store(loaded), user)
+            password = _stored_password(password_store(loaded), user)
             if password is None:
                 env = loaded.config.environment
                 patroni = local_patroni_for(loaded) is not None
@@ -373,7 +373,7 @@ async def resolve_owner_target(loaded: LoadedConfig, target: Target) -> Target:
 
 def runs_ddl_as_app_role(loaded: LoadedConfig, target: Target) -> bool:
     """Whether migrations would run as the application role (no separate owner)."""
-    owner = loaded.config.database.owner_user or (EMBEDDED_OWNER_USER if _runs_local_server(loaded, target) else None)
+    owner = loaded.config.database.owner_user or (EMBEDDED_OWNER_USER if runs_local_server(loaded, target) else None)
     return owner is None or owner == loaded.config.database.user
 
 
@@ -382,10 +382,10 @@ async def resolve_monitor_target(loaded: LoadedConfig, target: Target) -> Target
     when the environment has none. An embedded cluster's is the role its setup created."""
     db = loaded.config.database
     user, password = db.monitor_user, (db.monitor_password.get_secret_value() if db.monitor_password else None)
-    if user is None and _runs_local_server(loaded, target):
+    if user is None and runs_local_server(loaded, target):
         user = EMBEDDED_MONITOR_USER
         if password is None:
-            password = _stored_password(_password_store(loaded), user)
+            password = _stored_password(password_store(loaded), user)
             if password is None:
                 return None
     if user is None:

@@ -1,0 +1,108 @@
+"""Password rotation (issue 20): ``hokmdb rotate-password`` on a live embedded cluster while a
+session of the role stays connected; the new password logs in, the old one no longer does,
+and the clear password is in no server log (``log_statement = all``) and no process listing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import asyncpg
+import pytest
+from helpers import admin_fetchval, write_config_dir
+
+from pytest_hokmdb.cluster import EmbeddedCluster
+
+HOKMDB = Path(sys.executable).parent / "hokmdb"
+
+
+@pytest.fixture
+def embedded(tmp_path: Path):  # type: ignore[no-untyped-def]
+    config_dir = tmp_path / "config"
+    write_config_dir(config_dir, "development", embedded__data_dir=str(tmp_path / "cluster"), smoke={},
+                     deploy__log_dir=str(tmp_path / "logs"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DB_") and k != "HOKMDB_ENVIRONMENT"}
+    env["HOKMDB_ENV_FILE"] = str(tmp_path / "env.database")
+    cluster = EmbeddedCluster(tmp_path / "cluster")
+    yield config_dir, env, cluster
+    cluster.destroy()
+
+
+def _processes() -> str:
+    """Every process's command line and environment this user may read, joined."""
+    seen = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            for part in ("cmdline", "environ"):
+                try:
+                    seen.append((proc / part).read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+                except OSError:
+                    pass
+    return "\n".join(seen)
+
+
+async def test_rotating_the_app_password_keeps_sessions_and_leaks_the_clear_password_nowhere(embedded) -> None:  # type: ignore[no-untyped-def]
+    config_dir, env, cluster = embedded
+    started = subprocess.run([str(HOKMDB), "cluster", "start", "--environment", "development", "--config", str(config_dir)],
+                             capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert started.returncode == 0, started.stdout + started.stderr
+    await admin_fetchval(cluster, "ALTER SYSTEM SET log_statement = 'all'")
+    await admin_fetchval(cluster, "SELECT pg_reload_conf()")
+    old = json.loads(cluster.state_file.read_text())["app_passwords"]["hokm_app"]
+    session = await asyncpg.connect(host=cluster.host, port=cluster.port, user="hokm_app", password=old, database="hokm_dev")
+    try:
+        rotation = subprocess.Popen([str(HOKMDB), "rotate-password", "--environment", "development", "--role", "app",
+                                     "--config", str(config_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True, env=env)
+        listings = []
+        while rotation.poll() is None:
+            listings.append(_processes())
+            time.sleep(0.02)
+        out, err = rotation.communicate()
+        assert rotation.returncode == 0, out + err
+        new = json.loads(cluster.state_file.read_text())["app_passwords"]["hokm_app"]
+        assert new != old and len(new) >= 32
+        assert f"rotated the password of role hokm_app on postgresql://hokm_app:***@127.0.0.1:{cluster.port}/hokm_dev" in out
+        assert f"stored in {cluster.state_file}" in out
+        assert new not in out + err and old not in out + err
+        assert await session.fetchval("SELECT 1") == 1  # the session open before the rotation keeps working
+    finally:
+        await session.close()
+    fresh = await asyncpg.connect(host=cluster.host, port=cluster.port, user="hokm_app", password=new, database="hokm_dev")
+    await fresh.close()
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        await asyncpg.connect(host=cluster.host, port=cluster.port, user="hokm_app", password=old, database="hokm_dev")
+
+    server_log = "".join(p.read_text(errors="replace") for p in cluster.base_dir.glob("*.log"))
+    assert "ALTER ROLE CURRENT_USER PASSWORD 'SCRAM-SHA-256$4096:" in server_log  # what travelled: the verifier
+    assert new not in server_log
+    assert listings and not any(new in listing for listing in listings)
+    verifier = await admin_fetchval(cluster, "SELECT rolpassword FROM pg_authid WHERE rolname = 'hokm_app'")
+    assert str(verifier).startswith("SCRAM-SHA-256$")
+
+    # The rest of hokmdb reads the new password where the rotation stored it.
+    smoke = subprocess.run([sys.executable, "-m", "pytest", "smoke/test_connection.py", "--environment=development",
+                            f"--db-config={config_dir}", "-p", "no:cacheprovider", "-q"], capture_output=True, text=True,
+                           env=env, timeout=300, check=False, cwd=Path(__file__).resolve().parents[1])
+    assert smoke.returncode == 0, smoke.stdout + smoke.stderr
+
+
+def test_staging_needs_a_destination_and_production_an_approval_before_anything_changes(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "HOKMDB_"))}
+    env.update({"HOKMDB_ENV_FILE": str(tmp_path / "none.env"), "DB_PORT": "1", "DB_HOST_STAGING": "192.0.2.1",
+                "DB_PASSWORD_STAGING": "old-staging-pw", "DB_HOST_PRODUCTION": "192.0.2.1",
+                "DB_PASSWORD_PRODUCTION": "old-production-pw"})
+    staging = subprocess.run([str(HOKMDB), "rotate-password", "--environment", "staging", "--role", "app"],
+                             capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert staging.returncode == 2, staging.stderr
+    assert "staging: the new password must go somewhere" in staging.stderr
+    assert "hint: add --to-file PATH (written 0600) or --show" in staging.stderr
+    production = subprocess.run([str(HOKMDB), "rotate-password", "--environment", "production", "--role", "app", "--show"],
+                                capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert production.returncode == 4, production.stderr
+    assert "rotating a production password needs approval" in production.stderr
+    assert "Traceback" not in staging.stderr + production.stderr

@@ -63,6 +63,12 @@ def main(argv: list[str] | None = None) -> None:
             record = find_backup(loaded, args.verify_existing)
             depth = args.verify if args.verify in ("quick", "full") else "quick"
             result = await verify_backup(loaded, record, depth=depth)
+            if result["passed"]:  # a verification restores the backup into a scratch database
+                from pytest_hokmdb.report.metrics import restore_registry
+
+                _export_metrics(loaded, lambda: restore_registry(loaded.config.environment, backup_id=record.id,
+                                                                 duration_s=float(result.get("duration_s") or 0),
+                                                                 swapped=False), "hokmdb_restore")
             if args.json:
                 print(json.dumps({"backup": record.summary(), "verification": result}, indent=2))
             else:
@@ -71,7 +77,11 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"  - {problem}")
             return int(ExitCode.OK) if result["passed"] else int(ExitCode.BACKUP_ERROR)
         record = await take_backup(loaded, reason=args.reason, verify=args.verify, destination=args.destination)
-        _export_metrics(loaded, record)
+        from pytest_hokmdb.report.metrics import backup_registry
+
+        _export_metrics(loaded, lambda: backup_registry(loaded.config.environment, size_bytes=record.size,
+                                                        verified=record.verified, revision=record.revision),
+                        "hokmdb_backup")
         if args.json:
             print(json.dumps(record.summary(), indent=2))
         else:
@@ -81,18 +91,13 @@ def main(argv: list[str] | None = None) -> None:
     run_cli(run)
 
 
-def _export_metrics(loaded: Any, record: Any) -> None:
-    """The backup as Prometheus metrics where the config's ``metrics`` says; a failing target is
-    said on stderr and changes nothing about the backup."""
-    settings = loaded.config.metrics
-    if settings.textfile_dir is None and not settings.pushgateway_url:
-        return
-    from pytest_hokmdb.report.metrics import backup_registry, export
+def _export_metrics(loaded: Any, build: Any, name: str) -> None:
+    """As Prometheus metrics where the config's ``metrics`` says; a failing target is said on
+    stderr and changes nothing about the backup."""
+    from pytest_hokmdb.report.metrics import export_configured
 
-    registry = backup_registry(loaded.config.environment, size_bytes=record.size, verified=record.verified,
-                               revision=record.revision)
-    for problem in export(registry, settings, loaded.config.environment, name="hokmdb_backup"):
-        print(f"warning: metrics not exported: {problem} ({loaded.path})", file=sys.stderr)
+    for problem in export_configured(loaded, build, name=name):
+        print(f"warning: metrics not exported: {problem}", file=sys.stderr)
 
 
 async def _physical(loaded: object, args: argparse.Namespace) -> int:

@@ -260,6 +260,12 @@ async def cmd_restore(args: argparse.Namespace) -> int:
         )
     loaded = load_config(args.environment, args.config_path)
     result = await restore_and_swap(loaded, args.backup_file, dry_run=args.dry_run, smoke_before_swap=not args.no_smoke)
+    from pytest_hokmdb.report.metrics import export_configured, restore_registry
+
+    for problem in export_configured(loaded, lambda: restore_registry(
+            loaded.config.environment, backup_id=result.backup_id, duration_s=result.duration_s, swapped=result.swapped),
+            name="hokmdb_restore"):
+        print(f"warning: metrics not exported: {problem}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, default=str))
     elif result.dry_run:

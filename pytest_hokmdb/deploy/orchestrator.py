@@ -178,16 +178,17 @@ async def run_deploy(options: DeployOptions) -> Outcome:
 def _export_metrics(loaded: LoadedConfig, outcome: Outcome) -> None:
     """The deploy as Prometheus metrics, where the config's ``metrics`` section says; a target
     that fails is logged as a warning and changes nothing about the deploy."""
-    settings = loaded.config.metrics
-    if settings.textfile_dir is None and not settings.pushgateway_url:
-        return
-    from pytest_hokmdb.report.metrics import deploy_registry, export
+    from prometheus_client import CollectorRegistry
 
-    registry = deploy_registry(loaded.config.environment, result=outcome.result, exit_code=outcome.exit_code,
+    from pytest_hokmdb.report.metrics import deploy_registry, export_configured
+
+    def build() -> CollectorRegistry:
+        return deploy_registry(loaded.config.environment, result=outcome.result, exit_code=outcome.exit_code,
                                duration_s=outcome.duration_s, revision=outcome.final_revision,
                                longest_locks=dict(outcome.longest_locks))
-    for problem in export(registry, settings, loaded.config.environment, name="hokmdb_deploy"):
-        log.warning("metrics not exported: %s (%s)", problem, loaded.path)
+
+    for problem in export_configured(loaded, build, name="hokmdb_deploy"):
+        log.warning("metrics not exported: %s", problem)
 
 
 async def _dry_run(loaded: LoadedConfig, options: DeployOptions, config_step: Step, started: float) -> Outcome:

@@ -1,4 +1,4 @@
-"""Smoke runs, deploys and backups as Prometheus metrics, for the monitoring operators already run.
+"""Smoke runs, deploys, backups and restores as Prometheus metrics, for the monitoring operators already run.
 
 Built from the same document as the JSON result (one source), with prometheus-client: a
 textfile for node_exporter's textfile collector (written by the library, atomically) and a
@@ -11,11 +11,13 @@ duration; per run: passed, the counts, duration and the time it finished.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, write_to_textfile
 
+from pytest_hokmdb.config import LoadedConfig
 from pytest_hokmdb.config.model import MetricsSettings
 from pytest_hokmdb.redaction import redact
 
@@ -116,6 +118,30 @@ def backup_registry(environment: str, *, size_bytes: int, verified: bool, revisi
     Gauge("hokmdb_backup_revision_info", "1, labelled with the revision the last backup holds", [*run, "revision"],
           registry=registry).labels(environment, revision or "none").set(1)
     return registry
+
+
+def restore_registry(environment: str, *, backup_id: str, duration_s: float, swapped: bool) -> CollectorRegistry:
+    """The metrics of a restore that was verified (a swap, a dry run, or a backup's verification
+    restore): when, how long, whether it was swapped in, and which backup."""
+    registry = CollectorRegistry()
+    run = ["environment"]
+    Gauge("hokmdb_restore_last_verified_timestamp_seconds", "when a restore of a backup was last verified (Unix time)",
+          run, registry=registry).labels(environment).set_to_current_time()
+    Gauge("hokmdb_restore_last_duration_seconds", "how long that restore took", run,
+          registry=registry).labels(environment).set(duration_s)
+    Gauge("hokmdb_restore_last_swapped", "1 when that restore replaced the live database, 0 for a verification",
+          run, registry=registry).labels(environment).set(1 if swapped else 0)
+    Gauge("hokmdb_restore_backup_info", "1, labelled with the backup that restore verified", [*run, "backup"],
+          registry=registry).labels(environment, backup_id).set(1)
+    return registry
+
+
+def export_configured(loaded: LoadedConfig, build: Callable[[], CollectorRegistry], *, name: str) -> list[str]:
+    """Export where the environment's ``metrics`` section says (nothing when it says nowhere)."""
+    settings = loaded.config.metrics
+    if settings.textfile_dir is None and not settings.pushgateway_url:
+        return []
+    return [f"{problem} ({loaded.path})" for problem in export(build(), settings, loaded.config.environment, name=name)]
 
 
 def export(registry: CollectorRegistry, settings: MetricsSettings, environment: str, *, name: str) -> list[str]:

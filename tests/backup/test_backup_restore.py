@@ -4,11 +4,13 @@ the target empty or half-restored."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -28,6 +30,15 @@ def rollback(setup: BackupSetup, *args: str, timeout: float = 180) -> subprocess
     )
 
 
+def _restore_metrics(directory: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The restore metrics textfile, parsed by prometheus-client (labels other than environment)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = (directory / "hokmdb_restore_testing.prom").read_text()
+    return {(s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k != "environment"))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
 async def change_target(setup: BackupSetup) -> None:
     """A change made after the backup: a restore must undo it, a failed one must keep it."""
     conn = await asyncpg.connect(setup.dsn)
@@ -38,7 +49,7 @@ async def change_target(setup: BackupSetup) -> None:
         await conn.close()
 
 
-async def test_restore_dry_run_then_swap_keeps_the_previous_database(backup_setup: BackupSetup) -> None:
+async def test_restore_dry_run_then_swap_keeps_the_previous_database(backup_setup: BackupSetup, tmp_path: Path) -> None:
     loaded = backup_setup.loaded()
     record = await take_backup(loaded, verify="quick")
     at_backup = await fingerprint(backup_setup.dsn)
@@ -48,10 +59,13 @@ async def test_restore_dry_run_then_swap_keeps_the_previous_database(backup_setu
     name = backup_setup.live.db.name
     databases = await database_names(backup_setup)
     common = ["--environment", "testing", f"--db-config={backup_setup.config_dir}", "--backup-file", record.location]
+    config = backup_setup.config_dir / "testing.json"  # the restores export their metrics (issue 20)
+    config.write_text(json.dumps({**json.loads(config.read_text()), "metrics": {"textfile_dir": str(tmp_path)}}))
 
     dry = rollback(backup_setup, "restore", *common, "--dry-run", "--no-smoke")
     assert dry.returncode == 0, dry.stderr
     assert f"dry run: backup {record.id} restored and verified; {name} was not touched" in dry.stdout
+    assert _restore_metrics(tmp_path)[("hokmdb_restore_last_swapped", ())] == 0
     assert await fingerprint(backup_setup.dsn) == changed
     assert await database_names(backup_setup) == databases
 
@@ -67,6 +81,10 @@ async def test_restore_dry_run_then_swap_keeps_the_previous_database(backup_setu
     await app.close()
 
     assert await fingerprint(backup_setup.dsn) == at_backup
+    swapped = _restore_metrics(tmp_path)
+    assert swapped[("hokmdb_restore_last_swapped", ())] == 1
+    assert swapped[("hokmdb_restore_backup_info", (("backup", record.id),))] == 1
+    assert swapped[("hokmdb_restore_last_verified_timestamp_seconds", ())] > 0
     kept = sorted((await database_names(backup_setup)) - databases)
     assert len(kept) == 1 and kept[0].startswith(name[:40]) and "_before_restore_" in kept[0]
     assert f"previous database kept as {kept[0]}" in real.stdout

@@ -132,7 +132,14 @@ def _exported_metric_names() -> set[str]:
     document = {"environment": "testing", "exitstatus": 0, "duration_s": 1.0, "summary": {"passed": 1},
                 "tests": [{"nodeid": "smoke/test_health.py::test_health[health.sequences]", "check": "health.sequences",
                            "outcome": "passed", "duration_s": 0.01, "measured": 0.1, "threshold": 0.8}]}
-    return {sample.name for family in smoke_registry(document).collect() for sample in family.samples}
+    from pytest_hokmdb.report.metrics import backup_registry, deploy_registry, restore_registry
+
+    registries = [smoke_registry(document),
+                  deploy_registry("testing", result="succeeded", exit_code=0, duration_s=1.0, revision="0008",
+                                  longest_locks={"moves": 0.1}),
+                  backup_registry("testing", size_bytes=1, verified=True, revision="0008"),
+                  restore_registry("testing", backup_id="b", duration_s=1.0, swapped=False)]
+    return {sample.name for registry in registries for family in registry.collect() for sample in family.samples}
 
 
 def test_the_example_alert_rules_and_dashboard_use_only_what_hokmdb_exports() -> None:
@@ -159,8 +166,13 @@ def test_the_example_alert_rules_and_dashboard_use_only_what_hokmdb_exports() ->
     for panel in dashboard["panels"]:
         assert panel["targets"], panel["title"]
         exprs += [target["expr"] for target in panel["targets"]]
+    from pytest_hokmdb.deploy.session import RESULTS
+
+    results = set(RESULTS.values())  # what a deploy can report
     for expr in exprs:
         names = set(re.findall(r"\bhokmdb_[a-z_]+\b", expr))
         assert names and names <= exported, (expr, names - exported)
+        for alternatives in re.findall(r'result=~"([^"]+)"', expr):  # only results a deploy reports
+            assert set(alternatives.split("|")) <= results, alternatives
         for alternatives in re.findall(r'check=~"([^"]+)"', expr):
             assert set(alternatives.split("|")) <= checks, alternatives

@@ -64,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
 
     add_notify_parser(sub)
 
+    from pytest_hokmdb.cli.runbook import add_runbook_parser
+
+    add_runbook_parser(sub)
+
     rotate = sub.add_parser(
         "rotate-password", help="give a role a new generated password, set as a SCRAM verifier (the clear password "
         "never reaches the server), proven by a login, and stored where the config reads it")
@@ -389,6 +393,10 @@ def main(argv: list[str] | None = None) -> None:
         run_cli(lambda: cmd_topology(args))
     if args.command == "config":
         run_cli(lambda: cmd_config(args))
+    if args.command == "runbook":
+        from pytest_hokmdb.cli.runbook import run_runbook
+
+        run_cli(run_runbook(args))
     if args.command == "rotate-password":
         run_cli(cmd_rotate(args))
     if args.command == "notify":

@@ -81,6 +81,9 @@ class BackupSettings(_Strict):
     """Logical backups (pg_dump), their storage, encryption and verification."""
 
     required_before_deploy: bool = False
+    max_age_h: float | None = Field(
+        None, gt=0, description="hokmdb runbook daily: the newest backup must be younger (and verified); unset: not judged",
+    )
     from_standby: bool = Field(
         False, description="dump from a standby of the topology (topology.standbys / topology.local), not the primary",
     )

@@ -58,3 +58,49 @@ async def test_the_daily_runbook_says_what_needs_a_person_and_all_clear_otherwis
     assert _row(document, "smoke")["status"] == "attention"
     assert "schema.at_expected_revision" in _row(document, "smoke")["detail"]
     assert "python database/smoke_tests.py --environment testing" in _row(document, "smoke")["detail"]
+
+
+async def test_the_weekly_runbook_analyzes_stale_tables_as_the_owner_and_reports_duplicate_indexes(live_target, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    import asyncpg
+    from helpers import run_statements
+
+    db = live_target.db
+    await run_statements(db, "ALTER TABLE players SET (autovacuum_enabled = false)",  # so the stale statistics stay stale
+                         # past autovacuum's analyze threshold (50 rows + 10 %) on the small seeded table
+                         "UPDATE players SET rating = rating", "UPDATE players SET rating = rating",
+                         "CREATE INDEX ix_players_rating_again ON players (rating DESC)")  # a copy of ix_players_rating_desc
+
+    def weekly(env: dict[str, str], name: str) -> tuple[subprocess.CompletedProcess[str], dict]:  # type: ignore[type-arg]
+        result = tmp_path / name
+        proc = subprocess.run([str(HOKMDB), "runbook", "weekly", "--environment", "testing", "--config",
+                               str(live_target.config_dir), "--json", str(result)], capture_output=True, text=True,
+                              env={**os.environ, **env}, timeout=300, check=False, cwd=PROJECT_ROOT)
+        return proc, json.loads(result.read_text())
+
+    conn = await asyncpg.connect(db.dsn)
+    try:  # statistics reach pg_stat_user_tables asynchronously
+        for _ in range(50):
+            if await conn.fetchval("SELECT n_mod_since_analyze FROM pg_stat_user_tables WHERE relname = 'players'"):
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
+    as_app, document = weekly(live_target.env, "app.json")  # the application role owns no table
+    assert as_app.returncode == 1, as_app.stdout + as_app.stderr
+    assert "does not own public.players" in _row(document, "analyze")["detail"]
+    owner = {**live_target.env, "DB_OWNER_USER": "postgres", "DB_OWNER_PASSWORD_TEST": db.cluster.superuser_password}
+    as_owner, document = weekly(owner, "owner.json")
+    assert as_owner.returncode == 1, as_owner.stdout + as_owner.stderr  # the duplicate index needs a person
+    analyze = _row(document, "analyze")
+    assert analyze["status"] == "ok" and "analyzed public.players" in analyze["detail"]
+    duplicates = _row(document, "duplicate indexes")
+    assert duplicates["status"] == "attention"
+    assert "public.players: ix_players_rating_again = ix_players_rating_desc" in duplicates["detail"]
+    assert db.cluster.superuser_password not in as_owner.stdout + as_owner.stderr
+    conn = await asyncpg.connect(db.dsn)
+    try:
+        assert await conn.fetchval("SELECT n_mod_since_analyze FROM pg_stat_user_tables WHERE relname = 'players'") == 0
+    finally:
+        await conn.close()

@@ -228,3 +228,20 @@ async def live_target(seeded_db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return LiveTarget(seeded_db, role, password, config_dir, env)
+
+
+@pytest.fixture
+def embedded(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A development environment on an embedded cluster of the test's own (not created yet:
+    the test's setup command creates it), with the product's strict smoke defaults; yields
+    ``(config_dir, env, cluster)``. The cluster is destroyed afterwards."""
+    from helpers import write_config_dir
+
+    config_dir = tmp_path / "config"
+    write_config_dir(config_dir, "development", embedded__data_dir=str(tmp_path / "cluster"), smoke={},
+                     deploy__log_dir=str(tmp_path / "logs"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DB_") and k != "HOKMDB_ENVIRONMENT"}
+    env["HOKMDB_ENV_FILE"] = str(tmp_path / "env.database")  # none yet: only what the test writes
+    cluster = EmbeddedCluster(tmp_path / "cluster")
+    yield config_dir, env, cluster
+    cluster.destroy()

@@ -25,17 +25,6 @@ def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[st
     return subprocess.run(args, capture_output=True, text=True, env=env, timeout=600, check=False, cwd=PROJECT_ROOT)
 
 
-@pytest.fixture
-def embedded(tmp_path: Path):  # type: ignore[no-untyped-def]
-    config_dir = tmp_path / "config"
-    # The product's strict defaults, not development's single-role allowance.
-    write_config_dir(config_dir, "development", embedded__data_dir=str(tmp_path / "cluster"), smoke={},
-                     deploy__log_dir=str(tmp_path / "logs"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DB_") and k != "HOKMDB_ENVIRONMENT"}
-    env["HOKMDB_ENV_FILE"] = str(tmp_path / "no-such.env")
-    cluster = EmbeddedCluster(tmp_path / "cluster")
-    yield config_dir, env, cluster
-    cluster.destroy()
 
 
 async def _as_app(cluster: EmbeddedCluster) -> asyncpg.Connection:

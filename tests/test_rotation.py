@@ -13,23 +13,11 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from helpers import admin_fetchval, write_config_dir
-
-from pytest_hokmdb.cluster import EmbeddedCluster
+from helpers import admin_fetchval
 
 HOKMDB = Path(sys.executable).parent / "hokmdb"
 
 
-@pytest.fixture
-def embedded(tmp_path: Path):  # type: ignore[no-untyped-def]
-    config_dir = tmp_path / "config"
-    write_config_dir(config_dir, "development", embedded__data_dir=str(tmp_path / "cluster"), smoke={},
-                     deploy__log_dir=str(tmp_path / "logs"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DB_") and k != "HOKMDB_ENVIRONMENT"}
-    env["HOKMDB_ENV_FILE"] = str(tmp_path / "env.database")
-    cluster = EmbeddedCluster(tmp_path / "cluster")
-    yield config_dir, env, cluster
-    cluster.destroy()
 
 
 def _processes() -> str:

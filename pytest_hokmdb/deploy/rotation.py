@@ -84,16 +84,20 @@ def _variable(loaded: LoadedConfig, role: Role) -> str | None:
     return names[0] if names else None
 
 
-def _write_env_file(path: Path, name: str, value: str) -> None:
-    """Replace or add NAME=value, keeping every other line; 0600; atomic."""
-    lines = path.read_text().splitlines() if path.is_file() else []
-    kept = [line for line in lines if not line.split("=", 1)[0].strip().removeprefix("export ").strip() == name]
-    kept.append(f"{name}={value}")
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner reads (0600 from the first byte), atomically."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
-        handle.write("\n".join(kept) + "\n")
+        handle.write(text)
     tmp.replace(path)
+
+
+def _write_env_file(path: Path, name: str, value: str) -> None:
+    """Replace or add NAME=value, keeping every other line."""
+    lines = path.read_text().splitlines() if path.is_file() else []
+    kept = [line for line in lines if not line.split("=", 1)[0].strip().removeprefix("export ").strip() == name]
+    _write_private(path, "\n".join([*kept, f"{name}={value}"]) + "\n")
 
 
 async def rotate_password(loaded: LoadedConfig, role: Role, *, approved: str | None = None, show: bool = False,
@@ -145,9 +149,7 @@ async def rotate_password(loaded: LoadedConfig, role: Role, *, approved: str | N
                           "was set back", hint="check pg_hba.conf's method for this role (scram-sha-256)") from None
 
     if to_file is not None:
-        fd = os.open(to_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(new + "\n")
+        _write_private(to_file, new + "\n")
     if protected:
         where = f"written to {to_file} (0600)" if to_file is not None else "shown once below"
         stored = (f"{where}; set {variable or _PASSWORD_KEY[role]} to it in {environment}'s secret store and restart "
@@ -155,11 +157,7 @@ async def rotate_password(loaded: LoadedConfig, role: Role, *, approved: str | N
     elif generated:
         assert store is not None
         state["app_passwords"][target.user] = new
-        tmp = store.state_file.with_name(f".{store.state_file.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(json.dumps(state, indent=2))
-        tmp.replace(store.state_file)
+        _write_private(store.state_file, json.dumps(state, indent=2))
         stored = f"stored in {store.state_file}, where hokmdb reads the generated passwords of this cluster"
     else:
         assert variable is not None

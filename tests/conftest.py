@@ -7,7 +7,7 @@ import itertools
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -205,8 +205,10 @@ async def grant_app_role(db, role: str, password: str) -> None:  # type: ignore[
 
 
 @pytest.fixture
-async def live_target(seeded_db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LiveTarget:  # type: ignore[no-untyped-def]
-    """``--environment testing`` pointed at a healthy seeded database as an app role."""
+async def live_target(seeded_db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[LiveTarget]:  # type: ignore[no-untyped-def]
+    """``--environment testing`` pointed at a healthy seeded database as an app role. The roles
+    are dropped afterwards: login roles are cluster-wide, and one a test left SUPERUSER would
+    fail ``security.privileged_login_roles`` in every later smoke run on this worker's cluster."""
     role = f"app_{os.getpid()}_{next(_role_counter)}"
     password = f"pw-{uuid.uuid4().hex}"
     await grant_app_role(seeded_db, role, password)
@@ -227,7 +229,18 @@ async def live_target(seeded_db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    return LiveTarget(seeded_db, role, password, config_dir, env)
+    yield LiveTarget(seeded_db, role, password, config_dir, env)
+    conn = await asyncpg.connect(seeded_db.dsn)
+    try:
+        for name in (role, monitor_role):
+            await conn.execute(f'ALTER ROLE "{name}" NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS')
+        await conn.execute(f'DROP OWNED BY "{role}", "{monitor_role}"')
+        try:  # a grant the test made in another database keeps the role; it can no longer log in
+            await conn.execute(f'DROP ROLE "{role}", "{monitor_role}"')
+        except asyncpg.DependentObjectsStillExistError:
+            pass
+    finally:
+        await conn.close()
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ async def test_the_daily_runbook_says_what_needs_a_person_and_all_clear_otherwis
     assert first.returncode == 1, first.stdout + first.stderr
     assert "hokmdb runbook daily: NEEDS A PERSON" in first.stdout
     assert document["needs_person"] is True
-    assert _row(document, "smoke")["status"] == "ok"
+    assert _row(document, "smoke")["status"] == "ok", _row(document, "smoke")
     assert _row(document, "backup")["status"] == "attention"
     assert "no backup at all (backup.max_age_h = 26)" in _row(document, "backup")["detail"]
 

@@ -10,15 +10,13 @@ two front doors can never disagree.
 from __future__ import annotations
 
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from pytest_hokmdb.checks.base import CheckContext, CheckResult
+from pytest_hokmdb.checks.base import CheckResult
 from pytest_hokmdb.config import LoadedConfig, load_config
-from pytest_hokmdb.db import Target, connect, resolve_monitor_target, resolve_target
-from pytest_hokmdb.db.topology import resolve_topology
-from pytest_hokmdb.errors import ConfigError, HokmdbError
+from pytest_hokmdb.db import Target, resolve_target
+from pytest_hokmdb.errors import ConfigError
 
 
 class DatabaseSmokeTests:
@@ -48,38 +46,14 @@ class DatabaseSmokeTests:
 
     async def run_group(self, group: str) -> dict[str, Any]:
         from pytest_hokmdb.checks.catalog import groups
+        from pytest_hokmdb.checks.direct import run_checks
 
         known = groups(self.loaded.project_root)
         if group not in known:
             raise ValueError(f"unknown check group {group!r}; choose from {', '.join(known)}")
         started = time.monotonic()
-        target = await self.target()
-        conn = await connect(target)
-        monitor, monitor_error = None, None
-        monitor_target = await resolve_monitor_target(self.loaded, target)
-        if monitor_target is not None:
-            try:
-                monitor = await connect(monitor_target)
-            except HokmdbError as exc:
-                monitor_error = f"the monitoring connection failed: {exc}"
-        try:
-            settings = self.loaded.config.smoke
-            ctx = CheckContext(
-                conn=conn,
-                target=target,
-                config=self.loaded.config,
-                project_root=self.loaded.project_root,
-                target_revision=self.target_revision,
-                window=None if self.full_scan else timedelta(days=settings.integrity_window_days),
-                monitor=monitor,
-                monitor_error=monitor_error,
-                topology=resolve_topology(self.loaded, target, monitor_target),
-            )
-            results: list[CheckResult] = [await check(ctx) for check in known[group]]
-        finally:
-            await conn.close()
-            if monitor is not None:
-                await monitor.close()
+        results: list[CheckResult] = await run_checks(self.loaded, await self.target(), known[group],
+                                                      target_revision=self.target_revision, full_scan=self.full_scan)
         return summarize(group, self.environment, results, time.monotonic() - started)
 
     async def test_basic_connection(self) -> dict[str, Any]:

@@ -386,7 +386,9 @@ async def cmd_rotate(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     # The demo prints its steps and a summary; the deploy's step-by-step lines are in its log file.
-    setup_logging(args.verbose, console_loggers=("hokmdb",) if args.command == "demo" else None)
+    # A runbook prints one table: only warnings reach the console beside it, unless -v.
+    quiet = {"demo": ("hokmdb",), "runbook": ()}
+    setup_logging(args.verbose, console_loggers=quiet.get(args.command))
     if args.command == "cluster":
         run_cli(lambda: cmd_cluster(args))
     if args.command == "topology":

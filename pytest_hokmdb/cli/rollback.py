@@ -7,10 +7,11 @@
     rollback.py migration --environment E ...            (deploy orchestration)
     rollback.py list-backups [--environment E] [--json]
     rollback.py cleanup [--environment E] [--dry-run] [--days N] [--count N]
+    rollback.py maintenance-off --environment E          (after a deploy killed with maintenance mode on)
 
 Exit codes: 0 done; 1 the smoke suite failed after an emergency restore; 2 configuration;
-3 cannot connect; 7 backup/restore failed (the target was not touched); 11 emergency
-rollback failed.
+3 cannot connect; 6 a deploy is running (maintenance-off); 7 backup/restore failed (the
+target was not touched); 11 emergency rollback failed.
 """
 
 from __future__ import annotations
@@ -89,6 +90,10 @@ def parser() -> argparse.ArgumentParser:
     cleanup.add_argument("--days", type=int, default=None, help="override backup.retention_days")
     cleanup.add_argument("--count", type=int, default=None, help="override backup.retention_count")
     cleanup.add_argument("--no-databases", action="store_true", help="leave kept and half-restored databases alone")
+
+    off = sub.add_parser("maintenance-off", help="switch off maintenance mode a killed deploy left on (flag row, "
+                         "NOTIFY, connection limit); refused while a deploy runs")
+    _common(off)
     return p
 
 
@@ -294,6 +299,26 @@ async def cmd_emergency(args: argparse.Namespace) -> int:
     return int(ExitCode.ROLLBACK_FAILED)
 
 
+async def cmd_maintenance_off(args: argparse.Namespace) -> int:
+    from pytest_hokmdb.db import connect
+    from pytest_hokmdb.deploy import maintenance
+    from pytest_hokmdb.deploy.lock import lock_holders
+    from pytest_hokmdb.deploy.options import DeployOptions
+    from pytest_hokmdb.deploy.orchestrator import resolve_deploy_target
+
+    loaded = load_config(args.environment, args.config_path)
+    # The role the deploy ran as: it set the connection limit, so it may restore it.
+    target, _ = await resolve_deploy_target(loaded, DeployOptions(environment=args.environment, dry_run=True))
+    conn = await connect(target.writable())
+    try:
+        holders = await lock_holders(conn)
+        done = await maintenance.switch_off_left_on(conn, deploy_running=holders[0].describe() if holders else None)
+    finally:
+        await conn.close()
+    print(done.replace("<env>", args.environment))
+    return 0
+
+
 def _positional_forms(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """The runbooks' own forms, resolved to the options before anything runs: ``emergency
     production "reason"`` and ``restore --environment E FILE``. Ambiguity is a usage error."""
@@ -332,6 +357,8 @@ def main(argv: list[str] | None = None) -> None:
             return cmd_restore(args)
         if args.command == "emergency":
             return cmd_emergency(args)
+        if args.command == "maintenance-off":
+            return cmd_maintenance_off(args)
         if args.command == "migration":
             try:
                 from pytest_hokmdb.cli.rollback_migration import run_migration

@@ -1,4 +1,6 @@
-"""``hokmdb runbook daily|weekly``: the operators' runbooks over every environment, as commands.
+"""``hokmdb runbook daily|weekly|pre-deploy|post-deploy|incident``: the operators' runbooks
+over every environment, as commands (pre-deploy and post-deploy: ``runbook_deploy.py``;
+incident: ``runbook_incident.py``; the steps they share: ``runbook_steps.py``).
 
 ``daily`` is the morning checklist; ``weekly`` the maintenance the documentation leaves as
 "add your maintenance queries here": ANALYZE where statistics are stale (on production only
@@ -18,83 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
 
+from pytest_hokmdb.cli.runbook_steps import Row, backup, last_deploy, smoke
 from pytest_hokmdb.config import ENVIRONMENTS, LoadedConfig, load_config
 from pytest_hokmdb.errors import ExitCode, HokmdbError
 from pytest_hokmdb.redaction import redact
-
-Status = Literal["ok", "attention", "skipped"]
-
-
-@dataclass
-class Row:
-    environment: str
-    step: str
-    status: Status
-    detail: str
-
-
-def _smoke(loaded: LoadedConfig) -> Row:
-    from pytest_hokmdb.gate import run_gate
-
-    env = loaded.config.environment
-    result = run_gate(loaded, "smoke")
-    if not result.document:
-        lines = [line for line in result.output.strip().splitlines() if line.strip()]
-        return Row(env, "smoke", "attention", f"the suite could not run: {lines[-1] if lines else 'no output'}")
-    failed = [t.get("check") or t["nodeid"] for t in result.tests if t["outcome"] in ("failed", "error")]
-    summary = ", ".join(f"{v} {k}" for k, v in sorted(result.summary.items()))
-    if failed:
-        return Row(env, "smoke", "attention", f"{len(failed)} failed: {', '.join(failed[:5])} ({summary}); "
-                   f"details: python database/smoke_tests.py --environment {env}")
-    return Row(env, "smoke", "ok", summary)
-
-
-def _backup(loaded: LoadedConfig) -> Row:
-    from pytest_hokmdb.backup import list_backups
-
-    env = loaded.config.environment
-    limit = loaded.config.backup.max_age_h
-    if limit is None:
-        return Row(env, "backup", "skipped", "backup.max_age_h is not set: no backup is expected here")
-    records = list_backups(loaded)
-    if not records:
-        return Row(env, "backup", "attention", f"no backup at all (backup.max_age_h = {limit:g}); "
-                   f"take one: python database/backup.py --environment {env} --verify quick")
-    newest = records[0]
-    age_h = (datetime.now(UTC) - newest.created_at).total_seconds() / 3600
-    problems = []
-    if age_h > limit:
-        problems.append(f"the newest is {age_h:.1f} h old, over backup.max_age_h = {limit:g}")
-    if not newest.verified:
-        problems.append(f"its verification: {newest.verified_label()} "
-                        f"(python database/backup.py --environment {env} --verify-existing {newest.id})")
-    if problems:
-        return Row(env, "backup", "attention", f"{newest.id}: {'; '.join(problems)}")
-    return Row(env, "backup", "ok", f"{newest.id}, {age_h:.1f} h old, verified ({newest.verified_label()})")
-
-
-async def _last_deploy(loaded: LoadedConfig) -> Row:
-    from pytest_hokmdb.db import connect, resolve_target
-
-    env = loaded.config.environment
-    conn = await connect(await resolve_target(loaded))
-    try:
-        if not await conn.fetchval("SELECT to_regclass('hokmdb_deploy_history') IS NOT NULL"):
-            return Row(env, "last deploy", "skipped", "no deploy recorded (hokmdb_deploy_history does not exist)")
-        row = await conn.fetchrow("SELECT id, result, exit_code, final_revision, finished_at, actor "
-                                  "FROM hokmdb_deploy_history ORDER BY id DESC LIMIT 1")
-    finally:
-        await conn.close()
-    if row is None:
-        return Row(env, "last deploy", "skipped", "no deploy recorded")
-    when = f"{row['finished_at']:%Y-%m-%d %H:%M %Z}" if row["finished_at"] else "never finished"
-    detail = f"#{row['id']} {row['result']} (exit {row['exit_code']}) by {row['actor']}, {when}, at {row['final_revision']}"
-    return Row(env, "last deploy", "ok" if row["result"] == "succeeded" else "attention", detail)
 
 
 async def daily(environments: list[str], config_path: str | None) -> list[Row]:
@@ -105,13 +38,13 @@ async def daily(environments: list[str], config_path: str | None) -> list[Row]:
         except HokmdbError as exc:
             rows.append(Row(env, "config", "attention", exc.message))
             continue
-        for step in (_smoke, _backup):
+        for step in (smoke, backup):
             try:
                 rows.append(step(loaded))
             except HokmdbError as exc:
-                rows.append(Row(env, step.__name__.strip("_"), "attention", exc.message))
+                rows.append(Row(env, step.__name__, "attention", exc.message))
         try:
-            rows.append(await _last_deploy(loaded))
+            rows.append(await last_deploy(loaded))
         except HokmdbError as exc:
             rows.append(Row(env, "last deploy", "attention", exc.message))
     return rows
@@ -221,11 +154,17 @@ async def weekly(environments: list[str], config_path: str | None, *, approved: 
     return rows
 
 
+RUNBOOKS = ("daily", "weekly", "pre-deploy", "post-deploy", "incident")
+
+
 def add_runbook_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     runbook = sub.add_parser("runbook", help="the operators' runbooks as commands: daily (the morning checklist), "
-                             "weekly (ANALYZE where stale; bloat, duplicate and unused indexes)")
-    runbook.add_argument("name", choices=("daily", "weekly"))
+                             "weekly (ANALYZE where stale; bloat, duplicate and unused indexes), pre-deploy and "
+                             "post-deploy (the deployment day's checklists), incident (read-only facts, first)")
+    runbook.add_argument("name", choices=RUNBOOKS)
     runbook.add_argument("--approve", action="store_true", help="weekly on production: run the ANALYZE it would run")
+    runbook.add_argument("--target-revision", default="head", metavar="REV",
+                         help="pre-deploy and post-deploy: the revision being deployed (default: head)")
     runbook.add_argument("--environment", action="append", choices=ENVIRONMENTS, dest="environments",
                          help="repeat for several; default: every environment whose config is present")
     runbook.add_argument("--config", "--db-config", dest="config_path", default=None, metavar="PATH")
@@ -240,13 +179,26 @@ async def run_runbook(args: argparse.Namespace) -> int:
     from pytest_hokmdb.config.loader import config_path_for, find_project_root
 
     root = find_project_root()
+    if args.name in ("pre-deploy", "post-deploy"):
+        from pytest_hokmdb.migrate import check_revision
+
+        check_revision(args.target_revision, project_root=root)  # exit 2 before any connection
     environments = args.environments or [e for e in ENVIRONMENTS
                                          if config_path_for(e, args.config_path, root).is_file()]
     started = time.time()
     if args.name == "daily":
         rows = await daily(environments, args.config_path)
-    else:
+    elif args.name == "weekly":
         rows = await weekly(environments, args.config_path, approved=args.approve)
+    elif args.name == "incident":
+        from pytest_hokmdb.cli.runbook_incident import incident
+
+        rows = await incident(environments, args.config_path)
+    else:
+        from pytest_hokmdb.cli.runbook_deploy import post_deploy, pre_deploy
+
+        run = pre_deploy if args.name == "pre-deploy" else post_deploy
+        rows = await run(environments, args.config_path, args.target_revision)
     needs_person = [r for r in rows if r.status == "attention"]
     table = Table(title=f"hokmdb runbook {args.name}: {'NEEDS A PERSON' if needs_person else 'all clear'}")
     for column in ("environment", "step", "status", "detail"):

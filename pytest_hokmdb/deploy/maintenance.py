@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from pytest_hokmdb.errors import DeployLocked
+
 log = logging.getLogger("hokmdb.deploy.maintenance")
 
 TABLE = "hokmdb_maintenance"
@@ -152,3 +154,22 @@ async def disable(conn: asyncpg.Connection) -> bool:
         await conn.execute(f"SELECT pg_notify('{CHANNEL}', 'off')")
     log.info("maintenance mode off: connection limit on %s restored to %s", current.limited, current.saved_connection_limit)
     return True
+
+
+async def switch_off_left_on(conn: asyncpg.Connection, *, deploy_running: str | None) -> str:
+    """After a deploy was killed with maintenance mode on: switch it off (flag row, NOTIFY,
+    connection limit) and say what else it left (a PAUSEd pool). Refused while a deploy runs:
+    that deploy switches it off itself when it ends."""
+    if deploy_running is not None:
+        raise DeployLocked(f"a deploy is running now: {deploy_running}; it switches maintenance mode off when it ends",
+                           hint="wait for it; if it hangs, stop that deploy first")
+    current = await state(conn)
+    if current is None or not current.enabled:
+        return "maintenance mode is off already; nothing changed"
+    await disable(conn)
+    done = (f"maintenance mode switched off (left on by deploy #{current.deploy_id} of {current.actor}); "
+            + (f"connection limit on {current.limited} restored to {current.saved_connection_limit}" if current.limited
+               else "no connection limit was set"))
+    if pool := await paused_pool(conn):
+        done += f"; the game's pool {pool} is still PAUSEd: hokmdb topology resume --environment <env>"
+    return done

@@ -64,19 +64,3 @@ def test_ambiguous_rollback_forms_are_usage_errors_before_anything_runs(argv: li
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
-
-
-def test_the_runbooks_python_snippet_imports_from_the_smoke_script_and_runs(live_target) -> None:  # type: ignore[no-untyped-def]
-    """The operators' runbooks begin ``from database.smoke_tests import DatabaseSmokeTests``; run
-    as written, against the testing environment of a live throwaway database."""
-    import os
-
-    code = ("import asyncio, os\n"
-            "from database.smoke_tests import DatabaseSmokeTests\n"
-            "smoke = DatabaseSmokeTests('testing', config_path=os.environ['CONFIG_DIR'])\n"
-            "result = asyncio.run(smoke.test_health())\n"
-            "print(result['group'], result['environment'], result['passed'])\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False,
-                          cwd=PROJECT_ROOT, env={**os.environ, **live_target.env, "CONFIG_DIR": str(live_target.config_dir)})
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["health", "testing", "True"], proc.stdout + proc.stderr

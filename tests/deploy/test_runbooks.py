@@ -171,3 +171,39 @@ def test_incident_on_an_unreachable_server_says_so_and_still_names_the_restore_p
     assert _row(document, "restore point")["status"] in ("skipped", "attention")
     assert [r["step"] for r in document["rows"]] == ["server", "restore point"]
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def _readme_snippets() -> list[str]:
+    """The README's Python blocks that begin as the operators' runbooks do."""
+    import re
+
+    blocks = re.findall(r"```python\n(.*?)```", (PROJECT_ROOT / "README.md").read_text(), flags=re.S)
+    return [b for b in blocks if "from database.smoke_tests import DatabaseSmokeTests" in b]
+
+
+def test_the_runbooks_python_snippets_run_as_written_against_an_embedded_environment(embedded, project_factory) -> None:  # type: ignore[no-untyped-def]
+    """Health, security and pool, each copied from the README unchanged and run from a project
+    checkout (``from database.smoke_tests import ...`` resolves against the current directory)
+    whose development config is the embedded environment of this test."""
+    import shutil
+
+    config_dir, env, _ = embedded
+    deployed = subprocess.run([sys.executable, str(PROJECT_ROOT / "database" / "deploy.py"), "--environment",
+                               "development", "--config", str(config_dir), "--setup"], capture_output=True, text=True,
+                              env=env, timeout=300, check=False)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    checkout = project_factory([])
+    shutil.copy2(config_dir / "development.json", checkout / "database" / "config" / "development.json")
+    shutil.copy2(PROJECT_ROOT / "database" / "smoke_tests.py", checkout / "database" / "smoke_tests.py")
+    snippets = _readme_snippets()
+    assert len(snippets) == 3, snippets
+    outputs = []
+    for snippet in snippets:
+        proc = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=120, check=False,
+                              cwd=checkout, env={**env, "HOKMDB_PROJECT_ROOT": str(checkout)})
+        assert proc.returncode == 0, snippet + proc.stdout + proc.stderr
+        outputs.append(proc.stdout)
+    health, security, pool = outputs
+    assert health.startswith("health: passed in ") and "FAILED" not in health
+    assert security == "security: passed\n"
+    assert "pool.full_size: passed: " in pool and "pool.headroom: passed: " in pool

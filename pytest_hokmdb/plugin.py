@@ -22,6 +22,7 @@ from pytest_hokmdb.fixtures.live import (  # noqa: F401  (fixtures are registere
     DATABASE_OVERRIDE_KEY,
     PORT_OVERRIDE_KEY,
     RESTORED_KEY,
+    STOP_KEY,
     hokmdb_alembic_config,
     hokmdb_config,
     hokmdb_conn,
@@ -199,13 +200,30 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """A prestarted cluster no test took is removed; the scratch clusters of workers that
     were killed (their owner is gone) are stopped and removed before the run ends; only
-    hokmdb's own tracked directories are touched."""
+    hokmdb's own tracked directories are touched. A run a worker stopped because the live
+    target cannot be reached ends as a plain run would: the scripts' exit code (3 for a
+    connection) instead of xdist's "interrupted"."""
     discard_prestarted()
     if hasattr(session.config, "workerinput"):
         return
+    stop = session.config.stash.get(_WORKER_STOP, None)
+    if stop is not None:
+        session.exitstatus = stop["code"]
     from pytest_hokmdb.cluster.embedded import sweep_orphan_clusters
 
     sweep_orphan_clusters()
+
+
+_WORKER_STOP = pytest.StashKey[dict[str, Any]]()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """xdist controller: a worker that stopped because the live target cannot be reached
+    (``fixtures.live.stop_session``) hands over its message and exit code."""
+    stop = getattr(node, "workeroutput", {}).get(STOP_KEY)
+    if stop is not None:
+        node.config.stash.setdefault(_WORKER_STOP, stop)
 
 
 @pytest.hookimpl(trylast=True)

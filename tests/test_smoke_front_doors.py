@@ -120,6 +120,26 @@ def test_pytest_on_an_unreachable_target_stops_once_with_exit_3(live_target: Liv
     assert live_target.password not in output
 
 
+def test_pytest_under_xdist_on_an_unreachable_target_stops_with_exit_3_and_no_internal_error(live_target: LiveTarget) -> None:
+    """Under ``-n 2`` the same stop was a worker crash: an INTERNALERROR traceback from xdist's
+    controller. Now each worker fails its first test with the message alone and the run ends
+    with code 3."""
+    import os
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "smoke/", "--environment=testing", f"--db-config={live_target.config_dir}",
+         "-p", "no:cacheprovider", "-q", "-n", "2"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, env={**os.environ, "DB_PORT": "1"}, timeout=120,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 3, output
+    assert "INTERNALERROR" not in output and "Traceback" not in output and "During handling" not in output, output
+    assert "Interrupted: hokmdb: cannot connect to postgresql://" in output and "connection refused" in output
+    assert output.count("cannot connect to postgresql://") <= 3, output  # once per worker, once for the run
+    assert "2 errors" in output or "1 error" in output, output
+    assert live_target.password not in output
+
+
 def test_smoke_script_bad_config_exits_2(tmp_path: Path) -> None:
     proc = _script("--environment", "staging", f"--db-config={tmp_path}")
     assert proc.returncode == 2

@@ -28,9 +28,12 @@ successful deploy into a failed one.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import smtplib
 import ssl
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -99,17 +102,34 @@ def email_message(config: HokmdbConfig, note: Notification) -> EmailMessage:
     return message
 
 
-async def _post_webhook(url: str, payload: dict[str, object]) -> str | None:
-    import httpx
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A webhook that answers with a redirect is misconfigured: say so rather than re-post the
+    alert (and its URL's token) to wherever it points."""
 
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+def _post_webhook_sync(url: str, payload: dict[str, object]) -> str | None:
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", "User-Agent": "hokmdb"})
     try:
-        async with httpx.AsyncClient(timeout=TIMEOUT_S, follow_redirects=False) as client:
-            response = await client.post(url, json=payload)
-    except httpx.HTTPError as exc:
-        return f"webhook: {type(exc).__name__}: {redact(str(exc)) or 'no detail'}"
-    if not 200 <= response.status_code < 300:
-        return f"webhook: answered HTTP {response.status_code}: {redact(response.text[:200])}"
+        with urllib.request.build_opener(_NoRedirects).open(request, timeout=TIMEOUT_S) as response:
+            response.read()
+    except urllib.error.HTTPError as exc:
+        body = exc.read(200).decode(errors="replace")
+        return f"webhook: answered HTTP {exc.code}: {redact(body)}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        return f"webhook: {type(exc).__name__}: {redact(str(reason)) or 'no detail'}"
     return None
+
+
+async def _post_webhook(url: str, payload: dict[str, object]) -> str | None:
+    """The POST runs on a thread (the standard library's client, as for SMTP): one request per
+    alert needs no HTTP stack of its own, and the notifications stay out of every pytest run's
+    plugins."""
+    return await asyncio.to_thread(_post_webhook_sync, url, payload)
 
 
 def _send_email_sync(config: HokmdbConfig, message: EmailMessage) -> None:

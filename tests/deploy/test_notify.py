@@ -28,6 +28,7 @@ WEBHOOK_TOKEN = "T0ABC/B0DEF/wEbHoOkSeCrEt42"
 class Receiver:
     def __init__(self, status: int = 200) -> None:
         self.status = status
+        self.location: str | None = None  # sent with a 3xx status
         self.posts: list[dict[str, object]] = []
         receiver = self
 
@@ -36,6 +37,8 @@ class Receiver:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.posts.append({"path": self.path, "json": json.loads(body), "type": self.headers["Content-Type"]})
                 self.send_response(receiver.status)
+                if receiver.location:
+                    self.send_header("Location", receiver.location)
                 self.end_headers()
                 self.wfile.write(b"ok" if receiver.status == 200 else b"nope")
 
@@ -157,6 +160,22 @@ async def test_delivery_problems_are_returned_never_raised_and_the_url_stays_sec
     assert WEBHOOK_TOKEN not in "\n".join(problems) + caplog.text
 
 
+async def test_a_redirecting_or_unreachable_webhook_is_a_problem_and_the_alert_is_not_reposted(webhook: Receiver, tmp_path: Path) -> None:
+    elsewhere = Receiver()
+    try:
+        webhook.status, webhook.location = 307, elsewhere.url
+        config = _config(tmp_path, slack_webhook_url=webhook.url, notify_on_success=True)
+        problems = await send(config, NOTE)
+        assert len(problems) == 1 and "webhook: answered HTTP 307" in problems[0], problems
+        assert len(webhook.posts) == 1 and elsewhere.posts == []  # asked once, never followed
+    finally:
+        elsewhere.close()
+    dead = f"http://127.0.0.1:{free_port()}/services/{WEBHOOK_TOKEN}"
+    problems = await send(_config(tmp_path, slack_webhook_url=dead, notify_on_success=True), NOTE)
+    assert len(problems) == 1 and "webhook: URLError: [Errno 111] Connection refused" in problems[0], problems
+    assert WEBHOOK_TOKEN not in problems[0]
+
+
 async def test_a_failed_notification_never_fails_a_successful_deploy(deploy_env_factory, project_factory) -> None:  # type: ignore[no-untyped-def]
     dead = f"http://127.0.0.1:{free_port()}/services/{WEBHOOK_TOKEN}"
     env: DeployEnv = deploy_env_factory(deploy__gate_suites=[], notifications__slack_webhook_url=dead, notifications__notify_on_success=True)
@@ -164,7 +183,7 @@ async def test_a_failed_notification_never_fails_a_successful_deploy(deploy_env_
     outcome = await run_deploy(DeployOptions("testing", str(env.config_dir)))
     assert outcome.exit_code == 0, outcome.message
     step = outcome.steps[-1]
-    assert step.name == "notify" and step.status == "failed" and "ConnectError" in step.detail
+    assert step.name == "notify" and step.status == "failed" and "Connection refused" in step.detail
     assert WEBHOOK_TOKEN not in step.detail + outcome.log_path.read_text()  # type: ignore[union-attr]
 
 

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from pytest_hokmdb.aio import run_sync
-from pytest_hokmdb.fixtures.live import DATABASE_OVERRIDE_KEY, PORT_OVERRIDE_KEY
-from pytest_hokmdb.fixtures.state import session_state
+from pytest_hokmdb.fixtures.state import DATABASE_OVERRIDE_KEY, PORT_OVERRIDE_KEY, session_state
 from pytest_hokmdb.report.allure_meta import git_commit, write_allure_metadata
 from pytest_hokmdb.report.probe import probe_server
 

@@ -17,37 +17,26 @@ from pytest_asyncio import is_async_test
 from pytest_hokmdb.aio import run_sync
 from pytest_hokmdb.config import ENVIRONMENTS, load_config
 from pytest_hokmdb.errors import ConfigError, ExitCode, HokmdbError
-from pytest_hokmdb.fixtures.checks import hokmdb_check, hokmdb_check_context  # noqa: F401
-from pytest_hokmdb.fixtures.live import (  # noqa: F401  (fixtures are registered by import)
+from pytest_hokmdb.fixtures.state import (
     DATABASE_OVERRIDE_KEY,
+    NO_ENVIRONMENT,
     PORT_OVERRIDE_KEY,
     RESTORED_KEY,
+    STATE_KEY,
     STOP_KEY,
-    hokmdb_alembic_config,
-    hokmdb_config,
-    hokmdb_conn,
-    hokmdb_dsn,
-    hokmdb_engine,
-    hokmdb_loaded_config,
-    hokmdb_monitor,
-    hokmdb_pool,
-    hokmdb_target,
-)
-from pytest_hokmdb.fixtures.state import NO_ENVIRONMENT, STATE_KEY, SessionState, session_state
-from pytest_hokmdb.fixtures.throwaway import (  # noqa: F401
-    discard_prestarted,
-    hokmdb_cluster,
-    hokmdb_database_factory,
-    hokmdb_empty_db,
-    hokmdb_fresh_db,
-    hokmdb_template,
-    prestart_cluster,
+    SessionState,
+    register_module,
+    session_state,
+    xdist_controller,
 )
 from pytest_hokmdb.redaction import redact
 from pytest_hokmdb.report.json_result import JsonResult
 
 JSON_RESULT_KEY = pytest.StashKey[JsonResult]()
 METRICS_KEY = pytest.StashKey[Any]()  # the LoadedConfig whose metrics section says where smoke metrics go
+
+# The fixtures, registered as plugins by pytest_configure in every process that runs tests.
+FIXTURE_MODULES = ("pytest_hokmdb.fixtures.live", "pytest_hokmdb.fixtures.checks", "pytest_hokmdb.fixtures.throwaway")
 
 MARKERS = (
     "smoke: a post-deploy check of a live database (read-only)",
@@ -147,6 +136,9 @@ def _choose_environment(config: pytest.Config) -> str | None:
 def pytest_configure(config: pytest.Config) -> None:
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
+    if not xdist_controller(config):
+        for module in FIXTURE_MODULES:
+            register_module(config, module)
     environment = _choose_environment(config)
     loaded = None
     if environment:
@@ -193,6 +185,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """A run with a test that needs this process's throwaway cluster starts it now, on a
     thread, while the first tests run (see ``prestart_cluster``)."""
     if any("hokmdb_cluster" in getattr(item, "fixturenames", ()) for item in session.items):
+        from pytest_hokmdb.fixtures.throwaway import prestart_cluster
+
         prestart_cluster()
 
 
@@ -203,7 +197,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     hokmdb's own tracked directories are touched. A run a worker stopped because the live
     target cannot be reached ends as a plain run would: the scripts' exit code (3 for a
     connection) instead of xdist's "interrupted"."""
-    discard_prestarted()
+    if (throwaway := sys.modules.get("pytest_hokmdb.fixtures.throwaway")) is not None:
+        throwaway.discard_prestarted()
     if hasattr(session.config, "workerinput"):
         return
     stop = session.config.stash.get(_WORKER_STOP, None)

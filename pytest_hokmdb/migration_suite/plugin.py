@@ -20,26 +20,25 @@ package; a module that imports them is theirs too): a project's other tests keep
 
 from __future__ import annotations
 
-import os
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_hokmdb.cluster import EmbeddedCluster
 from pytest_hokmdb.errors import ConfigError
-from pytest_hokmdb.fixtures.throwaway import ThrowawayDatabase, create_database, drop_database
-from pytest_hokmdb.migration.fixtures import DataFixtures, load_data_fixtures
-from pytest_hokmdb.migration.history import EmptyHistory, History, MigrationFailure, load_history
-from pytest_hokmdb.migration.prerequisites import run_prerequisites
-from pytest_hokmdb.migration.runner import set_upgrade_path_data
-from pytest_hokmdb.migration.settings import MigrationSuiteSettings, load_settings
-from pytest_hokmdb.migration.templates import TemplateCache
-from pytest_hokmdb.migration.walker import Walker
+from pytest_hokmdb.fixtures.state import register_module, xdist_controller
 
-SETTINGS_KEY = pytest.StashKey[MigrationSuiteSettings]()
+if TYPE_CHECKING:
+    from pytest_hokmdb.migration.history import History
+    from pytest_hokmdb.migration.settings import MigrationSuiteSettings
+
+# The suite's fixtures, registered by pytest_configure in every process that runs tests; the
+# rest of the machinery is imported where a hook first needs it, so that xdist's controller
+# (which runs none) starts its workers sooner.
+FIXTURES = "pytest_hokmdb.migration_suite.fixtures"
+
+SETTINGS_KEY = pytest.StashKey["MigrationSuiteSettings"]()
 SUITE_DIR = Path(__file__).resolve().parent
 # Round trips before the one-command tests: the walker ends at head with its catalog in hand,
 # which is the stepwise catalog test_upgrade compares with (walking there again would repeat
@@ -76,6 +75,8 @@ def _enabled(config: pytest.Config) -> bool:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", f"{MARKER}: a test of hokmdb's migration suite (pytest --hokmdb-migrations)")
+    if not xdist_controller(config):
+        register_module(config, FIXTURES)
     if not _enabled(config):
         return
     suite_settings(config)  # a bad [tool.hokmdb.migrations] is a usage error before anything runs
@@ -105,6 +106,8 @@ def pytest_pycollect_makemodule(module_path: Path, parent: pytest.Collector) -> 
 def suite_settings(config: pytest.Config) -> MigrationSuiteSettings:
     """The project's settings, read once per process on first use."""
     if SETTINGS_KEY not in config.stash:
+        from pytest_hokmdb.migration.settings import load_settings
+
         root = Path(config.getoption("hokmdb_migrations_project") or config.rootpath).resolve()
         try:
             settings = load_settings(root)
@@ -119,6 +122,8 @@ def suite_settings(config: pytest.Config) -> MigrationSuiteSettings:
 
 def describe_project(config: pytest.Config) -> str:
     """What the suite reads: the project, the script directory alembic loads, the revisions."""
+    from pytest_hokmdb.migration.history import load_history
+
     settings = suite_settings(config)
     try:
         history = load_history(settings)
@@ -138,8 +143,10 @@ def is_suite_function(function: object) -> bool:
     return getattr(function, "__module__", "").startswith(__package__ + ".")
 
 
-def _history(config: pytest.Config) -> History:
+def suite_history(config: pytest.Config) -> History:
     """The history; one that cannot be loaded fails collection with alembic's reason alone."""
+    from pytest_hokmdb.migration.history import load_history
+
     try:
         return load_history(suite_settings(config))
     except ConfigError as exc:
@@ -160,6 +167,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     ``migration.schedule``, which keeps each worker's round trips contiguous."""
     if not _enabled(config) or getattr(config.option, "dist", None) not in ("load", "loadgroup"):
         return None
+    from pytest_hokmdb.migration.history import load_history
+
     try:
         history = load_history(suite_settings(config))
     except ConfigError:
@@ -176,18 +185,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     config = metafunc.config
     if "revision" in metafunc.fixturenames:
-        revisions = _history(config).revisions
+        revisions = suite_history(config).revisions
         if revisions:
-            history = _history(config)
+            history = suite_history(config)
             metafunc.parametrize("revision", [
                 pytest.param(r, id=r.id, marks=[pytest.mark.skip(reason=reason)] if (reason := history.skip_reason(r.id))
                              else []) for r in revisions])
         else:
             metafunc.parametrize("revision", [pytest.param(None, id="none", marks=pytest.mark.skip(
                 reason="the history has no revisions (reported once, by test_history_has_one_head: rule empty-history)"))])
+    from pytest_hokmdb.migration.fixtures import load_data_fixtures
+
     if "revision_data" in metafunc.fixturenames:
         data = load_data_fixtures(suite_settings(config)).revision_data
-        history = _history(config)
+        history = suite_history(config)
         metafunc.parametrize("revision_data", [
             pytest.param(d, id=d.revision, marks=[pytest.mark.skip(reason=reason)]
                          if (reason := history.skip_reason(d.revision)) else []) for d in data]
@@ -205,86 +216,14 @@ def _nothing_declared(name: str) -> object:
     )
 
 
-@pytest.fixture(scope="session")
-def migration_settings(pytestconfig: pytest.Config) -> MigrationSuiteSettings:
-    return suite_settings(pytestconfig)
-
-
-@pytest.fixture(scope="session")
-def migration_history(pytestconfig: pytest.Config) -> History:
-    """The project's history (its script directory loaded once per process), with the data
-    fixtures' UPGRADE_PATH_DATA inserted on every upgrade through their revisions."""
-    history = _history(pytestconfig)
-    set_upgrade_path_data(history, load_data_fixtures(history.settings).path_inserts())
-    return history
-
-
-@pytest.fixture(scope="session")
-def migration_data_fixtures(migration_settings: MigrationSuiteSettings) -> DataFixtures:
-    return load_data_fixtures(migration_settings)
-
-
-@pytest.fixture(scope="session")
-def migration_base(migration_history: History, hokmdb_cluster: EmbeddedCluster) -> str | None:
-    """The template every database "at base" is copied from: empty, plus the project's
-    prerequisites (None without any: a new database is empty already)."""
-    if not migration_history.settings.prerequisites:
-        return None
-    db = create_database(hokmdb_cluster, f"mig_base_{os.getpid()}")
-    run_prerequisites(migration_history, db.url, db.dsn)
-    return db.name
-
-
-@pytest.fixture(scope="session")
-def migration_templates(migration_history: History, hokmdb_cluster: EmbeddedCluster,
-                        migration_base: str | None) -> TemplateCache:
-    """This worker's template databases, built when first needed."""
-    return TemplateCache(
-        migration_history,
-        lambda name, template: create_database(hokmdb_cluster, name, template),
-        prefix=f"mig_tpl_{os.getpid()}",
-        base=migration_base,
-    )
-
-
-@pytest.fixture(scope="session")
-def migration_walker(migration_history: History, hokmdb_cluster: EmbeddedCluster,
-                     migration_base: str | None) -> Iterator[Walker | None]:
-    """This worker's walking database for round trips; None for a branched history."""
-    if not migration_history.is_linear:
-        yield None
-        return
-    walker = Walker(
-        migration_history,
-        lambda name: create_database(hokmdb_cluster, name, migration_base),
-        lambda name: drop_database(hokmdb_cluster, name),
-        prefix=f"mig_walk_{os.getpid()}",
-    )
-    try:
-        yield walker
-    finally:
-        walker.close()
-
-
-@pytest.fixture
-def migration_database(
-    migration_templates: TemplateCache, hokmdb_database_factory: Callable[..., ThrowawayDatabase]
-) -> Callable[[tuple[str, ...]], ThrowawayDatabase]:
-    """``migration_database(state)``: a fresh database whose alembic heads are ``state``
-    (``()`` for an empty database), dropped after the test."""
-
-    def at(state: tuple[str, ...]) -> ThrowawayDatabase:
-        return hokmdb_database_factory(migration_templates.template(state))
-
-    return at
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> object:
     """A broken migration rule is reported by its message alone (it names the revision
     and carries the diff); the suite's own stack frames would only bury it."""
     if not is_suite_function(pyfuncitem.function):
         return (yield)
+    from pytest_hokmdb.migration.history import EmptyHistory, MigrationFailure
+
     try:
         return (yield)
     except EmptyHistory:
@@ -302,8 +241,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     """A fixture that needs the head (drift at head, the one-command tests) of an empty
     history skips its test, as the test itself would: the history test reports it once."""
     report: pytest.TestReport = yield
-    if (call.when == "setup" and call.excinfo is not None and call.excinfo.errisinstance(EmptyHistory)
-            and is_suite_function(getattr(item, "function", None))):
+    if call.when != "setup" or call.excinfo is None or not is_suite_function(getattr(item, "function", None)):
+        return report
+    from pytest_hokmdb.migration.history import EmptyHistory
+
+    if call.excinfo.errisinstance(EmptyHistory):
         report.outcome = "skipped"
         report.longrepr = (str(item.path), item.location[1] or 0,
                            "Skipped: the history has no revisions (reported once, by test_history_has_one_head: "

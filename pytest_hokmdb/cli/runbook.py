@@ -24,30 +24,19 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pytest_hokmdb.cli.runbook_steps import Row, backup, last_deploy, smoke
-from pytest_hokmdb.config import ENVIRONMENTS, LoadedConfig, load_config
-from pytest_hokmdb.errors import ExitCode, HokmdbError
+from pytest_hokmdb.cli.runbook_steps import Row, attempt, backup, last_deploy, over_environments, smoke
+from pytest_hokmdb.config import ENVIRONMENTS, LoadedConfig
+from pytest_hokmdb.errors import ExitCode
 from pytest_hokmdb.redaction import redact
 
 
+async def _daily(loaded: LoadedConfig) -> list[Row]:
+    return [row for name, step in (("smoke", smoke), ("backup", backup), ("last deploy", last_deploy))
+            for row in await attempt(loaded, name, step)]
+
+
 async def daily(environments: list[str], config_path: str | None) -> list[Row]:
-    rows: list[Row] = []
-    for env in environments:
-        try:
-            loaded = load_config(env, config_path)
-        except HokmdbError as exc:
-            rows.append(Row(env, "config", "attention", exc.message))
-            continue
-        for step in (smoke, backup):
-            try:
-                rows.append(step(loaded))
-            except HokmdbError as exc:
-                rows.append(Row(env, step.__name__, "attention", exc.message))
-        try:
-            rows.append(await last_deploy(loaded))
-        except HokmdbError as exc:
-            rows.append(Row(env, "last deploy", "attention", exc.message))
-    return rows
+    return await over_environments(environments, config_path, _daily)
 
 
 _STALE = """
@@ -145,13 +134,8 @@ async def _weekly(loaded: LoadedConfig, approved: bool) -> list[Row]:
 
 
 async def weekly(environments: list[str], config_path: str | None, *, approved: bool) -> list[Row]:
-    rows: list[Row] = []
-    for env in environments:
-        try:
-            rows.extend(await _weekly(load_config(env, config_path), approved))
-        except HokmdbError as exc:
-            rows.append(Row(env, "weekly", "attention", exc.message))
-    return rows
+    return await over_environments(environments, config_path,
+                                   lambda loaded: attempt(loaded, "weekly", lambda it: _weekly(it, approved)))
 
 
 RUNBOOKS = ("daily", "weekly", "pre-deploy", "post-deploy", "incident")

@@ -12,8 +12,17 @@ deployed, the deploy lock released and maintenance mode off (a killed deploy lea
 
 from __future__ import annotations
 
-from pytest_hokmdb.cli.runbook_steps import Row, backup, deploy_state, last_deploy, smoke
-from pytest_hokmdb.config import LoadedConfig, load_config
+from pytest_hokmdb.cli.runbook_steps import (
+    Row,
+    attempt,
+    backup,
+    deploy_state,
+    failed,
+    last_deploy,
+    over_environments,
+    smoke,
+)
+from pytest_hokmdb.config import LoadedConfig
 from pytest_hokmdb.errors import HokmdbError
 
 
@@ -51,45 +60,37 @@ def _backup_plan(loaded: LoadedConfig) -> Row:
     return row
 
 
-async def pre_deploy(environments: list[str], config_path: str | None, target_revision: str) -> list[Row]:
-    rows: list[Row] = []
-    for env in environments:
-        try:
-            loaded = load_config(env, config_path)
-        except HokmdbError as exc:
-            rows.append(Row(env, "config", "attention", exc.message))
-            continue
-        try:
-            row, current = await _dry_run(loaded, config_path, target_revision)
-            rows.append(row)
-            rows.extend(await deploy_state(loaded))
-        except HokmdbError as exc:
-            rows.append(Row(env, "deploy dry run", "attention", exc.message + (f" ({exc.hint})" if exc.hint else "")))
-            continue  # nothing further can be looked at on a server the deploy cannot reach
-        # The baseline at the revision the database is at now, not the one about to be deployed.
-        if current is None:
-            rows.append(Row(env, "smoke", "skipped", "the database is empty (its first deploy): no baseline to check"))
-        else:
-            rows.append(smoke(loaded, current))
-        try:
-            rows.append(_backup_plan(loaded))
-        except HokmdbError as exc:
-            rows.append(Row(env, "backup", "attention", exc.message))
-        if loaded.config.approval_required:
-            rows.append(Row(env, "approval", "ok", "the deploy needs --approve, or the CI job that sets "
-                            f"HOKMDB_DEPLOY_APPROVED={env} after approval"))
+async def _pre_deploy(loaded: LoadedConfig, config_path: str | None, target_revision: str) -> list[Row]:
+    env = loaded.config.environment
+    try:
+        row, current = await _dry_run(loaded, config_path, target_revision)
+    except HokmdbError as exc:
+        return [failed(env, "deploy dry run", exc)]  # nothing further can be seen on a server the deploy cannot reach
+    rows = [row, *await attempt(loaded, "deploy lock", deploy_state)]
+    # The baseline at the revision the database is at now, not the one about to be deployed.
+    if current is None:
+        rows.append(Row(env, "smoke", "skipped", "the database is empty (its first deploy): no baseline to check"))
+    else:
+        rows.append(smoke(loaded, current))
+    rows += await attempt(loaded, "backup", _backup_plan)
+    if loaded.config.approval_required:
+        rows.append(Row(env, "approval", "ok", "the deploy needs --approve, or the CI job that sets "
+                        f"HOKMDB_DEPLOY_APPROVED={env} after approval"))
     return rows
+
+
+async def pre_deploy(environments: list[str], config_path: str | None, target_revision: str) -> list[Row]:
+    return await over_environments(environments, config_path,
+                                   lambda loaded: _pre_deploy(loaded, config_path, target_revision))
+
+
+async def _post_deploy(loaded: LoadedConfig, target_revision: str) -> list[Row]:
+    try:
+        rows = [await last_deploy(loaded)]
+    except HokmdbError as exc:
+        return [failed(loaded.config.environment, "connect", exc)]  # the smoke suite would only say the same
+    return rows + await attempt(loaded, "deploy lock", deploy_state) + [smoke(loaded, target_revision)]
 
 
 async def post_deploy(environments: list[str], config_path: str | None, target_revision: str) -> list[Row]:
-    rows: list[Row] = []
-    for env in environments:
-        try:
-            loaded = load_config(env, config_path)
-            rows.append(await last_deploy(loaded))
-            rows.extend(await deploy_state(loaded))
-        except HokmdbError as exc:
-            rows.append(Row(env, "connect", "attention", exc.message + (f" ({exc.hint})" if exc.hint else "")))
-            continue
-        rows.append(smoke(loaded, target_revision))
-    return rows
+    return await over_environments(environments, config_path, lambda loaded: _post_deploy(loaded, target_revision))

@@ -13,9 +13,15 @@ from __future__ import annotations
 import re
 import time
 
-from pytest_hokmdb.cli.runbook_steps import Row, deploy_state, last_deploy, restore_point
-from pytest_hokmdb.config import LoadedConfig, load_config
-from pytest_hokmdb.errors import HokmdbError
+from pytest_hokmdb.cli.runbook_steps import (
+    Row,
+    attempt,
+    deploy_state,
+    last_deploy,
+    over_environments,
+    restore_point,
+)
+from pytest_hokmdb.config import LoadedConfig
 
 # The groups whose checks describe a server in trouble; the pool group opens a full pool of
 # connections, which an incident must not add to a server short of them.
@@ -100,30 +106,14 @@ async def _checks(loaded: LoadedConfig) -> list[Row]:
     return rows
 
 
+async def _incident(loaded: LoadedConfig) -> list[Row]:
+    rows = await attempt(loaded, "server", _server)
+    if rows[0].status == "ok":
+        for name, step in (("checks", _checks), ("deploy lock", deploy_state), ("last deploy", last_deploy)):
+            rows += await attempt(loaded, name, step)
+    # Backups live outside the server: worth knowing even when it is down.
+    return rows + await attempt(loaded, "restore point", restore_point)
+
+
 async def incident(environments: list[str], config_path: str | None) -> list[Row]:
-    rows: list[Row] = []
-    for env in environments:
-        try:
-            loaded = load_config(env, config_path)
-        except HokmdbError as exc:
-            rows.append(Row(env, "config", "attention", exc.message))
-            continue
-        try:
-            rows.extend(await _server(loaded))
-        except HokmdbError as exc:
-            rows.append(Row(env, "server", "attention", exc.message + (f" ({exc.hint})" if exc.hint else "")))
-        else:
-            for step in (_checks, deploy_state):
-                try:
-                    rows.extend(await step(loaded))
-                except HokmdbError as exc:
-                    rows.append(Row(env, step.__name__.strip("_"), "attention", exc.message))
-            try:
-                rows.append(await last_deploy(loaded))
-            except HokmdbError as exc:
-                rows.append(Row(env, "last deploy", "attention", exc.message))
-        try:  # backups live outside the server: worth knowing even when it is down
-            rows.append(restore_point(loaded))
-        except HokmdbError as exc:
-            rows.append(Row(env, "restore point", "attention", exc.message))
-    return rows
+    return await over_environments(environments, config_path, _incident)

@@ -4,11 +4,14 @@ could not look (which needs a person too: a runbook that could not look has not 
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
-from pytest_hokmdb.config import LoadedConfig
+from pytest_hokmdb.config import LoadedConfig, load_config
+from pytest_hokmdb.errors import HokmdbError
 
 Status = Literal["ok", "attention", "skipped"]
 
@@ -19,6 +22,36 @@ class Row:
     step: str
     status: Status
     detail: str
+
+
+def failed(env: str, step: str, exc: HokmdbError) -> Row:
+    """An expected error as the row of the step that met it, with its hint."""
+    return Row(env, step, "attention", exc.message + (f" (hint: {exc.hint})" if exc.hint else ""))
+
+
+async def attempt(loaded: LoadedConfig, name: str, step: Callable[[LoadedConfig], Any]) -> list[Row]:
+    """One step (sync or async, one row or several); an expected error becomes its row."""
+    try:
+        result = step(loaded)
+        if inspect.isawaitable(result):
+            result = await result
+    except HokmdbError as exc:
+        return [failed(loaded.config.environment, name, exc)]
+    return result if isinstance(result, list) else [result]
+
+
+async def over_environments(environments: list[str], config_path: str | None,
+                            runbook: Callable[[LoadedConfig], Awaitable[list[Row]]]) -> list[Row]:
+    """A runbook's rows for each environment in turn; a config that does not load is its row."""
+    rows: list[Row] = []
+    for env in environments:
+        try:
+            loaded = load_config(env, config_path)
+        except HokmdbError as exc:
+            rows.append(failed(env, "config", exc))
+            continue
+        rows.extend(await runbook(loaded))
+    return rows
 
 
 def smoke(loaded: LoadedConfig, target_revision: str | None = None) -> Row:

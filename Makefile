@@ -26,7 +26,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 $(STAMP): pyproject.toml $(LOCK)
 	@echo "hokmdb: installing the locked dependencies into $(VENV) (the first run takes a few minutes)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@out=$$($(PIP) install --quiet --require-hashes -r $(LOCK) 2>&1) || { echo "$$out" | grep -v '^WARNING: Location'; exit 1; }
+	@./scripts/install-locked.sh $(VENV) $(LOCK)
 	@out=$$($(PIP) install --quiet --no-deps -e . 2>&1) || { echo "$$out" | grep -v '^WARNING: Location'; exit 1; }
 	@$(BIN)/python -c 'import pytest_hokmdb, asyncpg, alembic, trustme'
 	@test -x $(BIN)/squawk && test -x $(BIN)/bandit

@@ -18,8 +18,6 @@ import sys
 from collections.abc import Callable
 
 try:
-    import asyncpg
-
     from pytest_hokmdb.cli.common import run_cli, setup_logging
     from pytest_hokmdb.config import ENVIRONMENTS, load_config
     from pytest_hokmdb.console import interactive, progress
@@ -69,6 +67,8 @@ def _refuse(environment: str, reason: str) -> Refused:
 
 
 async def _main(args: argparse.Namespace) -> int:
+    import asyncpg  # here, not at the top: --help stays quick
+
     from pytest_hokmdb.config.profile import project_profile
     from pytest_hokmdb.db import connect, resolve_target
     from pytest_hokmdb.db.resolve import resolve_owner_target

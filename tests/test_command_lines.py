@@ -64,3 +64,19 @@ def test_ambiguous_rollback_forms_are_usage_errors_before_anything_runs(argv: li
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_help_imports_no_driver_orm_or_migration_tool(name: str) -> None:
+    """``--help`` and the quick commands start in well under a second because the drivers,
+    SQLAlchemy, alembic, boto3 and the deploy machinery are imported where they are used
+    (issue 20; seen: rollback.py --help at 0.8 s through deploy.orchestrator). Measured as
+    ``python -X importtime`` reports it, not by a clock."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", *COMMANDS[name][1:], "--help"] if COMMANDS[name][0] ==
+                          sys.executable else [sys.executable, "-X", "importtime", *COMMANDS[name], "--help"],
+                          capture_output=True, text=True, timeout=60, check=False, cwd=PROJECT_ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    heavy = sorted(m for m in imported if m.split(".")[0] in ("asyncpg", "sqlalchemy", "alembic", "boto3", "psycopg")
+                   or m.startswith("pytest_hokmdb.deploy.orchestrator"))
+    assert not heavy, f"{name} --help imports {', '.join(heavy[:8])}"

@@ -23,8 +23,7 @@ import asyncio
 from typing import Any
 
 from pytest_hokmdb.config import ENVIRONMENTS
-from pytest_hokmdb.deploy.orchestrator import APPROVAL_ENV
-from pytest_hokmdb.deploy.rollback import RollbackRequest, rollback_migration
+from pytest_hokmdb.deploy.options import APPROVAL_ENV
 from pytest_hokmdb.errors import HokmdbError
 from pytest_hokmdb.redaction import redact
 
@@ -53,6 +52,7 @@ def run_migration(args: argparse.Namespace) -> int:
     import sys
 
     from pytest_hokmdb.cli.deploy import render
+    from pytest_hokmdb.deploy.rollback import RollbackRequest, rollback_migration
 
     request = RollbackRequest(environment=args.environment, config_path=args.config_path, steps=args.steps,
                               revision=args.revision, approve=bool(args.approve), force=bool(args.force))

@@ -17,10 +17,8 @@ from pathlib import Path
 from pytest_hokmdb.aio import run_sync
 from pytest_hokmdb.cli.common import run_cli, setup_logging
 from pytest_hokmdb.config import ENVIRONMENTS, load_config
-from pytest_hokmdb.db import connect, resolve_target
 from pytest_hokmdb.errors import ExitCode
 from pytest_hokmdb.gate import GateResult, run_gate
-from pytest_hokmdb.migrate import check_revision
 
 
 def parser() -> argparse.ArgumentParser:
@@ -39,6 +37,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 async def _preflight(loaded) -> None:  # type: ignore[no-untyped-def]
+    from pytest_hokmdb.db import connect, resolve_target  # here, not at the top: --help stays quick
+
     conn = await connect(await resolve_target(loaded))
     await conn.close()
 
@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
 
     def run() -> int:
         loaded = load_config(args.environment, args.config_path)
+        from pytest_hokmdb.migrate import check_revision
+
         check_revision(args.target_revision, project_root=loaded.project_root)  # exit 2 before any connection
         run_sync(_preflight(loaded))
         extra: list[str] = []

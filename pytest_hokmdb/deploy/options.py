@@ -8,6 +8,9 @@ from typing import Any
 
 from pytest_hokmdb.config import LoadedConfig
 
+# Set to an environment's name by the CI job that holds that environment's deploy approval.
+APPROVAL_ENV = "HOKMDB_DEPLOY_APPROVED"
+
 
 @dataclass
 class DeployOptions:

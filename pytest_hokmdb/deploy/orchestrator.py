@@ -42,7 +42,7 @@ from pytest_hokmdb.db.target import Target
 from pytest_hokmdb.deploy import history, steps
 from pytest_hokmdb.deploy.drift import check_drift
 from pytest_hokmdb.deploy.lock import Actor
-from pytest_hokmdb.deploy.options import DeployOptions, backup_wanted, gate_suites  # noqa: F401 - part of this module's API
+from pytest_hokmdb.deploy.options import APPROVAL_ENV, DeployOptions, backup_wanted, gate_suites  # noqa: F401 - part of this module's API
 from pytest_hokmdb.deploy.session import DeployLogFile, DeploySession, Outcome, Step
 from pytest_hokmdb.errors import ConfigError, ConnectionFailed, ExitCode, HokmdbError, Refused
 from pytest_hokmdb.migrate import check_revision, current_revision
@@ -50,7 +50,6 @@ from pytest_hokmdb.redaction import redact
 
 log = logging.getLogger("hokmdb.deploy")
 
-APPROVAL_ENV = "HOKMDB_DEPLOY_APPROVED"
 
 
 # -- step 1: config and safety rules ---------------------------------------------------------------

@@ -185,12 +185,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     config = metafunc.config
     if "revision" in metafunc.fixturenames:
-        revisions = suite_history(config).revisions
-        if revisions:
-            history = suite_history(config)
+        history = suite_history(config)
+        if history.revisions:
             metafunc.parametrize("revision", [
                 pytest.param(r, id=r.id, marks=[pytest.mark.skip(reason=reason)] if (reason := history.skip_reason(r.id))
-                             else []) for r in revisions])
+                             else []) for r in history.revisions])
         else:
             metafunc.parametrize("revision", [pytest.param(None, id="none", marks=pytest.mark.skip(
                 reason="the history has no revisions (reported once, by test_history_has_one_head: rule empty-history)"))])

@@ -60,13 +60,14 @@ pgbackrest:
 topology:
 	@./scripts/ensure-topology.sh
 
-## Allure Report 3 (single HTML file) from the last run's results, then Allure's quality gate
+## Allure Report 3 (single HTML file, Google Analytics tag removed) from the last run's results, then Allure's quality gate
 report: report-tools
 	@test -n "$$(ls -A $(ALLURE_RESULTS) 2>/dev/null)" || { \
 	  echo "error: no Allure results in $(ALLURE_RESULTS)/"; \
 	  echo "  hint: run make test, or a suite with them, e.g. pytest smoke/ --environment development --alluredir $(ALLURE_RESULTS)"; \
 	  exit 2; }
 	$(ALLURE_ENV) $(ALLURE) generate $(ALLURE_RESULTS) -o $(ALLURE_REPORT) -c allurerc.json
+	@$(PYTHON) scripts/strip-report-analytics.py $(ALLURE_REPORT)
 	$(ALLURE_ENV) $(ALLURE) quality-gate $(ALLURE_RESULTS) --max-failures $(ALLURE_MAX_FAILURES)
 
 ## The main job on the embedded default: cluster -> migrate to head -> seed -> smoke -> summary

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import PROJECT_ROOT, LiveTarget
@@ -47,25 +50,58 @@ async def failing_run(live_target: LiveTarget, tmp_path: Path) -> Path:
     return results
 
 
+def _make_report(results: Path, report: Path) -> subprocess.CompletedProcess[str]:
+    """The report as `make report` builds it (generate, strip analytics, quality gate)."""
+    return subprocess.run(["make", "-s", "report", f"ALLURE_RESULTS={results}", f"ALLURE_REPORT={report}",
+                           "ALLURE_MAX_FAILURES=1000"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=300, check=False)
+
+
+def _wait_for_text(page: Any, text: str, events: list[str], timeout_ms: int) -> None:
+    """Wait for the single-page app to show `text`; if it never does, say what the page did."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.get_by_text(text, exact=text.startswith("Category:")).first.wait_for(timeout=timeout_ms)
+    except PlaywrightTimeout:
+        page.screenshot(path=str(ARTIFACTS / "allure-report-not-rendered.png"), full_page=True)
+        body = page.inner_text("body")[:1500]
+        pytest.fail(f"the report never showed {text!r} in {timeout_ms} ms; page events: {events or 'none'};"
+                    f" body: {body!r}; screenshot: {ARTIFACTS / 'allure-report-not-rendered.png'}")
+
+
 def test_report_shows_the_failing_check_its_category_and_evidence(failing_run: Path, tmp_path: Path, live_target: LiveTarget) -> None:
     from playwright.sync_api import sync_playwright
 
     report = tmp_path / "allure-report"
-    generated = _allure("generate", str(failing_run), "-o", str(report), "-c", str(PROJECT_ROOT / "allurerc.json"), cwd=tmp_path)
+    generated = _make_report(failing_run, report)
     assert generated.returncode == 0, generated.stdout + generated.stderr
     index = report / "index.html"
     assert index.is_file(), "Allure should write a single-file report"
-    assert live_target.password not in index.read_text(errors="replace")
+    html = index.read_text(errors="replace")
+    assert live_target.password not in html
+    # Allure 3 embeds Google Analytics with no opt-out; make report removes it.
+    assert "googletagmanager" not in html and "gtag(" not in html
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    events: list[str] = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            # A report is a local file: it may load nothing from any network.
+            def refuse(route: Any) -> None:
+                events.append(f"refused request {route.request.url[:120]}")
+                route.abort()
+
+            page.route(re.compile(r"^(?!file:|data:|blob:)"), refuse)
+            page.on("console", lambda m: events.append(f"console {m.type}: {m.text[:200]}") if m.type == "error" else None)
+            page.on("pageerror", lambda e: events.append(f"page error: {str(e)[:200]}"))
+            page.on("crash", lambda _: events.append("renderer crashed"))
             page.goto(index.as_uri())
             # The report is a single-page app: wait until it has rendered what we read.
-            page.get_by_text("alembic_revision").first.wait_for(timeout=20_000)
-            page.get_by_text("Database is at the expected schema revision").first.wait_for(timeout=20_000)
+            _wait_for_text(page, "alembic_revision", events, 60_000)
+            _wait_for_text(page, "Database is at the expected schema revision", events, 20_000)
             overview = page.inner_text("body")
             assert "hokmdb database checks" in overview
             assert "testing" in overview and "0007" in overview  # environment.properties: environment, revision
@@ -73,7 +109,7 @@ def test_report_shows_the_failing_check_its_category_and_evidence(failing_run: P
             page.screenshot(path=str(ARTIFACTS / "allure-report-overview.png"), full_page=True)
 
             page.get_by_text("Database is at the expected schema revision").first.click()
-            page.get_by_text("Category: Schema drift", exact=True).wait_for(timeout=10_000)
+            _wait_for_text(page, "Category: Schema drift", events, 20_000)
             detail = page.inner_text("body")
             assert "is at revision 0007, 1 revision behind 0008" in detail
             assert "measured vs threshold" in detail and "revisions" in detail  # attached evidence
@@ -81,7 +117,29 @@ def test_report_shows_the_failing_check_its_category_and_evidence(failing_run: P
             page.screenshot(path=str(ARTIFACTS / "allure-report-failed-check.png"), full_page=True)
         finally:
             browser.close()
+    assert not [e for e in events if e.startswith("refused")], events
     assert (ARTIFACTS / "allure-report-failed-check.png").stat().st_size > 10_000
+
+
+def test_analytics_stripping_fails_closed_on_a_template_it_does_not_know(tmp_path: Path) -> None:
+    """If Allure changes how it embeds the tag, the report is refused, not passed on with it."""
+    script = PROJECT_ROOT / "scripts" / "strip-report-analytics.py"
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "index.html").write_text('<html><script src="https://www.googletagmanager.com/gtm.js?id=X" defer></script>'
+                                       "<script>gtag('event')</script></html>")
+    proc = subprocess.run([sys.executable, str(script), str(report)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 1
+    assert "still carries Google Analytics (gtag()" in proc.stderr
+    assert "update scripts/strip-report-analytics.py" in proc.stderr
+    known = ('<html><head><script async src="https://www.googletagmanager.com/gtag/js?id=G-1"></script>\n'
+             "<script>\n  window.dataLayer = window.dataLayer || [];\n  function gtag(){dataLayer.push(arguments);}\n"
+             "  gtag('js', new Date());\n  gtag('config', 'G-1', {\"report\": \"awesome\"});\n</script>\n"
+             "<script async>window.allureReportData = {};</script></head></html>")
+    (report / "index.html").write_text(known)
+    proc = subprocess.run([sys.executable, str(script), str(report)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert (report / "index.html").read_text() == "<html><head><script async>window.allureReportData = {};</script></head></html>"
 
 
 def test_quality_gate_fails_on_failures_and_passes_within_threshold(failing_run: Path, tmp_path: Path) -> None:

@@ -16,28 +16,41 @@ ALLURE_REPORT ?= allure-report
 ALLURE_MAX_FAILURES ?= 0
 
 
-.PHONY: demo test install lock postgres pgbackrest topology report-tools browser report cluster-stop clean
+.PHONY: demo test install install-runtime lock postgres pgbackrest topology report-tools browser report cluster-stop clean
 
-LOCK := requirements/lock.txt
+RUNTIME_LOCK := requirements/runtime.txt
+DEV_LOCK := requirements/dev.txt
 PIP := $(BIN)/python -m pip --disable-pip-version-check
+COMPILE := $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
+  --no-emit-find-links --build-deps-for wheel
 
-# What CI tested is what deploys: every dependency comes from the lock file, pinned with
-# hashes (pip refuses anything else); the project itself is installed without dependencies.
-$(STAMP): pyproject.toml $(LOCK)
+# What CI tested is what deploys. Two locks, pinned with hashes: requirements/runtime.txt is what
+# deploying, verifying and backing up need (`pip install hokmdb`); requirements/dev.txt is that
+# plus the test and CI tools, with the same pins. Both are installed with --no-deps, so nothing
+# outside the lock can be chosen, and then proven exact and complete (scripts/install-locked.sh,
+# requirements/README.md).
+$(STAMP): pyproject.toml $(RUNTIME_LOCK) $(DEV_LOCK) scripts/install-locked.sh scripts/verify-install.py
 	@echo "hokmdb: installing the locked dependencies into $(VENV) (the first run takes a few minutes)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@./scripts/install-locked.sh $(VENV) $(LOCK)
-	@out=$$($(PIP) install --quiet --no-deps -e . 2>&1) || { echo "$$out" | grep -v '^WARNING: Location'; exit 1; }
+	@./scripts/install-locked.sh $(VENV) $(DEV_LOCK) '.[test,ci]'
 	@$(BIN)/python -c 'import pytest_hokmdb, asyncpg, alembic, trustme'
 	@test -x $(BIN)/squawk && test -x $(BIN)/bandit
 	@touch $(STAMP)
 
 install: $(STAMP)
 
-## Re-resolve the lock file after changing dependencies in pyproject.toml (then commit both)
+## What a deploy, rollback or smoke job needs and nothing more: the runtime lock and hokmdb
+install-runtime:
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@./scripts/install-locked.sh $(VENV) $(RUNTIME_LOCK) .
+	@$(BIN)/python -c 'import pytest_hokmdb.cli.deploy' && test -x $(BIN)/squawk
+	@touch $(VENV)/.hokmdb-runtime
+
+## Re-resolve both locks after changing dependencies in pyproject.toml (then commit requirements/);
+## LOCK_ARGS="--upgrade-package NAME" moves one package
 lock: install
-	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
-	  --no-emit-find-links --extra test --extra ci --output-file $(LOCK) pyproject.toml
+	$(COMPILE) $(LOCK_ARGS) --output-file $(RUNTIME_LOCK) pyproject.toml
+	$(COMPILE) $(LOCK_ARGS) --extra test --extra ci --constraint $(RUNTIME_LOCK) --output-file $(DEV_LOCK) pyproject.toml
 
 postgres:
 	@./scripts/ensure-postgres.sh

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from pytest_asyncio import is_async_test
 
+from pytest_hokmdb import version_line
 from pytest_hokmdb.aio import run_sync
 from pytest_hokmdb.config import ENVIRONMENTS, load_config
 from pytest_hokmdb.errors import ConfigError, ExitCode, HokmdbError
@@ -124,6 +125,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("hokmdb_config", "default config directory or file for --db-config", default=None)
 
 
+ASYNCIO_FIXTURE_LOOP_SCOPE = "asyncio_default_fixture_loop_scope"
+
+
 def _choose_environment(config: pytest.Config) -> str | None:
     return (
         config.getoption("hokmdb_environment")
@@ -131,6 +135,18 @@ def _choose_environment(config: pytest.Config) -> str | None:
         or config.getini("hokmdb_environment")
         or None
     )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """Where the user's project leaves ``asyncio_default_fixture_loop_scope`` unset, say
+    ``fixture-scope``: exactly what pytest-asyncio does when it is unset (each async fixture
+    runs in a loop of its own scope), without the deprecation warning it then prints in every
+    run. Installing hokmdb must not make a user's suite noisier, nor change how it runs; a
+    value the user set is left alone. Runs before pytest-asyncio's own ``pytest_configure``,
+    which reads the value; pytest has no public setter for an ini value, hence the cache."""
+    if not config.getini(ASYNCIO_FIXTURE_LOOP_SCOPE):
+        config._inicache[ASYNCIO_FIXTURE_LOOP_SCOPE] = "fixture-scope"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -307,13 +323,14 @@ class _RestoredToWorkers:
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     state = session_state(config)
+    lines = [version_line()]
     if state.loaded is None:
         if config.getoption("hokmdb_migrations", None):
-            return []  # the migration suite needs no environment; its own header says what it reads
-        return ["hokmdb: no environment selected (--environment NAME or HOKMDB_ENVIRONMENT)"]
+            return lines  # the migration suite needs no environment; its own header says what it reads
+        return [*lines, "hokmdb: no environment selected (--environment NAME or HOKMDB_ENVIRONMENT)"]
     cfg = state.loaded.config
     mode = "read-only sessions" if cfg.is_protected else "read-write sessions"
-    lines = [f"hokmdb: environment {cfg.environment} ({mode}), config {state.loaded.path}"]
+    lines.append(f"hokmdb: environment {cfg.environment} ({mode}), config {state.loaded.path}")
     scratch = config.stash.get(RESTORED_KEY, None)
     if scratch is not None:
         fate = "kept after the run" if config.getoption("hokmdb_keep_restored") else "dropped after the run"

@@ -284,3 +284,74 @@ def test_the_cluster_starts_during_the_first_tests_and_is_always_removed(
         assert [p.name for p in scratch.iterdir()] == ["ports"], list(scratch.iterdir())
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+ASYNC_USER_SUITE = """
+import asyncio
+
+import pytest
+import pytest_asyncio
+
+
+@pytest_asyncio.fixture(scope="module")
+async def shared():
+    return id(asyncio.get_running_loop())
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_one(shared):
+    assert shared == id(asyncio.get_running_loop())
+"""
+
+
+@pytest.mark.parametrize("plugin", ["hokmdb", "no:hokmdb"])
+def test_a_users_async_suite_without_a_loop_scope_runs_as_before_and_quietly(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, plugin: str) -> None:
+    """A project that never set ``asyncio_default_fixture_loop_scope``: pytest-asyncio warns
+    at start-up wherever deprecation warnings show (``PYTHONWARNINGS=default``, a ``-W``, an
+    in-process pytester run), and ``-W error`` makes that a crash. With hokmdb installed it
+    must not warn, and the loops stay as they were (a module fixture shares the module's loop).
+    ``no:hokmdb`` proves the warning is real without the plugin, so the first case fails if
+    the plugin stops setting the value."""
+    monkeypatch.setenv("PYTHONWARNINGS", "default")
+    pytester.makeini("[pytest]\n")
+    pytester.makepyfile(ASYNC_USER_SUITE)
+    result = pytester.runpytest_subprocess("-p", plugin)
+    output = result.stdout.str() + result.stderr.str()
+    result.assert_outcomes(passed=1)
+    if plugin == "hokmdb":
+        assert "is unset" not in output
+        result.stdout.fnmatch_lines(["*asyncio_default_fixture_loop_scope=fixture-scope*"])
+    else:
+        assert 'PytestDeprecationWarning: The configuration option "asyncio_default_fixture_loop_scope" is unset.' in output
+
+
+def test_a_loop_scope_the_user_set_is_kept(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile("import pytest\n\n\n@pytest.mark.asyncio\nasync def test_x():\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "hokmdb")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*asyncio_default_fixture_loop_scope=function*"])
+
+
+def test_the_header_names_the_hokmdb_version(pytester: pytest.Pytester) -> None:
+    from pytest_hokmdb import __version__
+
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest_subprocess()
+    result.stdout.fnmatch_lines([f"hokmdb {__version__} (pytest-hokmdb, Python *)"])
+
+
+def test_hokmdb_version(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from pytest_hokmdb import __version__
+
+    done = subprocess.run([str(Path(sys.executable).parent / "hokmdb"), "--version"], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"hokmdb {__version__} (pytest-hokmdb, Python ")
+    from importlib.metadata import version
+
+    assert version("pytest-hokmdb") == __version__  # one source: the package's metadata is read from it

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pytest_hokmdb import version_line
 from pytest_hokmdb.cli.common import run_cli, setup_logging
 from pytest_hokmdb.config import ENVIRONMENTS, LoadedConfig, load_config
 from pytest_hokmdb.errors import ConfigError, ExitCode, HokmdbError, Refused
@@ -31,6 +32,7 @@ EMBEDDED_ENVIRONMENTS = ("development", "testing")
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hokmdb", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", required=True)
 
     cluster = sub.add_parser("cluster", help="start, stop or inspect the embedded PostgreSQL cluster")

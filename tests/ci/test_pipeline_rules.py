@@ -17,7 +17,11 @@ import yaml
 from helpers import PROJECT_ROOT
 
 WORKFLOW = PROJECT_ROOT / ".github" / "workflows" / "database.yml"
-LOCK = "requirements/lock.txt"
+DEV_LOCK = "requirements/dev.txt"
+RUNTIME_LOCK = "requirements/runtime.txt"
+# Jobs that deploy, verify, roll back or notify: they install what deploys and nothing more.
+RUNTIME_JOBS = ("deploy-staging", "smoke-staging", "rollback-staging", "deploy-production", "smoke-production",
+                "emergency-rollback-production", "notify")
 # Each environment's own deploy and smoke jobs: the only jobs whose failure may restore it.
 ROLLBACKS = {
     "rollback-staging": ("deploy-staging", "smoke-staging"),
@@ -167,17 +171,24 @@ def rule_images_are_pinned_by_digest(wf: Workflow) -> list[str]:
 
 
 def rule_installs_come_from_the_lock(wf: Workflow) -> list[str]:
+    """Every install is a lock installed by scripts/install-locked.sh (through make): a bare
+    ``pip install`` would resolve. Deploy-side jobs install the runtime lock only: a production
+    deploy has no business installing moto, playwright or buildbot to run alembic."""
     findings = []
     for name, job in wf["jobs"].items():
         runs = _runs(job)
         for run in runs:
             for line in run.splitlines():
-                if "pip install" in line and not (f"--require-hashes -r {LOCK}" in line or "--no-deps" in line):
-                    findings.append(f"{name}: `{line.strip()}` installs outside {LOCK}")
+                if "pip install" in line:
+                    findings.append(f"{name}: `{line.strip()}` installs outside the locks (make install / make install-runtime)")
         uses_python = any(re.search(r"\.venv/bin/|python |pytest|hokmdb ", run) for run in runs)
-        installs = any(re.search(r"\bmake (install|test)\b", run) or f"-r {LOCK}" in run for run in runs)
-        if uses_python and not installs:
-            findings.append(f"{name}: runs the project without installing it from {LOCK}")
+        dev = any(re.search(r"\bmake (install|test)\b(?!-)", run) for run in runs)
+        runtime = any(re.search(r"\bmake install-runtime\b", run) for run in runs)
+        if name in RUNTIME_JOBS and dev:
+            findings.append(f"{name}: installs the development lock {DEV_LOCK}; a job that deploys installs {RUNTIME_LOCK} "
+                            "only (make install-runtime)")
+        elif uses_python and not (dev or runtime):
+            findings.append(f"{name}: runs the project without installing it from a lock")
     return findings
 
 
@@ -243,8 +254,14 @@ def _strip_digest(wf: Workflow) -> None:
 
 def _unlocked_install(wf: Workflow) -> None:
     for step in wf["jobs"]["deploy-staging"]["steps"]:
-        if step.get("run") == "make install":
+        if step.get("run") == "make install-runtime":
             step["run"] = "python -m pip install -e ."
+
+
+def _dev_lock_in_a_deploy_job(wf: Workflow) -> None:
+    for step in wf["jobs"]["deploy-production"]["steps"]:
+        if step.get("run") == "make install-runtime":
+            step["run"] = "make install"
 
 
 def _drop_pr_trigger(wf: Workflow) -> None:
@@ -291,7 +308,10 @@ MISTAKES = [
     (rule_gates_have_a_monitoring_connection, _set("jobs/smoke-production/env/DB_MONITOR_PASSWORD_PRODUCTION", _DELETE),
      "smoke-production: DB_MONITOR_PASSWORD_PRODUCTION is not set"),
     (rule_images_are_pinned_by_digest, _strip_digest, "test-migrations: image postgres:15 is not pinned by digest"),
-    (rule_installs_come_from_the_lock, _unlocked_install, "deploy-staging: `python -m pip install -e .` installs outside requirements/lock.txt"),
+    (rule_installs_come_from_the_lock, _unlocked_install, "deploy-staging: `python -m pip install -e .` installs outside the locks"),
+    (rule_installs_come_from_the_lock, _dev_lock_in_a_deploy_job,
+     "deploy-production: installs the development lock requirements/dev.txt; a job that deploys installs "
+     "requirements/runtime.txt only (make install-runtime)"),
 ]
 
 

@@ -19,7 +19,8 @@ import yaml
 from helpers import PROJECT_ROOT
 
 WORKFLOW = PROJECT_ROOT / ".github" / "workflows" / "database.yml"
-LOCK = PROJECT_ROOT / "requirements" / "lock.txt"
+LOCK = PROJECT_ROOT / "requirements" / "dev.txt"  # what the test and CI jobs install
+RUNTIME_LOCK = PROJECT_ROOT / "requirements" / "runtime.txt"
 BIN = Path(sys.executable).parent
 ADVISORY_PROBE = "https://pypi.org/pypi/pip/json"
 
@@ -78,14 +79,17 @@ def _name(requirement: str) -> str:
     return re.split(r"[\s<>=!~\[;]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-").replace(".", "-")
 
 
-def test_the_lock_pins_every_declared_dependency_with_hashes() -> None:
+@pytest.mark.parametrize("lock", [LOCK, RUNTIME_LOCK], ids=["dev", "runtime"])
+def test_the_lock_pins_every_declared_dependency_with_hashes(lock: Path) -> None:
     project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
     declared = {_name(r) for r in project["dependencies"]}
-    declared |= {_name(r) for extra in project["optional-dependencies"].values() for r in extra}
-    text = LOCK.read_text()
+    if lock == LOCK:
+        declared |= {_name(r) for extra in project["optional-dependencies"].values() for r in extra}
+    declared |= {_name(r) for r in tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["build-system"]["requires"]}
+    text = lock.read_text()
     pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", text, flags=re.M))
     locked = {name.lower().replace("_", "-").replace(".", "-") for name in pins}
-    assert not declared - locked, f"declared in pyproject.toml but not in {LOCK.name}: {sorted(declared - locked)} (run `make lock`)"
+    assert not declared - locked, f"declared in pyproject.toml but not in {lock.name}: {sorted(declared - locked)} (run `make lock`)"
     for block in re.split(r"\n(?=[A-Za-z0-9_.-]+==)", text.split("\n", 1)[1]):
         if "==" in block.split("\n", 1)[0]:
             assert "--hash=sha256:" in block, f"{block.split()[0]} is pinned without a hash"

@@ -12,11 +12,19 @@ the tables the revision touches inside a transaction older than the lock budget:
 behind one would make every game query on that table queue behind the deploy. It waits for
 them to finish (within the retry budget) instead, and names them when it gives up.
 
-Autovacuum is the exception: a worker that is not preventing wraparound cancels itself when a
-lock request waits on it (the waiter's deadlock check signals it), so the deploy does not wait
-for one; its first attempt cancels it. Waiting would be forever on a big table: the 100k-game
-bench's clone spent the whole retry budget behind a 3-minute autovacuum of ``moves``. A
-wraparound vacuum is never cancelled and is waited for like any long transaction.
+Autovacuum is the exception: PostgreSQL cancels a worker that is not preventing wraparound
+when a lock request has waited on it for ``deadlock_timeout`` (the waiter's deadlock check
+signals it). So the deploy does not wait for one, it asks for its lock and lets PostgreSQL
+cancel the worker; waiting would be forever on a big table (the 100k-game bench's clone spent
+the whole retry budget behind a 3-minute autovacuum of ``moves``). But the request must wait
+*longer* than ``deadlock_timeout`` to get that help: with the shipped lock_timeout of 1 s and
+PostgreSQL's default deadlock_timeout of 1 s, every attempt gave up at the moment the
+cancellation was due, nine times in a row, and the deploy ran out of budget. When an
+autovacuum holds one of a revision's tables, that attempt's ``lock_timeout`` is therefore
+``deadlock_timeout`` plus ``AUTOVACUUM_MARGIN_MS`` (``autovacuum_lock_timeout_ms``): the
+game waits behind the deploy at most that long, once, instead of the deploy failing. A
+wraparound vacuum (``to prevent wraparound`` in its query) is never cancelled: it is waited
+for like any long transaction, and named as such when the budget runs out.
 """
 
 from __future__ import annotations
@@ -29,6 +37,11 @@ from pytest_hokmdb.redaction import redact
 
 # How often the migrating session's locks are sampled: holds shorter than this may go unseen.
 SAMPLE_INTERVAL_S = 0.05
+
+# How much longer than deadlock_timeout an attempt waits when an autovacuum holds its table:
+# PostgreSQL's deadlock check runs once deadlock_timeout has passed, then signals the worker,
+# which needs a moment to notice and release its lock.
+AUTOVACUUM_MARGIN_MS = 500
 
 # Lock modes that conflict with ROW EXCLUSIVE (the game's INSERT/UPDATE/DELETE).
 STRONG_MODES = ("ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock")
@@ -67,6 +80,10 @@ class Holder:
     backend_type: str = "client backend"
 
     @property
+    def is_autovacuum(self) -> bool:
+        return self.backend_type == "autovacuum worker"
+
+    @property
     def yields_to_locks(self) -> bool:
         """An autovacuum worker that a waiting lock request cancels (all but wraparound ones).
         Without pg_read_all_stats its query reads '<insufficient privilege>': treated as
@@ -74,22 +91,37 @@ class Holder:
         return self.backend_type == "autovacuum worker" and "to prevent wraparound" not in self.query
 
     def describe(self) -> str:
+        if self.is_autovacuum and not self.yields_to_locks:
+            return (f"pid {self.pid}, an anti-wraparound autovacuum of {self.table} (PostgreSQL never cancels one; it "
+                    f"has run {self.age_s:.1f}s; query: {redact(self.query)!r})")
         return (f"pid {self.pid} (role {self.role}, application {self.application or '-'}, {self.state}, "
                 f"transaction open {self.age_s:.1f}s, holding {self.table}; query: {redact(self.query)!r})")
 
 
-async def long_holders(fetch: Callable[..., Awaitable[list[Any]]], tables: list[str], older_than_s: float,
-                       ignore_pids: list[int] | None = None) -> list[Holder]:
-    """Sessions holding a lock on ``tables`` in a transaction older than ``older_than_s``, but
-    for autovacuum workers that a lock request cancels.
+async def holders(fetch: Callable[..., Awaitable[list[Any]]], tables: list[str], older_than_s: float,
+                  ignore_pids: list[int] | None = None) -> list[Holder]:
+    """Sessions holding a lock on ``tables`` in a transaction older than ``older_than_s``.
     ``fetch(sql, *args)`` should query through the monitoring connection: others' query text
     needs pg_read_all_stats."""
     if not tables:
         return []
     rows = await fetch(_LONG_HOLDERS, tables, older_than_s, ignore_pids or [])
-    holders = [Holder(r["pid"], r["role"], r["app"], r["state"] or "?", r["age_s"], r["query"], r["table"], r["backend_type"])
-               for r in rows]
-    return [h for h in holders if not h.yields_to_locks]
+    return [Holder(r["pid"], r["role"], r["app"], r["state"] or "?", r["age_s"], r["query"], r["table"], r["backend_type"])
+            for r in rows]
+
+
+async def long_holders(fetch: Callable[..., Awaitable[list[Any]]], tables: list[str], older_than_s: float,
+                       ignore_pids: list[int] | None = None) -> list[Holder]:
+    """Sessions holding a lock on ``tables`` in a transaction older than ``older_than_s``, but
+    for autovacuum workers that a lock request cancels (see the module's docstring)."""
+    return [h for h in await holders(fetch, tables, older_than_s, ignore_pids) if not h.yields_to_locks]
+
+
+def autovacuum_lock_timeout_ms(deadlock_timeout_ms: int, lock_timeout_ms: int) -> int:
+    """The lock_timeout of an attempt whose table an autovacuum holds: long enough for
+    PostgreSQL to cancel the worker (see the module's docstring), never shorter than the
+    configured one."""
+    return max(lock_timeout_ms, deadlock_timeout_ms + AUTOVACUUM_MARGIN_MS)
 
 
 @dataclass

@@ -49,7 +49,13 @@ from pytest_hokmdb.db.connect import connect
 from pytest_hokmdb.db.engine import create_engine
 from pytest_hokmdb.db.target import Target
 from pytest_hokmdb.deploy.lock import MIGRATION_KEY, NAMESPACE, Actor, DeployLock
-from pytest_hokmdb.deploy.locks import SAMPLE_INTERVAL_S, Holder, LockWatch, long_holders
+from pytest_hokmdb.deploy.locks import (
+    SAMPLE_INTERVAL_S,
+    Holder,
+    LockWatch,
+    autovacuum_lock_timeout_ms,
+    holders,
+)
 from pytest_hokmdb.migrate import alembic_config
 from pytest_hokmdb.migration.online import ATTRIBUTE as BACKFILL_ATTRIBUTE
 from pytest_hokmdb.migration.online import BackfillSettings
@@ -156,6 +162,10 @@ class _AttemptState:
     blockers: list[str] = field(default_factory=list)
     cancelled_for_downtime: bool = False
     lock_timeout_ms: int = 0  # the effective lock_timeout of this attempt
+    # An autovacuum holds one of the revision's tables: wait long enough for PostgreSQL to cancel it.
+    min_lock_timeout_ms: int = 0
+    # This attempt was blocked by an autovacuum that a lock request cancels (seen by the monitor).
+    blocked_by_autovacuum: str | None = None
 
 
 _INVALID_INDEXES = """
@@ -169,7 +179,8 @@ WHERE NOT i.indisvalid AND n.nspname NOT IN ('pg_catalog', 'information_schema')
 
 _BLOCKERS = """
 SELECT a.pid, coalesce(a.usename::text, '?') AS role, coalesce(a.application_name, '') AS app, a.state,
-       extract(epoch FROM now() - a.xact_start)::float8 AS age_s, left(coalesce(a.query, ''), 120) AS query
+       extract(epoch FROM now() - a.xact_start)::float8 AS age_s, left(coalesce(a.query, ''), 120) AS query,
+       coalesce(a.backend_type, '') AS backend_type
 FROM pg_stat_activity a
 WHERE a.pid = ANY(pg_blocking_pids($1))
 """
@@ -218,6 +229,7 @@ class Migrator:
         self.script = ScriptDirectory.from_config(self.cfg)
         self._tables: dict[str, list[str]] = {}
         self._observer: Any = None  # asyncpg connection for what the deploy role may not see
+        self._deadlock_timeout_ms: int | None = None
 
     # -- what a revision touches, and who holds it -------------------------------------------------
 
@@ -260,38 +272,49 @@ class Migrator:
         observer = await self._observer_conn()
         return await (observer.fetch(sql, *args) if observer is not None else self.lock.fetch(sql, *args))
 
-    async def _wait_for_long_holders(self, revision: str, direction: str) -> None:
+    async def _wait_for_long_holders(self, revision: str, direction: str) -> list[Holder]:
         """Do not queue behind a transaction that has held the revision's tables for longer than
-        the lock budget: wait for it to end, within the retry budget, then give up naming it."""
+        the lock budget: wait for it to end, within the retry budget, then give up naming it.
+        Returns the autovacuum workers that hold the tables and that a lock request cancels
+        (``deploy.locks``): the attempt must wait long enough to get them cancelled."""
         tables = self.tables_of(revision, direction)
         if not tables:
-            return
+            return []
         budget = self.budget
         older_than = max(self.lock_timeout_ms / 1000, 0.1)
-        holders: list[Holder] = []
+        long: list[Holder] = []
         while True:
             observer = await self._observer_conn()
             try:
-                holders = await long_holders(observer.fetch if observer is not None else self.lock.fetch, tables, older_than)
+                found = await holders(observer.fetch if observer is not None else self.lock.fetch, tables, 0.0)
             except Exception as exc:  # noqa: BLE001 - looking is best effort; lock_timeout still bounds the wait
                 log.debug("could not look for long transactions: %s", exc)
-                return
-            if not holders:
-                return
+                return []
+            long = [h for h in found if not h.yields_to_locks and h.age_s > older_than]
+            if not long:
+                return [h for h in found if h.yields_to_locks]
             if budget.retry_spent_s + HOLDER_POLL_S > budget.retry_budget_s:
                 raise RevisionFailed(
                     revision, direction, "lock-budget",
-                    f"revision {revision} ({direction}) did not start: {holders[0].describe()} and {len(holders) - 1} "
+                    f"revision {revision} ({direction}) did not start: {long[0].describe()} and {len(long) - 1} "
                     f"more held its tables longer than the lock budget ({self.lock_timeout_ms} ms) until the retry budget "
                     f"({budget.retry_budget_s:g}s) was spent; queueing behind them would have stalled every query on "
-                    f"{', '.join(sorted({h.table for h in holders}))}",
+                    f"{', '.join(sorted({h.table for h in long}))}",
                     attempts=0, sqlstate=None,
                 )
             if budget.waited_for_holders_s == 0 or int(budget.waited_for_holders_s) != int(budget.waited_for_holders_s + HOLDER_POLL_S):
-                log.warning("revision %s waits before taking its locks: %s", revision, holders[0].describe())
+                log.warning("revision %s waits before taking its locks: %s", revision, long[0].describe())
             await asyncio.sleep(HOLDER_POLL_S)
             budget.retry_spent_s += HOLDER_POLL_S
             budget.waited_for_holders_s += HOLDER_POLL_S
+
+    async def _deadlock_timeout(self) -> int:
+        """The server's deadlock_timeout in ms (read once): how long a lock request waits before
+        PostgreSQL cancels an autovacuum in its way."""
+        if self._deadlock_timeout_ms is None:
+            rows = await self.lock.fetch("SELECT setting::int AS ms FROM pg_settings WHERE name = 'deadlock_timeout'")
+            self._deadlock_timeout_ms = int(rows[0]["ms"]) if rows else 1000
+        return self._deadlock_timeout_ms
 
     # -- planning ------------------------------------------------------------------------------
 
@@ -351,6 +374,9 @@ class Migrator:
                 await watch.sample(self.lock.fetch, state.pid, time.monotonic())
                 rows = await self._observe(_BLOCKERS, state.pid)
                 if rows:
+                    for r in rows:
+                        if r["backend_type"] == "autovacuum worker" and "to prevent wraparound" not in r["query"]:
+                            state.blocked_by_autovacuum = r["query"] or "an autovacuum"
                     state.blockers = [
                         f"pid {r['pid']} (role {r['role']}, application {r['app'] or '-'}, "
                         f"{r['state'] or 'state hidden: no monitoring connection'}"
@@ -370,6 +396,8 @@ class Migrator:
 
     async def _attempt(self, direction: str, destination: str, revision: str, state: _AttemptState) -> None:
         lock_timeout_ms = self.lock_timeout_ms
+        if lock_timeout_ms > 0 and state.min_lock_timeout_ms > lock_timeout_ms:
+            lock_timeout_ms = state.min_lock_timeout_ms
         left = self.budget.downtime_left()
         if left is not None:
             if left <= 0:
@@ -424,6 +452,7 @@ class Migrator:
         attempts = 0
         lock_timeouts = 0
         last_blockers: list[str] = []
+        autovacuum_seen: str | None = None
         effective_ms = self.lock_timeout_ms
         started = time.monotonic()
         lock_timeout_s = self.lock_timeout_ms / 1000
@@ -456,14 +485,22 @@ class Migrator:
             async for attempt in retrying:
                 with attempt:
                     attempts += 1
-                    await self._wait_for_long_holders(revision, direction)
+                    vacuums = await self._wait_for_long_holders(revision, direction)
                     before = set(await self._invalid_indexes())
                     state = _AttemptState()
+                    # An autovacuum on the revision's tables now, or one that blocked the last
+                    # attempt (on a table the offline SQL did not name): wait long enough this time.
+                    vacuum = (vacuums[0].query or "an autovacuum") if vacuums else autovacuum_seen
+                    if vacuum and self.lock_timeout_ms > 0:
+                        state.min_lock_timeout_ms = autovacuum_lock_timeout_ms(await self._deadlock_timeout(), self.lock_timeout_ms)
+                        log.info("revision %s: %s holds its table; this attempt waits up to %d ms (deadlock_timeout + "
+                                 "margin) so that PostgreSQL cancels it", revision, vacuum, state.min_lock_timeout_ms)
                     t0 = time.monotonic()
                     try:
                         await self._attempt(direction, destination, revision, state)
                     except BaseException as exc:
                         last_blockers = state.blockers or last_blockers
+                        autovacuum_seen = state.blocked_by_autovacuum
                         effective_ms = state.lock_timeout_ms or effective_ms
                         await self._drop_new_invalid_indexes(before, revision)
                         if state.cancelled_for_downtime:

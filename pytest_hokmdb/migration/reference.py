@@ -40,6 +40,19 @@ log = logging.getLogger("hokmdb.migration.reference")
 IGNORED_SECTIONS = frozenset({"extension", "default-privilege", "event-trigger"})
 _ENV_TOKENS = re.compile(r"\s*\b(?:owner|acl)=\S+")
 _TOOL = re.compile(r"(?:^|[.\s])hokmdb_")
+_OPTIONS = re.compile(r"\boptions=\{([^}]*)\}")
+# A table's autovacuum settings are the operator's tuning of a live database (the issue-31
+# bench runs with aggressive ones; a DBA tunes ``moves``), not schema a revision owns: a
+# deploy must not call them drift. Every other storage parameter (fillfactor, ...) still is.
+_MAINTENANCE_OPTION = re.compile(r"^(?:toast\.)?(?:autovacuum_|vacuum_|log_autovacuum_min_duration)")
+
+
+def _without_maintenance_options(detail: str) -> str:
+    def keep(match: re.Match[str]) -> str:
+        options = [o for o in match.group(1).split(",") if o and not _MAINTENANCE_OPTION.match(o.strip('"'))]
+        return f"options={{{','.join(options)}}}" if options else ""
+
+    return re.sub(r"\s{2,}", " ", _OPTIONS.sub(keep, detail))
 
 
 @dataclass
@@ -80,7 +93,8 @@ def _normalise(snapshot: Any, schema: str) -> dict[str, dict[str, str]]:
                 continue
             if name != "schema" and not key.startswith(f"{schema}."):
                 continue
-            kept[key] = _ENV_TOKENS.sub("", detail or "").strip()
+            detail = _ENV_TOKENS.sub("", detail or "")
+            kept[key] = (_without_maintenance_options(detail) if name == "relation" else detail).strip()
         out[name] = kept
     return out
 

@@ -110,6 +110,73 @@ def new_database(cluster: EmbeddedCluster, template: str | None) -> ThrowawayDat
     return ThrowawayDatabase(name, cluster)
 
 
+# -- the deploy role's template and environments
+
+
+def build_deploy_template(hokmdb_cluster: EmbeddedCluster) -> str:
+    """The deploy role, the monitoring role and a seeded template at head on ``hokmdb_cluster``."""
+    from sqlalchemy.engine import URL
+
+    from hokm_profile.seed import seed
+    from pytest_hokmdb.migrate import upgrade
+
+    run_sync(admin(hokmdb_cluster, f"CREATE ROLE {DEPLOY_ROLE} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '{DEPLOY_PASSWORD}'"))
+    run_sync(admin(hokmdb_cluster, f"GRANT pg_monitor TO {DEPLOY_ROLE}"))
+    run_sync(admin(hokmdb_cluster, f"CREATE DATABASE {TEMPLATE} OWNER {DEPLOY_ROLE}"))
+    # The monitoring role the gate uses, as an operator sets it up (grants copy with the template).
+    run_sync(_monitor(hokmdb_cluster))
+    run_sync(admin(hokmdb_cluster, f"ALTER SCHEMA public OWNER TO {DEPLOY_ROLE}", TEMPLATE))
+    url = URL.create("postgresql+asyncpg", DEPLOY_ROLE, DEPLOY_PASSWORD, hokmdb_cluster.host, hokmdb_cluster.port, TEMPLATE)
+    upgrade(url, "head")
+
+    async def fill() -> None:
+        conn = await asyncpg.connect(user=DEPLOY_ROLE, password=DEPLOY_PASSWORD, host=hokmdb_cluster.host, port=hokmdb_cluster.port, database=TEMPLATE)
+        try:
+            await seed(conn, players=40, games=60, random_seed=11, clear=False)
+            await conn.execute("ANALYZE")
+        finally:
+            await conn.close()
+
+    run_sync(fill())
+    run_sync(admin(hokmdb_cluster, f"ALTER DATABASE {TEMPLATE} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false"))
+    return TEMPLATE
+
+
+async def _monitor(cluster: EmbeddedCluster) -> None:
+    from pytest_hokmdb.db.resolve import provision_monitor
+
+    conn = await asyncpg.connect(**cluster.admin_connect_kwargs(TEMPLATE))  # type: ignore[arg-type]
+    try:
+        await provision_monitor(conn, user=MONITOR_ROLE, password=MONITOR_PASSWORD)
+    finally:
+        await conn.close()
+
+
+def make_deploy_env(hokmdb_cluster: EmbeddedCluster, template: str | None, base: Path, tmp_path: Path,
+                    monkeypatch: pytest.MonkeyPatch, snapshot_cache: Path, **overrides: object) -> DeployEnv:
+    """A database from ``template`` on ``hokmdb_cluster`` and a testing config pointing at it, as the deploy role."""
+    db = new_database(hokmdb_cluster, template)
+    env = {
+        "DB_HOST": hokmdb_cluster.host,
+        "DB_PORT": str(hokmdb_cluster.port),
+        "DB_NAME": db.name,
+        "DB_USER": DEPLOY_ROLE,
+        "DB_PASSWORD_TEST": DEPLOY_PASSWORD,
+        "DB_MONITOR_USER": MONITOR_ROLE,
+        "DB_MONITOR_PASSWORD_TEST": MONITOR_PASSWORD,
+        "HOKMDB_ENV_FILE": str(tmp_path / "no-such.env"),
+        "HOKMDB_CACHE_DIR": str(snapshot_cache),
+        "HOKMDB_DEPLOY_ACTOR": "tester",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("HOKMDB_PROJECT_ROOT", raising=False)
+    monkeypatch.delenv("HOKMDB_DEPLOY_APPROVED", raising=False)
+    deploy_env = DeployEnv(db, base / "config", env, base / "logs", monkeypatch)
+    deploy_env.write_config(**overrides)
+    return deploy_env
+
+
 # -- copies of the project with extra revisions ---------------------------------------------------
 
 _COPIED = ("alembic.ini", "pyproject.toml", "pytest.ini", "migrations", "smoke", "database/config")

@@ -186,6 +186,28 @@ async def test_drift_is_refused_in_pre_flight(deploy_env_factory) -> None:  # ty
     assert "unexpected index public.ix_hotfix_players_email" in outcome.message
 
 
+async def test_autovacuum_tuning_of_a_table_is_not_drift_but_its_fillfactor_is(deploy_env_factory) -> None:  # type: ignore[no-untyped-def]
+    """A DBA's per-table autovacuum settings are operations, not schema a revision owns: the
+    deploy goes on. Any other storage parameter is still drift, named."""
+    env: DeployEnv = deploy_env_factory(deploy__gate_suites=[])
+    conn = await env.connect()
+    try:
+        await conn.execute("ALTER TABLE moves SET (autovacuum_vacuum_scale_factor = 0.01, autovacuum_analyze_threshold = 10, "
+                           "toast.autovacuum_enabled = true, vacuum_truncate = false)")
+    finally:
+        await conn.close()
+    outcome = await run_deploy(DeployOptions("testing", str(env.config_dir)))
+    assert outcome.exit_code == ExitCode.OK, outcome.message
+    conn = await env.connect()
+    try:
+        await conn.execute("ALTER TABLE moves SET (fillfactor = 70)")
+    finally:
+        await conn.close()
+    outcome = await run_deploy(DeployOptions("testing", str(env.config_dir)))
+    assert outcome.exit_code == ExitCode.REFUSED
+    assert "relation public.moves is 'kind=r persistence=p options={fillfactor=70} replica-identity=d'" in outcome.message
+
+
 async def test_lint_errors_of_pending_revisions_are_refused(deploy_env_factory, project_factory) -> None:  # type: ignore[no-untyped-def]
     env: DeployEnv = deploy_env_factory(deploy__gate_suites=[])
     unsafe = ("0009", "An index built without CONCURRENTLY on a live table.",

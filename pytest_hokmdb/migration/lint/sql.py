@@ -123,7 +123,7 @@ _DATA_CHANGE = re.compile(rf"^(?:UPDATE|DELETE\s+FROM)\s+(?:ONLY\s+)?({_QUALIFIE
 BACKFILL_MARKER = "-- hokmdb:backfill"  # pytest_hokmdb.migration.online renders its UPDATE after this line
 _TABLE_TARGET = re.compile(
     rf"^(?:ALTER\s+TABLE(?:\s+IF\s+EXISTS)?|UPDATE|DELETE\s+FROM|TRUNCATE(?:\s+TABLE)?|LOCK(?:\s+TABLE)?"
-    rf"|VACUUM\s+FULL|CLUSTER)\s+(?:ONLY\s+)?({_QUALIFIED})",
+    rf"|VACUUM\s+FULL|CLUSTER|COMMENT\s+ON\s+TABLE)\s+(?:ONLY\s+)?({_QUALIFIED})",
     re.IGNORECASE,
 )
 _TRIGGER_ON = re.compile(

@@ -22,6 +22,14 @@ What makes it safe to kill and run again:
   application writing both forms); a final pass re-checks the predicate and picks up rows
   that arrived behind the cursor, and the helper fails naming the count if any remain.
 
+A batch never waits for a row the game holds: it updates only the rows of its key range that
+no one has locked (``FOR UPDATE SKIP LOCKED``) and leaves the others to a later pass. A
+batch that waited on a game's row while holding a thousand of its own could close a cycle
+with game transactions waiting on those (the deadlocks of issue 31, whose victim was the
+game); a batch that waits on nothing is in no cycle, and the game waits for one batch at most.
+Rows skipped this way are picked up by the next pass, which repeats while rows are left and
+their number goes down.
+
 Throttling: a batch that takes longer than ``max_batch_ms`` halves the batch (down to
 ``min_batch_size``), a quick one lets it grow back, and while other sessions wait for a
 lock the helper pauses before its next batch. While a streaming standby has more than
@@ -53,7 +61,9 @@ DEFAULT_BATCH_SIZE = 1000
 DEFAULT_PAUSE_MS = 10
 DEFAULT_MAX_BATCH_MS = 200
 MIN_BATCH_SIZE = 50
-FINAL_PASSES = 3
+FINAL_PASSES = 3  # passes in a row that leave as many rows as the pass before: the expand phase is broken
+PASS_PAUSE_S = 0.2  # between passes, so that the game's transactions holding skipped rows can end
+HELD_ROWS_WAIT_S = 60.0  # how long rows left only because others hold them are waited for
 DEFAULT_MAX_REPLICA_LAG_BYTES = 64 * 1024 * 1024
 REPLICA_STALL_S = 120.0
 MARKER = "-- hokmdb:backfill"
@@ -226,12 +236,20 @@ def run_backfill(bind: Any, table: str, *, set_: str, where: str, key: str = "id
     log.info("backfill %s: %d rows need it, starting at %s %s (batches of %d)", table, total, key, report.resumed_at,
              settings.batch_size)
     boundary = sa.text(f"SELECT {key} FROM {table} WHERE {key} >= :lo ORDER BY {key} OFFSET :n LIMIT 1")
-    update = sa.text(f"UPDATE {table} SET {set_} WHERE {key} >= :lo AND {key} < :hi AND ({where})")
-    update_tail = sa.text(f"UPDATE {table} SET {set_} WHERE {key} >= :lo AND ({where})")
+    # Only rows no one holds: the batch never waits for the game (see the module's docstring).
+    update = sa.text(f"UPDATE {table} SET {set_} WHERE {key} IN (SELECT {key} FROM {table} WHERE {key} >= :lo "
+                     f"AND {key} < :hi AND ({where}) FOR UPDATE SKIP LOCKED)")
+    update_tail = sa.text(f"UPDATE {table} SET {set_} WHERE {key} IN (SELECT {key} FROM {table} WHERE {key} >= :lo "
+                          f"AND ({where}) FOR UPDATE SKIP LOCKED)")
     waiting = sa.text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()")
     size = settings.batch_size
+    left = total
+    stuck = 0
+    held_since: float | None = None
+    # Rows still needing the change that no one holds (locking them for the statement only).
+    free = sa.text(f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {where} FOR UPDATE SKIP LOCKED) AS free")
     with progress(f"backfill {table}", total, enabled=interactive()) as advance:
-        for _ in range(FINAL_PASSES):
+        while True:
             lo = bind.execute(first).scalar()
             while lo is not None:
                 hi = bind.execute(boundary, {"lo": lo, "n": size}).scalar()
@@ -258,16 +276,30 @@ def run_backfill(bind: Any, table: str, *, set_: str, where: str, key: str = "id
                     time.sleep(pause)
                 if settings.max_replica_lag_bytes:
                     _wait_for_standbys(bind, table, settings.max_replica_lag_bytes, report)
-            left = int(bind.execute(pending).scalar() or 0)
+            before, left = left, int(bind.execute(pending).scalar() or 0)
             if left == 0:
                 break
-            log.info("backfill %s: %d rows arrived behind the cursor; another pass", table, left)
-        else:
-            raise BackfillError(
-                f"backfill of {table} left {left} row(s) matching {where!r} after {FINAL_PASSES} passes: rows keep "
-                "arriving in the old form; the expand revision must keep new writes right (a trigger, or the "
-                "application writing both forms) before the backfill runs"
-            )
+            if left < before:
+                stuck, held_since = 0, None
+            elif int(bind.execute(free).scalar() or 0) == 0:
+                # Every row left is held by another transaction: wait for them to end, bounded.
+                held_since = held_since or time.monotonic()
+                if time.monotonic() - held_since > HELD_ROWS_WAIT_S:
+                    raise BackfillError(
+                        f"backfill of {table} left {left} row(s) matching {where!r} that other transactions held for "
+                        f"{HELD_ROWS_WAIT_S:.0f}s: find them in pg_locks / pg_stat_activity (a transaction left open?), "
+                        "end them, then deploy again: the backfill continues where it stopped"
+                    )
+            else:
+                stuck += 1
+            if stuck >= FINAL_PASSES:
+                raise BackfillError(
+                    f"backfill of {table} left {left} row(s) matching {where!r} after {FINAL_PASSES} passes that did not "
+                    "reduce them: rows keep arriving in the old form, or are held locked throughout; the expand revision "
+                    "must keep new writes right (a trigger, or the application writing both forms) before the backfill runs"
+                )
+            log.info("backfill %s: %d rows left (held by others or arrived behind the cursor); another pass", table, left)
+            time.sleep(PASS_PAUSE_S)
     report.seconds = time.monotonic() - started
     log.info("backfill %s: %d rows in %d batches, %.1fs (%d throttled)%s", table, report.rows, report.batches,
              report.seconds, report.throttled,

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 
 import asyncpg
 import pytest
@@ -173,6 +174,42 @@ async def test_a_backfill_that_cannot_finish_names_the_table_and_what_is_left(ho
         await engine.dispose()
     assert "backfill of t left 500 row(s) matching 'v IS NULL' after 3 passes" in str(failure.value)
     assert "the expand revision must keep new writes right" in str(failure.value)
+
+
+async def test_a_batch_never_waits_for_a_row_the_game_holds(hokmdb_empty_db: ThrowawayDatabase) -> None:
+    """A game transaction holds row 250 (it updated it and has not committed) for 1.5 s while
+    the backfill runs with the deploy's short lock_timeout. The batches take only rows no one
+    holds: none waits (a wait would hit the 200 ms lock_timeout, and a batch waiting while it
+    holds rows the game wants is how the game became a deadlock victim); row 250 is done by a
+    later pass, once the game committed, and the game's own change is kept."""
+    from pytest_hokmdb.db.engine import create_engine
+    from pytest_hokmdb.migration.online import BackfillSettings, run_backfill
+
+    async with _conn(hokmdb_empty_db) as conn:
+        await conn.execute("CREATE TABLE t (id bigint PRIMARY KEY, v int, w int); "
+                           "INSERT INTO t SELECT g, NULL, 0 FROM generate_series(1, 500) g")
+    game = await asyncpg.connect(hokmdb_empty_db.dsn)
+    await game.execute("BEGIN; UPDATE t SET w = 1 WHERE id = 250")
+
+    async def commit_later() -> None:
+        await asyncio.sleep(1.5)
+        await game.execute("COMMIT")
+
+    engine = create_engine(replace(hokmdb_empty_db.target, lock_timeout_ms=200))
+    try:
+        async with engine.connect() as conn:
+            autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            committer = asyncio.create_task(commit_later())
+            report = await autocommit.run_sync(lambda bind: run_backfill(
+                bind, "t", set_="v = id * 2", where="v IS NULL", settings=BackfillSettings(batch_size=100, pause_ms=0)))
+            await committer
+    finally:
+        await engine.dispose()
+        await game.close()
+    assert report.rows == 500
+    async with _conn(hokmdb_empty_db) as conn:
+        assert await conn.fetchval("SELECT count(*) FROM t WHERE v IS DISTINCT FROM id * 2") == 0
+        assert await conn.fetchval("SELECT w FROM t WHERE id = 250") == 1
 
 
 def _conn(db: ThrowawayDatabase):  # type: ignore[no-untyped-def]

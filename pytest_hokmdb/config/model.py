@@ -263,6 +263,10 @@ class DeploySettings(_Strict):
     migration_statement_timeout_ms: int = Field(0, ge=0, description="0 = none (index builds can be long)")
     lock_retry_budget_s: float = Field(60.0, ge=0, description="total time spent retrying revisions that hit lock_timeout")
     lock_retry_base_delay_s: float = Field(0.5, gt=0)
+    concurrent_wait_s: float = Field(
+        600.0, ge=0, description="how long a revision that blocks no game write (CREATE/DROP INDEX CONCURRENTLY, "
+        "VALIDATE CONSTRAINT) waits for its lock and for older transactions; 0: database.lock_timeout_ms as for any other"
+    )
     max_downtime_s: float | None = Field(
         None, gt=0, description="bound on the total time the deploy may hold (or wait for) locks that block the game's "
         "writes; the shipped staging and production configs set it",

@@ -249,6 +249,7 @@ class DeploySession:
             lock_timeout_ms=self.config.database.lock_timeout_ms,
             statement_timeout_ms=deploy.migration_statement_timeout_ms,
             base_delay_s=deploy.lock_retry_base_delay_s,
+            concurrent_wait_ms=int(deploy.concurrent_wait_s * 1000),
             budget=Budget(retry_budget_s=deploy.lock_retry_budget_s, max_downtime_s=max_downtime_s),
             monitor_target=self.monitor_target,
             backfill=BackfillSettings(deploy.backfill_batch_size, deploy.backfill_pause_ms, deploy.backfill_max_batch_ms,

@@ -10,6 +10,7 @@ import signal
 import time
 
 import asyncpg
+import pytest
 from deploy_support import COMMENT_0009, SLOW_0010, DeployEnv
 
 from pytest_hokmdb.deploy.lock import DEPLOY_KEY, MIGRATION_KEY, NAMESPACE
@@ -257,6 +258,56 @@ async def test_a_failed_concurrent_index_build_leaves_no_invalid_index(deploy_en
     assert await env.fetchval("SELECT to_regclass('ix_players_is_active_unique')") is None
     assert await env.fetchval("SELECT count(*) FROM pg_index WHERE NOT indisvalid") == 0
     assert await env.revision() == "0008"
+
+
+CONCURRENT_0009 = (
+    "0009", "An index built CONCURRENTLY: it blocks no game write, so it may wait for older snapshots.",
+    """
+    with op.get_context().autocommit_block():
+        op.execute("CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_players_last_seen_at ON players (last_seen_at)")
+    """,
+    """
+    with op.get_context().autocommit_block():
+        op.execute("DROP INDEX CONCURRENTLY IF EXISTS ix_players_last_seen_at")
+    """,
+)
+
+
+@pytest.mark.parametrize("concurrent_wait_s", [600.0, 0.0], ids=["own-budget", "lock-timeout"])
+async def test_a_concurrent_index_build_waits_for_old_snapshots_under_its_own_budget(
+        deploy_env_factory, project_factory, concurrent_wait_s: float) -> None:  # type: ignore[no-untyped-def]
+    """A transaction of another table holds a snapshot for 4 s: CREATE INDEX CONCURRENTLY waits
+    for it (it must), blocking no game write meanwhile. Under the deploy's 300 ms lock_timeout
+    each attempt gave up and the 3 s retry budget ran out (0008 took 7 attempts and 43 s at
+    100k games); under deploy.concurrent_wait_s it waits once. ``concurrent_wait_s = 0`` is the
+    old behaviour, proving the test sees the difference."""
+    env: DeployEnv = deploy_env_factory(deploy__gate_suites=[], deploy__concurrent_wait_s=concurrent_wait_s)
+    env.use_project(project_factory([CONCURRENT_0009], lint_default=None))
+    reader = await env.connect()
+    await reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+    await reader.fetchval("SELECT count(*) FROM websocket_connections")
+
+    async def end_later() -> None:
+        await asyncio.sleep(4.0)
+        await reader.execute("COMMIT")
+        await reader.close()
+
+    ender = asyncio.create_task(end_later())
+    try:
+        outcome = await run_deploy(DeployOptions("testing", str(env.config_dir)))
+    finally:
+        await ender
+    log = outcome.log_path.read_text()  # type: ignore[union-attr]
+    if concurrent_wait_s:
+        assert outcome.exit_code == ExitCode.OK, outcome.message
+        assert "revision 0009 applied" in log and "(1 attempt)" in log, log
+        assert "blocks none of the game's reads or writes" in log and "waits up to 600s" in log
+        assert await env.fetchval("SELECT count(*) FROM pg_index WHERE NOT indisvalid") == 0
+        assert await env.revision() == "0009"
+    else:
+        assert outcome.exit_code == ExitCode.ROLLED_BACK, outcome.message
+        assert "could not get its locks" in outcome.message
+        assert await env.revision() == "0008"
 
 
 async def test_max_downtime_cancels_a_revision_that_holds_the_tables_too_long(deploy_env_factory, project_factory) -> None:  # type: ignore[no-untyped-def]

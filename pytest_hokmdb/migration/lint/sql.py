@@ -360,3 +360,36 @@ def locked_tables(sql: str, version_table: str = VERSION_TABLE) -> list[str]:
             if not table.startswith("index ") and table not in seen:
                 seen.append(table.rpartition(".")[2])
     return seen
+
+
+# Statements whose locks never conflict with the game's reads and writes (SHARE UPDATE
+# EXCLUSIVE at most): their waits, for the lock and for older transactions' snapshots, hold
+# nobody up, so the deploy lets them wait under their own budget (deploy.concurrent_wait_s).
+_NEVER_BLOCKS_WRITES = re.compile(
+    r"^(?:CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\b|DROP\s+INDEX\s+CONCURRENTLY\b|REINDEX\b.*\bCONCURRENTLY\b"
+    r"|ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?[\w.\"]+\s+VALIDATE\s+CONSTRAINT\s+[\w\"]+$"
+    r"|SELECT\b|ANALYZE\b|SET\s+(?:LOCAL\s+)?(?:lock_timeout|statement_timeout)\b)",
+    re.IGNORECASE | re.DOTALL,
+)
+_WRITES = re.compile(r"\b(?:INSERT|UPDATE|DELETE|MERGE|ALTER|CREATE|DROP|TRUNCATE|LOCK|EXECUTE|COPY|GRANT|REVOKE|CALL)\b",
+                     re.IGNORECASE)
+_STRING = re.compile(r"'(?:[^']|'')*'")
+
+
+def never_blocks_writes(sql: str, version_table: str = VERSION_TABLE) -> bool:
+    """Whether every statement of a revision's offline SQL leaves the game's reads and writes
+    alone: concurrent index builds and drops, constraint validations, reads, and ``DO`` blocks
+    that only read and raise (their string literals aside). An empty revision does not count."""
+    found = False
+    for stmt in split_statements(sql):
+        text = stmt.normalized
+        if _BEGIN.match(text) or _END.match(text) or _is_bookkeeping(stmt, version_table):
+            continue
+        found = True
+        if re.match(r"^DO\b", text, re.IGNORECASE):
+            if _WRITES.search(_STRING.sub("''", text)):
+                return False
+            continue
+        if not _NEVER_BLOCKS_WRITES.match(text):
+            return False
+    return found

@@ -29,7 +29,7 @@ from typing import Any
 from pytest_hokmdb.db import connect
 from pytest_hokmdb.deploy import history
 from pytest_hokmdb.deploy.drift import check_drift
-from pytest_hokmdb.deploy.options import DeployOptions, backup_wanted
+from pytest_hokmdb.deploy.options import DeployOptions, backup_wanted, gate_suites
 from pytest_hokmdb.deploy.runner import RevisionFailed
 from pytest_hokmdb.deploy.session import DeploySession, Outcome, Step, StepFailed
 from pytest_hokmdb.errors import ConfigError, ExitCode, HokmdbError, Refused
@@ -86,11 +86,41 @@ async def preflight(session: DeploySession, options: DeployOptions, outcome: Out
         pending = session.migrator(max_downtime_s=None).upgrade_path(start, target_rev) if start != target_rev else []
         notes.append(await _require_no_drift(session, start, force, pending[0] if pending else None))
         notes.append(_require_lint(session, pending, force))
+        if pending:
+            notes.append(await _require_gate_before(session, start, gate_suites(session.loaded, options), force))
         undo = undo_problems(session, [r.revision for r in pending])
         if undo:
             notes.append(f"{len(undo)} revision(s) cannot be undone online, so a verified backup is required")
         info["detail"] = "; ".join(notes)
     return Plan(start, target_rev, pending, undo_problems=undo)
+
+
+async def _require_gate_before(session: DeploySession, start: str | None, suites: list[str], force: bool) -> str:
+    """The gate at the current revision, before anything changes: a check that already fails
+    there would fail the post-deploy gate too, and the deploy would migrate, roll back under
+    load and end in exit 11 for a condition it did not cause. Refused (exit 4) instead, naming
+    the checks; --force (never on production) records them and the later gates tolerate
+    exactly those."""
+    if not suites:
+        return "no gate suites configured"
+    ok, summary = await session.gate(start, suites, "pre-deploy")
+    if ok:
+        return f"gate at {start or 'empty'} passed before any change ({summary})"
+    names = sorted(set(session.last_failures)) or [summary]
+    if not force:
+        raise Refused(
+            f"the gate already fails at {start or 'an empty database'}, before this deploy changed anything: "
+            f"{', '.join(names[:8])}{' and more' if len(names) > 8 else ''}; deploying now could only end in a "
+            "rollback under load",
+            hint=f"fix what these checks report first (pytest smoke/ --environment {session.config.environment} "
+                 "-k <check> shows one), then deploy; outside production, --force deploys anyway, records them and "
+                 "judges the deploy by every other check",
+        )
+    session.tolerated_failures = frozenset(session.last_failures)
+    session.unverified.append(f"gate failing before the deploy: {', '.join(names)}")
+    log.warning("--force: the gate already fails at %s (%s); the post-deploy gate will judge every other check",
+                start or "empty", ", ".join(names))
+    return f"gate at {start or 'empty'} FAILED before any change ({', '.join(names)}), accepted with --force"
 
 
 async def _verify_applied_files(session: DeploySession, start: str | None, force: bool) -> str:

@@ -277,3 +277,35 @@ async def test_a_deploy_exports_its_result_as_metrics_and_a_refusal_reads_as_one
     assert second[("hokmdb_deploy_result", frozenset({testing, ("result", "refused")}))] == 1
     assert second[("hokmdb_deploy_result", frozenset({testing, ("result", "succeeded")}))] == 0
     assert second[("hokmdb_deploy_exit_code", frozenset({testing}))] == ExitCode.REFUSED
+
+
+async def test_a_gate_failure_that_exists_before_the_deploy_refuses_it_before_anything_changes(deploy_env_factory, project_factory) -> None:  # type: ignore[no-untyped-def]
+    """Issue 31: a monitoring role without the pg_hba grants makes security.no_remote_trust_auth
+    'not verified' (fail closed) before any deploy. The deploy used to migrate, fail its gate,
+    roll back under load, fail the gate again and end in exit 11 with the database healthy.
+    Now the pre-flight runs the same gate at the current revision and refuses (exit 4), naming
+    the check; with --force (not production) it deploys, records it, and the post-deploy gate
+    judges every other check."""
+    from deploy_support import MONITOR_ROLE, admin
+
+    env: DeployEnv = deploy_env_factory()
+    env.use_project(project_factory([COMMENT_0009]))
+    for sql in (f"REVOKE SELECT ON pg_catalog.pg_hba_file_rules FROM {MONITOR_ROLE}",
+                f"REVOKE EXECUTE ON FUNCTION pg_catalog.pg_hba_file_rules() FROM {MONITOR_ROLE}"):
+        await admin(env.db.cluster, sql, env.name)
+    refused = env.script("--target-revision", "0009")
+    output = refused.stdout + refused.stderr
+    assert refused.returncode == ExitCode.REFUSED, output
+    assert "the gate already fails at 0008, before this deploy changed anything: security.no_remote_trust_auth" in output
+    assert "rollback" not in [line.split()[0] for line in refused.stdout.splitlines() if line.strip()], output
+    assert "Traceback" not in output
+    assert await env.revision() == "0008"
+    assert await env.fetchval("SELECT obj_description('players'::regclass)") is None  # 0009 never ran
+
+    forced = env.script("--target-revision", "0009", "--force")
+    output = forced.stdout + forced.stderr
+    assert forced.returncode == ExitCode.OK, output
+    assert "1 failing before the deploy too, accepted with --force" in output
+    assert await env.revision() == "0009"
+    message = await env.fetchval("SELECT message FROM hokmdb_deploy_history ORDER BY id DESC LIMIT 1")
+    assert "forced unverified: gate failing before the deploy: security.no_remote_trust_auth" in str(message)

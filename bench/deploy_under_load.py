@@ -68,7 +68,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from helpers import write_config_dir  # noqa: E402  (tests/ is put on sys.path above)
 
-from hokm_profile.workload import WORKLOAD  # noqa: E402
+from hokm_profile.workload import MOVE_WRITING_WORKLOAD  # noqa: E402
 from pytest_hokmdb.cluster.embedded import THROWAWAY_SETTINGS, EmbeddedCluster  # noqa: E402
 from pytest_hokmdb.db.topology import PoolerEndpoint  # noqa: E402
 from pytest_hokmdb.deploy.load import LockTimes, Peaks, Traffic, run_traffic, sample_locks, sample_topology  # noqa: E402
@@ -171,12 +171,51 @@ async def report_client(kw: dict, stop: asyncio.Event, args: argparse.Namespace)
         await conn.close()
 
 
+DATA_CHECK = """
+SELECT (SELECT version_num FROM alembic_version) AS revision,
+       EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'moves'::regclass AND attname = 'card' AND NOT attisdropped) AS card,
+       EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'moves'::regclass AND attname = 'card_suit' AND NOT attisdropped) AS split,
+       (SELECT count(*) FROM moves) AS moves
+"""
+
+
+async def data_check(kw: dict) -> str:  # type: ignore[type-arg]
+    """The revision reached and the card invariants of whichever form(s) the schema has: every
+    move has its suit, a rank exactly when it is not a trump selection, a card when the column
+    is there."""
+    conn = await asyncpg.connect(**kw)
+    try:
+        facts = await conn.fetchrow(DATA_CHECK)
+        problems = []
+        if facts["split"]:
+            bad = await conn.fetchval("SELECT count(*) FROM moves WHERE card_suit IS NULL "
+                                      "OR (move_type = 'trump_selection') <> (card_rank IS NULL)")
+            if bad:
+                problems.append(f"{bad} move(s) without suit or with a rank that does not fit")
+        if facts["card"]:
+            bad = await conn.fetchval("SELECT count(*) FROM moves WHERE card IS NULL")
+            if bad:
+                problems.append(f"{bad} move(s) without card")
+        verdict = "data ok" if not problems else "DATA WRONG: " + "; ".join(problems)
+        return f"at {facts['revision']}, {facts['moves']:,} moves, {verdict}"
+    finally:
+        await conn.close()
+
+
 async def one_run(label: str, game_kw: dict, primary_kw: dict, pooler: PoolerEndpoint | None, migrate,  # type: ignore[no-untyped-def,type-arg]
-                  args: argparse.Namespace) -> tuple[str, float]:
+                  args: argparse.Namespace, direction: str = "forward") -> tuple[str, float]:
     stop, sampler_stop = asyncio.Event(), asyncio.Event()
     traffic, locks, peaks = Traffic(), LockTimes(), Peaks()
+    releases: dict = {}  # type: ignore[type-arg]
+
+    def steer(context: dict) -> None:  # type: ignore[type-arg]
+        context["release"]["direction"] = "back" if direction == "back" else "forward"
+        releases.update(context["release"])
+        releases["state"] = context["release"]
+
     load = asyncio.gather(
-        run_traffic(game_kw, WORKLOAD, stop, traffic, clients=args.clients, statement_timeout_ms=args.game_statement_timeout_ms),
+        run_traffic(game_kw, MOVE_WRITING_WORKLOAD, stop, traffic, clients=args.clients,
+                    statement_timeout_ms=args.game_statement_timeout_ms, on_prepared=steer),
         report_client(game_kw, stop, args))
     samplers = asyncio.gather(sample_locks(primary_kw, sampler_stop, locks, ignore_apps=(REPORT_APP,)),
                               sample_topology(primary_kw if args.topology else None, pooler, sampler_stop, peaks))
@@ -195,6 +234,11 @@ async def one_run(label: str, game_kw: dict, primary_kw: dict, pooler: PoolerEnd
     if args.topology:
         line += f"{peaks.lag_text():<22} {peaks.pool_text():<9} "
     line += result
+    classes = traffic.by_class()
+    state = releases.get("state", {})
+    line += (f"\n{'':<14}   failed by class: {', '.join(f'{n} {c}' for c, n in classes.most_common()) or 'none'}; "
+             f"deadlocks: {classes.get('DeadlockDetectedError', 0)}; release at the end: {state.get('form', '?')}; "
+             f"{await data_check(primary_kw)}")
     for kind, count in traffic.failures.most_common(4):
         line += f"\n{'':<14}   {count} x {kind}: {traffic.examples.get(kind, '')[:120]}"
     for problem in peaks.problems:
@@ -223,7 +267,10 @@ async def main_async(args: argparse.Namespace) -> None:
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cache = args.cache_dir.resolve()
-    cluster = EmbeddedCluster(cache / "cluster", settings={**THROWAWAY_SETTINGS, "max_connections": "100"})
+    busy = {"autovacuum_naptime": "1s", "autovacuum_vacuum_scale_factor": "0.01", "autovacuum_analyze_scale_factor": "0.01",
+            "autovacuum_vacuum_insert_scale_factor": "0.01", "autovacuum_vacuum_cost_delay": "2ms",
+            "log_lock_waits": "on", "deadlock_timeout": "1s"} if args.busy_autovacuum else {}
+    cluster = EmbeddedCluster(cache / "cluster", settings={**THROWAWAY_SETTINGS, "max_connections": "100", **busy})
     cluster.start()
     topology = LocalTopology(cluster, pooler_roles=(ROLE,)) if args.topology else None
     work = Path(tempfile.mkdtemp(prefix="hokmdb-bench-deploy-"))
@@ -315,6 +362,26 @@ async def main_async(args: argparse.Namespace) -> None:
                     detail = step.detail.split(";")[0] if step else outcome.message[:90]
                     return f"exit {outcome.exit_code}; {detail}"
 
+                if run == "roundtrip":
+                    # deploy.py 0004 -> head, then rollback.py migration back to 0004, each under load;
+                    # the release rolls forward as the expand completes, and back once the contract is undone.
+                    async def back() -> str:
+                        from pytest_hokmdb.deploy.rollback import RollbackRequest, rollback_migration
+
+                        outcome = await rollback_migration(RollbackRequest("testing", str(config_dir), revision="0004"))
+                        step = next((s for s in outcome.steps if s.name in ("rollback", "migrate")), None)
+                        return f"exit {outcome.exit_code}; {(step.detail if step else outcome.message).split(';')[0][:90]}"
+
+                    for i in range(args.repeat):
+                        line, walls[f"deploy-{i}"] = await one_run(f"deploy #{i + 1}", game_kw, primary_kw, bouncer, deploy, args)
+                        lines.append(line)
+                        line, walls[f"back-{i}"] = await one_run(f"rollback #{i + 1}", game_kw, primary_kw, bouncer, back, args,
+                                                                 direction="back")
+                        lines.append(line)
+                    await _admin(cluster, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+                    print(f"  {run}: done (clone {clone_s:.0f}s)", flush=True)
+                    continue
+
                 line, walls[run] = await one_run(run, game_kw, primary_kw, bouncer,
                                                  plain if run.startswith("plain") else deploy, args)
                 lines.append(line)
@@ -337,7 +404,11 @@ def main() -> None:
     p.add_argument("--sizes", type=lambda t: [int(x) for x in t.split(",")], default=[1000, 100_000])
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--runs", type=lambda t: t.split(","), default=["plain-old", "deploy-old", "plain-online", "deploy-online"],
-                   help="any of plain-old, deploy-old, plain-online, deploy-online, rehearse (after deploy-online for the ratio)")
+                   help="any of plain-old, deploy-old, plain-online, deploy-online, rehearse (after deploy-online for the "
+                        "ratio), roundtrip (--repeat times: deploy.py 0004 -> head, then rollback.py back to 0004)")
+    p.add_argument("--repeat", type=int, default=5, help="deploy and rollback pairs of the roundtrip run")
+    p.add_argument("--no-busy-autovacuum", dest="busy_autovacuum", action="store_false",
+                   help="leave autovacuum at PostgreSQL's defaults (by default it wakes every second, at 1%% changes)")
     p.add_argument("--game-statement-timeout-ms", type=int, default=3000)
     p.add_argument("--report-every", type=float, default=5.0)
     p.add_argument("--report-hold", type=float, default=4.0)

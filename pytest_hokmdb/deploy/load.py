@@ -70,6 +70,13 @@ class Traffic:
     def failed(self) -> int:
         return sum(self.failures.values())
 
+    def by_class(self) -> Counter[str]:
+        """Failures by error class (``DeadlockDetectedError``, ...), whatever the transaction."""
+        classes: Counter[str] = Counter()
+        for kind, count in self.failures.items():
+            classes[kind.rsplit(": ", 1)[-1]] += count
+        return classes
+
     @property
     def stall_s(self) -> float:
         return max(self.latencies, default=0.0)
@@ -130,9 +137,11 @@ async def run_traffic(
     clients: int,
     statement_timeout_ms: int,
     pause_s: tuple[float, float] = (0.002, 0.01),
+    on_prepared: Callable[[Any], None] | None = None,
 ) -> None:
     """``clients`` sessions run random transactions of ``workload`` until ``stop``; a failure
-    is counted by transaction and error, and a lost session reconnects.
+    is counted by transaction and error, and a lost session reconnects. ``on_prepared`` sees
+    what ``workload.prepare`` returned before the first transaction.
 
     Made to work through a transaction-mode PgBouncer: asyncpg's statement cache is off
     (prepared statements do not survive a server-connection switch), and the game's
@@ -142,6 +151,8 @@ async def run_traffic(
         context = await workload.prepare(probe)
     finally:
         await probe.close()
+    if on_prepared is not None:
+        on_prepared(context)  # e.g. the benchmark steering the workload's release
     settings = {"application_name": GAME_APP}
     timeout = f"SET LOCAL statement_timeout = {int(statement_timeout_ms)}"
     names = list(workload.transactions)

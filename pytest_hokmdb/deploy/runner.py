@@ -176,6 +176,16 @@ class _AttemptState:
     blocked_by_autovacuum: str | None = None
     # The revision blocks no game writes: its waits do not count against the retry budget.
     never_blocks_writes: bool = False
+    # The deploy cancelled its own statement: it and a session it waited for waited for each other.
+    yielded_to: str | None = None
+
+
+class YieldedToGame(Exception):
+    """The deploy's statement waited for a session that waited for it (a deadlock in the
+    making): the deploy cancelled itself, so that the game is never the victim. Retried like a
+    lock timeout (its sqlstate is deadlock_detected's)."""
+
+    sqlstate = "40P01"
 
 
 _INVALID_INDEXES = """
@@ -190,7 +200,8 @@ WHERE NOT i.indisvalid AND n.nspname NOT IN ('pg_catalog', 'information_schema')
 _BLOCKERS = """
 SELECT a.pid, coalesce(a.usename::text, '?') AS role, coalesce(a.application_name, '') AS app, a.state,
        extract(epoch FROM now() - a.xact_start)::float8 AS age_s, left(coalesce(a.query, ''), 120) AS query,
-       coalesce(a.backend_type, '') AS backend_type
+       coalesce(a.backend_type, '') AS backend_type,
+       $1 = ANY(pg_blocking_pids(a.pid)) AS waits_for_us
 FROM pg_stat_activity a
 WHERE a.pid = ANY(pg_blocking_pids($1))
 """
@@ -398,6 +409,16 @@ class Migrator:
                     for r in rows:
                         if r["backend_type"] == "autovacuum worker" and "to prevent wraparound" not in r["query"]:
                             state.blocked_by_autovacuum = r["query"] or "an autovacuum"
+                    cycle = next((r for r in rows if r["waits_for_us"]), None)
+                    if cycle is not None and state.yielded_to is None:
+                        # PostgreSQL aborts whichever waiter runs its deadlock check first: the
+                        # game, which usually waited longer. The deploy yields first, within a
+                        # sample interval, and retries.
+                        state.yielded_to = (f"pid {cycle['pid']} (application {cycle['app'] or '-'}, query: "
+                                            f"{redact(cycle['query'])!r})")
+                        log.warning("revision %s waits for %s, which waits for it: the deploy cancels its own statement "
+                                    "so that the game is not the deadlock victim, and retries", revision, state.yielded_to)
+                        await self.lock.fetch("SELECT pg_cancel_backend($1)", state.pid)
                     state.blockers = [
                         f"pid {r['pid']} (role {r['role']}, application {r['app'] or '-'}, "
                         f"{r['state'] or 'state hidden: no monitoring connection'}"
@@ -526,7 +547,10 @@ class Migrator:
                     t0 = time.monotonic()
                     try:
                         await self._attempt(direction, destination, revision, state)
-                    except BaseException as exc:
+                    except BaseException as original:
+                        exc = original
+                        if state.yielded_to is not None and isinstance(original, Exception):
+                            exc = YieldedToGame(f"revision {revision} yielded to {state.yielded_to}")
                         last_blockers = state.blockers or last_blockers
                         autovacuum_seen = state.blocked_by_autovacuum
                         effective_ms = state.lock_timeout_ms or effective_ms
@@ -547,6 +571,8 @@ class Migrator:
                             # A wait that blocked no game write costs the budget as one normal timeout.
                             waited_ms = self.lock_timeout_ms if state.never_blocks_writes else (state.lock_timeout_ms or self.lock_timeout_ms)
                             budget.retry_spent_s += min(time.monotonic() - t0, waited_ms / 1000)
+                        if exc is not original:
+                            raise exc from original
                         raise
         except RevisionFailed:
             raise

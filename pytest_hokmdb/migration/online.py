@@ -142,6 +142,12 @@ def backfill(
     done_key = (_database(bind), table, set_, where)
     if done_key in settings.finished:
         log.info("backfill %s: finished earlier in this deploy; not scanning again", table)
+        # Still end the transaction here, as the first run did: what ran before (0006's
+        # triggers: SHARE ROW EXCLUSIVE on moves) must not stay held while the DDL after this
+        # waits for a stronger lock. Holding it, the retry waited for the game while the game
+        # waited for it, and the game was the deadlock victim (issue 31).
+        with op.get_context().autocommit_block():
+            pass
         return BackfillReport(table)
     with op.get_context().autocommit_block():
         report = run_backfill(bind, table, set_=set_, where=where, key=key, settings=settings)
@@ -172,6 +178,8 @@ def check_once(sql: str) -> None:
     done_key = ("check", _database(op.get_bind()), sql, "")
     if done_key in settings.finished:
         log.info("check passed earlier in this deploy; not scanning again")
+        with op.get_context().autocommit_block():
+            pass  # the same transaction boundary as the first run (see backfill())
         return
     with op.get_context().autocommit_block():
         op.execute(sql)

@@ -42,17 +42,29 @@ class Game:
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
+    context: dict = field(default_factory=dict)  # type: ignore[type-arg]
+
     async def start(self) -> None:
+        from hokm_profile.workload import prepare
+
         probe = await self.env.connect()
         try:
             games = [r[0] for r in await probe.fetch("SELECT id FROM game_sessions ORDER BY id")]
             players = [r[0] for r in await probe.fetch("SELECT id FROM players ORDER BY id")]
+            self.context = await prepare(probe)
         finally:
             await probe.close()
         self._tasks = [asyncio.create_task(self._client(i, games, players)) for i in range(self.clients)]
         await asyncio.sleep(0.3)
 
+    def roll_back_the_release(self) -> None:
+        """The game's release is rolled back before its schema: the new release plays until the
+        old one can again (``hokm_profile.workload.live_release``)."""
+        self.context["release"]["direction"] = "back"
+
     async def _client(self, n: int, games: list[int], players: list[int]) -> None:
+        from hokm_profile.workload import play_move
+
         rng = random.Random(n)
         conn = await asyncpg.connect(self.env.db.dsn, server_settings={
             "statement_timeout": str(GAME_STATEMENT_TIMEOUT_MS), "application_name": "game-server"})
@@ -62,7 +74,7 @@ class Game:
                 t0 = time.monotonic()
                 try:
                     async with conn.transaction():
-                        kind = rng.randrange(4)
+                        kind = rng.randrange(6)
                         if kind == 0:  # a game's moves in order
                             await conn.fetch("SELECT id, sequence_number, move_type FROM moves WHERE game_id = $1 "
                                              "ORDER BY sequence_number", game)
@@ -72,8 +84,10 @@ class Game:
                         elif kind == 2:  # rating after a game
                             await conn.execute("UPDATE players SET rating = least(rating + 1, 3000), last_seen_at = now() "
                                                "WHERE id = $1", player)
-                        else:  # a move's trick replayed: the hand of a game
+                        elif kind == 3:  # a move's trick replayed: the hand of a game
                             await conn.fetch("SELECT count(*) FROM moves WHERE game_id = $1 AND hand_number = 1", game)
+                        else:  # a turn: the game's first 60 moves read, then one of them UPDATEd, in the live release's form
+                            await play_move(conn, rng, self.context)
                     self.done += 1
                 except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                     self.failures.append(f"{type(exc).__name__}: {exc}")
@@ -112,14 +126,19 @@ async def test_deploying_0004_to_head_and_rolling_back_under_game_traffic_fails_
     try:
         outcome = await run_deploy(DeployOptions("testing", str(env.config_dir)))
         during_deploy = game.done
+        release_after_deploy = game.context["release"]["form"]
+        game.roll_back_the_release()
         code = await asyncio.to_thread(run_migration, _rollback_args(
             "--environment", "testing", f"--config={env.config_dir}", "--revision", "0004"))
         rollback_out = capsys.readouterr().out
     finally:
         await game.stop()
     assert outcome.exit_code == ExitCode.OK, outcome.message
+    # Reads, rating updates and turns that UPDATE a move of the table being migrated, through
+    # every revision, backfill, validation, index build and the rollback: none failed, no deadlock.
     assert game.failures == [], game.failures[:5]
     assert during_deploy > 50, "the game did not play during the deploy"
+    assert release_after_deploy == "new" and game.context["release"]["form"] == "old"  # the rollout happened both ways
     steps = {s.name: s for s in outcome.steps}
     assert "0004 -> 0005 -> 0006 -> 0007 -> 0008" in steps["migrate"].detail
     # The backfill left dead rows in moves; the deploy tidied moves before its gate: VACUUM, or

@@ -388,3 +388,51 @@ def test_an_autovacuum_that_a_lock_request_cancels_is_not_waited_for() -> None:
     manual = Holder(4, "ops", "psql", "active", 194.3, "VACUUM moves", "moves", "client backend")
     assert plain.yields_to_locks and hidden.yields_to_locks
     assert not wraparound.yields_to_locks and not manual.yields_to_locks
+
+
+CYCLE_0009 = (
+    "0009", "Take players in SHARE ROW EXCLUSIVE, pause, then websocket_connections in ACCESS EXCLUSIVE: two tables.",
+    """
+    op.execute("LOCK TABLE players IN SHARE ROW EXCLUSIVE MODE")
+    op.execute("SELECT pg_sleep(0.5)")
+    op.execute("LOCK TABLE websocket_connections IN ACCESS EXCLUSIVE MODE")
+    op.execute("COMMENT ON TABLE players IS 'probe 0009'")
+    """,
+    "op.execute('COMMENT ON TABLE players IS NULL')",
+)
+
+
+async def test_the_deploy_yields_when_it_and_a_game_transaction_wait_for_each_other(deploy_env_factory, project_factory) -> None:  # type: ignore[no-untyped-def]
+    """A deadlock across two tables, made on purpose: a game transaction read
+    websocket_connections; the deploy took players in SHARE ROW EXCLUSIVE; the game's UPDATE
+    of players waits for the deploy; then the deploy asks for websocket_connections and waits
+    for the game. PostgreSQL aborts whichever waiter runs its deadlock check first, after
+    deadlock_timeout (1 s) of waiting: the game, which waited longer, since the deploy's
+    lock_timeout (2 s here) has not run out. The deploy sees the cycle within a sample interval,
+    cancels its own statement and retries; the game's UPDATE goes through. Without that the game
+    gets DeadlockDetectedError."""
+    env: DeployEnv = deploy_env_factory(deploy__gate_suites=[], database__lock_timeout_ms=2000,
+                                        deploy__lock_retry_budget_s=15.0)
+    env.use_project(project_factory([CYCLE_0009]))
+    game = await env.connect()
+    deploy = asyncio.create_task(run_deploy(DeployOptions("testing", str(env.config_dir))))
+    try:
+        deadline = time.monotonic() + 30
+        while not await env.fetchval(
+                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 'players' "
+                "AND l.mode = 'ShareRowExclusiveLock' AND l.granted"):
+            assert time.monotonic() < deadline and not deploy.done(), "the deploy never took players"
+            await asyncio.sleep(0.02)
+        # Within the revision's 0.5 s pause: the game reads websocket_connections, then writes players.
+        await game.execute("BEGIN")
+        await game.fetchval("SELECT count(*) FROM websocket_connections")
+        await game.execute("UPDATE players SET rating = rating WHERE id = (SELECT min(id) FROM players)")
+        await game.execute("COMMIT")
+    finally:
+        outcome = await deploy
+        await game.close()
+    log = outcome.log_path.read_text()  # type: ignore[union-attr]
+    assert outcome.exit_code == ExitCode.OK, outcome.message
+    assert "which waits for it: the deploy cancels its own statement so that the game is not the deadlock victim" in log
+    assert "(2 attempts)" in log
+    assert await env.revision() == "0009"

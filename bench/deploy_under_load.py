@@ -15,7 +15,11 @@ it to head while, against the same clone:
 
 * ``--clients`` game clients run the game's transactions in a loop, each session with the
   game server's ``statement_timeout``: a game with its seats, a player's recent games, the
-  leaderboard, a game's moves in order, a rating update, a websocket connect and heartbeat;
+  leaderboard, a game's moves in order, a rating update, a websocket connect and heartbeat,
+  a turn (the game and its seats, its first 60 moves read, the player touched, one of those
+  moves UPDATEd, a metric written) and a new move INSERTed; moves are written in the old
+  release's form (``card``) until the expand phase is complete (0006's trigger), then in the
+  new release's (suit and rank), as a rollout goes; in a rollback, the other way round;
 * one report client holds a transaction that read ``moves`` for ``--report-hold`` seconds of
   every ``--report-every`` (the long transaction every production has).
 
@@ -33,7 +37,13 @@ The runs, one after the other in this process, on identical clones and load:
 * ``deploy-online``: ``deploy.py`` over today's history: the new deploy;
 * ``rehearse``: a verified backup of the clone, then ``deploy.py --rehearse`` on it (restore
   into its own local topology, deploy under the same game load, roll back): its wall time is
-  printed against the ``deploy-online`` run's of the same size, as a ratio.
+  printed against the ``deploy-online`` run's of the same size, as a ratio;
+* ``roundtrip``: ``--repeat`` times, ``deploy.py`` 0004 -> head and then ``rollback.py
+  migration`` back to 0004, each under the load (the goals of issue 31).
+
+Autovacuum is kept busy (it wakes every second and acts on 1 % of changes; ``log_lock_waits``
+on) unless ``--no-busy-autovacuum``: on the persistent cache cluster, so the settings apply
+when it starts.
 
 ``--topology`` runs the same with the production topology: a streaming standby of the bench
 cluster (``pg_basebackup``; at 100k games a 9 GB copy) and PgBouncer in transaction mode in
@@ -41,8 +51,10 @@ front of it; the game clients go through PgBouncer, the deploy waits for the sta
 each revision and its backfill throttles on replica lag. Printed also: the standby's peak replay
 lag (bytes and seconds) and PgBouncer's longest client wait during the migration.
 
-Printed per run: game transactions, failed ones and why, the longest stall, p50 and p99, the
-migration's wall time, and the longest write-blocking lock per table (sampled every 50 ms
+Printed per run: game transactions, failed ones by class (deadlocks counted apart) and why,
+the longest stall, p50 and p99, the migration's wall time, the revision reached and a data
+check (every move has its suit and a rank exactly when it is not a trump selection; a card
+where the column is), and the longest write-blocking lock per table (sampled every 50 ms
 from pg_locks, for any session that is not the game, the report or the bench itself). The
 game's transactions are the Hokm profile's workload (``hokm_profile/workload.py``), run and
 measured by ``pytest_hokmdb/deploy/load.py``, the same code a rehearsal runs. No test asserts

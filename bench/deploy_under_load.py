@@ -214,6 +214,45 @@ async def data_check(kw: dict) -> str:  # type: ignore[type-arg]
         await conn.close()
 
 
+async def unthrottled_update_rate(cluster: EmbeddedCluster, base: str) -> tuple[int, float]:
+    """The yardstick of the online backfill: 0006's UPDATE as one statement, on an idle clone
+    at 0005 (no game, no trigger, no batches), rows and seconds."""
+    import importlib.util
+
+    from pytest_hokmdb.migrate import aupgrade
+
+    spec = importlib.util.spec_from_file_location("rev0006", ROOT / "migrations" / "versions" / "0006_backfill_move_card.py")
+    assert spec is not None and spec.loader is not None
+    rev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rev)
+    db = "bench_unthrottled"
+    await _admin(cluster, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+    await _admin(cluster, f"CREATE DATABASE {db} TEMPLATE {base} OWNER {ROLE}")
+    try:
+        from sqlalchemy.engine import URL
+
+        await aupgrade(URL.create("postgresql+asyncpg", ROLE, PASSWORD, cluster.host, cluster.port, db), "0005", project_root=ROOT)
+        conn = await asyncpg.connect(**kwargs(cluster, db))
+        try:
+            t0 = time.monotonic()
+            status = await conn.execute(f"UPDATE moves SET {rev.SPLIT_CARDS} WHERE card_suit IS NULL AND card ~ '{rev.CARD_PATTERN}'")
+            return int(status.split()[-1]), time.monotonic() - t0
+        finally:
+            await conn.close()
+    finally:
+        await _admin(cluster, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+
+def backfill_rate(log_path: Path | None) -> tuple[int, float] | None:
+    """Rows and seconds of the deploy's backfill of moves, from its log ("backfill moves: N rows in B batches, S s")."""
+    import re
+
+    if log_path is None or not log_path.exists():
+        return None
+    found = re.findall(r"backfill moves: (\d+) rows in \d+ batches, ([\d.]+)s", log_path.read_text())
+    return (int(found[-1][0]), float(found[-1][1])) if found else None
+
+
 async def one_run(label: str, game_kw: dict, primary_kw: dict, pooler: PoolerEndpoint | None, migrate,  # type: ignore[no-untyped-def,type-arg]
                   args: argparse.Namespace, direction: str = "forward") -> tuple[str, float]:
     stop, sampler_stop = asyncio.Event(), asyncio.Event()
@@ -322,6 +361,12 @@ async def main_async(args: argparse.Namespace) -> None:
             print(f"\n{games} games")
             base = await template(cluster, games)
             lines, walls = [], {}
+            unthrottled = 0.0
+            if any(r in ("deploy-online", "roundtrip") for r in args.runs):
+                rows, seconds = await unthrottled_update_rate(cluster, base)
+                unthrottled = rows / seconds if seconds else 0.0
+                print(f"  yardstick: 0006's UPDATE as one statement on an idle clone at 0005: {rows:,} rows in "
+                      f"{seconds:.1f}s = {unthrottled:,.0f} rows/s", flush=True)
             for run in args.runs:
                 db = f"bench_run_{run.replace('-', '_')}"
                 await _admin(cluster, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
@@ -372,6 +417,11 @@ async def main_async(args: argparse.Namespace) -> None:
                     outcome = await run_deploy(DeployOptions("testing", str(config_dir), force=old, skip_backup=old))
                     step = next((s for s in outcome.steps if s.name == "migrate"), None)
                     detail = step.detail.split(";")[0] if step else outcome.message[:90]
+                    rate = backfill_rate(outcome.log_path)
+                    if rate and rate[1] > 0:
+                        detail += f"; backfill {rate[0]:,} rows at {rate[0] / rate[1]:,.0f} rows/s"
+                        if unthrottled:
+                            detail += f" = {rate[0] / rate[1] / unthrottled:.2f}x the unthrottled UPDATE's"
                     return f"exit {outcome.exit_code}; {detail}"
 
                 if run == "roundtrip":

@@ -271,7 +271,8 @@ class DeploySettings(_Strict):
         None, gt=0, description="bound on the total time the deploy may hold (or wait for) locks that block the game's "
         "writes; the shipped staging and production configs set it",
     )
-    backfill_batch_size: int = Field(1000, ge=1, description="rows per committed batch of an online backfill")
+    backfill_batch_size: int = Field(1000, ge=1, description="rows of an online backfill's first committed batch; "
+                                     "quick batches grow up to 20 times this, slow ones halve")
     backfill_pause_ms: int = Field(10, ge=0, description="pause between an online backfill's batches")
     backfill_max_batch_ms: int = Field(200, gt=0, description="a slower batch halves the next one (throttling)")
     backfill_max_replica_lag_bytes: int = Field(

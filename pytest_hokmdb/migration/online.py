@@ -30,8 +30,10 @@ game); a batch that waits on nothing is in no cycle, and the game waits for one 
 Rows skipped this way are picked up by the next pass, which repeats while rows are left and
 their number goes down.
 
-Throttling: a batch that takes longer than ``max_batch_ms`` halves the batch (down to
-``min_batch_size``), a quick one lets it grow back, and while other sessions wait for a
+Throttling: the batch size is steered by its latency: a batch that takes longer than
+``max_batch_ms`` halves the next (down to ``MIN_BATCH_SIZE``), one that takes less than a
+quarter of it doubles the next (up to ``MAX_GROWTH`` times ``batch_size``: the round trips and
+the pause are paid per batch, while a row is held only for one batch's time), and while other sessions wait for a
 lock the helper pauses before its next batch. While a streaming standby has more than
 ``max_replica_lag_bytes`` of WAL left to replay it waits for the standby to come back to
 half that (a backfill writes WAL far faster than a busy standby replays it); a standby that
@@ -61,6 +63,7 @@ DEFAULT_BATCH_SIZE = 1000
 DEFAULT_PAUSE_MS = 10
 DEFAULT_MAX_BATCH_MS = 200
 MIN_BATCH_SIZE = 50
+MAX_GROWTH = 20  # a batch grows up to this many times the configured size while batches stay quick
 FINAL_PASSES = 3  # passes in a row that leave as many rows as the pass before: the expand phase is broken
 PASS_PAUSE_S = 0.2  # between passes, so that the game's transactions holding skipped rows can end
 HELD_ROWS_WAIT_S = 60.0  # how long rows left only because others hold them are waited for
@@ -274,8 +277,10 @@ def run_backfill(bind: Any, table: str, *, set_: str, where: str, key: str = "id
                 if took_ms > settings.max_batch_ms and size > MIN_BATCH_SIZE:
                     size = max(MIN_BATCH_SIZE, size // 2)
                     report.throttled += 1
-                elif took_ms < settings.max_batch_ms / 4 and size < settings.batch_size:
-                    size = min(settings.batch_size, size * 2)
+                elif took_ms < settings.max_batch_ms / 4 and size < settings.batch_size * MAX_GROWTH:
+                    # Quick batches grow: the per-batch round trips and pause are paid per batch,
+                    # while a row is held for one batch's time, which max_batch_ms bounds.
+                    size = min(settings.batch_size * MAX_GROWTH, size * 2)
                 pause = settings.pause_ms / 1000
                 if bind.execute(waiting).scalar():
                     pause = max(pause, took_ms / 1000)  # others wait for a lock: give them a batch's time

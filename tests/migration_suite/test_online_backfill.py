@@ -158,20 +158,13 @@ async def test_rows_written_during_the_backfill_are_kept_right_by_the_trigger(se
 async def test_a_backfill_that_cannot_finish_names_the_table_and_what_is_left(hokmdb_empty_db: ThrowawayDatabase) -> None:
     """A ``set_`` that leaves its rows matching ``where`` can never finish: three passes, then
     a message saying how many rows are left and what the expand phase must do."""
-    from pytest_hokmdb.db.engine import create_engine
-    from pytest_hokmdb.migration.online import BackfillError, BackfillSettings, run_backfill
+    from pytest_hokmdb.migration.online import BackfillError, BackfillSettings
 
     async with _conn(hokmdb_empty_db) as conn:
         await conn.execute("CREATE TABLE t (id bigint PRIMARY KEY, v int); INSERT INTO t SELECT g, NULL FROM generate_series(1, 500) g")
-    engine = create_engine(hokmdb_empty_db.target)
-    try:
-        async with engine.connect() as conn:
-            autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            with pytest.raises(BackfillError) as failure:
-                await autocommit.run_sync(lambda bind: run_backfill(
-                    bind, "t", set_="v = NULL", where="v IS NULL", settings=BackfillSettings(batch_size=100, pause_ms=0)))
-    finally:
-        await engine.dispose()
+    with pytest.raises(BackfillError) as failure:
+        await _run_backfill(hokmdb_empty_db, table="t", set_="v = NULL", where="v IS NULL",
+                            settings=BackfillSettings(batch_size=100, pause_ms=0))
     assert "backfill of t left 500 row(s) matching 'v IS NULL' after 3 passes" in str(failure.value)
     assert "the expand revision must keep new writes right" in str(failure.value)
 
@@ -182,8 +175,7 @@ async def test_a_batch_never_waits_for_a_row_the_game_holds(hokmdb_empty_db: Thr
     holds: none waits (a wait would hit the 200 ms lock_timeout, and a batch waiting while it
     holds rows the game wants is how the game became a deadlock victim); row 250 is done by a
     later pass, once the game committed, and the game's own change is kept."""
-    from pytest_hokmdb.db.engine import create_engine
-    from pytest_hokmdb.migration.online import BackfillSettings, run_backfill
+    from pytest_hokmdb.migration.online import BackfillSettings
 
     async with _conn(hokmdb_empty_db) as conn:
         await conn.execute("CREATE TABLE t (id bigint PRIMARY KEY, v int, w int); "
@@ -195,21 +187,46 @@ async def test_a_batch_never_waits_for_a_row_the_game_holds(hokmdb_empty_db: Thr
         await asyncio.sleep(1.5)
         await game.execute("COMMIT")
 
-    engine = create_engine(replace(hokmdb_empty_db.target, lock_timeout_ms=200))
+    committer = asyncio.create_task(commit_later())
     try:
-        async with engine.connect() as conn:
-            autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            committer = asyncio.create_task(commit_later())
-            report = await autocommit.run_sync(lambda bind: run_backfill(
-                bind, "t", set_="v = id * 2", where="v IS NULL", settings=BackfillSettings(batch_size=100, pause_ms=0)))
-            await committer
+        report = await _run_backfill(hokmdb_empty_db, replace(hokmdb_empty_db.target, lock_timeout_ms=200), table="t",
+                                     set_="v = id * 2", where="v IS NULL", settings=BackfillSettings(batch_size=100, pause_ms=0))
     finally:
-        await engine.dispose()
+        await committer
         await game.close()
     assert report.rows == 500
     async with _conn(hokmdb_empty_db) as conn:
         assert await conn.fetchval("SELECT count(*) FROM t WHERE v IS DISTINCT FROM id * 2") == 0
         assert await conn.fetchval("SELECT w FROM t WHERE id = 250") == 1
+
+
+async def test_quick_batches_grow(hokmdb_empty_db: ThrowawayDatabase) -> None:
+    """The batch size follows the batches' latency: 20,000 rows from batches of 100 that take
+    a few milliseconds end in far fewer than 200 batches (each doubles, up to 20 times 100);
+    the slow direction is the test below."""
+    from pytest_hokmdb.migration.online import MAX_GROWTH, BackfillSettings
+
+    async with _conn(hokmdb_empty_db) as conn:
+        await conn.execute("CREATE TABLE t (id bigint PRIMARY KEY, v int); "
+                           "INSERT INTO t SELECT g, NULL FROM generate_series(1, 20000) g")
+    quick = await _run_backfill(hokmdb_empty_db, table="t", set_="v = 1", where="v IS NULL",
+                                settings=BackfillSettings(batch_size=100, pause_ms=0))
+    assert quick.rows == 20000 and quick.batches < 200 // 4, quick
+    assert 100 * MAX_GROWTH * quick.batches >= 20000  # never more than 20 times the configured size
+
+
+async def _run_backfill(db: ThrowawayDatabase, target=None, **kwargs):  # type: ignore[no-untyped-def]
+    """``run_backfill(bind, **kwargs)`` on an autocommit connection to ``db`` (or ``target``), as a revision runs it."""
+    from pytest_hokmdb.db.engine import create_engine
+    from pytest_hokmdb.migration.online import run_backfill
+
+    engine = create_engine(target or db.target)
+    try:
+        async with engine.connect() as conn:
+            autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            return await autocommit.run_sync(lambda bind: run_backfill(bind, **kwargs))
+    finally:
+        await engine.dispose()
 
 
 def _conn(db: ThrowawayDatabase):  # type: ignore[no-untyped-def]
@@ -231,21 +248,13 @@ def _conn(db: ThrowawayDatabase):  # type: ignore[no-untyped-def]
 async def test_a_slow_batch_halves_the_next_and_the_backfill_still_finishes(hokmdb_empty_db: ThrowawayDatabase) -> None:
     """Throttling: with a batch budget no batch can meet, every batch halves the next one down
     to the minimum, and the data ends exactly as one plain UPDATE would leave it."""
-    from pytest_hokmdb.db.engine import create_engine
-    from pytest_hokmdb.migration.online import MIN_BATCH_SIZE, BackfillSettings, run_backfill
+    from pytest_hokmdb.migration.online import MIN_BATCH_SIZE, BackfillSettings
 
     async with _conn(hokmdb_empty_db) as conn:
         await conn.execute("CREATE TABLE t (id bigint PRIMARY KEY, v int, w int); "
                            "INSERT INTO t SELECT g, g, NULL FROM generate_series(1, 3000) g")
-    engine = create_engine(hokmdb_empty_db.target)
-    try:
-        async with engine.connect() as conn:
-            autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            report = await autocommit.run_sync(lambda bind: run_backfill(
-                bind, "t", set_="w = v * 2, v = v", where="w IS NULL",
-                settings=BackfillSettings(batch_size=800, pause_ms=0, max_batch_ms=0.0001)))  # type: ignore[arg-type]
-    finally:
-        await engine.dispose()
+    report = await _run_backfill(hokmdb_empty_db, table="t", set_="w = v * 2, v = v", where="w IS NULL",
+                                 settings=BackfillSettings(batch_size=800, pause_ms=0, max_batch_ms=0.0001))  # type: ignore[arg-type]
     assert report.rows == 3000 and report.throttled >= 4, report
     assert report.batches > 3000 // 800 + 1  # smaller batches than configured: it throttled
     assert report.batches >= (3000 - 800 - 400 - 200 - 100) // MIN_BATCH_SIZE

@@ -436,3 +436,22 @@ async def test_the_deploy_yields_when_it_and_a_game_transaction_wait_for_each_ot
     assert "which waits for it: the deploy cancels its own statement so that the game is not the deadlock victim" in log
     assert "(2 attempts)" in log
     assert await env.revision() == "0009"
+
+
+@pytest.mark.parametrize(("sql", "expected"), [
+    ("CREATE INDEX CONCURRENTLY IF NOT EXISTS ix ON t (a);", True),
+    ("DO $$ BEGIN IF EXISTS (SELECT 1) THEN RAISE EXCEPTION 'run DROP INDEX CONCURRENTLY ix; then again'; END IF; END $$;\n"
+     "CREATE INDEX CONCURRENTLY ix ON t (a);\nBEGIN;\nUPDATE alembic_version SET version_num='0009';\nCOMMIT;", True),
+    ("ALTER TABLE moves VALIDATE CONSTRAINT ck;\nDROP INDEX CONCURRENTLY IF EXISTS ix;", True),
+    ("CREATE INDEX CONCURRENTLY ix ON t (a);\nALTER TABLE t ADD COLUMN b int;", False),
+    ("DO $$ BEGIN EXECUTE 'ALTER TABLE t ADD COLUMN b int'; END $$;", False),
+    ("CREATE INDEX ix ON t (a);", False),
+    ("BEGIN;\nUPDATE alembic_version SET version_num='0009';\nCOMMIT;", False),
+], ids=["cic", "check-then-cic", "validate-and-drop", "cic-then-alter", "do-that-writes", "plain-index", "empty"])
+def test_which_revisions_block_no_game_write(sql: str, expected: bool) -> None:
+    """What earns a revision deploy.concurrent_wait_s: only statements whose locks never conflict
+    with the game's reads and writes (a DO block that only reads and raises, its string literals
+    aside); any other statement, or nothing at all, and it waits under lock_timeout."""
+    from pytest_hokmdb.migration.lint.sql import never_blocks_writes
+
+    assert never_blocks_writes(sql) is expected

@@ -31,8 +31,8 @@ Rows skipped this way are picked up by the next pass, which repeats while rows a
 their number goes down.
 
 Throttling: the batch size is steered by its latency: a batch that takes longer than
-``max_batch_ms`` halves the next (down to ``MIN_BATCH_SIZE``), one that takes less than a
-quarter of it doubles the next (up to ``MAX_GROWTH`` times ``batch_size``: the round trips and
+``max_batch_ms`` halves the next (down to ``MIN_BATCH_SIZE``), one that takes less than
+half of it doubles the next (up to ``MAX_GROWTH`` times ``batch_size``: the round trips and
 the pause are paid per batch, while a row is held only for one batch's time), and while other sessions wait for a
 lock the helper pauses before its next batch. While a streaming standby has more than
 ``max_replica_lag_bytes`` of WAL left to replay it waits for the standby to come back to
@@ -277,7 +277,7 @@ def run_backfill(bind: Any, table: str, *, set_: str, where: str, key: str = "id
                 if took_ms > settings.max_batch_ms and size > MIN_BATCH_SIZE:
                     size = max(MIN_BATCH_SIZE, size // 2)
                     report.throttled += 1
-                elif took_ms < settings.max_batch_ms / 4 and size < settings.batch_size * MAX_GROWTH:
+                elif took_ms < settings.max_batch_ms / 2 and size < settings.batch_size * MAX_GROWTH:
                     # Quick batches grow: the per-batch round trips and pause are paid per batch,
                     # while a row is held for one batch's time, which max_batch_ms bounds.
                     size = min(settings.batch_size * MAX_GROWTH, size * 2)

@@ -110,13 +110,6 @@ async def holders(fetch: Callable[..., Awaitable[list[Any]]], tables: list[str],
             for r in rows]
 
 
-async def long_holders(fetch: Callable[..., Awaitable[list[Any]]], tables: list[str], older_than_s: float,
-                       ignore_pids: list[int] | None = None) -> list[Holder]:
-    """Sessions holding a lock on ``tables`` in a transaction older than ``older_than_s``, but
-    for autovacuum workers that a lock request cancels (see the module's docstring)."""
-    return [h for h in await holders(fetch, tables, older_than_s, ignore_pids) if not h.yields_to_locks]
-
-
 def autovacuum_lock_timeout_ms(deadlock_timeout_ms: int, lock_timeout_ms: int) -> int:
     """The lock_timeout of an attempt whose table an autovacuum holds: long enough for
     PostgreSQL to cancel the worker (see the module's docstring), never shorter than the

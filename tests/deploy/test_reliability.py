@@ -388,6 +388,10 @@ def test_an_autovacuum_that_a_lock_request_cancels_is_not_waited_for() -> None:
     manual = Holder(4, "ops", "psql", "active", 194.3, "VACUUM moves", "moves", "client backend")
     assert plain.yields_to_locks and hidden.yields_to_locks
     assert not wraparound.yields_to_locks and not manual.yields_to_locks
+    # Waited for like a long transaction, and named as what it is when the budget runs out.
+    assert wraparound.describe() == ("pid 3, an anti-wraparound autovacuum of moves (PostgreSQL never cancels one; it has "
+                                     "run 194.3s; query: 'autovacuum: VACUUM public.moves (to prevent wraparound)')")
+    assert manual.describe().startswith("pid 4 (role ops, application psql, active, transaction open 194.3s")
 
 
 CYCLE_0009 = (

@@ -398,7 +398,7 @@ CYCLE_0009 = (
     "0009", "Take players in SHARE ROW EXCLUSIVE, pause, then websocket_connections in ACCESS EXCLUSIVE: two tables.",
     """
     op.execute("LOCK TABLE players IN SHARE ROW EXCLUSIVE MODE")
-    op.execute("SELECT pg_sleep(0.5)")
+    op.execute("SELECT pg_sleep(0.7)")
     op.execute("LOCK TABLE websocket_connections IN ACCESS EXCLUSIVE MODE")
     op.execute("COMMENT ON TABLE players IS 'probe 0009'")
     """,
@@ -427,7 +427,7 @@ async def test_the_deploy_yields_when_it_and_a_game_transaction_wait_for_each_ot
                 "AND l.mode = 'ShareRowExclusiveLock' AND l.granted"):
             assert time.monotonic() < deadline and not deploy.done(), "the deploy never took players"
             await asyncio.sleep(0.02)
-        # Within the revision's 0.5 s pause: the game reads websocket_connections, then writes players.
+        # Within the revision's 0.7 s pause: the game reads websocket_connections, then writes players.
         await game.execute("BEGIN")
         await game.fetchval("SELECT count(*) FROM websocket_connections")
         await game.execute("UPDATE players SET rating = rating WHERE id = (SELECT min(id) FROM players)")

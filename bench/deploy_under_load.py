@@ -39,7 +39,10 @@ The runs, one after the other in this process, on identical clones and load:
   into its own local topology, deploy under the same game load, roll back): its wall time is
   printed against the ``deploy-online`` run's of the same size, as a ratio;
 * ``roundtrip``: ``--repeat`` times, ``deploy.py`` 0004 -> head and then ``rollback.py
-  migration`` back to 0004, each under the load (the goals of issue 31).
+  migration`` back to 0004, each under the load (the goals of issue 31);
+* ``unhealthy``: ``deploy.py`` with its smoke gate on and no monitoring connection, so that
+  checks fail closed before the deploy as after it: the pre-flight's gate refuses it (exit 4)
+  before anything changes; no rollback under load, no exit 11.
 
 Autovacuum is kept busy (it wakes every second and acts on 1 % of changes; ``log_lock_waits``
 on) unless ``--no-busy-autovacuum``: on the persistent cache cluster, so the settings apply
@@ -351,6 +354,10 @@ async def main_async(args: argparse.Namespace) -> None:
                                                  "admin_user": POOLER_ADMIN, "admin_password": "${BENCH_POOLER_PASSWORD}"})
             env["BENCH_POOLER_PASSWORD"] = cluster.superuser_password
         write_config_dir(config_dir, "testing", **settings)
+        # The "unhealthy" run: the gate on, and no monitoring role (so the checks it would run
+        # are "not verified" before the deploy as after it: a condition the deploy did not cause).
+        gated_dir = work / "config-gated"
+        write_config_dir(gated_dir, "testing", **{**settings, "deploy__gate_suites": ["smoke"]})
         os.environ.update(env)
         print(f"{args.clients} game clients (statement_timeout {args.game_statement_timeout_ms} ms"
               f"{', through PgBouncer' if topology else ''}), a report holding moves "
@@ -424,6 +431,18 @@ async def main_async(args: argparse.Namespace) -> None:
                             detail += f" = {rate[0] / rate[1] / unthrottled:.2f}x the unthrottled UPDATE's"
                     return f"exit {outcome.exit_code}; {detail}"
 
+                if run == "unhealthy":
+                    async def gated() -> str:
+                        outcome = await run_deploy(DeployOptions("testing", str(gated_dir)))
+                        steps = ", ".join(step.name for step in outcome.steps)
+                        return f"exit {outcome.exit_code}; steps: {steps}; {outcome.message[:160]}"
+
+                    line, walls[run] = await one_run(run, game_kw, primary_kw, bouncer, gated, args)
+                    lines.append(line)
+                    await _admin(cluster, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+                    print(f"  {run}: done (clone {clone_s:.0f}s)", flush=True)
+                    continue
+
                 if run == "roundtrip":
                     # deploy.py 0004 -> head, then rollback.py migration back to 0004, each under load;
                     # the release rolls forward as the expand completes, and back once the contract is undone.
@@ -467,7 +486,8 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--runs", type=lambda t: t.split(","), default=["plain-old", "deploy-old", "plain-online", "deploy-online"],
                    help="any of plain-old, deploy-old, plain-online, deploy-online, rehearse (after deploy-online for the "
-                        "ratio), roundtrip (--repeat times: deploy.py 0004 -> head, then rollback.py back to 0004)")
+                        "ratio), roundtrip (--repeat times: deploy.py 0004 -> head, then rollback.py back to 0004), "
+                        "unhealthy (the gate on and no monitoring connection: refused before anything changes)")
     p.add_argument("--repeat", type=int, default=5, help="deploy and rollback pairs of the roundtrip run")
     p.add_argument("--no-busy-autovacuum", dest="busy_autovacuum", action="store_false",
                    help="leave autovacuum at PostgreSQL's defaults (by default it wakes every second, at 1%% changes)")

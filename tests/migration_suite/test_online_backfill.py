@@ -53,6 +53,21 @@ async def _count(db: ThrowawayDatabase, sql: str) -> int:
         await conn.close()
 
 
+async def _server_side_gone(db: ThrowawayDatabase) -> None:
+    """Wait until the killed runner's server session has ended: PostgreSQL finishes (and, in
+    autocommit, commits) the batch that was running when its client died, so what is counted
+    before that is not yet what the next run finds."""
+    conn = await asyncpg.connect(db.dsn)
+    try:
+        deadline = time.monotonic() + 30
+        while await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                  "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"):
+            assert time.monotonic() < deadline, "the killed runner's session did not end within 30 s"
+            await asyncio.sleep(0.05)
+    finally:
+        await conn.close()
+
+
 async def _kill_when(db: ThrowawayDatabase, proc: subprocess.Popen[str], sql: str, at_least: int) -> int:
     """SIGKILL the runner once ``sql`` counts ``at_least``; the count it was killed at."""
     deadline = time.monotonic() + 60
@@ -61,6 +76,7 @@ async def _kill_when(db: ThrowawayDatabase, proc: subprocess.Popen[str], sql: st
         if done >= at_least:
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
+            await _server_side_gone(db)
             return done
         if proc.poll() is not None:
             pytest.fail(f"the backfill finished before it could be killed at {at_least}:\n{proc.stdout.read() if proc.stdout else ''}")

@@ -39,7 +39,10 @@ The runs, one after the other in this process, on identical clones and load:
   into its own local topology, deploy under the same game load, roll back): its wall time is
   printed against the ``deploy-online`` run's of the same size, as a ratio;
 * ``roundtrip``: ``--repeat`` times, ``deploy.py`` 0004 -> head and then ``rollback.py
-  migration`` back to 0004, each under the load (the goals of issue 31);
+  migration`` back to 0004, each under the load (the goals of issue 31), as an operator runs
+  expand and contract around a game release: the first deploy under the old release stops
+  before 0007 (exit 8, naming the old release's statements), the release rolls out, the
+  second deploy contracts; back, ``rollback.py`` to 0006, the release rolled back, then to 0004;
 * ``unhealthy``: ``deploy.py`` with its smoke gate on and no monitoring connection, so that
   checks fail closed before the deploy as after it: the pre-flight's gate refuses it (exit 4)
   before anything changes; no rollback under load, no exit 11.
@@ -69,6 +72,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -129,6 +133,7 @@ async def template(cluster: EmbeddedCluster, games: int) -> str:
     building = f"{name}_building"
     await _admin(cluster, f"DROP DATABASE IF EXISTS {building}")
     await _admin(cluster, f"CREATE DATABASE {building} OWNER {ROLE}")
+    await _admin(cluster, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")  # in postgres, as provision() does
     url = URL.create("postgresql+asyncpg", ROLE, PASSWORD, cluster.host, cluster.port, building)
     t0 = time.monotonic()
     await aupgrade(url, "head", project_root=ROOT)
@@ -264,6 +269,7 @@ async def one_run(label: str, game_kw: dict, primary_kw: dict, pooler: PoolerEnd
 
     def steer(context: dict) -> None:  # type: ignore[type-arg]
         context["release"]["direction"] = "back" if direction == "back" else "forward"
+        context["release"]["manual"] = direction == "manual"  # the run rolls the release out itself
         releases.update(context["release"])
         releases["state"] = context["release"]
 
@@ -275,7 +281,7 @@ async def one_run(label: str, game_kw: dict, primary_kw: dict, pooler: PoolerEnd
                               sample_topology(primary_kw if args.topology else None, pooler, sampler_stop, peaks))
     await asyncio.sleep(args.warmup)
     t0 = time.monotonic()
-    result = await migrate()
+    result = await migrate(releases.get("state", {}))
     migrate_s = time.monotonic() - t0
     sampler_stop.set()
     await samplers
@@ -335,7 +341,7 @@ async def main_async(args: argparse.Namespace) -> None:
         old_root = old_history_project(work)
         config_dir = work / "config"
         settings: dict[str, object] = dict(
-            deploy__gate_suites=[], deploy__log_dir=str(work / "logs"), database__lock_timeout_ms=args.lock_timeout_ms,
+            deploy__gate_suites=[], deploy__log_dir=str(work / "logs"), deploy__transition_window_s=args.transition_window_s, database__lock_timeout_ms=args.lock_timeout_ms,
             deploy__lock_retry_budget_s=120.0, deploy__backfill_batch_size=args.backfill_batch_size,
             deploy__backfill_max_batch_ms=args.backfill_max_batch_ms, backup__local_dir=str(work / "backups"),
             backup__required_before_deploy=False,
@@ -406,7 +412,7 @@ async def main_async(args: argparse.Namespace) -> None:
                     print(f"  {run}: done (clone {clone_s:.0f}s)", flush=True)
                     continue
 
-                async def plain(db: str = db, project: Path = project) -> str:
+                async def plain(release: dict | None = None, db: str = db, project: Path = project) -> str:  # type: ignore[type-arg]
                     target = Target(environment="testing", host=cluster.host, port=cluster.port, dbname=db, user=ROLE,
                                     password=PASSWORD, sslmode="disable", lock_timeout_ms=args.plain_lock_timeout_ms,
                                     statement_timeout_ms=0, application_name="alembic")
@@ -417,13 +423,23 @@ async def main_async(args: argparse.Namespace) -> None:
                         text = str(exc)
                         return f"alembic upgrade head FAILED: {text.splitlines()[0].split(') ', 1)[-1][:90]}"
 
-                async def deploy(project: Path = project) -> str:
+                async def deploy(release: dict | None = None, project: Path = project) -> str:  # type: ignore[type-arg]
                     old = project != ROOT
+                    expand = ""
+                    if release is not None and release.get("manual"):
+                        # Two deploys around the rollout, as an operator runs them: the first
+                        # under the old release stops before the contract (exit 8, with the
+                        # statements it saw); the release rolls out; the second contracts.
+                        first = await run_deploy(DeployOptions("testing", str(config_dir)))
+                        seen = re.search(r"(\d+) call\(s\) of", first.message)
+                        expand = (f"expand: exit {first.exit_code} at {first.final_revision}"
+                                  f"{f' ({seen.group(1)} old-release calls seen)' if seen else ''}; rollout; contract: ")
+                        release["form"] = "new"
                     # For the old history only: --force past the lint that now refuses its 0005, and
                     # --skip-backup past the backup its not-online downgrade now requires.
                     outcome = await run_deploy(DeployOptions("testing", str(config_dir), force=old, skip_backup=old))
                     step = next((s for s in outcome.steps if s.name == "migrate"), None)
-                    detail = step.detail.split(";")[0] if step else outcome.message[:90]
+                    detail = expand + (step.detail.split(";")[0] if step else outcome.message[:90])
                     rate = backfill_rate(outcome.log_path)
                     if rate and rate[1] > 0:
                         detail += f"; backfill {rate[0]:,} rows at {rate[0] / rate[1]:,.0f} rows/s"
@@ -432,7 +448,7 @@ async def main_async(args: argparse.Namespace) -> None:
                     return f"exit {outcome.exit_code}; {detail}"
 
                 if run == "unhealthy":
-                    async def gated() -> str:
+                    async def gated(release: dict | None = None) -> str:  # type: ignore[type-arg]
                         outcome = await run_deploy(DeployOptions("testing", str(gated_dir)))
                         steps = ", ".join(step.name for step in outcome.steps)
                         return f"exit {outcome.exit_code}; steps: {steps}; {outcome.message[:160]}"
@@ -446,18 +462,25 @@ async def main_async(args: argparse.Namespace) -> None:
                 if run == "roundtrip":
                     # deploy.py 0004 -> head, then rollback.py migration back to 0004, each under load;
                     # the release rolls forward as the expand completes, and back once the contract is undone.
-                    async def back() -> str:
+                    async def back(release: dict | None = None) -> str:  # type: ignore[type-arg]
                         from pytest_hokmdb.deploy.rollback import RollbackRequest, rollback_migration
 
+                        # Back in two steps around the release's rollback: to the expand (both
+                        # releases work there), the release rolled back, then below it.
+                        first = await rollback_migration(RollbackRequest("testing", str(config_dir), revision="0006"))
+                        if release is not None:
+                            release["form"] = "old"
                         outcome = await rollback_migration(RollbackRequest("testing", str(config_dir), revision="0004"))
                         step = next((s for s in outcome.steps if s.name in ("rollback", "migrate")), None)
-                        return f"exit {outcome.exit_code}; {(step.detail if step else outcome.message).split(';')[0][:90]}"
+                        return (f"to 0006: exit {first.exit_code}; release back; to 0004: exit {outcome.exit_code}; "
+                                f"{(step.detail if step else outcome.message).split(';')[0][:90]}")
 
                     for i in range(args.repeat):
-                        line, walls[f"deploy-{i}"] = await one_run(f"deploy #{i + 1}", game_kw, primary_kw, bouncer, deploy, args)
+                        line, walls[f"deploy-{i}"] = await one_run(f"deploy #{i + 1}", game_kw, primary_kw, bouncer, deploy, args,
+                                                                   direction="manual")
                         lines.append(line)
                         line, walls[f"back-{i}"] = await one_run(f"rollback #{i + 1}", game_kw, primary_kw, bouncer, back, args,
-                                                                 direction="back")
+                                                                 direction="manual")
                         lines.append(line)
                     await _admin(cluster, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
                     print(f"  {run}: done (clone {clone_s:.0f}s)", flush=True)
@@ -502,6 +525,8 @@ def main() -> None:
     p.add_argument("--topology", action="store_true",
                    help="a streaming standby and PgBouncer: the game goes through PgBouncer, the deploy waits for replay")
     p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--transition-window-s", type=float, default=10.0,
+                   help="deploy.transition_window_s: how long the deploy watches for the old release before 0007")
     p.add_argument("--cooldown", type=float, default=2.0)
     p.add_argument("--cache-dir", type=Path, default=ROOT / ".hokmdb" / "bench",
                    help="persistent cluster holding the seeded templates, reused between runs")

@@ -75,8 +75,12 @@ SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'moves'::regclass AND
 async def live_release(conn: asyncpg.Connection, ids: dict[str, Any]) -> str:
     """``old`` or ``new``: the rollout (see the module's docstring), looked at twice a second.
     With ``ids["release"]["direction"] = "back"`` (a release rolled back before its schema),
-    the new release plays until the old one can again."""
+    the new release plays until the old one can again. With ``ids["release"]["manual"]`` set,
+    the release is whatever ``ids["release"]["form"]`` says: rolled out by whoever runs the
+    load, between the expand and the contract deploy, as an operator does it."""
     release = ids["release"]
+    if release.get("manual"):
+        return str(release["form"])  # the operator rolls the release out (and back) between deploys
     back = release.get("direction") == "back"
     waiting_for = "old" if back else "new"
     if release["form"] != waiting_for and time.monotonic() - release["checked"] > RELEASE_CHECK_S:

@@ -557,6 +557,10 @@ FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 CROSS JOIN LATERAL aclexplode(c.relacl) AS a
 WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND a.grantee = 0
+  -- An extension's own objects with the privileges it ships (pg_stat_statements' views are
+  -- readable by PUBLIC and show each role only its own statements): not the application's grant.
+  AND NOT EXISTS (SELECT 1 FROM pg_init_privs ip WHERE ip.classoid = 'pg_class'::regclass AND ip.objoid = c.oid
+                  AND ip.objsubid = 0 AND ip.privtype = 'e' AND ip.initprivs = c.relacl)
 GROUP BY c.relname, c.relkind
 ORDER BY c.relname
 """

@@ -46,6 +46,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--run-smoke-tests", action="store_true", help="gate with the smoke suite even if deploy.gate_suites does not list it")
     p.add_argument("--maintenance-mode", action="store_true", help="flag maintenance and cap connections while migrating")
     p.add_argument("--max-downtime", type=float, default=None, metavar="SECONDS", help="bound on the time revisions may hold the game's tables")
+    p.add_argument("--expand-only", action="store_true",
+                   help="stop before the first contract revision ([[tool.hokmdb.migrations.transitions]]): "
+                        "the expand phase, before the game release that needs it rolls out")
     p.add_argument("--force", action="store_true", help="deploy despite pre-flight findings (changed files, drift, lint); never on production")
     p.add_argument("--approve", action="store_true", help="approve a deploy that needs approval (production)")
     r = p.add_argument_group("rehearsal (deploy.rehearsal): nothing touches the environment's database")
@@ -107,6 +110,7 @@ def options_from(args: argparse.Namespace) -> DeployOptions:
         maintenance_mode=args.maintenance_mode,
         max_downtime_s=args.max_downtime,
         force=args.force,
+        expand_only=args.expand_only,
         approve=args.approve,
     )
 
@@ -118,7 +122,8 @@ def render(outcome: Outcome, *, title: str, out=None) -> None:  # type: ignore[n
         print(redact(sql).rstrip(), file=out)
         print(file=out)
     verdict = {ExitCode.OK: "OK", ExitCode.ROLLED_BACK: "ROLLED BACK", ExitCode.ROLLBACK_FAILED: "ROLLBACK FAILED",
-               ExitCode.PRIMARY_CHANGED: "STOPPED: PRIMARY CHANGED"}.get(
+               ExitCode.PRIMARY_CHANGED: "STOPPED: PRIMARY CHANGED",
+               ExitCode.CONTRACT_WAITS: "EXPAND DEPLOYED, CONTRACT WAITS"}.get(
         outcome.exit_code, "FAILED")
     print(f"{title} on {outcome.environment}: {verdict} (exit {outcome.exit_code}) in {outcome.duration_s:.1f}s", file=out)
     for step in outcome.steps:

@@ -317,6 +317,9 @@ class EmbeddedCluster:
             "password_encryption": "scram-sha-256",
             "logging_collector": "off",
             "log_line_prefix": "%m [%p] %q%u@%d ",
+            # Which statements ran: the evidence a contract revision and a rollback of an
+            # expand wait for (deploy/transitions.py); created per database by provision_monitor.
+            "shared_preload_libraries": "pg_stat_statements",
             **self.settings,
         }
         if self.ssl_files:

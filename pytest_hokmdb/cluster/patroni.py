@@ -273,6 +273,7 @@ postgresql:
   parameters:
     unix_socket_directories: {self._socket_dir(node)}
     jit: "off"
+    shared_preload_libraries: pg_stat_statements
 {self._fast_settings()}{self._callbacks_yaml(pg_port)}"""
         path = self.base_dir / f"{node}.yml"
         path.write_text(text)

@@ -267,6 +267,15 @@ class DeploySettings(_Strict):
         600.0, ge=0, description="how long a revision that blocks no game write (CREATE/DROP INDEX CONCURRENTLY, "
         "VALIDATE CONSTRAINT) waits for its lock and for older transactions; 0: database.lock_timeout_ms as for any other"
     )
+    transition_window_s: float = Field(
+        60.0, ge=0, description="how long the deploy watches for statements of the old release before a contract "
+        "revision, and of the new release before a rollback undoes an expand ([[tool.hokmdb.migrations.transitions]]); "
+        "cover the old release's quietest minute",
+    )
+    statement_stats_database: str = Field(
+        "postgres", min_length=1, description="the database where pg_stat_statements is created, if not in the "
+        "application's own (its view shows every database's statements); read with the monitoring role",
+    )
     max_downtime_s: float | None = Field(
         None, gt=0, description="bound on the total time the deploy may hold (or wait for) locks that block the game's "
         "writes; the shipped staging and production configs set it",

@@ -166,6 +166,17 @@ async def provision_monitor(conn: asyncpg.Connection, *, user: str, password: st
         await conn.execute(grant.format(role=role))
 
 
+async def ensure_statement_stats(conn: asyncpg.Connection) -> bool:
+    """``CREATE EXTENSION pg_stat_statements`` where ``conn`` is (a superuser's, in the
+    maintenance database ``postgres``: its view shows every database's statements, and the
+    application's schema stays exactly what its migrations build). True when the server
+    preloads the library and the extension is there."""
+    if "pg_stat_statements" not in (await conn.fetchval("SELECT current_setting('shared_preload_libraries')") or ""):
+        return False
+    await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    return True
+
+
 async def _login_role(conn: asyncpg.Connection, user: str, password: str) -> None:
     exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", user)
     verb = "ALTER" if exists else "CREATE"
@@ -189,6 +200,8 @@ async def provision(cluster: LocalServer, *, dbname: str, user: str, password: s
     owner_name = owner[0] if owner else user
     conn = await asyncpg.connect(**cluster.admin_connect_kwargs())  # type: ignore[arg-type]
     try:
+        # Which statements ran, for the deploy's expand/contract evidence (deploy/transitions.py).
+        await ensure_statement_stats(conn)
         await _login_role(conn, user, password)
         if owner is not None:
             await _login_role(conn, owner[0], owner[1])

@@ -27,6 +27,7 @@ class DeployOptions:
     maintenance_mode: bool = False
     max_downtime_s: float | None = None
     force: bool = False
+    expand_only: bool = False  # stop before the first contract revision of a transition
     approve: bool = False
     gate: bool = True  # the demo gates itself after seeding
     notify: bool = True

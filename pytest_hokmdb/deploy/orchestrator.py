@@ -22,7 +22,12 @@ The sequence (each step logged with its duration, to the console and to
    if that fails, restore the pre-deploy backup and gate again.
 9. history row, log file, notification.
 
-Exit codes: 0 deployed, 10 failed and rolled back cleanly, 11 failed and the rollback failed
+Between 6 and 7, a contract revision of ``[[tool.hokmdb.migrations.transitions]]`` is applied
+only when nothing used what it removes during ``deploy.transition_window_s`` (``transitions.py``);
+else the deploy stops before it, gates what it reached and exits 8. In 8, an automatic rollback
+never undoes such an expand revision while something uses what it added.
+
+Exit codes: 0 deployed, 8 the expand phase deployed and the contract waits, 10 failed and rolled back cleanly, 11 failed and the rollback failed
 (page someone), 2 config, 3 connection, 4 refused, 6 locked, 7 backup, 1 gate failed with
 nothing to roll back.
 """
@@ -306,6 +311,8 @@ async def _deploy(loaded: LoadedConfig, options: DeployOptions, config_step: Ste
             ExitCode.OK: f"{config.environment} deployed to {outcome.final_revision}",
             ExitCode.ROLLED_BACK: f"{config.environment} deploy failed and was rolled back to {outcome.final_revision or 'empty'}",
             ExitCode.ROLLBACK_FAILED: f"{config.environment} deploy failed and the ROLLBACK FAILED: act now",
+            ExitCode.CONTRACT_WAITS: f"{config.environment} expand phase deployed to {outcome.final_revision}; the "
+                                     "contract waits for the old release to stop",
             ExitCode.PRIMARY_CHANGED: f"{config.environment} deploy stopped: the primary changed (switchover/failover); run it again",
         }.get(outcome.exit_code, f"{config.environment} deploy did not run ({outcome.result})")
         outcome.notification_problems = await session.notify(outcome, title=title)

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 from pytest_hokmdb.config import load_config
-from pytest_hokmdb.deploy import history
+from pytest_hokmdb.deploy import history, steps
 from pytest_hokmdb.deploy.orchestrator import APPROVAL_ENV, DeployOptions, approved, resolve_deploy_target
 from pytest_hokmdb.deploy.runner import RevisionFailed
 from pytest_hokmdb.deploy.session import DeployLogFile, DeploySession, Outcome, Step
@@ -96,6 +96,9 @@ async def rollback_migration(request: RollbackRequest) -> Outcome:
                         hint="restore the original files, or pass --force (never on production)",
                     )
                 info["detail"] = f"at {current}, rolling back to {destination or 'base'}"
+                refusal = await steps.expand_undo_refusal(session, current, destination, force=options.force)
+                if refusal:
+                    info["detail"] += f"; {refusal}"
             migrator = session.migrator(max_downtime_s=None)
             before = await session.table_stats()
             async with session.step("migrate") as info:

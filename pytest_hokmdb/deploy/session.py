@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -43,6 +43,7 @@ RESULTS = {
     ExitCode.ROLLED_BACK: "rolled_back",
     ExitCode.ROLLBACK_FAILED: "rollback_failed",
     ExitCode.PRIMARY_CHANGED: "primary_changed",
+    ExitCode.CONTRACT_WAITS: "contract_waits",
     ExitCode.DEPLOY_LOCKED: "locked",
     ExitCode.REFUSED: "refused",
     ExitCode.BACKUP_ERROR: "backup_failed",
@@ -338,10 +339,14 @@ class DeploySession:
         async with self.step("vacuum") as info:
             info["detail"] = await tidy(self.target, before, lock_timeout_ms=self.config.database.lock_timeout_ms)
 
-    async def apply(self, migrator: Migrator, revisions: list[Any], applied: list[str]) -> list[str]:
-        """Apply ``revisions`` in order; record each one's checksum as it lands; ids land in ``applied``."""
+    async def apply(self, migrator: Migrator, revisions: list[Any], applied: list[str],
+                    hold: Callable[[Any], Awaitable[bool]] | None = None) -> list[str]:
+        """Apply ``revisions`` in order; record each one's checksum as it lands; ids land in
+        ``applied``. ``hold(rev)`` True stops before ``rev`` (a contract the old release still needs)."""
         try:
             for rev in revisions:
+                if hold is not None and await hold(rev):
+                    break
                 await self.lock.ensure_held()
                 await migrator.run_step("upgrade", rev.revision, rev.revision)
                 applied.append(rev.revision)

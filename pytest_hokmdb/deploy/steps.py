@@ -50,6 +50,13 @@ class Plan:
     # Why a rollback of the pending revisions could not be done online: then step 4 requires a
     # verified backup (or a restore point), so a failed deploy is never stranded between revisions.
     undo_problems: list[str] = field(default_factory=list)
+    # Expand/contract pairs of the project, by contract revision (``transitions``).
+    contracts: dict[str, Any] = field(default_factory=dict)
+    # Why the deploy stopped before a contract revision, and with which exit code (0 for
+    # --expand-only, 8 when the old release still uses what the contract removes).
+    held: str | None = None
+    held_code: int = 0
+    held_before: str | None = None
 
 
 # -- 3. pre-flight -----------------------------------------------------------------------------
@@ -91,8 +98,67 @@ async def preflight(session: DeploySession, options: DeployOptions, outcome: Out
         undo = undo_problems(session, [r.revision for r in pending])
         if undo:
             notes.append(f"{len(undo)} revision(s) cannot be undone online, so a verified backup is required")
+        contracts = {t.contract: t for t in transitions(session)}
+        waiting = [r.revision for r in pending if r.revision in contracts]
+        if waiting:
+            notes.append(f"contract revision(s) {', '.join(waiting)} pending: applied only when nothing uses what they remove")
         info["detail"] = "; ".join(notes)
-    return Plan(start, target_rev, pending, undo_problems=undo)
+    return Plan(start, target_rev, pending, undo_problems=undo, contracts=contracts)
+
+
+def transitions(session: DeploySession) -> list[Any]:
+    """The project's expand/contract pairs, checked against the history (exit 2 when one
+    names a revision the code does not have, or a contract that is not above its expand)."""
+    from pytest_hokmdb.migration.settings import load_settings
+
+    found = list(load_settings(session.loaded.project_root).transitions)
+    for t in found:
+        for revision in (t.expand, t.contract):
+            if not session.knows(revision):
+                raise ConfigError(f"[[tool.hokmdb.migrations.transitions]] names revision {revision}, which the "
+                                  "migration history does not have")
+        if not is_ancestor(session, t.expand, t.contract):
+            raise ConfigError(f"[[tool.hokmdb.migrations.transitions]]: expand {t.expand} is not below contract {t.contract}")
+    return found
+
+
+async def _watch(session: DeploySession, refs: list[str]) -> Any:
+    from pytest_hokmdb.deploy.transitions import observe
+
+    window = session.config.deploy.transition_window_s
+    log.info("watching %s for %gs: does anything still use %s?", session.target.dbname, window, ", ".join(refs))
+    return await observe(session.monitor_target or session.target, refs, window,
+                         stats_database=session.config.deploy.statement_stats_database)
+
+
+async def hold_contract(session: DeploySession, options: DeployOptions, plan: Plan, rev: Any) -> bool:
+    """True to stop before ``rev``: a contract revision while the old release may still use
+    what it removes (the evidence of ``transitions.observe``), or ``--expand-only``."""
+    t = plan.contracts.get(rev.revision)
+    if t is None:
+        return False
+    plan.held_before = rev.revision
+    advice = (f"roll out the release that uses {', '.join(t.new)}"
+              + (f" ({t.note})" if t.note else "")
+              + f", stop the old one, then deploy again: `python database/deploy.py --environment {session.config.environment}`")
+    if options.expand_only:
+        plan.held, plan.held_code = (f"--expand-only: stopped before contract revision {rev.revision}, which removes "
+                                     f"{', '.join(t.old)}; {advice}"), int(ExitCode.OK)
+        return True
+    use = await _watch(session, t.old)
+    if not use.in_use:
+        log.info("contract %s: %s", rev.revision, use.describe())
+        plan.held_before = None
+        return False
+    if options.force:
+        log.warning("--force: applying contract revision %s although %s", rev.revision, use.describe())
+        session.unverified.append(f"contract {rev.revision} forced past: {use.describe()}")
+        plan.held_before = None
+        return False
+    plan.held, plan.held_code = (f"contract revision {rev.revision} was not applied: it removes {', '.join(t.old)} and "
+                                 f"{use.describe()}; {advice}"), int(ExitCode.CONTRACT_WAITS)
+    log.warning("%s", plan.held)
+    return True
 
 
 async def _require_gate_before(session: DeploySession, start: str | None, suites: list[str], force: bool) -> str:
@@ -495,8 +561,13 @@ async def migrate(session: DeploySession, options: DeployOptions, plan: Plan, ou
         if not plan.pending:
             info["detail"] = f"already at {plan.target}; nothing to apply"
         else:
+            async def hold(rev: Any) -> bool:
+                return await hold_contract(session, options, plan, rev)
+
             try:
-                await session.apply(migrator, plan.pending, plan.applied)
+                await session.apply(migrator, plan.pending, plan.applied, hold if plan.contracts else None)
+                if plan.held:
+                    plan.target = plan.applied[-1] if plan.applied else plan.start  # type: ignore[assignment]
             except RevisionFailed as exc:
                 plan.failure = exc.message
                 info["status"] = "failed"
@@ -512,6 +583,7 @@ async def migrate(session: DeploySession, options: DeployOptions, plan: Plan, ou
             info["detail"] = (
                 f"{plan.start or 'empty'} -> {' -> '.join(plan.applied) or '(none)'}"
                 + (f"; FAILED: {plan.failure}" if plan.failure else "")
+                + (f"; stopped before contract {plan.held_before}" if plan.held_before else "")
                 + f"; {b.lock_timeouts} lock timeout(s), {b.retry_spent_s:.1f}s of {b.retry_budget_s:g}s retry budget"
                 + (f" ({b.waited_for_holders_s:.1f}s waiting for long transactions)" if b.waited_for_holders_s else "")
                 + f"; {b.in_database_s:.1f}s inside the database, {b.downtime_s():.2f}s holding locks that block writes"
@@ -539,9 +611,10 @@ async def gate(session: DeploySession, options: DeployOptions, plan: Plan, outco
         info["detail"] = summary
         info["status"] = "ok" if ok else "failed"
     if ok:
-        outcome.exit_code = int(ExitCode.OK)
+        outcome.exit_code = int(ExitCode.OK) if plan.held is None else plan.held_code
         outcome.message = f"deployed {plan.start or 'empty'} -> {plan.target}" + (
-            f" ({len(plan.applied)} revision(s))" if plan.applied else " (nothing to apply)")
+            f" ({len(plan.applied)} revision(s))" if plan.applied else " (nothing to apply)") + (
+            f"; {plan.held}" if plan.held else "")
         if session.maintenance_on:
             await maintenance_off(session)
         if session.backup is not None and options.backup_retention_days is not None:
@@ -658,11 +731,67 @@ async def stop_for_new_primary(session: DeploySession, outcome: Outcome, why: st
 async def recover(session: DeploySession, plan: Plan, outcome: Outcome, suites: list[str]) -> Outcome:
     """Back to the start revision (downgrade, gate; else the pre-deploy backup, gate)."""
     assert plan.failure is not None
-    code, message = await session.recover(plan.start, suites, plan.failure)
+    destination, floor = await rollback_floor(session, plan)
+    code, message = await session.recover(destination, suites, plan.failure)
     outcome.exit_code = code
-    outcome.message = message
+    outcome.message = message + (f"; not below {destination}: {floor}" if floor else "")
     try:
         outcome.final_revision = await session.current_revision()
     except Exception:  # noqa: BLE001
         pass
     return outcome
+
+
+async def rollback_floor(session: DeploySession, plan: Plan) -> tuple[str | None, str | None]:
+    """Where an automatic rollback may go: the start revision, unless that undoes an expand
+    revision whose new columns something uses (or nobody could tell): then the expand,
+    where the old and the new release both work. (destination, why it is not the start)."""
+    floor: tuple[int, str, str] | None = None
+    for t in transitions(session):
+        if t.expand not in plan.applied:
+            continue
+        use = await _watch(session, t.new)
+        if use.in_use:
+            position = plan.applied.index(t.expand)
+            if floor is None or position > floor[0]:
+                floor = (position, t.expand, f"undoing {t.expand} would remove {', '.join(t.new)} and {use.describe()}; "
+                         f"to go further back, roll the release back first, then `python database/rollback.py migration "
+                         f"--environment {session.config.environment} --revision {plan.start or 'base'}`")
+        else:
+            log.info("rollback may undo expand %s: %s", t.expand, use.describe())
+    if floor is None:
+        return plan.start, None
+    log.warning("the rollback stops at %s: %s", floor[1], floor[2])
+    return floor[1], floor[2]
+
+
+def _undoes(session: DeploySession, revision: str, current: str | None, destination: str | None) -> bool:
+    """Whether going from ``current`` down to ``destination`` reverts ``revision``."""
+    if current is None:
+        return False
+    at_or_below_current = revision == current or is_ancestor(session, revision, current)
+    kept = destination is not None and (revision == destination or is_ancestor(session, revision, destination))
+    return at_or_below_current and not kept
+
+
+async def expand_undo_refusal(session: DeploySession, current: str | None, destination: str | None, *,
+                              force: bool) -> str | None:
+    """A migration rollback that would undo an expand revision while something uses what it
+    added is refused (exit 4), from the same evidence as the deploy's; ``--force`` (never on
+    production) proceeds and records it. Returns a note for the pre-flight."""
+    notes: list[str] = []
+    for t in transitions(session):
+        if not _undoes(session, t.expand, current, destination):
+            continue
+        use = await _watch(session, t.new)
+        if not use.in_use:
+            notes.append(f"expand {t.expand} may be undone: {use.describe()}")
+            continue
+        problem = f"rolling back to {destination or 'base'} undoes expand {t.expand}, which removes {', '.join(t.new)}, and {use.describe()}"
+        if not force:
+            raise Refused(problem, hint=f"roll the game release back first (it needs {', '.join(t.new)}), then roll back; "
+                          f"or roll back only to {t.expand} (--revision {t.expand}), where both releases work")
+        log.warning("--force: %s", problem)
+        session.unverified.append(f"expand {t.expand} undone by force: {use.describe()}")
+        notes.append(f"expand {t.expand} undone with --force although in use")
+    return "; ".join(notes) or None

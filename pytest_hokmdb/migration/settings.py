@@ -12,6 +12,12 @@ suite verifies any alembic project::
     irreversible = []                           # revisions whose downgrade is not supported
     data_fixtures = "migration_tests/data_fixtures.py"
 
+    [[tool.hokmdb.migrations.transitions]]      # an expand/contract pair (README "Expand and contract")
+    expand = "0006"                             # the revision at which the old and the new release both work
+    contract = "0007"                           # the revision that removes what the old release uses
+    old = ["moves.card"]                        # table.column only the old release uses
+    new = ["moves.card_suit", "moves.card_rank"]  # table.column the new release needs
+
     [tool.hokmdb.migrations.lint]
     default = "error"                           # error | warning for rules not listed
     max_lock_timeout_ms = 1000                  # a revision may lower the deploy's timeouts, never raise them
@@ -76,6 +82,37 @@ class LintPolicy(BaseModel):
         return self.style if rule in STYLE_RULES else self.default
 
 
+def _column_ref(value: str) -> str:
+    table, dot, column = value.partition(".")
+    if not dot or not table or not column or "." in column:
+        raise ValueError(f"{value!r} is not table.column")
+    return value
+
+
+class Transition(BaseModel):
+    """An expand/contract pair of revisions, as a game release needs them: between ``expand``
+    and ``contract`` both the old and the new release work. The deploy applies ``contract``
+    only when nothing has used the ``old`` columns for a while (``deploy.transition_window_s``),
+    and an automatic rollback never undoes ``expand`` while something uses the ``new`` ones."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    expand: str = Field(description="the revision at which the old and the new release both work")
+    contract: str = Field(description="the revision that removes what only the old release uses")
+    old: list[str] = Field(min_length=1, description="table.column that only the old release uses")
+    new: list[str] = Field(min_length=1, description="table.column the new release needs")
+    note: str | None = None
+
+    @field_validator("old", "new")
+    @classmethod
+    def _columns(cls, value: list[str]) -> list[str]:
+        return [_column_ref(v) for v in value]
+
+    @staticmethod
+    def columns(refs: list[str]) -> list[tuple[str, str]]:
+        return [tuple(r.split(".", 1)) for r in refs]  # type: ignore[misc]
+
+
 class MigrationSuiteSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -98,6 +135,7 @@ class MigrationSuiteSettings(BaseModel):
     prerequisites: str | None = None
     data_fixtures: Path | None = None
     lint: LintPolicy = LintPolicy()
+    transitions: list[Transition] = Field(default_factory=list)
     rules: dict[str, Severity] = Field(default_factory=dict, description="severity per suite rule (SUITE_RULES)")
 
     @field_validator("rules")

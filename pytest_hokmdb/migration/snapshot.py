@@ -88,6 +88,7 @@ def _sections(version_table: str) -> dict[str, str]:
             LEFT JOIN pg_collation AS co ON co.oid = a.attcollation
             WHERE {_USER_SCHEMA} AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'c')
               AND a.attnum > 0 AND NOT a.attisdropped AND c.oid IS DISTINCT FROM {version}
+              AND NOT {_extension_member("pg_class", "c.oid")}
         """,
         "index": f"""
             SELECT format('%s.%s', n.nspname, ci.relname),
@@ -100,6 +101,7 @@ def _sections(version_table: str) -> dict[str, str]:
             JOIN pg_class AS ci ON ci.oid = i.indexrelid
             JOIN pg_namespace AS n ON n.oid = ci.relnamespace
             WHERE {_USER_SCHEMA} AND i.indrelid IS DISTINCT FROM {version}
+              AND NOT {_extension_member("pg_class", "i.indrelid")}
         """,
         "constraint": f"""
             SELECT format('%s.%s %s', n.nspname, coalesce(rel.relname, typ.typname), con.conname),
@@ -110,6 +112,7 @@ def _sections(version_table: str) -> dict[str, str]:
             LEFT JOIN pg_class AS rel ON rel.oid = con.conrelid
             LEFT JOIN pg_type AS typ ON typ.oid = con.contypid
             WHERE {_USER_SCHEMA} AND con.conrelid IS DISTINCT FROM {version}
+              AND NOT {_extension_member("pg_class", "con.conrelid")} AND NOT {_extension_member("pg_type", "con.contypid")}
         """,
         "sequence": f"""
             SELECT format('%s.%s', n.nspname, c.relname),
@@ -127,7 +130,7 @@ def _sections(version_table: str) -> dict[str, str]:
             FROM pg_sequence AS s
             JOIN pg_class AS c ON c.oid = s.seqrelid
             JOIN pg_namespace AS n ON n.oid = c.relnamespace
-            WHERE {_USER_SCHEMA}
+            WHERE {_USER_SCHEMA} AND NOT {_extension_member("pg_class", "c.oid")}
         """,
         # Enum, domain, range, composite and base types; not the row types of tables,
         # array types or multiranges, which come and go with the type they belong to.
@@ -167,7 +170,7 @@ def _sections(version_table: str) -> dict[str, str]:
             FROM pg_trigger AS tg
             JOIN pg_class AS c ON c.oid = tg.tgrelid
             JOIN pg_namespace AS n ON n.oid = c.relnamespace
-            WHERE {_USER_SCHEMA} AND NOT tg.tgisinternal
+            WHERE {_USER_SCHEMA} AND NOT tg.tgisinternal AND NOT {_extension_member("pg_class", "c.oid")}
         """,
         "event-trigger": """
             SELECT e.evtname, concat_ws(' ', e.evtevent, 'function=' || e.evtfoid::regproc::text,
@@ -177,12 +180,12 @@ def _sections(version_table: str) -> dict[str, str]:
         "view": f"""
             SELECT format('%s.%s', n.nspname, c.relname), pg_get_viewdef(c.oid, true)
             FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
-            WHERE {_USER_SCHEMA} AND c.relkind IN ('v', 'm')
+            WHERE {_USER_SCHEMA} AND c.relkind IN ('v', 'm') AND NOT {_extension_member("pg_class", "c.oid")}
         """,
         "rule": f"""
             SELECT format('%s.%s %s', r.schemaname, r.tablename, r.rulename), r.definition
             FROM pg_rules AS r JOIN pg_namespace AS n ON n.nspname = r.schemaname
-            WHERE {_USER_SCHEMA}
+            WHERE {_USER_SCHEMA} AND NOT {_extension_member("pg_class", "format('%I.%I', r.schemaname, r.tablename)::regclass")}
         """,
         "policy": f"""
             SELECT format('%s.%s %s', p.schemaname, p.tablename, p.policyname),

@@ -78,7 +78,7 @@ def smoke_registry(document: dict[str, Any]) -> CollectorRegistry:
 
 # deploy.session.RESULTS' values, so every state of the set is present (0 or 1) whatever happened.
 DEPLOY_RESULTS = ("succeeded", "failed", "refused", "rolled_back", "rollback_failed", "locked", "primary_changed",
-                  "backup_failed", "interrupted")
+                  "contract_waits", "backup_failed", "interrupted")
 
 
 def deploy_registry(environment: str, *, result: str, exit_code: int, duration_s: float, revision: str | None,

@@ -191,6 +191,20 @@ async def test_unvalidated_constraints_pass_at_head(hokmdb_fresh_db, check_conte
     assert result.status == "passed", result.message
 
 
+async def test_a_database_held_at_an_expand_revision_may_carry_what_it_leaves_not_valid(hokmdb_fresh_db, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    """0006 adds its checks NOT VALID and 0007 validates them: a database held at 0006 (the
+    expand phase deployed, the contract waiting) passes; a NOT VALID constraint 0006 does not
+    build still fails there, and at head nothing NOT VALID passes."""
+    await adowngrade(hokmdb_fresh_db.url, "0006")
+    held = await schema.no_unvalidated_constraints(await check_context_factory(hokmdb_fresh_db, target_revision="0006"))
+    assert held.status == "passed", held.message
+    assert "exactly as revision 0006 builds them" in held.message and "ck_moves_rank_range on moves" in held.message
+    await run_statements(hokmdb_fresh_db, "ALTER TABLE players ADD CONSTRAINT ck_players_probe CHECK (rating >= 0) NOT VALID")
+    extra = await schema.no_unvalidated_constraints(await check_context_factory(hokmdb_fresh_db, target_revision="0006"))
+    assert extra.status == "failed", extra.message
+    assert "ck_players_probe on players" in extra.message
+
+
 async def test_not_valid_constraint_is_named_with_its_fix(hokmdb_fresh_db, check_context_factory) -> None:  # type: ignore[no-untyped-def]
     await run_statements(
         hokmdb_fresh_db,

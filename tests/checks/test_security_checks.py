@@ -521,6 +521,20 @@ async def test_grants_to_public_fail_naming_objects_and_privileges(app_role: App
     assert f"REVOKE ALL ON SEQUENCE public.{sequence} FROM PUBLIC" in result.message
 
 
+async def test_an_extensions_own_public_views_pass_until_someone_grants_more(app_role: AppRole, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    """pg_stat_statements ships its views readable by PUBLIC (each role sees its own
+    statements): not the application's grant. A grant beyond what it shipped is."""
+    await run_statements(app_role.db, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    ctx = await check_context_factory(app_role.db, user=app_role.name, password=app_role.password)
+    assert_status(await security.no_public_table_privileges(ctx), "passed")
+    await run_statements(app_role.db, "GRANT UPDATE ON pg_stat_statements_info TO PUBLIC")
+    ctx = await check_context_factory(app_role.db, user=app_role.name, password=app_role.password)
+    result = await security.no_public_table_privileges(ctx)
+    assert_status(result, "failed")
+    assert "pg_stat_statements_info (SELECT, UPDATE)" in result.message, result.message
+    assert "pg_stat_statements (" not in result.message
+
+
 async def _a_sequence(app_role: AppRole) -> str:
     import asyncpg
 

@@ -123,6 +123,7 @@ def build_deploy_template(hokmdb_cluster: EmbeddedCluster) -> str:
     run_sync(admin(hokmdb_cluster, f"CREATE ROLE {DEPLOY_ROLE} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '{DEPLOY_PASSWORD}'"))
     run_sync(admin(hokmdb_cluster, f"GRANT pg_monitor TO {DEPLOY_ROLE}"))
     run_sync(admin(hokmdb_cluster, f"CREATE DATABASE {TEMPLATE} OWNER {DEPLOY_ROLE}"))
+    run_sync(admin(hokmdb_cluster, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"))  # in postgres, as provision() does
     # The monitoring role the gate uses, as an operator sets it up (grants copy with the template).
     run_sync(_monitor(hokmdb_cluster))
     run_sync(admin(hokmdb_cluster, f"ALTER SCHEMA public OWNER TO {DEPLOY_ROLE}", TEMPLATE))

@@ -117,39 +117,65 @@ def _rollback_args(*argv: str) -> argparse.Namespace:
 
 
 async def test_deploying_0004_to_head_and_rolling_back_under_game_traffic_fails_no_game_transaction(deploy_env_factory, capsys) -> None:  # type: ignore[no-untyped-def]
+    """Expand and contract around a game release, as an operator runs them: the deploy under the
+    old release stops before the contract (exit 8, naming what still uses moves.card); after
+    the rollout the next deploy contracts; a rollback that would undo the expand while the new
+    release plays is refused; back to 0006, the release rolled back, then to 0004."""
     env: DeployEnv = deploy_env_factory(database__lock_timeout_ms=500, deploy__lock_retry_budget_s=30.0,
-                                        deploy__backfill_batch_size=200)
+                                        deploy__backfill_batch_size=200, deploy__transition_window_s=2.0)
     await adowngrade(_as_deployer(env), "0004")
     await _analyzed(env)
     game = Game(env)
     await game.start()
+    release = game.context["release"]
+    release["manual"] = True
+    assert release["form"] == "old"
+
+    def rollback(revision: str) -> tuple[int, str]:
+        code = run_migration(_rollback_args("--environment", "testing", f"--config={env.config_dir}", "--revision", revision))
+        return code, capsys.readouterr().out
+
     try:
+        expand = await run_deploy(DeployOptions("testing", str(env.config_dir)))
+        release["form"] = "new"  # the rollout: the release that plays suit and rank
+        before_contract = game.done
         outcome = await run_deploy(DeployOptions("testing", str(env.config_dir)))
-        during_deploy = game.done
-        release_after_deploy = game.context["release"]["form"]
-        game.roll_back_the_release()
-        code = await asyncio.to_thread(run_migration, _rollback_args(
-            "--environment", "testing", f"--config={env.config_dir}", "--revision", "0004"))
-        rollback_out = capsys.readouterr().out
+        during_deploy = game.done - before_contract
+        refused_code, refused_out = await asyncio.to_thread(rollback, "0004")
+        code_0006, out_0006 = await asyncio.to_thread(rollback, "0006")
+        release["form"] = "old"  # the release rolled back before the rest of its schema
+        code, rollback_out = await asyncio.to_thread(rollback, "0004")
     finally:
         await game.stop()
+    # The old release still wrote moves.card: the contract waited, with the evidence.
+    assert expand.exit_code == ExitCode.CONTRACT_WAITS, expand.message
+    assert "contract revision 0007 was not applied: it removes moves.card" in expand.message, expand.message
+    assert "call(s) of UPDATE moves SET card = card" in expand.message, expand.message
+    assert expand.final_revision == "0006"
+    assert {s.name: s for s in expand.steps}["gate"].status == "ok"
     assert outcome.exit_code == ExitCode.OK, outcome.message
     # Reads, rating updates and turns that UPDATE a move of the table being migrated, through
     # every revision, backfill, validation, index build and the rollback: none failed, no deadlock.
     assert game.failures == [], game.failures[:5]
     assert during_deploy > 50, "the game did not play during the deploy"
-    assert release_after_deploy == "new" and game.context["release"]["form"] == "old"  # the rollout happened both ways
     steps = {s.name: s for s in outcome.steps}
-    assert "0004 -> 0005 -> 0006 -> 0007 -> 0008" in steps["migrate"].detail
-    # The backfill left dead rows in moves; the deploy tidied moves before its gate: VACUUM, or
-    # only ANALYZE when autovacuum (awake during the game's traffic) got to the dead rows first.
-    assert "VACUUM public.moves" in steps["vacuum"].detail or "ANALYZE public.moves" in steps["vacuum"].detail, \
-        steps["vacuum"].detail
+    assert "0006 -> 0007 -> 0008" in steps["migrate"].detail
+    # The backfill left dead rows in moves; the expand deploy tidied moves before its gate.
+    expand_steps = {s.name: s for s in expand.steps}
+    assert "0004 -> 0005 -> 0006" in expand_steps["migrate"].detail
+    assert "VACUUM public.moves" in expand_steps["vacuum"].detail or "ANALYZE public.moves" in expand_steps["vacuum"].detail, \
+        expand_steps["vacuum"].detail
     assert steps["gate"].status == "ok", steps["gate"].detail
+    # Undoing the expand while the new release writes card_suit/card_rank would break it.
+    assert refused_code == ExitCode.REFUSED, refused_out
+    assert "undoes expand 0006, which removes moves.card_suit, moves.card_rank" in refused_out, refused_out
+    assert code_0006 == 0, out_0006
     # The rollback goes through the same online machinery backwards, and passes its gate too.
     assert code == 0, rollback_out
-    # Its tidy step, too, VACUUMs moves, or only ANALYZEs it when autovacuum got there first.
-    assert "VACUUM public.moves" in rollback_out or "ANALYZE public.moves" in rollback_out, rollback_out
+    # The step back to 0006 backfills card again (0007's downgrade): its tidy step, too, VACUUMs
+    # moves, or only ANALYZEs it when autovacuum got there first.
+    assert "VACUUM public.moves" in out_0006 or "ANALYZE public.moves" in out_0006, out_0006
+    assert "expand 0006 may be undone: nothing used moves.card_suit, moves.card_rank" in rollback_out, rollback_out
     assert await env.revision() == "0004"
     assert max(game.latencies) < 1.5, max(game.latencies)
 

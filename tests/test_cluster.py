@@ -208,3 +208,56 @@ def test_ready_means_a_live_postmaster_of_this_start_that_says_ready(tmp_path: P
     assert not postmaster_ready(tmp_path, launched)
     pid_file(os.getpid(), launched, "ready   ")
     assert postmaster_ready(tmp_path, launched)
+
+
+# The operator's shell, as the README has it: these must never reach a server's environment.
+OPERATOR_SECRETS = {
+    "BACKUP_ENCRYPTION_KEY": "AGE-SECRET-KEY-1HOKMDBSENTINELNEVERINASERVERENVIRONMENT000000000000000",
+    "DB_PASSWORD_PRODUCTION": "sentinel-db-password-7Hq",
+    "AWS_SECRET_ACCESS_KEY": "sentinel-aws-secret-3Zp",
+}
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    """A process's environment as the kernel holds it (what a superuser's COPY FROM PROGRAM reads)."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+async def test_a_server_started_from_a_shell_holding_secrets_holds_none_of_them(cluster_dir: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database superuser reads its server's environment; the operator's backup key, database
+    passwords and cloud keys are in the operator's, and must not be in the server's."""
+    for name, value in OPERATOR_SECRETS.items():
+        monkeypatch.setenv(name, value)
+    cluster = EmbeddedCluster(cluster_dir, settings=dict(THROWAWAY_SETTINGS))
+    cluster.start()
+    try:
+        conn = await asyncpg.connect(**cluster.admin_connect_kwargs())  # type: ignore[arg-type]
+        try:
+            await conn.execute("CREATE TEMP TABLE env (line text)")
+            await conn.execute("COPY env FROM PROGRAM 'tr ''\\0'' ''\\n'' < /proc/self/environ'")
+            seen = {row[0].split("=", 1)[0]: row[0].split("=", 1)[-1] for row in await conn.fetch("SELECT line FROM env")}
+        finally:
+            await conn.close()
+        postmaster = int((cluster.data_dir / "postmaster.pid").read_text().split()[0])
+        assert "PATH" in seen and seen.get("USER"), seen  # the method reads the environment
+        for environment in (seen, environ_of(postmaster)):
+            leaked = {k for k, v in environment.items() if k in OPERATOR_SECRETS or v in OPERATOR_SECRETS.values()}
+            assert not leaked, leaked
+    finally:
+        cluster.destroy()
+
+
+def test_the_server_log_is_readable_by_its_account_only(cluster_dir: Path) -> None:
+    """With log_statement = all a server log shows password verifiers: 0600, as is its data."""
+    cluster = EmbeddedCluster(cluster_dir, settings=dict(THROWAWAY_SETTINGS))
+    cluster.start()
+    try:
+        assert cluster.log_file.stat().st_mode & 0o777 == 0o600
+        cluster.log_file.chmod(0o644)  # an older hokmdb's, or an operator's chmod
+        cluster.stop()
+        cluster.start()
+        assert cluster.log_file.stat().st_mode & 0o777 == 0o600
+    finally:
+        cluster.destroy()

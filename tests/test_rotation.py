@@ -94,3 +94,62 @@ def test_staging_needs_a_destination_and_production_an_approval_before_anything_
     assert production.returncode == 4, production.stderr
     assert "rotating a production password needs approval" in production.stderr
     assert "Traceback" not in staging.stderr + production.stderr
+
+
+# -- where --to-file may write (issue 32: a shared directory must not let anyone else in) ------
+
+
+def test_the_password_file_is_refused_where_another_account_could_read_swap_or_own_it(tmp_path: Path) -> None:
+    from pytest_hokmdb.deploy.rotation import _write_private, check_private_destination
+    from pytest_hokmdb.errors import Refused
+
+    private = tmp_path / "mine"
+    private.mkdir(mode=0o700)
+    victim = tmp_path / "victim"
+    victim.write_text("someone's file\n")
+    (private / "link").symlink_to(victim)
+    with pytest.raises(Refused, match="is a symbolic link; hokmdb writes a secret only to a file it creates itself"):
+        check_private_destination(private / "link")
+    (private / "theirs").write_text("x\n")
+    os.chown(private / "theirs", 65534, 65534)  # nobody's
+    with pytest.raises(Refused, match=r"belongs to another account \(uid 65534\)"):
+        check_private_destination(private / "theirs")
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    with pytest.raises(Refused, match=r"may be written by other accounts \(mode 777, no sticky bit\)"):
+        check_private_destination(open_dir / "pw")
+    with pytest.raises(Refused, match="its directory .* cannot be used"):
+        check_private_destination(tmp_path / "missing" / "pw")
+    assert victim.read_text() == "someone's file\n"
+
+    shared = tmp_path / "shared"  # like /tmp: world-writable with the sticky bit
+    shared.mkdir()
+    shared.chmod(0o1777)
+    check_private_destination(shared / "pw")
+    written = _write_private(shared / "pw", "secret\n")
+    info = os.lstat(written)
+    assert (info.st_mode & 0o777, info.st_uid) == (0o600, os.geteuid())
+    assert sorted(p.name for p in shared.iterdir()) == ["pw"]  # no temporary file left behind
+
+
+async def test_a_symlinked_to_file_is_refused_before_the_password_changes(embedded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    config_dir, env, cluster = embedded
+    started = subprocess.run([str(HOKMDB), "cluster", "start", "--environment", "development", "--config", str(config_dir)],
+                             capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert started.returncode == 0, started.stdout + started.stderr
+    old = json.loads(cluster.state_file.read_text())["app_passwords"]["hokm_app"]
+    victim = tmp_path / "root-owned-file"
+    victim.write_text("precious\n")
+    link = tmp_path / "pw"
+    link.symlink_to(victim)
+    refused = subprocess.run([str(HOKMDB), "rotate-password", "--environment", "development", "--role", "app",
+                              "--config", str(config_dir), "--to-file", str(link)],
+                             capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert refused.returncode == 4, refused.stdout + refused.stderr
+    assert f"--to-file {link} is a symbolic link" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert victim.read_text() == "precious\n"
+    assert json.loads(cluster.state_file.read_text())["app_passwords"]["hokm_app"] == old
+    conn = await asyncpg.connect(host=cluster.host, port=cluster.port, user="hokm_app", password=old, database="hokm_dev")
+    await conn.close()  # the old password still logs in: nothing changed

@@ -29,9 +29,11 @@ from pathlib import Path
 from pytest_hokmdb.cluster.binaries import find_bin_dir
 from pytest_hokmdb.cluster.osuser import OsUser, resolve_os_user
 from pytest_hokmdb.cluster.process import (
+    environment_for,
     postmaster_alive,
     postmaster_pid,
     postmaster_ready,
+    private_log,
     run_as,
     run_as_until,
 )
@@ -182,9 +184,7 @@ class EmbeddedCluster:
     ) -> subprocess.CompletedProcess[str] | None:
         """Run a server program as the server's account; ``done``: return as soon as it
         holds (see ``run_as_until``), None then."""
-        env = {**os.environ, **self.user.env(), "LC_ALL": "C", "LANG": "C"}
-        for var in ("PGPASSWORD", "PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGOPTIONS"):
-            env.pop(var, None)
+        env = environment_for(self.user)  # never the operator's secrets: the server would hold them
         try:
             if done is None:
                 result = run_as(self.user, args, env=env, cwd=self.base_dir, timeout=timeout)
@@ -376,9 +376,7 @@ class EmbeddedCluster:
     def _start_on(self, port: int) -> None:
         self._write_conf(port)
         self._write_state(port=port)
-        self.log_file.touch(exist_ok=True)
-        if self.user.switches:
-            os.chown(self.log_file, self.user.uid, self.user.gid)
+        private_log(self.log_file, self.user)
         launched = time.time()
         self._run(
             [

@@ -35,7 +35,7 @@ from typing import Any
 from pytest_hokmdb.cluster.binaries import find_bin_dir
 from pytest_hokmdb.cluster.embedded import SUPERUSER, socket_dir_for
 from pytest_hokmdb.cluster.osuser import OsUser, resolve_os_user
-from pytest_hokmdb.cluster.process import pid_alive
+from pytest_hokmdb.cluster.process import environment_for, pid_alive, private_log
 from pytest_hokmdb.cluster.scratch import reserved_port
 from pytest_hokmdb.errors import ClusterError
 from pytest_hokmdb.redaction import redact, register_secret
@@ -184,25 +184,23 @@ class LocalPatroni:
         if self.user.switches:
             os.chown(path, self.user.uid, self.user.gid)
 
-    def _env(self) -> dict[str, str]:
-        state = self._state()
-        # Patroni is the system's Python program: a PYTHONPATH or virtualenv of the caller's
-        # (hokmdb's own) would shadow its libraries.
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("PG", "PATRONI", "PYTHON")) and k != "VIRTUAL_ENV"}
-        env.update(self.user.env())
-        env.update(LC_ALL="C.UTF-8", LANG="C.UTF-8",
-                   PATRONI_SUPERUSER_USERNAME="postgres", PATRONI_SUPERUSER_PASSWORD=state["superuser_password"],
-                   PATRONI_REPLICATION_USERNAME="replicator", PATRONI_REPLICATION_PASSWORD=state["replication_password"])
+    def _env(self, *, patroni: bool = True) -> dict[str, str]:
+        """A fresh environment (``environment_for``: nothing of the operator's, so no
+        PYTHONPATH or virtualenv of hokmdb's shadows the system Python's Patroni either); the
+        database passwords only for Patroni itself, never for etcd."""
+        env = environment_for(self.user, LC_ALL="C.UTF-8", LANG="C.UTF-8")
+        if patroni:
+            state = self._state()
+            env.update(PATRONI_SUPERUSER_USERNAME="postgres", PATRONI_SUPERUSER_PASSWORD=state["superuser_password"],
+                       PATRONI_REPLICATION_USERNAME="replicator", PATRONI_REPLICATION_PASSWORD=state["replication_password"])
         return env
 
     def _spawn(self, args: list[str], log_name: str) -> int:
-        log_path = self.base_dir / log_name
+        log_path = private_log(self.base_dir / log_name, self.user)
         with open(log_path, "ab") as out:
-            if self.user.switches:
-                os.chown(log_path, self.user.uid, self.user.gid)
             proc = subprocess.Popen(  # noqa: S603 - our own arguments
-                args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.base_dir, env=self._env(),
+                args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.base_dir,
+                env=self._env(patroni=log_name != "etcd.log"),
                 start_new_session=True, **self.user.subprocess_kwargs(),  # type: ignore[arg-type]
             )
         return proc.pid

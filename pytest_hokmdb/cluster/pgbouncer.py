@@ -30,7 +30,7 @@ import asyncpg
 from pytest_hokmdb.aio import run_sync
 from pytest_hokmdb.cluster import pgbouncer_follow as follow
 from pytest_hokmdb.cluster.osuser import OsUser
-from pytest_hokmdb.cluster.process import pid_alive, run_as
+from pytest_hokmdb.cluster.process import environment_for, pid_alive, private_log, run_as
 from pytest_hokmdb.cluster.scratch import reserved_port
 from pytest_hokmdb.errors import ClusterError
 
@@ -216,7 +216,8 @@ class PgBouncer:
                 databases: list[str]) -> None:
         self._write_ini(port, backend_port, admin_users, stats_users, databases)
         self._write_state(port=port, backend_port=backend_port)
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", **self.user.env()}
+        private_log(self.log_file, self.user)
+        env = environment_for(self.user)
         result = run_as(self.user, [str(pgbouncer_binary()), "-d", "-q", str(self.ini)], env=env, cwd=self.base_dir, timeout=30)
         if result.returncode != 0:
             raise ClusterError(

@@ -3,11 +3,12 @@ every server the project starts: embedded and scratch clusters (``embedded.py``)
 point-in-time copies (``pitr/recovery.py``).
 
 Programs run as the server's account (PostgreSQL refuses root), with the environment the
-caller gives; a postmaster counts as alive when its ``postmaster.pid`` names a process that
+caller builds with ``environment_for`` (never the operator's whole environment); a postmaster counts as alive when its ``postmaster.pid`` names a process that
 exists and is not a zombie (``pg_ctl status`` says "running" for a zombie nobody reaped)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
@@ -15,6 +16,36 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pytest_hokmdb.cluster.osuser import OsUser
+
+# What a process hokmdb starts may take from the environment of whoever started hokmdb: where
+# programs are, the home and temporary directories, the time zone. Nothing else: the operator's
+# shell holds BACKUP_ENCRYPTION_KEY, DB_PASSWORD_*, cloud keys, and a database superuser reads
+# a server's environment (COPY ... FROM PROGRAM 'cat /proc/self/environ'); etcd needs no
+# database password. What a process needs beyond this, its caller adds by name.
+INHERITED = ("PATH", "HOME", "TMPDIR", "TZ")
+
+
+def environment_for(user: OsUser | None = None, **extra: str) -> dict[str, str]:
+    """A fresh environment for a server or tool hokmdb starts (``INHERITED``), as ``user``
+    (its HOME and USER when hokmdb switches to it), in the C locale, plus ``extra``."""
+    env = {name: os.environ[name] for name in INHERITED if name in os.environ}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    if user is not None:
+        env.update(user.env())
+    env.update(LC_ALL="C", LANG="C")
+    env.update(extra)
+    return env
+
+
+def private_log(path: Path, user: OsUser | None = None) -> Path:
+    """A log file only its server's account reads (0600), created so before the server writes
+    to it: with ``log_statement = all`` a server log holds password verifiers and data."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.close(fd)
+    path.chmod(0o600)
+    if user is not None and user.switches:
+        os.chown(path, user.uid, user.gid)
+    return path
 
 
 def run_as(user: OsUser, args: list[str], *, env: dict[str, str], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:

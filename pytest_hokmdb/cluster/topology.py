@@ -29,7 +29,7 @@ import asyncpg
 from pytest_hokmdb.aio import run_sync
 from pytest_hokmdb.cluster.embedded import ClusterStatus, EmbeddedCluster
 from pytest_hokmdb.cluster.pgbouncer import POOLER_ADMIN, PgBouncer, PoolerStatus  # noqa: F401 - POOLER_ADMIN is part of this module's API
-from pytest_hokmdb.cluster.process import run_as
+from pytest_hokmdb.cluster.process import environment_for, run_as
 from pytest_hokmdb.cluster.scratch import OWNER_FILE
 from pytest_hokmdb.errors import ClusterError
 from pytest_hokmdb.redaction import register_secret
@@ -203,8 +203,7 @@ class LocalTopology:
             "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active", SLOT,
         ))
         self.standby._own(self.standby.data_dir)  # noqa: SLF001 - the same process manager, another directory
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "PGPASSFILE": str(self._passfile),
-               **self.primary.user.env()}
+        env = environment_for(self.primary.user, PGPASSFILE=str(self._passfile))
         try:
             result = run_as(self.primary.user, [
             str(self.primary.bin_dir / "pg_basebackup"),

@@ -84,13 +84,62 @@ def _variable(loaded: LoadedConfig, role: Role) -> str | None:
     return names[0] if names else None
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write a file only its owner reads (0600 from the first byte), atomically."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    tmp.replace(path)
+def check_private_destination(path: Path) -> None:
+    """Refuse (exit 4), before anything changes, a place where another account could read,
+    swap or own the secret: a symlink, something that is not a regular file, a file of another
+    account, a directory others may write to without the sticky bit (they could replace the
+    file after us), or a directory that does not exist."""
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        directory = parent.stat()
+    except OSError as exc:
+        raise Refused(f"--to-file {path}: its directory {parent} cannot be used ({exc.strerror})",
+                      hint="name a file in an existing directory only you can write to") from None
+    if not os.path.isdir(parent):
+        raise Refused(f"--to-file {path}: {parent} is not a directory")
+    if directory.st_mode & 0o022 and not directory.st_mode & 0o1000:
+        raise Refused(f"--to-file {path}: {parent} may be written by other accounts (mode {directory.st_mode & 0o7777:o}, "
+                      "no sticky bit), so one of them could replace the password file",
+                      hint="name a file in a directory only you can write to (e.g. under your home, mode 0700)")
+    try:
+        existing = os.lstat(path)
+    except FileNotFoundError:
+        return
+    import stat
+
+    if stat.S_ISLNK(existing.st_mode):
+        raise Refused(f"--to-file {path} is a symbolic link; hokmdb writes a secret only to a file it creates itself",
+                      hint="remove the link or name another file")
+    if not stat.S_ISREG(existing.st_mode):
+        raise Refused(f"--to-file {path} exists and is not a regular file")
+    if existing.st_uid != os.geteuid():
+        raise Refused(f"--to-file {path} belongs to another account (uid {existing.st_uid}); hokmdb does not write "
+                      "a secret over someone else's file", hint="name a file of your own")
+
+
+def _write_private(path: Path, text: str) -> Path:
+    """Write a file only its owner reads, atomically: a temporary file of a random name created
+    exclusively (0600 from the first byte: no one can have it open or linked beforehand), synced,
+    then renamed over ``path`` (a rename replaces a link, never follows it). Returns ``path``
+    after checking that it is now this account's regular file with mode 0600."""
+    import stat
+    import tempfile
+
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(name, path)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    written = os.lstat(path)
+    if not stat.S_ISREG(written.st_mode) or written.st_uid != os.geteuid() or written.st_mode & 0o077:
+        raise HokmdbError(f"{path} is not this account's private file after writing it (mode "
+                          f"{written.st_mode & 0o7777:o}, uid {written.st_uid}): someone changed it")
+    return path
 
 
 def _write_env_file(path: Path, name: str, value: str) -> None:
@@ -112,6 +161,8 @@ async def rotate_password(loaded: LoadedConfig, role: Role, *, approved: str | N
         raise ConfigError(f"{environment}: the new password must go somewhere: hokmdb never writes a {environment} "
                           "secret into a file the config reads",
                           hint="add --to-file PATH (written 0600) or --show (printed once), then put it in the secret store")
+    if to_file is not None:
+        check_private_destination(to_file)  # before the password changes: no new password without a home
     base = await resolve_target(loaded)
     if role == "app":
         target: Target | None = base.writable()
@@ -149,7 +200,12 @@ async def rotate_password(loaded: LoadedConfig, role: Role, *, approved: str | N
                           "was set back", hint="check pg_hba.conf's method for this role (scram-sha-256)") from None
 
     if to_file is not None:
-        _write_private(to_file, new + "\n")
+        try:
+            _write_private(to_file, new + "\n")
+        except (OSError, HokmdbError) as exc:
+            await asyncio.to_thread(_set_own_password, replace(target, password=new), old)
+            raise HokmdbError(f"the new password of {target.user} could not be written to {to_file} "
+                              f"({getattr(exc, 'message', None) or exc}); the old password was set back") from None
     if protected:
         where = f"written to {to_file} (0600)" if to_file is not None else "shown once below"
         stored = (f"{where}; set {variable or _PASSWORD_KEY[role]} to it in {environment}'s secret store and restart "

@@ -31,7 +31,7 @@ from pytest_hokmdb.cluster.archive.conf import command_environment
 from pytest_hokmdb.cluster.archive.settings import shell_safe
 from pytest_hokmdb.cluster.embedded import socket_dir_for
 from pytest_hokmdb.cluster.osuser import OsUser
-from pytest_hokmdb.cluster.process import postmaster_alive, run_as
+from pytest_hokmdb.cluster.process import postmaster_alive, private_log, run_as
 from pytest_hokmdb.cluster.scratch import reserved_port
 from pytest_hokmdb.db import Target
 from pytest_hokmdb.errors import BackupError, HokmdbError
@@ -287,6 +287,7 @@ async def _start_and_recover(
         "cluster_name": f"hokmdb-pitr-{copy.base_dir.name}",
     }
     opts = " ".join(f"-c {key}={value}" for key, value in options.items())
+    private_log(copy.log_file, copy.user)
     result = copy._pg_ctl("start", "-W", "-D", str(copy.data_dir), "-l", str(copy.log_file), "-o", opts)
     if result.returncode != 0:
         raise RecoveryFailed(f"pg_ctl could not start the restored copy: {printable(result.stderr.strip())}")

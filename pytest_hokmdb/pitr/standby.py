@@ -19,7 +19,6 @@ to spare.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import subprocess
 import time
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_hokmdb.cluster.archive.settings import PitrSetup, StandbyLocation
-from pytest_hokmdb.cluster.process import run_as
+from pytest_hokmdb.cluster.process import environment_for, run_as
 from pytest_hokmdb.errors import BackupError
 from pytest_hokmdb.pitr.errors import printable
 from pytest_hokmdb.pitr.wal import Lsn
@@ -92,10 +91,8 @@ def _query(setup: PitrSetup, socket_dir: Path, port: int, sql: str, what: str, *
     """One row of ``sql`` on the server at ``socket_dir``/``port``, as the server account and
     ``pg_user`` (no password: the socket's own authentication, as pgBackRest connects);
     ``hint`` says what to check when it cannot connect."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env.update(setup.user.env())
-    env.update(
-        LC_ALL="C", LANG="C", PGHOST=str(socket_dir), PGPORT=str(port), PGUSER=setup.settings.pg_user,
+    env = environment_for(
+        setup.user, PGHOST=str(socket_dir), PGPORT=str(port), PGUSER=setup.settings.pg_user,
         PGDATABASE="postgres", PGCONNECT_TIMEOUT="5", PGAPPNAME="hokmdb backup-standby check",
     )
     args = [_psql(setup), "-X", "-A", "-t", "-q", "-w", "-v", "ON_ERROR_STOP=1", "-F", _FIELD_SEP, "-c", sql]

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))
 from deploy_support import COMMENT_0009, SLOW_0010, make_project  # noqa: E402
 
 from pytest_hokmdb.checks import topology  # noqa: E402
-from pytest_hokmdb.cluster.patroni import LocalPatroni  # noqa: E402
+from pytest_hokmdb.cluster.patroni import NODES, LocalPatroni  # noqa: E402
 from pytest_hokmdb.cluster.scratch import new_scratch_dir  # noqa: E402
 from pytest_hokmdb.db.topology import Topology  # noqa: E402
 from pytest_hokmdb.errors import ExitCode  # noqa: E402
@@ -34,11 +34,19 @@ DEPLOY = PROJECT_ROOT / "database" / "deploy.py"
 ROLE, PASSWORD, DBNAME = "hokm_deployer", "Pt9-deploy-secret-4Kq2", "hokm_ha"
 
 
+# Started from a shell that holds the operator's secrets, as the README has it.
+OPERATOR_SECRETS = {"BACKUP_ENCRYPTION_KEY": "AGE-SECRET-KEY-1PATRONISENTINEL000000000000000000000000000000000000",
+                    "DB_PASSWORD_PRODUCTION": "sentinel-patroni-db-password-4Wx"}
+
+
 @pytest.fixture(scope="module")
 def patroni() -> Iterator[LocalPatroni]:
     cluster = LocalPatroni(new_scratch_dir("patroni"))
     try:
-        cluster.start()
+        with pytest.MonkeyPatch.context() as mp:
+            for name, value in OPERATOR_SECRETS.items():
+                mp.setenv(name, value)
+            cluster.start()
 
         async def prepare() -> None:
             leader = cluster.leader()
@@ -78,6 +86,35 @@ async def _on_leader(cluster: LocalPatroni, sql: str) -> object:
         return await conn.fetchval(sql)
     finally:
         await conn.close()
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+def test_etcd_patroni_and_postgres_hold_only_what_each_needs(patroni: LocalPatroni) -> None:
+    """None of the operator's secrets in etcd, Patroni or the servers Patroni runs; the
+    database passwords in Patroni (which connects with them) and never in etcd."""
+    processes = patroni.processes()
+    assert all(processes.values()), processes
+    environments = {key: _environ(pid) for key, pid in processes.items() if pid}
+    for node in NODES:
+        data = Path(patroni.base_dir) / node / "data" / "postmaster.pid"
+        environments[f"postgres of {node}"] = _environ(int(data.read_text().split()[0]))
+    for key, environment in environments.items():
+        assert "PATH" in environment, key
+        leaked = {k for k, v in environment.items() if k in OPERATOR_SECRETS or v in OPERATOR_SECRETS.values()}
+        assert not leaked, (key, leaked)
+    for key in ("etcd", *(f"postgres of {node}" for node in NODES)):
+        assert not {k for k in environments[key] if k.startswith("PATRONI_")}, (key, environments[key].keys())
+    assert not {v for v in environments["etcd"].values()
+                if v in (patroni.superuser_password, patroni._state()["replication_password"])}  # noqa: SLF001
+    patroni_nodes = [k for k in processes if k != "etcd"]
+    assert all("PATRONI_SUPERUSER_PASSWORD" in environments[k] for k in patroni_nodes)
+    # Their logs are their account's alone (Patroni's shows the servers' output, etcd's its keys).
+    modes = {log.name: log.stat().st_mode & 0o777 for log in Path(patroni.base_dir).glob("*.log")}
+    assert modes and set(modes.values()) == {0o600}, modes
 
 
 async def test_patroni_members_pass_when_healthy_and_fail_when_paused(patroni: LocalPatroni, check_context_factory) -> None:  # type: ignore[no-untyped-def]

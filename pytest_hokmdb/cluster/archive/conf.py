@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from pytest_hokmdb.cluster.archive.settings import PitrSetup, shell_safe
+from pytest_hokmdb.cluster.process import environment_for
 from pytest_hokmdb.errors import ConfigError
 
 PGBACKREST = "pgbackrest"
@@ -134,15 +135,12 @@ def secret_environment(setup: PitrSetup) -> dict[str, str]:
 def command_environment(setup: PitrSetup) -> dict[str, str]:
     """The environment of a pgBackRest command hokmdb runs.
 
-    Inherited ``PGBACKREST_*`` and libpq ``PG*`` variables are dropped: pgBackRest gives
-    environment variables precedence over the config file, so a stray one in the
-    operator's shell would silently point a restore at another repository.
+    Built fresh (``environment_for``): no inherited ``PGBACKREST_*`` or libpq ``PG*`` variable
+    (pgBackRest gives environment variables precedence over the config file, so a stray one in
+    the operator's shell would silently point a restore at another repository), and none of the
+    operator's other secrets (a restored server runs with this environment).
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env.update(setup.user.env())
-    env.update({"LC_ALL": "C", "LANG": "C"})
-    env.update(secret_environment(setup))
-    return env
+    return environment_for(setup.user, **secret_environment(setup))
 
 
 def write_config(setup: PitrSetup) -> Path:

@@ -48,7 +48,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy.exc import DBAPIError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential, wait_random
@@ -64,7 +63,7 @@ from pytest_hokmdb.deploy.locks import (
     autovacuum_lock_timeout_ms,
     holders,
 )
-from pytest_hokmdb.migrate import alembic_config
+from pytest_hokmdb.migrate import alembic_config, run_alembic
 from pytest_hokmdb.migration.online import ATTRIBUTE as BACKFILL_ATTRIBUTE
 from pytest_hokmdb.migration.online import BackfillSettings
 from pytest_hokmdb.redaction import redact
@@ -208,11 +207,11 @@ WHERE a.pid = ANY(pg_blocking_pids($1))
 
 
 def _run_alembic(sync_conn: Any, cfg: Any, direction: str, destination: str) -> None:
+    """The revision on the deploy's own connection (its lock_timeout, statement_timeout and the
+    monitor watch that session): env.py must use ``config.attributes["connection"]``."""
     cfg.attributes["connection"] = sync_conn
-    if direction == "upgrade":
-        command.upgrade(cfg, destination)
-    else:
-        command.downgrade(cfg, destination)
+    cfg.attributes["hokmdb_require_handover"] = True
+    run_alembic(cfg, direction, destination)
 
 
 class Migrator:
@@ -472,7 +471,7 @@ class Migrator:
                 state.pid = (await conn.exec_driver_sql("SELECT pg_backend_pid()")).scalar()
                 await conn.commit()
                 monitor = asyncio.create_task(self._monitor(state, revision))
-                cfg = alembic_config(project_root=self.project_root)
+                cfg = alembic_config(self.target, project_root=self.project_root)
                 cfg.attributes[BACKFILL_ATTRIBUTE] = self.backfill
                 started = time.monotonic()
                 await conn.run_sync(_run_alembic, cfg, direction, destination)

@@ -10,16 +10,7 @@ from pathlib import Path
 from types import CodeType
 from typing import Any
 
-
-@functools.cache
-def installed_postgresql_driver() -> str:
-    """The SQLAlchemy driver name of the first PostgreSQL driver installed: psycopg, psycopg2,
-    else asyncpg (hokmdb's own). A bare ``postgresql://`` means psycopg under SQLAlchemy 2.1
-    (psycopg2 before), which a project may not have."""
-    for module, name in (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql+psycopg2")):
-        if importlib.util.find_spec(module) is not None:
-            return name
-    return "postgresql+asyncpg"
+from pytest_hokmdb.migrate import installed_postgresql_driver  # noqa: F401 - one definition, re-exported
 
 
 @contextlib.contextmanager

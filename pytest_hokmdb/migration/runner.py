@@ -42,7 +42,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool
 
 from pytest_hokmdb.aio import run_sync
-from pytest_hokmdb.migration.envpy import installed_postgresql_driver, no_file_config, run_env_py
+from pytest_hokmdb.migrate import url_for_env
+from pytest_hokmdb.migration.envpy import no_file_config, run_env_py
 from pytest_hokmdb.migration.history import BASE, History, MigrationFailure, Revision, single_upgrade_step
 from pytest_hokmdb.migration.snapshot import CatalogSnapshot, take_snapshot
 
@@ -118,20 +119,9 @@ def _database_of(connection: Connection) -> tuple[Any, ...]:
 
 
 def _url_for_env(connection: Connection, configured: str | None) -> str:
-    """``sqlalchemy.url`` for an env.py that connects by itself: the throwaway database, with
-    the driver the project configured (its env.py is written for it; sync or async), else the
-    first PostgreSQL driver installed."""
-    from sqlalchemy.engine import make_url
-
-    driver = None
-    if configured:
-        try:
-            driver = make_url(configured).drivername
-        except Exception:  # noqa: BLE001 - an interpolated or placeholder URL: choose a driver below
-            driver = None
-    if not driver or not driver.startswith("postgresql"):
-        driver = installed_postgresql_driver()
-    return connection.engine.url.set(drivername=driver).render_as_string(hide_password=False)
+    """``sqlalchemy.url`` for an env.py that connects by itself: the throwaway database
+    (``pytest_hokmdb.migrate.url_for_env``, the one definition)."""
+    return url_for_env(connection.engine.url, configured)
 
 
 def _run_env_on_a_thread(script: Any) -> None:

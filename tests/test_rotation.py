@@ -153,3 +153,29 @@ async def test_a_symlinked_to_file_is_refused_before_the_password_changes(embedd
     assert json.loads(cluster.state_file.read_text())["app_passwords"]["hokm_app"] == old
     conn = await asyncpg.connect(host=cluster.host, port=cluster.port, user="hokm_app", password=old, database="hokm_dev")
     await conn.close()  # the old password still logs in: nothing changed
+
+
+# -- issue 32 item 6: the monitoring role is read-only by default; the pooler keeps verifiers ------
+
+
+async def test_the_read_only_monitoring_role_rotates_its_password(embedded) -> None:  # type: ignore[no-untyped-def]
+    config_dir, env, cluster = embedded
+    started = subprocess.run([str(HOKMDB), "cluster", "start", "--environment", "development", "--config", str(config_dir)],
+                             capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert started.returncode == 0, started.stdout + started.stderr
+    settings = await admin_fetchval(cluster, "SELECT array_to_string(rolconfig, ',') FROM pg_roles WHERE rolname = 'hokm_monitor'")
+    assert "default_transaction_read_only=on" in str(settings)  # as provision_monitor and the README set it
+    old = json.loads(cluster.state_file.read_text())["app_passwords"]["hokm_monitor"]
+    rotation = subprocess.run([str(HOKMDB), "rotate-password", "--environment", "development", "--role", "monitor",
+                               "--config", str(config_dir)], capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert rotation.returncode == 0, rotation.stdout + rotation.stderr
+    assert "rotated the password of role hokm_monitor on postgresql://hokm_monitor:***@" in rotation.stdout
+    new = json.loads(cluster.state_file.read_text())["app_passwords"]["hokm_monitor"]
+    assert new != old
+    conn = await asyncpg.connect(host=cluster.host, port=cluster.port, user="hokm_monitor", password=new, database="hokm_dev")
+    try:  # the role's read-only default is untouched: only the rotation's own session lifted it
+        assert await conn.fetchval("SHOW default_transaction_read_only") == "on"
+    finally:
+        await conn.close()
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        await asyncpg.connect(host=cluster.host, port=cluster.port, user="hokm_monitor", password=old, database="hokm_dev")

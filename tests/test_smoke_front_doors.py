@@ -185,3 +185,29 @@ async def test_allure_results_carry_labels_and_redacted_evidence(live_target: Li
     assert attachments, "the failing check attaches its evidence"
     everything = "".join(p.read_text(errors="replace") for p in alluredir.iterdir())
     assert live_target.password not in everything
+
+
+async def test_an_expired_app_role_is_reported_as_expired_with_the_fix(live_target: LiveTarget) -> None:
+    """Issue 32 item 13: PostgreSQL tells a client whose password is past VALID UNTIL only
+    "password authentication failed"; hokmdb said "check database.password", sending the
+    operator after a password that is right. The monitoring connection reads pg_roles."""
+    conn = await asyncpg.connect(live_target.db.dsn)  # type: ignore[attr-defined]
+    try:
+        await conn.execute(f"ALTER ROLE \"{live_target.role}\" VALID UNTIL '2000-01-01 00:00:00+00'")
+    finally:
+        await conn.close()
+    proc = _script("--environment", "testing", f"--db-config={live_target.config_dir}")
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert (f"the password of role '{live_target.role}' expired on 2000-01-01 00:00 UTC (VALID UNTIL is in the past); "
+            "PostgreSQL refuses it at login") in proc.stderr, proc.stderr
+    assert (f"hint: run ALTER ROLE \"{live_target.role}\" VALID UNTIL 'infinity' (as a superuser or a role with "
+            "CREATEROLE), or rotate the password and set a new expiry") in proc.stderr, proc.stderr
+    assert "check database.password" not in proc.stderr
+    assert "Traceback" not in proc.stderr and live_target.password not in proc.stderr
+
+
+def test_a_wrong_password_is_not_called_expired(live_target: LiveTarget) -> None:
+    proc = _script("--environment", "testing", f"--db-config={live_target.config_dir}", env={"DB_PASSWORD_TEST": "wrong"})
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert f"password authentication failed for user '{live_target.role}'" in proc.stderr
+    assert "hint: check database.password in" in proc.stderr and "expired" not in proc.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -154,7 +155,8 @@ def load_record(storage: Storage, backup_id: str) -> BackupRecord:
                 "or not a hokmdb backup",
                 hint="use another backup; `rollback.py cleanup` removes such leftovers",
             )
-        raise BackupError(f"no backup at {storage.url(backup_id + DATA_SUFFIX)} (neither object nor manifest exists)")
+        raise BackupError(f"no such backup: {storage.url(backup_id + DATA_SUFFIX)} does not exist (neither the object "
+                          "nor its manifest)")
     manifest = parse_manifest(text, storage.url(manifest_name))
     if manifest["id"] != backup_id:
         raise BackupError(
@@ -189,6 +191,13 @@ def list_backups(loaded: LoadedConfig, *, environment: str | None = None) -> lis
     return records
 
 
+# What ``find_backup`` accepts, for the message to an argument that is none of it; an id is
+# what ``new_backup_id`` makes.
+_ACCEPTED = ("a backup id as `rollback.py list-backups` shows it (ENV-YYYYMMDDTHHMMSSZ-xxxxxx), the path of its "
+             f"ID{DATA_SUFFIX} or ID{MANIFEST_SUFFIX}, s3://bucket/prefix/ID{DATA_SUFFIX}, 'latest' or 'latest-verified'")
+_BACKUP_ID = re.compile(r"[a-z]+-\d{8}T\d{6}Z-[0-9a-f]{6}")
+
+
 def find_backup(loaded: LoadedConfig, location: str, *, require_verified: bool = False) -> BackupRecord:
     """A backup by path (object or manifest), ``s3://bucket/key``, id, or ``latest``."""
     environment = loaded.config.environment
@@ -204,6 +213,9 @@ def find_backup(loaded: LoadedConfig, location: str, *, require_verified: bool =
             where = ", ".join(s.url("") for s in storages(loaded))
             raise BackupError(f"no {what} of {environment} found in {where}", hint="take one: python database/backup.py")
         return usable[0]
+    if "://" in location and not location.startswith("s3://"):
+        # A URL hokmdb does not read (https://, file://, gs://): not a path to look under.
+        raise BackupError(f"{location!r} is not a backup: expected {_ACCEPTED}")
     storage, name = split_location(loaded, location)
     backup_id = backup_id_of(name)
     if backup_id is None:
@@ -212,9 +224,11 @@ def find_backup(loaded: LoadedConfig, location: str, *, require_verified: bool =
             for candidate in storages(loaded):
                 if candidate.read_text(location + MANIFEST_SUFFIX) is not None or candidate.size(location + DATA_SUFFIX) is not None:
                     return load_record(candidate, location)
-        raise BackupError(
-            f"{location!r} is not a backup: expected ID{DATA_SUFFIX}, ID{MANIFEST_SUFFIX}, s3://bucket/key, an id or 'latest'"
-        )
+            if _BACKUP_ID.fullmatch(location):
+                where = ", ".join(s.url("") for s in storages(loaded))
+                raise BackupError(f"no such backup: {location!r} is not in {where}",
+                                  hint=f"`python database/rollback.py list-backups --environment {environment}` lists the backups")
+        raise BackupError(f"{location!r} is not a backup: expected {_ACCEPTED}")
     record = load_record(storage, backup_id)
     if require_verified and not record.verified:
         raise BackupError(f"backup {backup_id} has no passed verification")

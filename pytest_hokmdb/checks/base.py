@@ -269,3 +269,29 @@ def sample(values: list[Any], limit: int = 10) -> str:
     """A few offending ids for a message, with the total when there are more."""
     shown = ", ".join(str(v) for v in values[:limit])
     return shown + (f" (and {len(values) - limit} more)" if len(values) > limit else "")
+
+
+# Where pg_settings says a session's value came from, when it is not the server's own value:
+# ALTER SYSTEM does not change these (the role's, the database's or the client's wins over it).
+_OVERRIDES = {
+    "user": ("set on role {role} (ALTER ROLE ... SET)", "ALTER ROLE {role} RESET {name}",
+             "as a superuser or a role with CREATEROLE"),
+    "database": ("set on database {db} (ALTER DATABASE ... SET)", "ALTER DATABASE {db} RESET {name}",
+                 "as a superuser or the database's owner"),
+    "database user": ("set on role {role} in database {db} (ALTER ROLE ... IN DATABASE ... SET)",
+                      "ALTER ROLE {role} IN DATABASE {db} RESET {name}", "as a superuser or a role with CREATEROLE"),
+    "client": ("set by the client when it connected (a startup parameter such as PGOPTIONS)",
+               "remove {name} from the client's connection options", None),
+}
+
+
+def session_override(name: str, source: str, *, role: str, database: str) -> tuple[str, str, str | None] | None:
+    """(where the value came from, the statement that removes it, who may run it) for a
+    setting ``pg_settings.source`` says was set on the session's role, its database or by the
+    client; None for a server-wide value (configuration file, ALTER SYSTEM, command line,
+    default). ``role`` and ``database`` are quoted identifiers."""
+    found = _OVERRIDES.get(source)
+    if found is None:
+        return None
+    where, fix, who = found
+    return where.format(role=role, db=database), fix.format(role=role, db=database, name=name), who

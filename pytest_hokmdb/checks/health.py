@@ -21,7 +21,15 @@ from typing import Any
 
 import asyncpg
 
-from pytest_hokmdb.checks.base import Category, CheckContext, CheckFunction, CheckResult, check, sample
+from pytest_hokmdb.checks.base import (
+    Category,
+    CheckContext,
+    CheckFunction,
+    CheckResult,
+    check,
+    sample,
+    session_override,
+)
 from pytest_hokmdb.checks.schema import app_schema, qualified, quote_ident
 from pytest_hokmdb.db.advisory import NAMESPACE as HOKMDB_LOCK_NAMESPACE
 from pytest_hokmdb.redaction import redact
@@ -743,9 +751,9 @@ async def crash_safe_settings(ctx: CheckContext) -> CheckResult:
     the commit on local disk and pass). Development and testing turn the requirement off
     (``smoke.require_crash_safety``): hokmdb's throwaway clusters run without these."""
     rows = {r["name"]: r for r in await ctx.conn.fetch(
-        "SELECT name, reset_val, source FROM pg_settings WHERE name = ANY($1::text[])", list(_CRASH_SAFETY))}
+        "SELECT name, reset_val, source, format('%I', session_user) AS role, format('%I', current_database()) AS db "
+        "FROM pg_settings WHERE name = ANY($1::text[])", list(_CRASH_SAFETY))}
     off = [(name, rows[name]) for name in _CRASH_SAFETY if name in rows and rows[name]["reset_val"] == "off"]
-    described = [f"{name} = off (source: {row['source']}): {_CRASH_SAFETY[name][1]}" for name, row in off]
     if not off:
         return CheckResult.passed("fsync, full_page_writes and synchronous_commit keep commits crash-safe",
                                   measured=0, threshold=0)
@@ -753,11 +761,27 @@ async def crash_safe_settings(ctx: CheckContext) -> CheckResult:
         return CheckResult.passed(
             f"{', '.join(name for name, _ in off)} off, allowed here (smoke.require_crash_safety = false in the "
             f"{ctx.config.environment} environment)", measured=len(off), threshold=None)
-    fixes = "; ".join(f"ALTER SYSTEM SET {name} = on" for name, _ in off)
+    # A value set on the session's role or database (only synchronous_commit can be: the other two
+    # are server-wide) wins over the server's: ALTER SYSTEM would not change it for the game.
+    described, server_wide, removals = [], [], []
+    for name, row in off:
+        override = session_override(name, row["source"], role=row["role"], database=row["db"])
+        if override is None:
+            described.append(f"{name} = off (source: {row['source']}): {_CRASH_SAFETY[name][1]}")
+            server_wide.append(f"ALTER SYSTEM SET {name} = on")
+        else:
+            where, fix, who = override
+            described.append(f"{name} = off, {where}: {_CRASH_SAFETY[name][1]}")
+            removals.append(f"{fix} ({who})" if who else fix)
+    fixes = []
+    if removals:
+        fixes.append("; ".join(removals) + " (sessions that start afterwards get the server's value)")
+    if server_wide:
+        fixes.append(f"{'; '.join(server_wide)}; SELECT pg_reload_conf() (as a superuser; remove any per-database or "
+                     "per-role override too)")
     return CheckResult.failed(
-        f"the server trades crash safety for speed: {'; '.join(described)}. Run {fixes}; SELECT pg_reload_conf() "
-        "(as a superuser; remove any per-database or per-role override too), or set smoke.require_crash_safety = "
-        "false for an environment whose data may be lost",
+        f"the server trades crash safety for speed: {'; '.join(described)}. Run {', and '.join(fixes)}, or set "
+        "smoke.require_crash_safety = false for an environment whose data may be lost",
         measured=len(off),
         threshold=0,
     )

@@ -12,7 +12,15 @@ import asyncio
 import re
 from dataclasses import dataclass
 
-from pytest_hokmdb.checks.base import Category, CheckContext, CheckFunction, CheckResult, check, sample
+from pytest_hokmdb.checks.base import (
+    Category,
+    CheckContext,
+    CheckFunction,
+    CheckResult,
+    check,
+    sample,
+    session_override,
+)
 from pytest_hokmdb.db import connect
 from pytest_hokmdb.db.target import Target
 from pytest_hokmdb.db.topology import pooler_show
@@ -181,12 +189,17 @@ def required_sync_standbys(names: str) -> tuple[int, str]:
 
 _SYNC_STATE = """
 SELECT current_setting('synchronous_standby_names') AS names,
-       (SELECT reset_val FROM pg_settings WHERE name = 'synchronous_commit') AS commit_level,
        coalesce((SELECT string_agg(coalesce(application_name, '?') || ' ' || coalesce(sync_state, '?'), ', '
                                    ORDER BY application_name)
                  FROM pg_stat_replication), '') AS attached,
        (SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum')) AS synchronous,
        (SELECT count(*) FROM pg_stat_replication WHERE sync_state IS NULL) AS hidden
+"""
+
+
+_COMMIT_LEVEL = """
+SELECT reset_val AS level, source, format('%I', session_user) AS role, format('%I', current_database()) AS db
+FROM pg_settings WHERE name = 'synchronous_commit'
 """
 
 
@@ -202,7 +215,10 @@ async def synchronous_standbys(ctx: CheckContext) -> CheckResult:
     if await ctx.observer.fetchval("SELECT pg_is_in_recovery()"):
         return CheckResult.skipped("synchronous replication: the target is a standby; judge it on the primary")
     row = await ctx.observer.fetchrow(_SYNC_STATE)
-    names, level, promised = row["names"].strip(), row["commit_level"], ctx.topology.synchronous_replication
+    # synchronous_commit as the application's sessions start: a value set on its role or database
+    # wins over the server's (and ALTER SYSTEM would not change it).
+    own = await ctx.conn.fetchrow(_COMMIT_LEVEL)
+    names, level, promised = row["names"].strip(), own["level"], ctx.topology.synchronous_replication
     evidence = {"replication": f"synchronous_standby_names = '{names}'\nsynchronous_commit = {level}\n"
                                f"attached: {row['attached'] or 'none'}\n"}
     if not names:
@@ -232,10 +248,15 @@ async def synchronous_standbys(ctx: CheckContext) -> CheckResult:
             "pg_reload_conf() (as a superuser) and accept asynchronous replication until it is back",
             measured=have, threshold=need, evidence=evidence)
     if promised and level in ("local", "off"):
+        override = session_override("synchronous_commit", own["source"], role=own["role"], database=own["db"])
+        if override is None:
+            where, fix = "", ("ALTER SYSTEM SET synchronous_commit = on; SELECT pg_reload_conf() (and remove per-role or "
+                              "per-database overrides)")
+        else:
+            where, fix = f", {override[0]},", f"{override[1]} ({override[2]})" if override[2] else override[1]
         return CheckResult.failed(
-            f"synchronous_commit = {level} for new sessions: commits do not wait for the synchronous standby that "
-            "topology.synchronous_replication promises, and a failover can lose acknowledged moves. Run ALTER SYSTEM "
-            "SET synchronous_commit = on; SELECT pg_reload_conf() (and remove per-role or per-database overrides)",
+            f"synchronous_commit = {level}{where} for new sessions: commits do not wait for the synchronous standby that "
+            f"topology.synchronous_replication promises, and a failover can lose acknowledged moves. Run {fix}",
             measured=have, threshold=need, evidence=evidence)
     return CheckResult.passed(
         f"{have} standby(s) attached as synchronous, {need} needed (synchronous_standby_names = '{names}')",

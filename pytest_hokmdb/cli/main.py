@@ -159,12 +159,11 @@ def _stop_local(loaded: LoadedConfig) -> str:
 
 def _light_topology(loaded: LoadedConfig) -> LocalTopology:
     """``topology.local: true``: the embedded cluster as primary, its standby and PgBouncer."""
-    from pytest_hokmdb.cluster.topology import LocalTopology
-    from pytest_hokmdb.db import embedded_cluster_for
-    from pytest_hokmdb.db.resolve import EMBEDDED_MONITOR_USER
+    from pytest_hokmdb.db.resolve import local_topology_for
 
-    db = loaded.config.database
-    return LocalTopology(embedded_cluster_for(loaded), pooler_roles=(db.user, db.monitor_user or EMBEDDED_MONITOR_USER))
+    topology = local_topology_for(loaded)
+    assert topology is not None  # callers checked topology.local is true on an embedded environment
+    return topology
 
 
 def cmd_topology(args: argparse.Namespace) -> int:

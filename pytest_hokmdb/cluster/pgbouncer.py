@@ -246,6 +246,31 @@ class PgBouncer:
         if pid is not None:
             os.kill(pid, signal.SIGHUP)
 
+    async def refresh_auth(self, admin_connect_kwargs: dict[str, object], *, roles: Iterable[str]) -> bool:
+        """A role's password changed on the server (``hokmdb rotate-password``): rewrite the auth
+        file from the verifiers the server has now, for the same roles ``serve`` admits, and
+        RELOAD on the admin console. PgBouncer answers RELOAD once it has re-read the file, so
+        the next login already meets the new verifier (a SIGHUP would be handled some time
+        later). False when PgBouncer does not run: its next start writes the file anyway."""
+        if self.pid() is None:
+            return False
+        admitted = tuple(dict.fromkeys((POOLER_ADMIN, *roles)))
+        try:
+            verifiers, _ = await _catalog(admin_connect_kwargs, admitted)
+            self.write_auth(verifiers)
+            conn = await asyncpg.connect(host=self.host, port=self.port, user=POOLER_ADMIN,
+                                         password=admin_connect_kwargs["password"], database="pgbouncer",
+                                         statement_cache_size=0, ssl=False, timeout=10)
+            try:
+                await conn.execute("RELOAD")  # no arguments: the simple query protocol, which the console speaks
+            finally:
+                conn.terminate()
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            raise ClusterError(f"PgBouncer on {self.host}:{self.port} did not reload its auth file: {str(exc).strip()}",
+                               hint=f"PgBouncer's log: {self.log_file}") from None
+        log.info("pgbouncer on %s:%s reloaded its auth file", self.host, self.port)
+        return True
+
     def stop(self) -> bool:
         """Immediate shutdown (SIGTERM); False when it was not running."""
         pid = self.pid()

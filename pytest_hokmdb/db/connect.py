@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import ssl
 
 import asyncpg
@@ -57,17 +58,67 @@ def explain_connect_error(target: Target, exc: BaseException) -> ConnectionFaile
 _CONNECT_ERRORS = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, ssl.SSLError, asyncpg.InterfaceError)
 
 
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def _refused_login(target: Target) -> ConnectionFailed | None:
+    """Why the server refused ``target``'s password, when its witness (another login to the
+    same server, ``Target.witness``) reads in pg_roles that the password is past its VALID
+    UNTIL. PostgreSQL tells the client only "password authentication failed" then, and an
+    operator told to check the configured password would check one that is right. None when
+    there is no witness on this server, it cannot log in either, or no expiry has passed:
+    then nothing is known beyond the refusal."""
+    witness = target.witness
+    if witness is None or witness.user == target.user or (witness.host, witness.port) != (target.host, target.port):
+        return None
+    timeout = min(witness.connect_timeout_s, 5.0)
+    try:
+        conn = await asyncpg.connect(**{**witness.asyncpg_kwargs(), "timeout": timeout})  # type: ignore[arg-type]
+    except _CONNECT_ERRORS:
+        return None
+    try:
+        # pg_roles (not pg_authid) is readable by every role.
+        row = await asyncio.wait_for(conn.fetchrow(
+            "SELECT rolvaliduntil AS valid_until FROM pg_roles WHERE rolname = $1 AND rolvaliduntil < now()",
+            target.user), timeout)
+    except _CONNECT_ERRORS:
+        return None
+    finally:
+        conn.terminate()
+    if row is None:
+        return None
+    expired = row["valid_until"].astimezone(datetime.UTC)
+    return ConnectionFailed(
+        f"cannot connect to {target.dsn()}: the password of role {target.user!r} expired on {expired:%Y-%m-%d %H:%M} "
+        "UTC (VALID UNTIL is in the past); PostgreSQL refuses it at login as \"password authentication failed\", "
+        "however right the password is",
+        hint=f"run ALTER ROLE {_quote_ident(target.user)} VALID UNTIL 'infinity' (as a superuser or a role with "
+             "CREATEROLE), or rotate the password and set a new expiry")
+
+
+async def _explain(target: Target, exc: BaseException) -> ConnectionFailed:
+    if isinstance(exc, asyncpg.InvalidPasswordError):
+        known = await _refused_login(target)
+        if known is not None:
+            return known
+    return explain_connect_error(target, exc)
+
+
 async def connect(target: Target) -> asyncpg.Connection:
     try:
         return await asyncpg.connect(**target.asyncpg_kwargs())  # type: ignore[arg-type]
     except _CONNECT_ERRORS as exc:
-        raise explain_connect_error(target, exc) from None
+        failure: BaseException = exc  # explained outside the handler: no "during handling of the above"
+    raise await _explain(target, failure) from None
 
 
 async def create_pool(target: Target, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     try:
         pool = await asyncpg.create_pool(min_size=min_size, max_size=max_size, **target.asyncpg_kwargs())  # type: ignore[arg-type]
     except _CONNECT_ERRORS as exc:
-        raise explain_connect_error(target, exc) from None
-    assert pool is not None
-    return pool
+        failure: BaseException = exc
+    else:
+        assert pool is not None
+        return pool
+    raise await _explain(target, failure) from None

@@ -33,6 +33,7 @@ from pytest_hokmdb.redaction import register_secret
 
 if TYPE_CHECKING:
     from pytest_hokmdb.cluster.patroni_topology import LocalPatroniTopology
+    from pytest_hokmdb.cluster.topology import LocalTopology
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,18 @@ def local_patroni_for(loaded: LoadedConfig) -> LocalPatroniTopology | None:
     db = config.database
     return LocalPatroniTopology(base.with_name(base.name + "-patroni"), os_user=settings.os_user, bin_dir=settings.bin_dir,
                                 pooler_roles=(db.user, db.monitor_user or EMBEDDED_MONITOR_USER))
+
+
+def local_topology_for(loaded: LoadedConfig) -> LocalTopology | None:
+    """``topology.local: true``: the embedded cluster as primary, its standby and the PgBouncer
+    that admits the application and monitoring roles; None in any other mode."""
+    config = loaded.config
+    if not config.uses_embedded or config.topology is None or config.topology.local is not True:
+        return None
+    from pytest_hokmdb.cluster.topology import LocalTopology
+
+    db = config.database
+    return LocalTopology(embedded_cluster_for(loaded), pooler_roles=(db.user, db.monitor_user or EMBEDDED_MONITOR_USER))
 
 
 def password_store(loaded: LoadedConfig) -> LocalServer:
@@ -161,6 +174,16 @@ async def provision_monitor(conn: asyncpg.Connection, *, user: str, password: st
         user, password,
     ))
     await conn.execute(await conn.fetchval("SELECT format('ALTER ROLE %I SET default_transaction_read_only = on', $1::text)", user))
+    await grant_monitor(conn, user)
+
+
+async def grant_monitor(conn: asyncpg.Connection, user: str) -> None:
+    """``MONITOR_GRANTS`` to the existing role ``user`` in the database ``conn`` is connected
+    to (as a superuser: the catalog's objects are the bootstrap superuser's to grant).
+
+    Setup runs it through ``provision_monitor``; a copy restored without ACLs (``pg_restore
+    --no-acl``, the scratch copy of ``--restore-from-backup``) needs it again, because the
+    privileges on catalog views such as ``pg_hba_file_rules`` are kept per database."""
     role = await conn.fetchval("SELECT format('%I', $1::text)", user)
     for grant in MONITOR_GRANTS:
         await conn.execute(grant.format(role=role))
@@ -278,6 +301,14 @@ async def resolve_target(loaded: LoadedConfig, *, start: bool = True, provision_
     connection with the setup command to run. With ``topology.local: "patroni"`` the same holds
     for the local Patroni cluster, whose leader is the target.
     """
+    target = await _resolve_target(loaded, start=start, provision_embedded=provision_embedded)
+    # The monitoring role can tell, when the server refuses this role's password, whether the
+    # password expired (db/connect.py); an environment without one keeps the plain message.
+    monitor = await resolve_monitor_target(loaded, target)
+    return target if monitor is None else replace(target, witness=replace(monitor, witness=None))
+
+
+async def _resolve_target(loaded: LoadedConfig, *, start: bool, provision_embedded: bool) -> Target:
     config = loaded.config
     db = config.database
     common = dict(
@@ -403,4 +434,7 @@ async def resolve_monitor_target(loaded: LoadedConfig, target: Target) -> Target
                 return None
     if user is None:
         return None
-    return replace(target, user=user, password=password, read_only=True, application_name=f"{target.application_name}-monitor")
+    # Its witness, should the server refuse its password, is the role it watches.
+    witness = replace(target, witness=None) if user != target.user else None
+    return replace(target, user=user, password=password, read_only=True, application_name=f"{target.application_name}-monitor",
+                   witness=witness)

@@ -37,6 +37,11 @@ class Target:
     # Where host, port and password come from, for connection hints (LoadedConfig.origin).
     address_origin: str = field(default="", compare=False)
     password_origin: str = field(default="", compare=False)
+    # Another login to the same server (``resolve_target`` sets the monitoring role; the monitor's
+    # is the role it watches) that reads pg_roles when this one's password is refused: PostgreSQL
+    # tells the client "password authentication failed" also for a password past its VALID UNTIL,
+    # and only a look at the catalog tells the two apart (db/connect.py).
+    witness: Target | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         register_secret(self.password)

@@ -121,6 +121,36 @@ def _local_patroni(loaded: LoadedConfig, observer: Target, dbname: str, limits: 
     return _patroni_view(local, observer, dbname, **limits)
 
 
+async def refresh_local_pooler(loaded: LoadedConfig, role: str) -> str | None:
+    """After ``role``'s password changed: the PgBouncer hokmdb runs for the environment
+    (``topology.local``) re-reads the roles' SCRAM verifiers, so the game logs in through it
+    with the new password (its auth file held the old verifier). Returns what was done, for
+    the operator; None when the environment has no local PgBouncer or it does not admit ``role``."""
+    from pytest_hokmdb.db.resolve import local_patroni_for, local_topology_for
+
+    patroni = local_patroni_for(loaded)
+    light = local_topology_for(loaded) if patroni is None else None
+    if patroni is not None:
+        pooler, roles, superuser = patroni.pooler, patroni.pooler_roles, patroni.patroni
+    elif light is not None:
+        pooler, roles, superuser = light.pooler, light.pooler_roles, light.primary
+    else:
+        return None
+    if role not in roles:
+        return None
+    environment = loaded.config.environment
+    if pooler.status().port is None:
+        return None  # never set up: `hokmdb topology start` writes its auth file when it first runs it
+    try:
+        reloaded = await pooler.refresh_auth(superuser.admin_connect_kwargs(), roles=roles)
+    except HokmdbError as exc:
+        return (f"PgBouncer of the local topology still has the old verifier ({exc.message}): run `hokmdb topology "
+                f"start --environment {environment}` before the game logs in through it")
+    if not reloaded:
+        return f"PgBouncer of the local topology is not running; `hokmdb topology start --environment {environment}` gives it the new verifier"
+    return f"PgBouncer on {pooler.host}:{pooler.port} reloaded with the new verifier"
+
+
 def local_view(local: LocalTopology, observer: Target, dbname: str, **limits: float | int) -> Topology:
     """The endpoints of hokmdb's own topology, reached as ``observer`` (the monitoring role)."""
     from pytest_hokmdb.cluster.topology import POOLER_ADMIN, STANDBY_NAME

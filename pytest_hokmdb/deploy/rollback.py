@@ -19,6 +19,7 @@ from pytest_hokmdb.deploy.orchestrator import APPROVAL_ENV, DeployOptions, appro
 from pytest_hokmdb.deploy.runner import RevisionFailed
 from pytest_hokmdb.deploy.session import DeployLogFile, DeploySession, Outcome, Step
 from pytest_hokmdb.errors import ExitCode, HokmdbError, Refused
+from pytest_hokmdb.migrate import check_revision
 from pytest_hokmdb.redaction import redact
 
 log = logging.getLogger("hokmdb.rollback")
@@ -60,6 +61,9 @@ async def rollback_migration(request: RollbackRequest) -> Outcome:
     started = time.monotonic()
     t0 = time.monotonic()
     loaded = load_config(request.environment, request.config_path)
+    # A revision this code does not have is a usage error (exit 2), said before any connection,
+    # lock or log file, as a deploy's --target-revision is.
+    check_revision(request.revision, project_root=loaded.project_root)
     config = loaded.config
     outcome = Outcome(int(ExitCode.OK), "", environment=config.environment, steps=[Step("config", time.monotonic() - t0, "ok", f"{loaded.path} is valid")])
     options = DeployOptions(environment=request.environment, approve=request.approve, force=request.force)

@@ -38,6 +38,7 @@ from pytest_hokmdb.db.resolve import (
     runs_local_server,
 )
 from pytest_hokmdb.db.target import Target
+from pytest_hokmdb.db.topology import refresh_local_pooler
 from pytest_hokmdb.errors import ConfigError, HokmdbError, Refused
 from pytest_hokmdb.redaction import register_secret
 
@@ -71,6 +72,13 @@ def _set_own_password(target: Target, password: str) -> None:
 
     try:
         with psycopg.connect(**_libpq_kwargs(target), autocommit=True) as conn:  # type: ignore[arg-type]
+            # The monitoring role logs in with `default_transaction_read_only = on` (provision_monitor,
+            # README "Monitoring connection"), under which PostgreSQL refuses ALTER ROLE. That
+            # default guards the data against a monitor's mistakes; it is not a permission: any
+            # role may set it off for its own session (a user-level setting) and may change its own
+            # password. Only this session, which runs the one statement below and closes, lifts it;
+            # the role's setting and every other session of it stay read-only.
+            conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE")
             verifier = conn.pgconn.encrypt_password(password.encode(), target.user.encode(), b"scram-sha-256")
             conn.execute(sql.SQL("ALTER ROLE CURRENT_USER PASSWORD {}").format(sql.Literal(verifier.decode())))
     except psycopg.Error as exc:
@@ -222,5 +230,11 @@ async def rotate_password(loaded: LoadedConfig, role: Role, *, approved: str | N
         stored = f"stored as {variable} in {path} (0600), where the {environment} config reads it"
         if os.environ.get(variable):
             stored += f"; {variable} is also set in this shell's environment, which wins: update or unset it"
+    if local:
+        # PgBouncer's auth file holds SCRAM verifiers copied from the server: the game would meet
+        # the old one there until `hokmdb topology start` ran again.
+        pooler = await refresh_local_pooler(loaded, target.user)
+        if pooler is not None:
+            stored += f"; {pooler}"
     log.info("rotated the password of role %s on %s: %s", target.user, target.dsn(), stored)
     return Rotation(role=target.user, target=target.dsn(), stored=stored, password=new if show else None)

@@ -109,6 +109,29 @@ async def test_a_crash_safe_server_passes(check_context_factory) -> None:  # typ
     assert "keep commits crash-safe" in result.message
 
 
+async def test_synchronous_commit_off_on_a_role_names_the_role_and_its_reset(check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    """Issue 32 item 13: a role-level override was told to run ALTER SYSTEM, which changes
+    nothing for that role (its own setting wins over the server's)."""
+    with cluster_of_its_own("rolesync", "rolesync", {"max_connections": "20"}) as db:
+        await run_statements(db, "CREATE ROLE game_fast LOGIN PASSWORD 'pw-game-fast'",
+                             "ALTER ROLE game_fast SET synchronous_commit = off")
+        role = await health.crash_safe_settings(
+            await check_context_factory(db, environment="production", user="game_fast", password="pw-game-fast"))
+        await run_statements(db, "ALTER ROLE game_fast RESET synchronous_commit",
+                             "ALTER DATABASE rolesync SET synchronous_commit = off")
+        database = await health.crash_safe_settings(
+            await check_context_factory(db, environment="production", user="game_fast", password="pw-game-fast"))
+    assert_status(role, "failed")
+    assert "synchronous_commit = off, set on role game_fast (ALTER ROLE ... SET): commits the game server was told " \
+           "succeeded can be lost in a crash" in role.message
+    assert "Run ALTER ROLE game_fast RESET synchronous_commit (as a superuser or a role with CREATEROLE)" in role.message
+    assert "ALTER SYSTEM" not in role.message
+    assert_status(database, "failed")
+    assert "synchronous_commit = off, set on database rolesync (ALTER DATABASE ... SET)" in database.message
+    assert "Run ALTER DATABASE rolesync RESET synchronous_commit" in database.message
+    assert "ALTER SYSTEM" not in database.message
+
+
 # -- advisory locks left behind ------------------------------------------------------------------
 
 

@@ -78,3 +78,29 @@ async def test_a_clean_rollback_from_head_passes_its_gate_and_a_broken_one_fails
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "held to revision 0007" in flat and "ix_players_rating_desc" in flat
     assert "leaderboard_top_n does not use ix_players_rating_desc, which does not exist" in flat
+
+
+def test_an_unknown_revision_is_rejected_before_connecting_locking_or_logging(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Issue 32 item 13: `rollback.py migration --revision 9999` took the deploy lock and wrote
+    a rollback log before it said the revision does not exist. Bad input is a usage error,
+    said once, before any connection (this port refuses one), lock or log file."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import PROJECT_ROOT, write_config_dir
+
+    config_dir = tmp_path / "config"
+    logs = tmp_path / "logs"
+    write_config_dir(config_dir, "testing", deploy__log_dir=str(logs))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "HOKMDB_"))}
+    env.update(DB_HOST="127.0.0.1", DB_PORT="1", DB_PASSWORD_TEST="unused", HOKMDB_ENV_FILE=str(tmp_path / "none.env"))
+    proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "database" / "rollback.py"), "migration", "--environment",
+                           "testing", f"--config={config_dir}", "--revision", "9999"],
+                          capture_output=True, text=True, env=env, timeout=60, check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == ExitCode.CONFIG_ERROR, output
+    assert output.count("revision '9999' is not in this code's migration history") == 1, output
+    assert "hint: `alembic history` lists the revisions" in output
+    assert "cannot connect" not in output and "lock" not in output and "Traceback" not in output, output
+    assert not logs.exists() or not any(logs.iterdir()), sorted(p.name for p in logs.iterdir())

@@ -154,6 +154,38 @@ async def test_an_unreachable_or_unknown_component_fails_and_an_absent_one_skips
         assert "this environment's config lists none" in result.message
 
 
+async def test_synchronous_commit_off_on_the_application_role_names_the_role_and_its_reset(topology_env: TopologyEnv, topology_context) -> None:  # type: ignore[no-untyped-def]
+    """Issue 32 item 13: the server commits synchronously, the game's role does not (ALTER ROLE
+    ... SET); the advice was ALTER SYSTEM, which changes nothing for that role."""
+    from pytest_hokmdb.cluster.topology import STANDBY_NAME
+
+    role, password = f"game_{uuid.uuid4().hex[:8]}", f"pw-{uuid.uuid4().hex}"
+    admin = await asyncpg.connect(**topology_env.primary.asyncpg_kwargs())  # type: ignore[arg-type]
+    try:
+        await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+        await admin.execute(f"ALTER ROLE {role} SET synchronous_commit = off")
+        await admin.execute(f"ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 ({STANDBY_NAME})'")
+        await admin.execute("ALTER SYSTEM SET synchronous_commit = on")
+        await admin.execute("SELECT pg_reload_conf()")
+        for _ in range(100):
+            if await admin.fetchval("SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'"):
+                break
+            await asyncio.sleep(0.1)
+        game = replace(topology_env.primary, user=role, password=password)
+        ctx = await topology_context(topology_env, view=topology_env.view(synchronous_replication=True), target=game)
+        result = await topology.synchronous_standbys(ctx)
+    finally:
+        await admin.execute("ALTER SYSTEM RESET synchronous_standby_names")
+        await admin.execute("ALTER SYSTEM RESET synchronous_commit")
+        await admin.execute("SELECT pg_reload_conf()")
+        await admin.close()
+    assert_status(result, "failed")
+    assert f"synchronous_commit = off, set on role {role} (ALTER ROLE ... SET), for new sessions: commits do not " \
+           "wait for the synchronous standby" in result.message
+    assert f"Run ALTER ROLE {role} RESET synchronous_commit (as a superuser or a role with CREATEROLE)" in result.message
+    assert "ALTER SYSTEM" not in result.message
+
+
 async def test_a_synchronous_standby_that_is_attached_meets_the_promise(topology_env: TopologyEnv, topology_context) -> None:  # type: ignore[no-untyped-def]
     """The standby named in synchronous_standby_names is attached and confirms commits, once
     synchronous_commit waits for it; the same setting naming a standby that is not there makes

@@ -89,3 +89,33 @@ def test_topology_commands_need_a_local_topology_in_the_config(tmp_path: Path) -
     assert "development has no local topology" in proc.stderr
     assert '"topology": {"local": true}' in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+async def test_after_rotating_the_app_password_the_game_logs_in_through_pgbouncer_with_the_new_one(topology_dev) -> None:  # type: ignore[no-untyped-def]
+    """Issue 32 item 6: PgBouncer's auth file held the old SCRAM verifier until `topology start` ran again."""
+    import asyncpg
+
+    config_dir, env, cluster = topology_dev
+    common = ["--environment", "development", "--config", str(config_dir)]
+    started = _run([str(HOKMDB), "topology", "start", *common], env)
+    assert started.returncode == 0, started.stdout + started.stderr
+    topology = LocalTopology(cluster)
+    old = topology._state()["app_passwords"]["hokm_app"]  # type: ignore[index]
+    through_pooler = dict(host="127.0.0.1", port=topology.pooler_port, user="hokm_app", database="hokm_dev",
+                          statement_cache_size=0)
+    conn = await asyncpg.connect(password=old, **through_pooler)  # type: ignore[arg-type]
+    await conn.close()
+
+    rotated = _run([str(HOKMDB), "rotate-password", "--role", "app", *common], env)
+    assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+    new = topology._state()["app_passwords"]["hokm_app"]  # type: ignore[index]
+    assert new != old
+    conn = await asyncpg.connect(password=new, **through_pooler)  # type: ignore[arg-type]
+    try:
+        assert await conn.fetchval("SELECT current_user") == "hokm_app"
+    finally:
+        await conn.close()
+    assert f"PgBouncer on 127.0.0.1:{topology.pooler_port} reloaded with the new verifier" in rotated.stdout
+    with pytest.raises(asyncpg.ProtocolViolationError, match="SASL authentication failed"):  # PgBouncer's wording
+        await asyncpg.connect(password=old, **through_pooler)  # type: ignore[arg-type]
+    assert new not in topology.pooler.auth_file.read_text()  # a verifier, never the password

@@ -119,7 +119,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="hokmdb_keep_restored",
         action="store_true",
         default=False,
-        help="keep the scratch database of --restore-from-backup after the run",
+        help="keep the scratch database of --restore-from-backup after the run (rollback.py cleanup drops it "
+        "after backup.retention_days)",
     )
     parser.addini("hokmdb_environment", "default environment for --environment", default=None)
     parser.addini("hokmdb_config", "default config directory or file for --db-config", default=None)
@@ -301,14 +302,15 @@ def _restore_from_backup(config: pytest.Config, loaded: Any) -> None:
         config.pluginmanager.register(_RestoredToWorkers(scratch.dbname, scratch.revision), "hokmdb-restored-to-workers")
 
     def drop() -> None:
-        if config.getoption("hokmdb_keep_restored"):
-            return
+        keep = config.getoption("hokmdb_keep_restored")
         try:
-            run_sync(scratch.drop())
+            # Kept: marked so, or ``rollback.py cleanup`` would take it for a killed run's copy.
+            run_sync(scratch.keep() if keep else scratch.drop())
         except Exception as exc:  # noqa: BLE001 - teardown must not hide the run's result
             import warnings
 
-            warnings.warn(f"hokmdb: could not drop scratch database {scratch.dbname}: {redact(str(exc))}", stacklevel=1)
+            what = "mark scratch database {} as kept" if keep else "drop scratch database {}"
+            warnings.warn(f"hokmdb: could not {what.format(scratch.dbname)}: {redact(str(exc))}", stacklevel=1)
 
     config.add_cleanup(drop)
 

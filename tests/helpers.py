@@ -82,6 +82,21 @@ async def fetch_one(dsn: str, sql: str) -> object:
         await conn.close()
 
 
+async def server_age_s(dsn: str, at_least: float) -> float:
+    """The server's age in seconds, once it is at least ``at_least`` (waits until then): for
+    tests that need a server older than an age a check requires (no assertion on time)."""
+    import asyncio
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        sql = "SELECT extract(epoch FROM now() - pg_postmaster_start_time())::float8"
+        while (age := float(await conn.fetchval(sql))) < at_least:
+            await asyncio.sleep(at_least - age)
+        return age
+    finally:
+        await conn.close()
+
+
 async def grant_monitor_role(db, role: str, password: str) -> None:  # type: ignore[no-untyped-def]
     """A monitoring role exactly as the setup commands create one (pg_monitor + documented grants)."""
     from pytest_hokmdb.db.resolve import provision_monitor

@@ -224,8 +224,36 @@ def run_pg_restore(
 
 
 async def analyze(target: Target) -> None:
+    """``VACUUM (ANALYZE)`` of a restored copy: planner statistics, and the visibility map that
+    autovacuum would otherwise set after the restore's inserts (``reset_statistics`` clears the
+    counters that would have made it do so)."""
     conn = await connect(replace(target, statement_timeout_ms=0, read_only=False))
     try:
-        await conn.execute("ANALYZE")
+        await conn.execute("VACUUM (ANALYZE)")
+    finally:
+        await conn.close()
+
+
+async def reset_statistics(target: Target) -> bool:
+    """``pg_stat_reset()`` in a restored copy, once it is verified: its counters then hold the
+    workload only, not the restore, VACUUM, row counts and amcheck that read it all from disk,
+    and ``pg_stat_database.stats_reset`` says when the copy's statistics began (PostgreSQL keeps
+    no creation time, and a new database's ``stats_reset`` is empty), so
+    ``performance.cache_hit_ratio`` waits ``smoke.cache_hit_min_age_s`` from then. Nothing
+    autovacuum needs is lost: ``analyze`` has just vacuumed and analyzed every table.
+
+    False (and a warning) when the restoring role may not (a superuser's, by default)."""
+    conn = await connect(replace(target, statement_timeout_ms=0, read_only=False))
+    try:
+        await conn.execute("SELECT pg_stat_reset()")
+        return True
+    except asyncpg.InsufficientPrivilegeError as exc:
+        log.warning(
+            "the statistics of the restored copy %s keep the restore's own reads: role %s may not reset them (%s); "
+            "performance.cache_hit_ratio judges them once the server has run smoke.cache_hit_min_age_s "
+            "(restore as a superuser: backup.admin_user)",
+            target.dbname, target.user, exc,
+        )
+        return False
     finally:
         await conn.close()

@@ -9,10 +9,17 @@ then are both databases renamed in one transaction: the target becomes
 ``<db>_before_restore_<time>`` and the copy becomes the target. A restore killed at any
 point before that transaction leaves the target as it was (plus a leftover copy that
 ``cleanup`` drops); one killed inside it is rolled back by PostgreSQL.
+
+A scratch copy (``hokmdb_restored_*``) says in its database comment which process made it
+(``cluster.scratch.owner_record``), from the moment it exists; ``--keep-restored`` replaces
+that with the moment it was kept. ``cleanup`` drops the copies whose process is gone (a
+killed run's: a full copy of the data nobody else would remove) and kept ones past
+``retention_days``, never one a live run owns, nor one somebody is connected to.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import time
@@ -31,9 +38,10 @@ from pytest_hokmdb.backup.pg import (
     run_pg_restore,
 )
 from pytest_hokmdb.backup.records import BackupRecord, find_backup
-from pytest_hokmdb.backup.verify import check_restored, fetched_dump, grant_app_role
+from pytest_hokmdb.backup.verify import check_restored, fetched_dump, grant_app_role, grant_monitor_role
+from pytest_hokmdb.cluster.scratch import owner_record
 from pytest_hokmdb.config import LoadedConfig
-from pytest_hokmdb.db import Target, resolve_target
+from pytest_hokmdb.db import Target, resolve_monitor_target, resolve_target
 from pytest_hokmdb.errors import BackupError, Refused
 
 log = logging.getLogger("hokmdb.backup")
@@ -70,6 +78,35 @@ class ScratchRestore:
         await drop_database(self.admin, self.dbname)
         log.info("dropped scratch database %s", self.dbname)
 
+    async def keep(self) -> None:
+        """Kept on purpose (``--keep-restored``): ``cleanup`` leaves it for ``retention_days``."""
+        await _mark(self.admin, self.dbname, {"kept_at": datetime.now(UTC).isoformat(timespec="seconds")})
+        log.info("kept scratch database %s", self.dbname)
+
+
+SCRATCH_COMMENT_KEY = "hokmdb_restored"
+
+
+async def _mark(admin: Target, name: str, what: dict[str, Any]) -> None:
+    """Record in the scratch copy's comment who owns it (or that it was kept)."""
+    comment = json.dumps({SCRATCH_COMMENT_KEY: what}).replace("'", "''")
+    conn = await admin_connect(admin)
+    try:
+        await conn.execute(f"COMMENT ON DATABASE {quote_ident(name)} IS '{comment}'")
+    finally:
+        await conn.close()
+
+
+def scratch_mark(comment: str | None) -> dict[str, Any] | None:
+    """What ``_mark`` recorded in a scratch copy's comment; None when there is nothing (a copy
+    made before the record existed, or killed in the moment between creating and marking it)."""
+    try:
+        value = json.loads(comment or "")
+    except ValueError:
+        return None
+    mark = value.get(SCRATCH_COMMENT_KEY) if isinstance(value, dict) else None
+    return mark if isinstance(mark, dict) else None
+
 
 async def restore_scratch(loaded: LoadedConfig, location: str, *, show_progress: bool | None = False) -> ScratchRestore:
     """Restore ``location`` into a new scratch database the environment's app role can use."""
@@ -90,12 +127,17 @@ async def restore_scratch(loaded: LoadedConfig, location: str, *, show_progress:
         await create_database(admin, name)
         scratch_admin = admin.with_database(name)
         try:
+            await _mark(admin, name, {"owner": owner_record()})
             run_pg_restore(
                 bin_dir(loaded), dump, scratch_admin, jobs=config.backup.restore_jobs, exact=False,
                 entries=findings["toc_entries"], show_progress=show_progress,
             )
             if scratch_admin.user != target.user:
                 await grant_app_role(scratch_admin, target.user)
+            monitor = await resolve_monitor_target(loaded, target)
+            if monitor is not None:
+                # --no-acl dropped what the monitoring role has on the environment's database.
+                await grant_monitor_role(scratch_admin, monitor.user)
             await analyze(scratch_admin)
             problems = await check_restored(scratch_admin, record.manifest, details)
             if problems:

@@ -84,7 +84,8 @@ def parser() -> argparse.ArgumentParser:
     listing = sub.add_parser("list-backups", help="the backups, newest first")
     _common(listing, environment_required=False)
 
-    cleanup = sub.add_parser("cleanup", help="delete backups past retention, leftovers and kept databases")
+    cleanup = sub.add_parser("cleanup", help="delete backups past retention, leftovers and kept databases; stop the "
+                             "scratch servers of hokmdb processes that are gone (a killed full verification's)")
     _common(cleanup, environment_required=False)
     cleanup.add_argument("--dry-run", action="store_true", help="list what would be deleted")
     cleanup.add_argument("--days", type=int, default=None, help="override backup.retention_days")
@@ -170,9 +171,11 @@ async def cmd_cleanup(args: argparse.Namespace) -> int:
 
     code = 0
     output: list[dict[str, Any]] = []
-    for loaded in _configs(args):
+    for index, loaded in enumerate(_configs(args)):
         environment = loaded.config.environment
-        plan = await plan_cleanup(loaded, days=args.days, count=args.count, databases=not args.no_databases)
+        # Scratch servers are this machine's, not an environment's: swept (and listed) once.
+        plan = await plan_cleanup(loaded, days=args.days, count=args.count, databases=not args.no_databases,
+                                  servers=index == 0)
         problems = list(plan.problems)
         if not args.dry_run:
             problems += await run_cleanup(loaded, plan)

@@ -19,6 +19,7 @@ import os
 import secrets
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -352,6 +353,28 @@ class EmbeddedCluster:
     def is_running(self) -> bool:
         return self.status().running
 
+    def exposure(self) -> list[str]:
+        """Why another account could read this cluster's data, or swap its directory (or one
+        above it) for one of its own; empty when none could. The data directory must be the
+        server account's with mode 0700, and every directory above it owned by root, hokmdb's
+        account or the server's and writable by no one else unless sticky (like /tmp)."""
+        trusted = {0, os.getuid(), self.user.uid}
+        problems: list[str] = []
+        try:
+            info = self.data_dir.stat()
+            if info.st_uid != self.user.uid or stat.S_IMODE(info.st_mode) != 0o700:
+                problems.append(f"{self.data_dir} has owner uid {info.st_uid} and mode "
+                                f"{stat.S_IMODE(info.st_mode):o} (the server account's, 700 expected)")
+            for parent in self.data_dir.parents:
+                info = parent.stat()
+                if info.st_uid not in trusted:
+                    problems.append(f"{parent} belongs to uid {info.st_uid}, which could rename what is in it")
+                elif info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX:
+                    problems.append(f"{parent} is writable by other accounts (mode {stat.S_IMODE(info.st_mode):o})")
+        except OSError as exc:
+            problems.append(f"{self.data_dir}: {exc}")
+        return problems
+
     def start(self) -> None:
         """Start the server if it is not running (initialising it first); idempotent."""
         self.init()
@@ -444,9 +467,10 @@ def _destroy_scratch(path: Path) -> None:
     EmbeddedCluster(path).destroy()
 
 
-def sweep_orphan_clusters() -> list[Path]:
-    """Stop and remove the scratch clusters (and topologies) of processes that are gone (``cluster.scratch``)."""
-    return sweep_orphans(_destroy_scratch)
+def sweep_orphan_clusters(*, dry_run: bool = False) -> list[Path]:
+    """Stop and remove the scratch clusters (and topologies) of processes that are gone
+    (``cluster.scratch``); ``dry_run``: only say which."""
+    return sweep_orphans(_destroy_scratch, dry_run=dry_run)
 
 
 def scram_verifier(password: str, *, iterations: int = 4096) -> str:

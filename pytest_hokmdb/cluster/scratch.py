@@ -5,8 +5,13 @@ created under one tracked root, ``$HOKMDB_SCRATCH_DIR`` or ``$TMPDIR/hokmdb-scra
 a directory that records its owner (pid and the process's start time, so a reused pid is
 not mistaken for the owner). A worker killed with SIGKILL cannot clean up after itself;
 ``sweep_orphans`` stops the server of every directory whose owner is gone and removes it. It
-runs before each new scratch cluster starts and when a pytest session ends, so a killed
-worker's cluster is gone by the end of the run that killed it.
+runs before each new scratch cluster starts, when a pytest session ends, and in
+``rollback.py cleanup`` (which lists the same directories with ``--dry-run``), so a killed
+worker's cluster is gone by the end of the run that killed it, and a killed full backup
+verification's server (which holds a decrypted copy of the backup) by the next cleanup.
+
+The same owner record (``owner_record``, ``owner_alive``) marks what else a process leaves
+on a server while it runs, such as the scratch database of ``--restore-from-backup``.
 
 Ports: picking a free port and binding it later is a race between parallel workers. A
 port is *reserved* (an ``O_EXCL`` file under the root's ``ports/``) from the moment it is
@@ -33,8 +38,12 @@ OWNER_FILE = "hokmdb-owner.json"
 _RESERVATION_TTL_S = 300.0
 
 
+def _configured_root() -> Path:
+    return Path(os.environ.get("HOKMDB_SCRATCH_DIR") or Path(tempfile.gettempdir()) / "hokmdb-scratch")
+
+
 def scratch_root() -> Path:
-    root = Path(os.environ.get("HOKMDB_SCRATCH_DIR") or Path(tempfile.gettempdir()) / "hokmdb-scratch")
+    root = _configured_root()
     _shared_dir(root)
     return root
 
@@ -56,7 +65,40 @@ def _start_time(pid: int) -> str | None:
         return None
 
 
-def _owner_alive(owner: dict[str, object]) -> bool:
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def owner_record() -> dict[str, object]:
+    """This process, as ``owner_alive`` recognises it later: pid and start time (a reused pid
+    is not mistaken for it), host, boot and pid namespace (nor is a pid of another machine,
+    boot or container)."""
+    pid = os.getpid()
+    return {"pid": pid, "started": _start_time(pid), "host": socket.gethostname(), "boot": _boot_id(),
+            "pidns": _pid_namespace()}
+
+
+def owner_alive(owner: dict[str, object]) -> bool | None:
+    """Whether the process ``owner`` records still runs; None when it ran on another host (or
+    in another container's pid namespace), whose processes cannot be looked at from here."""
+    host, pidns = owner.get("host"), owner.get("pidns")
+    if isinstance(host, str) and host != socket.gethostname():
+        return None
+    if isinstance(pidns, str) and pidns != _pid_namespace():
+        return None
+    boot = owner.get("boot")
+    if isinstance(boot, str) and boot != _boot_id():
+        return False  # this machine has rebooted since: every process of that boot is gone
     pid = owner.get("pid")
     if not isinstance(pid, int):
         return False
@@ -68,25 +110,34 @@ def new_scratch_dir(label: str) -> Path:
     """A fresh directory under the root, recorded as owned by this process."""
     path = scratch_root() / f"{label}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     path.mkdir(mode=0o755)
-    (path / OWNER_FILE).write_text(json.dumps({"pid": os.getpid(), "started": _start_time(os.getpid())}))
+    (path / OWNER_FILE).write_text(json.dumps(owner_record()))
     return path
 
 
-def sweep_orphans(destroy: Callable[[Path], None], root: Path | None = None) -> list[Path]:
-    """Stop (``destroy``) and remove every scratch cluster whose owner process is gone."""
-    if root is None:
-        configured = Path(os.environ.get("HOKMDB_SCRATCH_DIR") or Path(tempfile.gettempdir()) / "hokmdb-scratch")
-        if not configured.is_dir():
-            return []
-        root = configured
-    removed: list[Path] = []
+def orphans(root: Path | None = None) -> list[Path]:
+    """The tracked scratch directories under ``root`` (default: the configured root) whose
+    owner process is gone."""
+    root = root or _configured_root()
+    if not root.is_dir():
+        return []
+    found: list[Path] = []
     for path in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "ports"):
         try:
             owner = json.loads((path / OWNER_FILE).read_text())
         except (OSError, ValueError):
             continue  # not (yet) a tracked directory: leave it
-        if _owner_alive(owner):
-            continue
+        if owner_alive(owner) is False:  # None (another host's): not ours to judge
+            found.append(path)
+    return found
+
+
+def sweep_orphans(destroy: Callable[[Path], None], root: Path | None = None, *, dry_run: bool = False) -> list[Path]:
+    """Stop (``destroy``) and remove every scratch cluster whose owner process is gone;
+    returns the directories removed (``dry_run``: the ones that would be, touching nothing)."""
+    if dry_run:
+        return orphans(root)
+    removed: list[Path] = []
+    for path in orphans(root):
         try:
             destroy(path)
         except Exception as exc:  # noqa: BLE001 - a janitor reports and goes on
@@ -95,10 +146,11 @@ def sweep_orphans(destroy: Callable[[Path], None], root: Path | None = None) -> 
         if not path.exists():
             removed.append(path)
             log.info("removed the scratch cluster of a process that is gone: %s", path)
-    for reservation in (root / "ports").glob("*") if (root / "ports").is_dir() else []:
+    ports = (root or _configured_root()) / "ports"
+    for reservation in ports.glob("*") if ports.is_dir() else []:
         with contextlib.suppress(OSError, ValueError):
             owner = json.loads(reservation.read_text())
-            if not _owner_alive(owner) or time.time() - reservation.stat().st_mtime > _RESERVATION_TTL_S:
+            if not owner_alive(owner) or time.time() - reservation.stat().st_mtime > _RESERVATION_TTL_S:
                 reservation.unlink()
     return removed
 

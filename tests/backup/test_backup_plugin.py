@@ -94,3 +94,20 @@ def test_restore_from_backup_is_refused_for_protected_environments(backup_setup:
     )
     assert result.ret == 4
     result.stderr.fnmatch_lines(["*--restore-from-backup creates a scratch database*not on staging*"])
+
+
+async def test_whole_smoke_suite_passes_on_a_restored_copy_of_a_good_backup(backup_setup: BackupSetup) -> None:
+    """Issue 32, item 5: the scratch copy is restored without ACLs (``--no-acl``), so it lost the
+    per-database grants the monitoring role needs on ``pg_hba_file_rules``, and the blocker
+    security.no_remote_trust_auth was "not verified": every ``--restore-from-backup`` run
+    exited 1. The restore gives the copy the monitoring role's grants, as setup does."""
+    loaded = backup_setup.loaded()
+    await take_backup(loaded, verify="none")
+    await break_live_schema(backup_setup)  # so only a run against the copy can pass
+    restored = run_gate(loaded, "smoke", extra_args=["--restore-from-backup=latest"], env=backup_setup.env)
+    outcomes = {t["check"]: t for t in restored.tests if t.get("check")}
+    trust = outcomes["security.no_remote_trust_auth"]
+    assert trust["outcome"] == "passed", trust.get("message")
+    assert "not verified" not in trust.get("message", "") and "may not read pg_hba_file_rules" not in trust.get("message", "")
+    assert restored.exit_code == 0, [f"{t['check']}: {t.get('message')}" for t in restored.tests if t["outcome"] != "passed"]
+    assert not scratch_databases(await database_names(backup_setup))

@@ -15,10 +15,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 from backup_support import BackupSetup, database_names, fingerprint
-from helpers import PROJECT_ROOT
+from helpers import PROJECT_ROOT, server_age_s
 
 from pytest_hokmdb.backup import take_backup
 from pytest_hokmdb.backup.emergency import emergency
+from pytest_hokmdb.checks import performance
 
 ROLLBACK = PROJECT_ROOT / "database" / "rollback.py"
 
@@ -168,3 +169,56 @@ async def test_emergency_restores_the_newest_verified_backup_after_a_last_state_
     assert last.manifest["reason"] == "emergency last state: players report lost games"
     assert last.manifest["tables"]["public.performance_metrics"] == 0
     assert isinstance(result.alert_problems, list)
+
+
+def test_a_restore_argument_that_cannot_be_a_backup_says_what_is_expected(backup_setup: BackupSetup) -> None:
+    """Issue 32 item 13: an argument of no accepted form (a URL hokmdb does not read) was told
+    "no backup at <a path made of it>", and a well-formed id that does not exist "is not a
+    backup". Each now gets the message for what it is; nothing is connected to or restored."""
+    common = ("restore", "--environment", "testing", f"--config={backup_setup.config_dir}", "--backup-file")
+    forms = ("expected a backup id as `rollback.py list-backups` shows it (ENV-YYYYMMDDTHHMMSSZ-xxxxxx), the path of "
+             "its ID.dump.age or ID.manifest.json, s3://bucket/prefix/ID.dump.age, 'latest' or 'latest-verified'")
+    url = "https://backups.example.com/testing-20260101T000000Z-abcdef.dump.age"
+    for argument in (url, "yesterday", "/etc/hostname"):
+        proc = rollback(backup_setup, *common, argument, timeout=60)
+        assert proc.returncode != 0, proc.stdout + proc.stderr
+        assert f"{argument!r} is not a backup: {forms}" in proc.stderr, proc.stderr
+        assert "no such backup" not in proc.stderr and "Traceback" not in proc.stderr
+    missing = "testing-20260101T000000Z-abcdef"
+    proc = rollback(backup_setup, *common, missing, timeout=60)
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert f"no such backup: {missing!r} is not in {backup_setup.backups_dir}" in proc.stderr, proc.stderr
+    assert "hint: `python database/rollback.py list-backups --environment testing` lists the backups" in proc.stderr
+    assert "is not a backup" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+async def test_a_good_restore_is_not_failed_by_the_cold_reads_of_its_own_copy(backup_setup: BackupSetup, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    """Issue 32, item 4: the restored copy's statistics are nothing but the restore's own reads
+    (pg_restore, ANALYZE, row counts, amcheck), and a new database's stats_reset is empty, so
+    on a server older than smoke.cache_hit_min_age_s performance.cache_hit_ratio judged them:
+    `restore --dry-run` exited 7 and `emergency` swapped and then reported FAILED. A verified
+    copy's statistics are reset, so they start with the copy and hold the workload only.
+
+    The thresholds make any read from disk a failure, and the server is older than the age
+    they require, so only the copy's own age can spare it."""
+    loaded = backup_setup.loaded()
+    record = await take_backup(loaded, verify="quick")
+    server_age = int(await server_age_s(backup_setup.admin_dsn(), at_least=60))
+    backup_setup.configure(smoke__min_cache_hit_ratio=1.0, smoke__cache_hit_min_reads=1, smoke__cache_hit_min_age_s=server_age)
+    name = backup_setup.live.db.name
+
+    dry = rollback(backup_setup, "restore", "--environment", "testing", f"--db-config={backup_setup.config_dir}",
+                   "--backup-file", record.location, "--dry-run")
+    assert dry.returncode == 0, dry.stdout + dry.stderr[-3000:]
+    assert f"dry run: backup {record.id} restored and verified; {name} was not touched" in dry.stdout
+
+    result = await emergency(backup_setup.loaded(), "players report lost games")
+    assert result.ok and result.smoke_passed, result.problems
+    # What the smoke suite saw on the swapped-in copy: statistics as young as the copy.
+    ctx = await check_context_factory(backup_setup.live.db, smoke={"min_cache_hit_ratio": 1.0, "cache_hit_min_reads": 1,
+                                                                   "cache_hit_min_age_s": server_age})
+    cache = await performance.cache_hit_ratio(ctx)
+    assert cache.status == "skipped", cache.message
+    assert f"cache hit ratio: database {name}'s statistics were reset " in cache.message
+    assert "hokmdb resets a copy it restores once the copy is verified" in cache.message
+    assert f"under smoke.cache_hit_min_age_s ({server_age:g} s): a cold cache is no evidence" in cache.message

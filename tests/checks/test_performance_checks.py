@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from helpers import assert_status, run_statements
+from helpers import assert_status, run_statements, server_age_s
 
 from hokm_profile import hot_queries as hokm_hot
 from pytest_hokmdb.checks import performance
@@ -279,6 +279,57 @@ async def test_cache_hit_ratio_fails_on_a_warm_server_that_really_misses(small_b
     assert result.measured < 0.9
 
 
+async def _read_big_table(db: ThrowawayDatabase, times: int) -> None:
+    conn = await asyncpg.connect(db.dsn)
+    try:
+        for _ in range(times):  # a warm server would serve the same table from memory
+            await conn.fetchval("SELECT count(*) FROM big")
+        await conn.execute("SELECT pg_stat_force_next_flush()")
+    finally:
+        await conn.close()
+
+
+async def test_cache_hit_ratio_does_not_judge_a_fresh_copy_on_a_server_that_ran_long_enough(
+    small_buffers_cluster: EmbeddedCluster, check_context_factory: ContextFactory
+) -> None:
+    """Issue 32, item 4: a copy made on a server that has run for longer than
+    smoke.cache_hit_min_age_s has statistics as young as the copy (pg_stat_database.stats_reset is
+    empty for a new database), and they hold nothing but its first, cold reads. They were judged
+    against the server's age, and a good restore failed. The age that counts is the copy's."""
+    from pytest_hokmdb.fixtures.throwaway import create_database
+
+    source = create_database(small_buffers_cluster, f"t_source_{os.getpid()}", None)
+    conn = await asyncpg.connect(source.dsn)
+    try:
+        await conn.execute("CREATE TABLE big AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 20000) g")
+    finally:
+        await conn.close()
+    # The copy is made once the server is older than the age the check requires, so only the
+    # copy's own age can spare it (and the copy is read and judged long before it is that old).
+    server_age = await server_age_s(source.dsn, at_least=10)
+    copy = create_database(small_buffers_cluster, f"t_copy_{os.getpid()}", source.name)
+    try:
+        await _read_big_table(copy, times=10)
+        fresh = await performance.cache_hit_ratio(
+            await check_context_factory(copy, smoke={"cache_hit_min_reads": 100, "cache_hit_min_age_s": server_age})
+        )
+        assert_status(fresh, "skipped")
+        assert f"database {copy.name} was created " in fresh.message
+        assert f" s ago, under smoke.cache_hit_min_age_s ({server_age:g} s): a cold cache is no evidence" in fresh.message
+        assert f"the ratio is judged once the statistics are {server_age:g} s old" in fresh.message
+        assert fresh.measured < server_age and fresh.threshold == server_age
+        # The very same statistics, judged: they really miss, so it is the copy's age that spared them.
+        judged = await performance.cache_hit_ratio(
+            await check_context_factory(copy, smoke={"cache_hit_min_reads": 100, "cache_hit_min_age_s": 0})
+        )
+        assert_status(judged, "failed")
+        assert f"cache hit ratio of database {copy.name} is " in judged.message
+        assert "under the 90% minimum (smoke.min_cache_hit_ratio)" in judged.message
+    finally:
+        drop_database(small_buffers_cluster, copy.name)
+        drop_database(small_buffers_cluster, source.name)
+
+
 async def test_cache_hit_ratio_skips_with_too_few_reads(hokmdb_fresh_db: ThrowawayDatabase, check_context_factory: ContextFactory) -> None:
     ctx = await check_context_factory(hokmdb_fresh_db, smoke={"cache_hit_min_age_s": 0})
     await ctx.conn.execute("SELECT pg_stat_reset()")
@@ -292,24 +343,31 @@ async def test_cache_hit_ratio_does_not_judge_a_server_started_moments_ago(
 ) -> None:
     """The same misses that fail a warm server are no evidence on a server that started
     seconds ago (a restored copy, a restart): not judged, and the message says why. With the
-    age requirement off, the very same statistics fail, so it is the age that spared them."""
+    age requirement off, the very same statistics fail, so it is the age that spared them.
+
+    Judged as an application role, as in production: it may not read the database's files, so
+    of the database's creation it knows nothing, and the server's start is what it sees."""
     from pytest_hokmdb.fixtures.throwaway import create_database
 
     db = create_database(small_buffers_cluster, f"t_young_{os.getpid()}", None)  # never reset: counts since start
+    role, password = f"app_young_{os.getpid()}", f"pw-{uuid.uuid4().hex}"
     conn = await asyncpg.connect(db.dsn)
     try:
+        await conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
         await conn.execute("CREATE TABLE big AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 20000) g")
         for _ in range(10):
             await conn.fetchval("SELECT count(*) FROM big")
         await conn.execute("SELECT pg_stat_force_next_flush()")
     finally:
         await conn.close()
-    young = await performance.cache_hit_ratio(await check_context_factory(db, smoke={"cache_hit_min_reads": 100}))
+    young = await performance.cache_hit_ratio(
+        await check_context_factory(db, smoke={"cache_hit_min_reads": 100}, user=role, password=password)
+    )
     assert_status(young, "skipped")
     assert "the server started" in young.message and "under smoke.cache_hit_min_age_s (600 s)" in young.message
     assert "a cold cache is no evidence" in young.message and "block reads" in young.message
     judged = await performance.cache_hit_ratio(
-        await check_context_factory(db, smoke={"cache_hit_min_reads": 100, "cache_hit_min_age_s": 0})
+        await check_context_factory(db, smoke={"cache_hit_min_reads": 100, "cache_hit_min_age_s": 0}, user=role, password=password)
     )
     assert_status(judged, "failed")
     assert f"cache hit ratio of database {db.name} is " in judged.message

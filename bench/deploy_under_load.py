@@ -425,12 +425,13 @@ async def main_async(args: argparse.Namespace) -> None:
 
                 async def deploy(release: dict | None = None, project: Path = project) -> str:  # type: ignore[type-arg]
                     old = project != ROOT
-                    expand = ""
+                    expand, first_log = "", None
                     if release is not None and release.get("manual"):
                         # Two deploys around the rollout, as an operator runs them: the first
                         # under the old release stops before the contract (exit 8, with the
                         # statements it saw); the release rolls out; the second contracts.
                         first = await run_deploy(DeployOptions("testing", str(config_dir)))
+                        first_log = first.log_path
                         seen = re.search(r"(\d+) call\(s\) of", first.message)
                         expand = (f"expand: exit {first.exit_code} at {first.final_revision}"
                                   f"{f' ({seen.group(1)} old-release calls seen)' if seen else ''}; rollout; contract: ")
@@ -440,7 +441,7 @@ async def main_async(args: argparse.Namespace) -> None:
                     outcome = await run_deploy(DeployOptions("testing", str(config_dir), force=old, skip_backup=old))
                     step = next((s for s in outcome.steps if s.name == "migrate"), None)
                     detail = expand + (step.detail.split(";")[0] if step else outcome.message[:90])
-                    rate = backfill_rate(outcome.log_path)
+                    rate = backfill_rate(first_log) or backfill_rate(outcome.log_path)  # 0006 ran in the first
                     if rate and rate[1] > 0:
                         detail += f"; backfill {rate[0]:,} rows at {rate[0] / rate[1]:,.0f} rows/s"
                         if unthrottled:

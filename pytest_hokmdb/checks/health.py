@@ -417,8 +417,9 @@ async def dead_tuples(ctx: CheckContext) -> CheckResult:
         return CheckResult.failed(
             f"{len(offenders)} table(s) hold more than {limit:.0%} dead rows (smoke.max_dead_tuple_ratio; tables "
             f"with at least {minimum} rows): {sample(offenders)}. Run VACUUM (ANALYZE) on them and find why "
-            "autovacuum falls behind: long transactions, autovacuum disabled for the table, or too low "
-            "autovacuum_vacuum_cost_limit",
+            "autovacuum falls behind: long transactions, an inactive replication slot that pins xmin "
+            "(SELECT slot_name, xmin FROM pg_replication_slots WHERE NOT active), autovacuum disabled for the "
+            "table, or too low autovacuum_vacuum_cost_limit",
             measured=worst,
             threshold=limit,
             evidence={"dead tuples": "\n".join(f"{r['name']} {ratio:.2%}" for r, ratio in ratios)},

@@ -150,7 +150,8 @@ async def replication_slots(ctx: CheckContext) -> CheckResult:
     rows = await ctx.observer.fetch(
         """
         SELECT slot_name, slot_type, active, wal_status,
-               pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint AS retained
+               pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint AS retained,
+               greatest(age(xmin), age(catalog_xmin)) AS xmin_age
         FROM pg_replication_slots ORDER BY retained DESC NULLS LAST
         """
     )
@@ -162,12 +163,18 @@ async def replication_slots(ctx: CheckContext) -> CheckResult:
             offenders.append(f"{r['slot_name']} ({r['slot_type']}, {state}) retains {retained} bytes")
         elif r["wal_status"] == "lost":
             offenders.append(f"{r['slot_name']} ({r['slot_type']}) has lost WAL its consumer still needed")
+        elif not r["active"] and r["xmin_age"] is not None:
+            # Long before its WAL fills a disk, an abandoned slot that pins xmin (a standby's
+            # hot_standby_feedback, a logical slot's catalog_xmin) stops VACUUM on every table.
+            offenders.append(f"{r['slot_name']} ({r['slot_type']}, inactive) pins xmin {r['xmin_age']} transactions "
+                             "back: VACUUM keeps every row deleted since, on every table")
     worst = max((r["retained"] or 0 for r in rows), default=0)
     evidence = {"slots": "\n".join(f"{r['slot_name']} active={r['active']} retained={r['retained']}" for r in rows)}
     if offenders:
         return CheckResult.failed(
-            f"{len(offenders)} replication slot(s) hold back WAL over {limit} bytes (topology.max_slot_retained_bytes): "
-            f"{sample(offenders)}. Reconnect the consumer, or drop a slot nobody needs: "
+            f"{len(offenders)} replication slot(s) hold back WAL over {limit} bytes (topology.max_slot_retained_bytes) "
+            f"or, inactive, pin the xmin VACUUM needs: {sample(offenders)}. Reconnect the consumer, or drop a slot "
+            "nobody needs: "
             "SELECT pg_drop_replication_slot('<name>')",
             measured=worst, threshold=limit, evidence=evidence,
         )

@@ -101,7 +101,13 @@ class LocalTopology:
         self._adopt_owner(self.standby.base_dir)
         self._adopt_owner(self.pooler.base_dir)
         password = run_sync(self._ensure_replication_role())
-        if not self.standby.initialized():
+        if self.standby.initialized() and not run_sync(self._admin(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", SLOT)):
+            # Dropped by ``stop`` (or by hand): the WAL since the standby stopped may be gone.
+            log.info("the standby's slot %s is not on the primary (dropped when the topology stopped): cloning the "
+                     "standby again", SLOT)
+            self._clone_standby(password)
+        elif not self.standby.initialized():
             self._clone_standby(password)
         self._write_passfile(password)
         self.standby.start()
@@ -114,9 +120,17 @@ class LocalTopology:
         self.pooler.serve(self.primary.admin_connect_kwargs(), backend_port=self.primary.port, roles=self.pooler_roles)
 
     def stop(self) -> TopologyStatus:
-        """Stop PgBouncer, the standby and the primary (in that order); keeps their data."""
+        """Stop PgBouncer, the standby and the primary (in that order); keeps their data, and
+        drops the standby's slot: a slot nobody streams from keeps every WAL segment and (with
+        hot_standby_feedback) the xmin the standby last reported, so the primary, running alone
+        later, would pile up WAL and VACUUM nothing newer. ``start`` clones the standby again."""
         self.pooler.stop()
         self.standby.stop()
+        if self.primary.is_running():
+            run_sync(self._admin(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
+                SLOT,
+            ))
         self.primary.stop()
         return self.status()
 

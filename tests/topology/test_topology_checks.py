@@ -103,6 +103,20 @@ async def test_an_abandoned_slot_holding_wal_fails_naming_it(topology_env: Topol
     assert "pg_drop_replication_slot" in result.message
 
 
+async def test_an_inactive_slot_pinning_xmin_fails_long_before_its_wal_would(own_topology: TopologyEnv, topology_context) -> None:  # type: ignore[no-untyped-def]
+    """A standby that is gone leaves its slot with the xmin its hot_standby_feedback last
+    reported: VACUUM stops removing rows on every table while the WAL it keeps is still small."""
+    env = own_topology
+    before = await topology.replication_slots(await topology_context(env))
+    env.topology.standby.stop()
+    result = await topology.replication_slots(await topology_context(env))
+    assert_status(before, "passed")  # the same slot, active: its xmin is the standby's, in use
+    assert_status(result, "failed")
+    assert "hokmdb_standby (physical, inactive) pins xmin" in result.message, result.message
+    assert "VACUUM keeps every row deleted since, on every table" in result.message
+    assert result.measured < env.view().max_slot_retained_bytes  # its WAL alone would not have failed it
+
+
 async def test_a_paused_pool_and_waiting_clients_fail_the_pgbouncer_check(topology_env: TopologyEnv, topology_context) -> None:  # type: ignore[no-untyped-def]
     env = topology_env
 

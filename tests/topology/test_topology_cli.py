@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import PROJECT_ROOT, write_config_dir
+from helpers import PROJECT_ROOT, admin_fetchval, write_config_dir
 
+from pytest_hokmdb.aio import run_sync
 from pytest_hokmdb.cluster import EmbeddedCluster
 from pytest_hokmdb.cluster.topology import LocalTopology
 
@@ -66,6 +67,16 @@ def test_topology_start_serves_the_smoke_suite_and_stop_stops_every_process(topo
     status = topology.status()
     assert not status.primary.running and not status.standby.running and not status.pooler.running
     assert "pgbouncer: stopped" in _run([str(HOKMDB), "topology", "status", *common], env).stdout
+
+    # The primary alone afterwards keeps no slot for the stopped standby (no WAL piling up, no
+    # xmin pinned); the topology started again clones the standby and streams.
+    assert _run([str(HOKMDB), "cluster", "start", *common], env).returncode == 0
+    assert run_sync(admin_fetchval(cluster, "SELECT count(*) FROM pg_replication_slots")) == 0
+    restarted = _run([str(HOKMDB), "topology", "start", *common], env)
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    assert "standby embedded cluster: running" in restarted.stdout
+    assert run_sync(admin_fetchval(cluster, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")) == 1
+    assert _run([str(HOKMDB), "topology", "stop", *common], env).returncode == 0
 
     # `make clean` stops what hokmdb runs for every environment, the topology included.
     assert _run([str(HOKMDB), "topology", "start", *common], env).returncode == 0

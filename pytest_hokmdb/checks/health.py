@@ -788,7 +788,32 @@ async def crash_safe_settings(ctx: CheckContext) -> CheckResult:
     )
 
 
+@check("health.data_checksums", title="Data checksums are on", feature=FEATURE, category=CATEGORY, severity="critical")
+async def data_checksums(ctx: CheckContext) -> CheckResult:
+    """Without checksums a page the disk or the kernel corrupted is read as data: wrong results,
+    or a crash much later, and a backup copies the damage. With them, the read that meets it
+    fails with the page named. They are set when the cluster is created (``initdb
+    --data-checksums``; hokmdb's clusters are) or enabled offline (``pg_checksums --enable``)."""
+    state = await ctx.conn.fetchval("SELECT current_setting('data_checksums')")
+    required = ctx.settings.require_data_checksums
+    if required is None:
+        required = ctx.config.is_protected
+    if state == "on":
+        return CheckResult.passed("data checksums are on: a corrupted page fails the read that meets it",
+                                  measured=1, threshold=1)
+    if not required:
+        return CheckResult.passed(f"data checksums are off, allowed in the {ctx.config.environment} environment "
+                                  "(smoke.require_data_checksums)", measured=0, threshold=None)
+    return CheckResult.failed(
+        "data checksums are off: a page corrupted on disk is read as data, and every backup copies it. Stop the "
+        "server and run pg_checksums --enable -D <data directory> (PostgreSQL 12+; it rewrites every file, so "
+        "plan the time, or do it on a standby and switch over), or set smoke.require_data_checksums = false for an "
+        "environment whose data may be lost",
+        measured=0, threshold=1)
+
+
 CHECKS: list[CheckFunction] = [
+    data_checksums,
     long_transactions,
     idle_in_transaction,
     blocked_locks,

@@ -250,16 +250,16 @@ class EmbeddedCluster:
         self._write_state(superuser_password=password, created_by=os.getuid())
 
     def _initdb(self, data_dir: Path, *extra: str) -> list[str]:
-        """initdb's command line: scram for TCP, trust on the socket, UTF8 without a locale."""
+        """initdb's command line: scram for TCP, trust on the socket, UTF8 without a locale, data checksums."""
         return [str(self.bin_dir / "initdb"), "-D", str(data_dir), "-U", SUPERUSER, "--auth-local=trust",
-                "--auth-host=scram-sha-256", "--encoding=UTF8", "--no-locale", *extra]
+                "--auth-host=scram-sha-256", "--encoding=UTF8", "--no-locale", "--data-checksums", *extra]
 
     def _pristine(self) -> Path:
         """The pristine data directory for this installation and server account, made once
         (under a lock, renamed into place whole, so parallel workers never see half of one)."""
         import fcntl
 
-        key = hashlib.sha1(f"{self.bin_dir.resolve()}:{self.user.uid}".encode(), usedforsecurity=False).hexdigest()[:12]
+        key = hashlib.sha1(f"{self.bin_dir.resolve()}:{self.user.uid}:checksums".encode(), usedforsecurity=False).hexdigest()[:12]
         root = Path(tempfile.gettempdir()) / f"hokmdb-pristine-{os.getuid()}"
         root.mkdir(mode=0o755, exist_ok=True)
         pristine = root / key

@@ -258,6 +258,7 @@ bootstrap:
     - auth-host: scram-sha-256
     - auth-local: trust
     - no-locale
+    - data-checksums
   pg_hba:
     - local all all trust
     - host replication replicator 127.0.0.1/32 scram-sha-256

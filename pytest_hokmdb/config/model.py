@@ -410,6 +410,10 @@ class SmokeSettings(_Strict):
         True, description="fsync, full_page_writes and synchronous_commit must be on (development and testing turn "
         "it off: hokmdb's throwaway clusters run without them, for speed)",
     )
+    require_data_checksums: bool | None = Field(
+        None, description="data checksums must be on (initdb --data-checksums, or pg_checksums --enable on the stopped "
+        "cluster), so a corrupted page is an error when it is read, not wrong data; default: staging and production",
+    )
     password_expiry_days: float = Field(
         14.0, ge=0, description="a login role's password (VALID UNTIL) must not expire within this many days",
     )

@@ -250,3 +250,25 @@ def test_the_number_of_synchronous_standbys_is_read_as_postgresql_reads_it() -> 
     assert topology.required_sync_standbys("2 (a, b)") == (2, "priority")
     assert topology.required_sync_standbys("any 3 (a, b, c)") == (3, "quorum")
     assert topology.required_sync_standbys("*") == (1, "priority")
+
+
+async def test_hokmdbs_clusters_have_data_checksums(hokmdb_fresh_db, check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    result = await health.data_checksums(await check_context_factory(hokmdb_fresh_db, environment="production"))
+    assert_status(result, "passed")
+    assert "data checksums are on: a corrupted page fails the read that meets it" in result.message
+
+
+async def test_a_cluster_without_data_checksums_fails_where_data_matters(check_context_factory) -> None:  # type: ignore[no-untyped-def]
+    """Checksums switched off with PostgreSQL's own pg_checksums on a stopped cluster."""
+    with cluster_of_its_own("nosum", "nosum", {"max_connections": "20"}) as db:
+        cluster = db.cluster
+        cluster.stop()
+        cluster._run([str(cluster.bin_dir / "pg_checksums"), "--disable", "-D", str(cluster.data_dir)])  # noqa: SLF001
+        cluster.start()
+        required = await health.data_checksums(await check_context_factory(db, environment="production"))
+        allowed = await health.data_checksums(await check_context_factory(db, environment="testing"))
+    assert_status(required, "failed")
+    assert "data checksums are off: a page corrupted on disk is read as data" in required.message
+    assert "pg_checksums --enable -D <data directory>" in required.message
+    assert_status(allowed, "passed")
+    assert "data checksums are off, allowed in the testing environment (smoke.require_data_checksums)" in allowed.message

@@ -469,6 +469,10 @@ async def main_async(args: argparse.Namespace) -> None:
                         # Back in two steps around the release's rollback: to the expand (both
                         # releases work there), the release rolled back, then below it.
                         first = await rollback_migration(RollbackRequest("testing", str(config_dir), revision="0006"))
+                        if first.exit_code != 0:  # an operator rolls the release back only onto 0006
+                            step = next((s for s in first.steps if s.name == "migrate"), None)
+                            return (f"to 0006: exit {first.exit_code} at {first.final_revision}; release NOT rolled back; "
+                                    f"{(step.detail if step else first.message)[:120]}")
                         if release is not None:
                             release["form"] = "old"
                         outcome = await rollback_migration(RollbackRequest("testing", str(config_dir), revision="0004"))

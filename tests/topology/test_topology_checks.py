@@ -108,6 +108,15 @@ async def test_an_inactive_slot_pinning_xmin_fails_long_before_its_wal_would(own
     reported: VACUUM stops removing rows on every table while the WAL it keeps is still small."""
     env = own_topology
     before = await topology.replication_slots(await topology_context(env))
+    # The standby reports its xmin every wal_receiver_status_interval (10 s): wait for the first.
+    conn = await asyncpg.connect(**env.primary.asyncpg_kwargs())  # type: ignore[arg-type]
+    try:
+        for _ in range(300):
+            if await conn.fetchval("SELECT xmin IS NOT NULL FROM pg_replication_slots WHERE slot_name = 'hokmdb_standby'"):
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
     env.topology.standby.stop()
     result = await topology.replication_slots(await topology_context(env))
     assert_status(before, "passed")  # the same slot, active: its xmin is the standby's, in use

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -186,6 +187,13 @@ class YieldedToGame(Exception):
 
     sqlstate = "40P01"
 
+
+# Statements that may take a lock the game waits for, and whether the migration already holds one.
+_DDL = re.compile(r"^\s*(ALTER|CREATE|DROP|COMMENT|LOCK|TRUNCATE|REINDEX|CLUSTER)\b", re.IGNORECASE)
+_HOLDS_WRITE_BLOCKING = (
+    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = $1 AND locktype = 'relation' AND granted AND mode IN "
+    "('ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock'))"
+)
 
 _INVALID_INDEXES = """
 SELECT i.indexrelid::bigint AS oid, n.nspname AS schema, c.relname AS name,
@@ -473,6 +481,7 @@ class Migrator:
                 monitor = asyncio.create_task(self._monitor(state, revision))
                 cfg = alembic_config(self.target, project_root=self.project_root)
                 cfg.attributes[BACKFILL_ATTRIBUTE] = self.backfill
+                self._wait_before_each_ddl(conn.sync_connection, revision, direction, state)
                 started = time.monotonic()
                 await conn.run_sync(_run_alembic, cfg, direction, destination)
         finally:
@@ -485,6 +494,28 @@ class Migrator:
                 except asyncio.CancelledError:
                     pass
             await engine.dispose()
+
+    def _wait_before_each_ddl(self, sync_conn: Any, revision: str, direction: str, state: _AttemptState) -> None:
+        """Wait for long holders before every DDL statement of the revision, not only before it
+        starts: a revision whose strong lock comes after minutes of backfill (0007's downgrade:
+        SET NOT NULL after rebuilding card) would otherwise queue behind whoever took the table
+        meanwhile, and fail its lock_timeout again and again behind a report that holds the
+        table 4 s of every 5. Only while the migration's transaction holds no lock that blocks
+        writes: waiting with one would stall the game."""
+        from sqlalchemy import event
+        from sqlalchemy.util import await_only
+
+        from pytest_hokmdb.migration.lint.sql import never_blocks_writes
+
+        def before(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+            if state.pid is None or not _DDL.match(statement) or never_blocks_writes(statement):
+                return
+            holding = await_only(self.lock.fetch(_HOLDS_WRITE_BLOCKING, state.pid))
+            if holding and holding[0][0]:
+                return
+            await_only(self._wait_for_long_holders(revision, direction))
+
+        event.listen(sync_conn, "before_cursor_execute", before)
 
     # -- one revision, with retries --------------------------------------------------------------
 

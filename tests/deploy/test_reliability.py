@@ -459,3 +459,46 @@ def test_which_revisions_block_no_game_write(sql: str, expected: bool) -> None:
     from pytest_hokmdb.migration.lint.sql import never_blocks_writes
 
     assert never_blocks_writes(sql) is expected
+
+
+WORK_THEN_LOCK = (
+    "0009", "A second of work that locks nothing, then a statement that needs players exclusively.",
+    "op.execute('SELECT pg_sleep(1.5)')\nop.execute('LOCK TABLE players IN ACCESS EXCLUSIVE MODE')",
+    "pass",
+)
+
+
+async def test_a_strong_lock_late_in_a_revision_waits_for_a_long_holder_instead_of_queueing(deploy_env_factory, project_factory) -> None:  # type: ignore[no-untyped-def]
+    """A report that took players after the revision began (as one does during a backfill) is
+    waited out before the revision's DDL, not queued behind: no lock timeout, no retry, and the
+    game's reads of players never wait behind the deploy's lock request."""
+    lock_timeout_ms = 300
+    env: DeployEnv = deploy_env_factory(deploy__gate_suites=[], database__lock_timeout_ms=lock_timeout_ms,
+                                        deploy__lock_retry_budget_s=20.0)
+    env.use_project(project_factory([WORK_THEN_LOCK]))
+    report, game = await env.connect(), await env.connect()
+    stalls: list[float] = []
+    stop = asyncio.Event()
+    try:
+        deploy = asyncio.create_task(run_deploy(DeployOptions("testing", str(env.config_dir))))
+        for _ in range(200):  # until the revision is in its second of work
+            if await report.fetchval("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(1.5)%'"):
+                break
+            await asyncio.sleep(0.05)
+        tx = report.transaction()
+        await tx.start()
+        await report.fetchval("SELECT count(*) FROM players")  # the report holds players from now on
+        traffic = asyncio.create_task(_read_players_until(game, stop, stalls))
+        await asyncio.sleep(2.5)  # past the revision's second of work: its LOCK is due now
+        await tx.rollback()
+        outcome = await deploy
+        stop.set()
+        await traffic
+    finally:
+        await report.close()
+        await game.close()
+    assert outcome.exit_code == ExitCode.OK, outcome.message
+    migrate = next(s for s in outcome.steps if s.name == "migrate")
+    assert "; 0 lock timeout(s)" in migrate.detail, migrate.detail
+    assert "waiting for long transactions" in migrate.detail, migrate.detail
+    assert max(stalls) < lock_timeout_ms / 1000, max(stalls)  # no read of players queued behind the deploy

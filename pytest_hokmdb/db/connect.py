@@ -58,10 +58,6 @@ def explain_connect_error(target: Target, exc: BaseException) -> ConnectionFaile
 _CONNECT_ERRORS = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, ssl.SSLError, asyncpg.InterfaceError)
 
 
-def _quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 async def _refused_login(target: Target) -> ConnectionFailed | None:
     """Why the server refused ``target``'s password, when its witness (another login to the
     same server, ``Target.witness``) reads in pg_roles that the password is past its VALID
@@ -88,12 +84,14 @@ async def _refused_login(target: Target) -> ConnectionFailed | None:
         conn.terminate()
     if row is None:
         return None
+    from pytest_hokmdb.db.scratch import quote_ident  # the one that always quotes, for a statement to copy
+
     expired = row["valid_until"].astimezone(datetime.UTC)
     return ConnectionFailed(
         f"cannot connect to {target.dsn()}: the password of role {target.user!r} expired on {expired:%Y-%m-%d %H:%M} "
         "UTC (VALID UNTIL is in the past); PostgreSQL refuses it at login as \"password authentication failed\", "
         "however right the password is",
-        hint=f"run ALTER ROLE {_quote_ident(target.user)} VALID UNTIL 'infinity' (as a superuser or a role with "
+        hint=f"run ALTER ROLE {quote_ident(target.user)} VALID UNTIL 'infinity' (as a superuser or a role with "
              "CREATEROLE), or rotate the password and set a new expiry")
 
 

@@ -24,6 +24,8 @@ import json
 import logging
 import os
 import secrets
+import stat
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -113,8 +115,6 @@ def check_private_destination(path: Path) -> None:
         existing = os.lstat(path)
     except FileNotFoundError:
         return
-    import stat
-
     if stat.S_ISLNK(existing.st_mode):
         raise Refused(f"--to-file {path} is a symbolic link; hokmdb writes a secret only to a file it creates itself",
                       hint="remove the link or name another file")
@@ -130,9 +130,6 @@ def _write_private(path: Path, text: str) -> Path:
     exclusively (0600 from the first byte: no one can have it open or linked beforehand), synced,
     then renamed over ``path`` (a rename replaces a link, never follows it). Returns ``path``
     after checking that it is now this account's regular file with mode 0600."""
-    import stat
-    import tempfile
-
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
     try:
         with os.fdopen(fd, "w") as handle:

@@ -31,6 +31,7 @@ import asyncpg
 from pytest_hokmdb.db import connect
 from pytest_hokmdb.db.target import Target
 from pytest_hokmdb.errors import HokmdbError
+from pytest_hokmdb.redaction import redact
 
 HIDDEN = "<insufficient privilege>"
 SAMPLE_EVERY_S = 0.2
@@ -57,7 +58,8 @@ def uses(query: str, table: str, column: str) -> bool:
 
 
 def _shorten(query: str, limit: int = 110) -> str:
-    flat = " ".join(query.split())
+    """A statement as evidence in a message: redacted (pg_stat_activity shows literals), one line."""
+    flat = " ".join(redact(query).split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 

@@ -10,8 +10,6 @@ from pathlib import Path
 from types import CodeType
 from typing import Any
 
-from pytest_hokmdb.migrate import installed_postgresql_driver  # noqa: F401 - one definition, re-exported
-
 
 @contextlib.contextmanager
 def no_file_config() -> Iterator[None]:

@@ -14,7 +14,8 @@ from alembic.script import Script, ScriptDirectory
 from sqlalchemy.engine import make_url
 
 from pytest_hokmdb.errors import ConfigError
-from pytest_hokmdb.migration.envpy import installed_postgresql_driver, no_file_config, run_env_py
+from pytest_hokmdb.migrate import installed_postgresql_driver
+from pytest_hokmdb.migration.envpy import no_file_config, run_env_py
 from pytest_hokmdb.migration.history import resolve_script_location, script_parents, single_upgrade_step
 from pytest_hokmdb.migration.lint.findings import (
     CONCURRENTLY_RULE,

@@ -129,3 +129,9 @@ def cluster_of_its_own(name: str, dbname: str, settings: dict[str, str]) -> Iter
         yield create_database(cluster, dbname)
     finally:
         cluster.destroy()
+
+
+def process_environ(pid: int) -> dict[str, str]:
+    """A process's environment as the kernel holds it (what a superuser's COPY FROM PROGRAM reads)."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from helpers import admin_fetchval
+from helpers import admin_fetchval, process_environ
 
 from pytest_hokmdb.cluster import EmbeddedCluster
 from pytest_hokmdb.cluster.binaries import find_bin_dir
@@ -218,12 +218,6 @@ OPERATOR_SECRETS = {
 }
 
 
-def environ_of(pid: int) -> dict[str, str]:
-    """A process's environment as the kernel holds it (what a superuser's COPY FROM PROGRAM reads)."""
-    raw = Path(f"/proc/{pid}/environ").read_bytes()
-    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
-
-
 async def test_a_server_started_from_a_shell_holding_secrets_holds_none_of_them(cluster_dir: Path,
                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """A database superuser reads its server's environment; the operator's backup key, database
@@ -242,7 +236,7 @@ async def test_a_server_started_from_a_shell_holding_secrets_holds_none_of_them(
             await conn.close()
         postmaster = int((cluster.data_dir / "postmaster.pid").read_text().split()[0])
         assert "PATH" in seen and seen.get("USER"), seen  # the method reads the environment
-        for environment in (seen, environ_of(postmaster)):
+        for environment in (seen, process_environ(postmaster)):
             leaked = {k for k, v in environment.items() if k in OPERATOR_SECRETS or v in OPERATOR_SECRETS.values()}
             assert not leaked, leaked
     finally:

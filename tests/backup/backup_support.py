@@ -99,3 +99,34 @@ def ensure_age() -> str:
     if not found:
         pytest.skip("the age command-line tool is not installed and could not be installed (apt-get install age)")
     return found
+
+
+def descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of every descendant of ``pid``, read from /proc."""
+    table = []
+    for path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(path.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (path.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue
+        table.append((int(path.parent.name), parent, cmdline))
+    tree, frontier = [], {pid}
+    while frontier:
+        found = [(p, c) for p, parent, c in table if parent in frontier]
+        tree += found
+        frontier = {p for p, _ in found}
+    return tree
+
+
+async def add_bulk_table(setup: BackupSetup) -> None:
+    """Enough data that decryption and pg_restore take a moment to catch (a tool table: no drift)."""
+    conn = await asyncpg.connect(setup.dsn)
+    try:
+        await conn.execute(
+            "CREATE TABLE hokmdb_bulk_filler AS SELECT g, md5(g::text) || md5((g * 7)::text) AS pad "
+            "FROM generate_series(1, 400000) g"
+        )
+        await conn.execute(f'GRANT SELECT ON hokmdb_bulk_filler TO "{setup.live.role}"')
+    finally:
+        await conn.close()

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
-from backup_support import BackupSetup, database_names
+from backup_support import BackupSetup, add_bulk_table, database_names, descendants
 from helpers import PROJECT_ROOT
 
 from pytest_hokmdb.backup import take_backup
@@ -61,23 +61,6 @@ def _wait_for(condition: Callable[[], bool], what: str, proc: subprocess.Popen[b
         assert time.monotonic() < deadline, f"{what} never happened"
         time.sleep(0.01)
 
-
-def _descendants(pid: int) -> list[tuple[int, str]]:
-    """(pid, command line) of every descendant of ``pid``."""
-    table = []
-    for path in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(path.read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (path.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, IndexError, ValueError):
-            continue
-        table.append((int(path.parent.name), parent, cmdline))
-    tree, frontier = [], {pid}
-    while frontier:
-        found = [(p, c) for p, parent, c in table if parent in frontier]
-        tree += found
-        frontier = {p for p, _ in found}
-    return tree
 
 
 def _wait_gone(pids: list[int]) -> None:
@@ -135,7 +118,7 @@ async def test_cleanup_drops_the_restored_copy_of_a_killed_run_and_keeps_a_live_
         _wait_for(lambda: Path(live_env["HOKMDB_TEST_READY"]).exists(), "the live run's test started", live)
         copies = _restored(await database_names(backup_setup)) - before
         assert len(copies) == 2, copies
-        orphans = [pid for pid, _ in _descendants(killed.pid)]
+        orphans = [pid for pid, _ in descendants(killed.pid)]
         killed.send_signal(signal.SIGKILL)  # the pytest process only, as a crash would
         killed.wait(timeout=30)
         _wait_gone(orphans)
@@ -221,25 +204,13 @@ async def test_a_copy_kept_with_keep_restored_stays_until_retention_days(backup_
 # -- item 8: the server of a killed full verification ----------------------------------------
 
 
-async def _add_bulk(setup: BackupSetup) -> None:
-    """Enough data that pg_restore takes a moment to catch (a tool table: no drift)."""
-    conn = await asyncpg.connect(setup.dsn)
-    try:
-        await conn.execute(
-            "CREATE TABLE hokmdb_bulk_filler AS SELECT g, md5(g::text) || md5((g * 7)::text) AS pad "
-            "FROM generate_series(1, 400000) g"
-        )
-        await conn.execute(f'GRANT SELECT ON hokmdb_bulk_filler TO "{setup.live.role}"')
-    finally:
-        await conn.close()
-
 
 def _verification_dirs(root: Path) -> list[Path]:
     return [p for p in root.glob("verify-*") if (p / OWNER_FILE).is_file()] if root.is_dir() else []
 
 
 def _postgres_processes(data_dir: Path) -> list[str]:
-    return [c for _, c in _descendants(1) if "postgres" in c and str(data_dir) in c]
+    return [c for _, c in descendants(1) if "postgres" in c and str(data_dir) in c]
 
 
 def _private_to_the_server(path: Path) -> list[str]:
@@ -277,7 +248,7 @@ async def _rows_in_copy(cluster: EmbeddedCluster) -> dict[str, int]:
 async def test_cleanup_stops_the_server_of_a_killed_full_verification_and_removes_its_data(
     backup_setup: BackupSetup, tmp_path: Path
 ) -> None:
-    await _add_bulk(backup_setup)
+    await add_bulk_table(backup_setup)
     record = await take_backup(backup_setup.loaded(), verify="none")
     root = tmp_path / "scratch"
     env = {**os.environ, **backup_setup.env, "HOKMDB_SCRATCH_DIR": str(root)}
@@ -297,16 +268,16 @@ async def _kill_a_full_verification_and_clean_up(setup: BackupSetup, backup_id: 
     try:
         # The moment the copy is complete: pg_restore has filled the server and ended, and the
         # checks (analyze, row counts, amcheck) run before the smoke gate starts.
-        _wait_for(lambda: any("pg_restore --dbname" in c for _, c in _descendants(proc.pid)),
+        _wait_for(lambda: any("pg_restore --dbname" in c for _, c in descendants(proc.pid)),
                   "pg_restore filling the verification server", proc)
-        _wait_for(lambda: not any("pg_restore" in c for _, c in _descendants(proc.pid)), "pg_restore ending", proc)
+        _wait_for(lambda: not any("pg_restore" in c for _, c in descendants(proc.pid)), "pg_restore ending", proc)
         proc.send_signal(signal.SIGKILL)  # the hokmdb process only, as a crash would
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
     # No child was left to finish anything (the smoke gate, which sweeps orphans when it ends, had not started).
-    assert _descendants(proc.pid) == []
+    assert descendants(proc.pid) == []
 
     (tracked,) = _verification_dirs(root)
     cluster = EmbeddedCluster(tracked)
@@ -360,7 +331,7 @@ async def test_a_full_verification_never_restores_where_another_account_could_sw
         assert "the backup is not restored into the verification server" in result.stdout, result.stdout
         assert f"{hostile} belongs to uid {nobody.pw_uid}" in result.stdout, result.stdout
         assert _verification_dirs(root) == []
-        assert [c for _, c in _descendants(1) if "postgres" in c and str(hostile) in c] == []
+        assert [c for _, c in descendants(1) if "postgres" in c and str(hostile) in c] == []
     finally:
         if root.is_dir():
             sweep_orphans(lambda path: EmbeddedCluster(path).destroy(), root)

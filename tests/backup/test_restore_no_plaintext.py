@@ -16,9 +16,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import asyncpg
 import pytest
-from backup_support import BackupSetup, fingerprint
+from backup_support import BackupSetup, add_bulk_table, descendants, fingerprint
 from helpers import PROJECT_ROOT
 
 from pytest_hokmdb.backup import take_backup
@@ -42,23 +41,6 @@ def _plain_dumps(*roots: Path) -> list[Path]:
     return found
 
 
-def _children(pid: int) -> list[tuple[int, str]]:
-    """(pid, command line) of every descendant of ``pid``."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, IndexError):
-            continue
-        out.append((int(stat.parent.name), int(fields[1]), cmdline))
-    tree, frontier = [], {pid}
-    while frontier:
-        found = [(p, c) for p, parent, c in out if parent in frontier]
-        tree += found
-        frontier = {p for p, _ in found}
-    return tree
-
 
 def _decrypting(scratch: Path) -> Callable[[int], bool]:
     def seen(pid: int) -> bool:
@@ -73,20 +55,8 @@ def _decrypting(scratch: Path) -> Callable[[int], bool]:
 
 
 def _child_running(word: str) -> Callable[[int], bool]:
-    return lambda pid: any(word in cmd for _, cmd in _children(pid))
+    return lambda pid: any(word in cmd for _, cmd in descendants(pid))
 
-
-async def _add_bulk(setup: BackupSetup) -> None:
-    """Enough data that decryption and pg_restore take a while (a tool table: no drift)."""
-    conn = await asyncpg.connect(setup.dsn)
-    try:
-        await conn.execute(
-            "CREATE TABLE hokmdb_bulk_filler AS SELECT g, md5(g::text) || md5((g * 7)::text) AS pad "
-            "FROM generate_series(1, 400000) g"
-        )
-        await conn.execute(f'GRANT SELECT ON hokmdb_bulk_filler TO "{setup.live.role}"')
-    finally:
-        await conn.close()
 
 
 @pytest.mark.parametrize("moment", ["decrypting", "pg_restore", "verifying before the swap"])
@@ -96,7 +66,7 @@ async def test_a_restore_killed_at_any_moment_leaves_no_plaintext(
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     monkeypatch.setenv("HOKMDB_BACKUP_TMP", str(scratch))
-    await _add_bulk(backup_setup)
+    await add_bulk_table(backup_setup)
     record = await take_backup(backup_setup.loaded(), verify=None)
     before = await fingerprint(backup_setup.dsn)
     when = {
@@ -116,14 +86,14 @@ async def test_a_restore_killed_at_any_moment_leaves_no_plaintext(
             assert proc.poll() is None, f"the restore finished before the moment {moment!r} was seen"
             assert time.monotonic() < deadline, f"moment {moment!r} never came"
             time.sleep(0.001)
-        descendants = [pid for pid, _ in _children(proc.pid)]
+        children = [pid for pid, _ in descendants(proc.pid)]
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
     # Orphaned children (pg_restore, the gate) finish or die on their own; then look.
-    for pid in descendants:
+    for pid in children:
         for _ in range(600):
             if not Path(f"/proc/{pid}").exists():
                 break

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from helpers import PROJECT_ROOT, write_config_dir
+from helpers import PROJECT_ROOT, process_environ, write_config_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))
 from deploy_support import COMMENT_0009, SLOW_0010, make_project  # noqa: E402
@@ -88,20 +88,15 @@ async def _on_leader(cluster: LocalPatroni, sql: str) -> object:
         await conn.close()
 
 
-def _environ(pid: int) -> dict[str, str]:
-    raw = Path(f"/proc/{pid}/environ").read_bytes()
-    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
-
-
 def test_etcd_patroni_and_postgres_hold_only_what_each_needs(patroni: LocalPatroni) -> None:
     """None of the operator's secrets in etcd, Patroni or the servers Patroni runs; the
     database passwords in Patroni (which connects with them) and never in etcd."""
     processes = patroni.processes()
     assert all(processes.values()), processes
-    environments = {key: _environ(pid) for key, pid in processes.items() if pid}
+    environments = {key: process_environ(pid) for key, pid in processes.items() if pid}
     for node in NODES:
         data = Path(patroni.base_dir) / node / "data" / "postmaster.pid"
-        environments[f"postgres of {node}"] = _environ(int(data.read_text().split()[0]))
+        environments[f"postgres of {node}"] = process_environ(int(data.read_text().split()[0]))
     for key, environment in environments.items():
         assert "PATH" in environment, key
         leaked = {k for k, v in environment.items() if k in OPERATOR_SECRETS or v in OPERATOR_SECRETS.values()}

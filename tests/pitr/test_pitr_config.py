@@ -189,7 +189,11 @@ def test_server_account_carries_the_secrets_without_showing_them(tmp_path: Path)
     assert CIPHER_PASS not in repr(account)
 
 
-def test_pgbackrest_errors_become_one_line_without_ciphertext() -> None:
+def test_pgbackrest_errors_become_one_line_without_ciphertext(tmp_path: Path) -> None:
+    # Every pgBackRest command runs with a PitrSetup, which registers the cipher pass as a
+    # secret; without one here the last assertion held only when an earlier test in the same
+    # worker had made one (it failed when run alone).
+    _setup(tmp_path)
     garbage = "\x8e1\x05oKo\xd0V\x7f\x18\xbc\xd3_\x0f>"
     output = (
         "ERROR: [029]: unable to load info file '/r/backup/hokmdb/backup.info' or '/r/backup/hokmdb/backup.info.copy':\n"
